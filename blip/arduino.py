@@ -1,0 +1,301 @@
+"""
+The Arduino's line protocol, and the serial endpoint it is read through.
+
+The Arduino writes one line per blink: ``<ms>`` (a single-meter sketch) or
+``<id> <ms>`` (a multi-meter sketch), plus ``CONNECTED...`` when it boots and
+``INFO <id> <description>`` to name a meter. Every line is parsed here,
+stamped with its arrival time and handed on as a :class:`~blip.model.Point`;
+anything else is counted, logged at most once a second and dropped.
+"""
+
+import re
+from typing import Callable, Optional
+
+from serial import SerialException
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import (
+    IProtocolFactory,
+    IReactorFDSet,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.serialport import SerialPort
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from blip.counters import Counters
+from blip.model import DEFAULT_METER, INT_MAX, Point
+
+#: Longest blip line accepted, in bytes, ``\r`` included.
+MAX_BLIP_LINE = 64
+#: Longest line of any kind (``INFO`` descriptions are longer than blips);
+#: beyond this the buffer is dropped up to the next newline.
+MAX_LINE = 1024
+
+_INFO = re.compile(rb"INFO[ \t]+([0-9]{1,10})[ \t]+(.*)", re.DOTALL)
+_ESCAPE = re.compile(rb"\\([0-9a-fA-F]{2})")
+
+Receive = Callable[[Point], None]
+Describe = Callable[[int, str], None]
+
+
+def unescape(text: bytes) -> str:
+    """
+    Decode the ``\\xx`` hex escapes of an ``INFO`` description.
+
+    :param text: the raw description.
+    :return: the description as text; bytes that are not UTF-8 become U+FFFD.
+    """
+    raw = _ESCAPE.sub(lambda m: bytes((int(m.group(1), 16),)), text)
+    return raw.decode("utf-8", errors="replace")
+
+
+class Stamps:
+    """
+    Hands out arrival stamps that strictly increase per meter.
+
+    A blip in the same millisecond as the meter's previous one, or after the
+    clock stepped back, is stamped one millisecond after the previous one.
+    """
+
+    log = Logger()
+
+    def __init__(self) -> None:
+        self._last: dict[int, int] = {}
+
+    def next(self, meter: int, now: int) -> int:
+        """
+        :param meter: the meter that blinked.
+        :param now: the current unix time in milliseconds.
+        :return: the stamp for this blip.
+        """
+        last = self._last.get(meter)
+        if last is not None and now <= last:
+            if last - now > 1000:
+                self.log.warn(
+                    "clock stepped back {seconds:.1f} s: meter {meter} stamps"
+                    " continue from its last stamp",
+                    seconds=(last - now) / 1000,
+                    meter=meter,
+                )
+            now = last + 1
+        self._last[meter] = now
+        return now
+
+    def seed(self, meter: int, stamp: int) -> None:
+        """
+        Make later stamps of ``meter`` come after ``stamp`` (for example the
+        last stamp stored before a restart).
+        """
+        if stamp > self._last.get(meter, stamp - 1):
+            self._last[meter] = stamp
+
+
+class MeterFactory(Factory):
+    """
+    Builds a :class:`MeterProtocol` for each opening of the serial source and
+    holds what they share: where points go, the stamps, the clock, the
+    counters and the rate limit of garbage warnings.
+
+    :param receive: called with every valid point, at once.
+    :param describe: called with ``(meter, description)`` for ``INFO`` lines.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        receive: Receive,
+        stamps: Stamps,
+        clock: IReactorTime,
+        counters: Counters,
+        describe: Optional[Describe] = None,
+    ) -> None:
+        self.receive = receive
+        self.stamps = stamps
+        self.clock = clock
+        self.counters = counters
+        self.describe = describe
+        self._warned_at: Optional[float] = None
+        self._unwarned = 0
+
+    def buildProtocol(self, addr: object) -> "MeterProtocol":
+        protocol = MeterProtocol()
+        protocol.factory = self
+        return protocol
+
+    def garbage(self, line: bytes, why: str) -> None:
+        """
+        Count a dropped line; log it unless another was logged less than a
+        second ago (those are summed into the next warning).
+        """
+        self.counters.garbage += 1
+        now = self.clock.seconds()
+        if self._warned_at is not None and now - self._warned_at < 1.0:
+            self._unwarned += 1
+            return
+        self.log.warn(
+            "dropped serial line {line!r}: {why}"
+            " ({unwarned} more dropped since the last warning)",
+            line=line[:MAX_BLIP_LINE],
+            why=why,
+            unwarned=self._unwarned,
+        )
+        self._warned_at = now
+        self._unwarned = 0
+
+
+class MeterProtocol(Protocol):
+    """
+    Parses the Arduino's lines; see the module docstring for the format.
+
+    Lines end with ``\\n`` or ``\\r\\n``. The first line after the source
+    opens may be the tail of a line the Arduino began before, so it is
+    dropped. Lines are split here rather than by ``LineReceiver``, which on an
+    overlong line throws away the valid lines read with it, and copies its
+    buffer once per line.
+    """
+
+    log = Logger()
+    factory: MeterFactory
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._first = True
+        self._skipping = False
+
+    def dataReceived(self, data: bytes) -> None:
+        lines = (self._buffer + data).split(b"\n")
+        self._buffer = lines.pop()
+        for line in lines:
+            if self._skipping or self._first:
+                self._skipping = self._first = False
+                continue
+            self.lineReceived(line)
+        if len(self._buffer) > MAX_LINE:
+            self.factory.counters.lines += 1
+            self.factory.garbage(self._buffer, f"longer than {MAX_LINE} bytes")
+            self._buffer = b""
+            self._skipping = True
+
+    def lineReceived(self, line: bytes) -> None:
+        """
+        Handle one line, without its ``\\n``.
+        """
+        factory = self.factory
+        factory.counters.lines += 1
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        if len(line) > MAX_BLIP_LINE:
+            self._long_line(line)
+            return
+        fields = line.split()
+        if len(fields) == 1 and fields[0].isdigit():
+            meter, ms = DEFAULT_METER, int(fields[0])
+        elif len(fields) == 2 and fields[0].isdigit() and fields[1].isdigit():
+            meter, ms = int(fields[0]), int(fields[1])
+        else:
+            self._other_line(line)
+            return
+        if ms == 0:
+            factory.garbage(line, "interval of 0 ms")
+        elif ms > INT_MAX or meter > INT_MAX:
+            factory.garbage(line, "number too large")
+        else:
+            now = int(factory.clock.seconds() * 1000)
+            stamp = factory.stamps.next(meter, now)
+            factory.counters.blips += 1
+            factory.receive(Point(meter, stamp, ms))
+
+    def _long_line(self, line: bytes) -> None:
+        if line.startswith((b"INFO", b"CONNECTED")):
+            self._other_line(line)
+        else:
+            self.factory.garbage(line, f"longer than {MAX_BLIP_LINE} bytes")
+
+    def _other_line(self, line: bytes) -> None:
+        factory = self.factory
+        if line.startswith(b"CONNECTED"):
+            self.log.info(
+                "Arduino says {line}", line=line.decode("ascii", "replace")
+            )
+            return
+        info = _INFO.fullmatch(line)
+        if info is not None and int(info.group(1)) <= INT_MAX:
+            meter, description = int(info.group(1)), unescape(info.group(2))
+            self.log.info(
+                "meter {meter} is {description!r}",
+                meter=meter,
+                description=description,
+            )
+            if factory.describe is not None:
+                factory.describe(meter, description)
+            return
+        if not line.strip():
+            factory.garbage(line, "empty line")
+        elif line.lstrip().startswith(b"-"):
+            factory.garbage(line, "negative number")
+        else:
+            factory.garbage(line, "not a blip")
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.log.warn(
+            "serial source closed: {why}", why=reason.getErrorMessage()
+        )
+
+
+@implementer(IStreamClientEndpoint)
+class SerialEndpoint:
+    """
+    Opens a serial device as a client endpoint, so that
+    :class:`~twisted.application.internet.ClientService` can reopen it with
+    backoff after the device vanishes (a USB unplug) or fails.
+
+    :param reactor: the reactor to read the device with.
+    :param device: the device's path, e.g. ``/dev/arduino``.
+    :param baudrate: the serial speed.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: IReactorFDSet,
+        device: str,
+        baudrate: int,
+        counters: Counters,
+    ) -> None:
+        self.reactor = reactor
+        self.device = device
+        self.baudrate = baudrate
+        self.counters = counters
+        self._away = False
+
+    def __repr__(self) -> str:
+        return f"<SerialEndpoint {self.device} {self.baudrate} baud>"
+
+    def connect(self, protocolFactory: IProtocolFactory) -> "Deferred[Protocol]":
+        protocol = protocolFactory.buildProtocol(None)
+        try:
+            SerialPort(protocol, self.device, self.reactor, baudrate=self.baudrate)
+        except (SerialException, OSError, ValueError) as e:
+            self.counters.serial_failures += 1
+            if not self._away:
+                self.log.warn(
+                    "cannot open serial device {device}: {why}; retrying until"
+                    " it is back",
+                    device=self.device,
+                    why=str(e),
+                )
+                self._away = True
+            return fail(e)
+        self._away = False
+        self.counters.serial_opens += 1
+        self.log.info(
+            "reading serial device {device} at {baudrate} baud",
+            device=self.device,
+            baudrate=self.baudrate,
+        )
+        return succeed(protocol)

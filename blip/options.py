@@ -1,0 +1,146 @@
+"""
+The command line of ``twistd blip``: every option, its environment variable
+(``BLIP_<NAME>``), and the checks that turn a bad value into one clear line
+at start.
+"""
+
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import psycopg2.extensions
+from twisted.internet.endpoints import serverFromString
+from twisted.python import usage
+
+from blip.embedded import EmbeddedError, server_bindir, server_user
+from blip.meters import Meters, MetersError
+
+ROLES = ("all", "ingest", "web")
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off", "")
+
+
+def env_name(option: str) -> str:
+    """
+    :return: the environment variable that sets ``option``.
+    """
+    return "BLIP_" + option.upper().replace("-", "_")
+
+
+class Options(usage.Options):
+    """
+    Options of ``twistd blip``. Every option can also be set through its
+    environment variable; the command line wins.
+    """
+
+    synopsis = "[options]"
+    longdesc = (
+        "Logs an electricity meter's blinks, read by an Arduino on a serial port,"
+        " into PostgreSQL, and serves a JSON API and live power graphs. Every option"
+        " can also be set in the environment: --state-dir as BLIP_STATE_DIR, and so on."
+    )
+
+    optFlags = [
+        ["simulate", None, "Feed built-in simulated meters through the same ingest path."],
+    ]
+
+    optParameters = [
+        ["serial", None, None, "Serial device of the Arduino (a path; a pty works)."],
+        ["baudrate", None, "9600", "Serial speed."],
+        ["db", None, None,
+         "libpq connection string or URI of PostgreSQL"
+         " [default: an embedded private cluster in the state dir]."],
+        ["state-dir", None, "./var",
+         "Where the embedded cluster, the ingest spool and other state live."],
+        ["listen", None, "tcp:8080:interface=127.0.0.1", "Twisted server endpoint to serve HTTP on."],
+        ["meters", None, None,
+         "TOML file describing the meters [default: meter 1, 1000 pulses/kWh, x1]."],
+        ["role", None, "all", "What this node does: all, ingest (serial to database) or web."],
+        ["longpoll-timeout", None, "0",
+         "Seconds a long-poll waits before 204 No Content; 0 waits for ever."],
+        ["max-waiters", None, "10000", "Most long-poll clients parked at once; more get 503."],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        for name, _, _, _ in self.optParameters:
+            value = os.environ.get(env_name(name))
+            if value is not None:
+                self[name] = value
+        flag = os.environ.get(env_name("simulate"))
+        if flag is not None:
+            self["simulate"] = flag
+
+    def postOptions(self) -> None:
+        flag = self["simulate"]
+        if isinstance(flag, str):
+            if flag.strip().lower() not in _TRUE + _FALSE:
+                raise usage.UsageError(f"{env_name('simulate')}: expected 1 or 0, not {flag!r}")
+            self["simulate"] = flag.strip().lower() in _TRUE
+        self["simulate"] = bool(self["simulate"])
+        self["baudrate"] = _integer(self["baudrate"], "--baudrate", 1, 4_000_000)
+        self["longpoll-timeout"] = _seconds(self["longpoll-timeout"], "--longpoll-timeout")
+        self["max-waiters"] = _integer(self["max-waiters"], "--max-waiters", 1, 10_000_000)
+        if self["role"] not in ROLES:
+            raise usage.UsageError(f"--role: must be one of {', '.join(ROLES)}, not {self['role']!r}")
+        if self["serial"] == "":
+            self["serial"] = None
+        if self["serial"] and self["simulate"]:
+            raise usage.UsageError("--serial and --simulate: choose one source of blips")
+        self["state-dir"] = Path(self["state-dir"] or "./var")
+        try:
+            self["state-dir"].mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise usage.UsageError(f"--state-dir: cannot create {self['state-dir']}: {e.strerror}")
+        self["db"] = self["db"] or None
+        if self["db"] is not None:
+            try:
+                psycopg2.extensions.parse_dsn(self["db"])
+            except psycopg2.ProgrammingError as e:
+                raise usage.UsageError(f"--db: not a connection string or URI: {str(e).strip()}")
+        else:
+            try:
+                server_bindir()
+                server_user()
+            except EmbeddedError as e:
+                raise usage.UsageError(f"embedded database: {e}")
+        self["meters"] = _meters(self["meters"])
+        _check_endpoint(self["listen"])
+
+
+def _integer(value: Any, option: str, low: int, high: int) -> int:
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        raise usage.UsageError(f"{option}: not an integer: {value!r}") from None
+    if not low <= number <= high:
+        raise usage.UsageError(f"{option}: must be from {low} to {high}, not {number}")
+    return number
+
+
+def _seconds(value: Any, option: str) -> float:
+    try:
+        seconds = float(str(value).strip())
+    except ValueError:
+        raise usage.UsageError(f"{option}: not a number of seconds: {value!r}") from None
+    if not 0 <= seconds < 1e9:
+        raise usage.UsageError(f"{option}: must be 0 or more seconds, not {value}")
+    return seconds
+
+
+def _meters(path: Optional[str]) -> Meters:
+    if not path:
+        return Meters()
+    try:
+        return Meters.from_file(Path(path))
+    except MetersError as e:
+        raise usage.UsageError(f"--meters: {e}") from None
+
+
+def _check_endpoint(description: str) -> None:
+    from twisted.internet import reactor
+
+    try:
+        serverFromString(reactor, description)
+    except (ValueError, KeyError, TypeError) as e:
+        raise usage.UsageError(f"--listen: not a server endpoint: {description!r} ({e})") from None

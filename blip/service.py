@@ -1,0 +1,144 @@
+"""
+Wiring: builds the daemon's objects from its options and puts them in a
+service tree. No logic lives here.
+"""
+
+import signal
+from pathlib import Path
+from typing import Any, Optional
+
+from twisted.application import strports
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.web.server import Site
+
+from blip.arduino import MeterFactory, SerialEndpoint, Stamps
+from blip.counters import Counters
+from blip.database import DatabaseService, Pool
+from blip.embedded import Cluster, EmbeddedPostgres
+from blip.hub import Hub, HubService
+from blip.ingest import Ingest, IngestService
+from blip.options import Options
+from blip.simulate import SimulatorService
+from blip.store import Store
+from blip.web import LegacyApi
+
+__all__ = ["Options", "makeService", "make_service"]
+
+#: The page's files.
+STATIC = Path(__file__).parent / "static"
+#: Connections to the database.
+POOL_SIZE = 4
+
+
+class QuietSite(Site):
+    """
+    A site that writes no access log: a proxy in front keeps one, and a
+    line per answered long-poll would drown everything else.
+    """
+
+    def log(self, request: Any) -> None:
+        pass
+
+
+class Sequence(MultiService):
+    """
+    Starts its services in the order they were added and stops them in the
+    reverse order, each one after the previous has finished stopping (a
+    plain MultiService stops them all at once).
+    """
+
+    def stopService(self) -> "Deferred[None]":
+        Service.stopService(self)
+
+        async def stop_all() -> None:
+            for service in reversed(list(self)):
+                await maybeDeferred(service.stopService)
+
+        return Deferred.fromCoroutine(stop_all())
+
+
+class CleanExit(Service):
+    """
+    Makes SIGTERM and SIGINT stop the daemon with exit status 0 once it has
+    shut down in order (twistd otherwise ends by re-raising the signal, so
+    a clean stop would look like a kill).
+    """
+
+    log = Logger()
+
+    def __init__(self, reactor: Any) -> None:
+        self.reactor = reactor
+
+    def startService(self) -> None:
+        super().startService()
+        self.reactor.callWhenRunning(self._install)
+
+    def _install(self) -> None:
+        for number in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(number, self._stop)
+
+    def _stop(self, number: int, frame: Any) -> None:
+        self.log.info("received {name}, stopping", name=signal.Signals(number).name)
+        self.reactor.callFromThread(self.reactor.stop)
+
+
+def make_service(options: Options, reactor: Any = None, clock: Optional[IReactorTime] = None) -> IService:
+    """
+    Build the daemon.
+
+    :param options: parsed and checked options.
+    :param reactor: the reactor (the global one when None).
+    :param clock: the time source for stamps and timeouts (the reactor when
+        None).
+    """
+    if reactor is None:
+        from twisted.internet import reactor
+    clock = clock or reactor
+    top = Sequence()
+    CleanExit(reactor).setServiceParent(top)
+    counters = Counters()
+    meters = options["meters"]
+    hub = Hub(max_waiters=options["max-waiters"])
+
+    before = None
+    dsn = options["db"]
+    if dsn is None:
+        embedded = EmbeddedPostgres(Cluster.at(options["state-dir"] / "pg"), reactor)
+        embedded.setServiceParent(top)
+        before, dsn = embedded.when_ready, embedded.dsn
+    pool = Pool(dsn, POOL_SIZE, reactor)
+    store = Store(pool)
+    database = DatabaseService(pool, store.apply_schema, before)
+    database.setServiceParent(top)
+
+    if options["role"] in ("all", "ingest"):
+        stamps = Stamps()
+        ingest = Ingest(store, hub, stamps, clock, counters)
+        IngestService(ingest, database.when_ready).setServiceParent(top)
+        factory = MeterFactory(ingest.receive, stamps, clock, counters, meters.describe)
+        if options["serial"]:
+            endpoint = SerialEndpoint(reactor, options["serial"], options["baudrate"], counters)
+            ClientService(
+                endpoint, factory, retryPolicy=backoffPolicy(0.5, 30.0, 2.0), clock=clock
+            ).setServiceParent(top)
+        if options["simulate"]:
+            SimulatorService(list(meters), factory, clock).setServiceParent(top)
+
+    HubService(hub).setServiceParent(top)
+    if options["role"] in ("all", "web"):
+        api = LegacyApi(store, hub, meters, clock, options["longpoll-timeout"], STATIC)
+        site = QuietSite(api.resource())
+        site.noisy = False
+        strports.service(options["listen"], site).setServiceParent(top)
+    return top
+
+
+def makeService(options: Options) -> IService:
+    """
+    The entry point ``twistd`` calls.
+    """
+    return make_service(options)

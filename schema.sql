@@ -1,0 +1,94 @@
+-- blipserver's schema. Applied at every start in one transaction; every
+-- statement is idempotent, so applying it to a database that already has it
+-- changes nothing.
+--
+-- readings, readings_minutely, readings_hourly, usage_minutely and
+-- usage_hourly keep the names and columns of the original blipserver, so its
+-- clients and queries keep working. sum_ms is BIGINT (the original's INTEGER
+-- overflows when a bucket holds a blip of weeks).
+
+CREATE TABLE IF NOT EXISTS readings (
+    id    INTEGER NOT NULL,
+    stamp BIGINT  NOT NULL,   -- unix ms when the blip arrived
+    ms    INTEGER NOT NULL,   -- ms since the meter's previous blip
+    PRIMARY KEY (id, stamp)
+);
+
+-- Rollups: one row per meter and UTC-aligned minute or hour
+-- (stamp - stamp % 60000, stamp - stamp % 3600000).
+CREATE TABLE IF NOT EXISTS readings_minutely (
+    id     INTEGER NOT NULL,
+    stamp  BIGINT  NOT NULL,
+    events INTEGER NOT NULL,
+    sum_ms BIGINT  NOT NULL,
+    min_ms INTEGER NOT NULL,
+    max_ms INTEGER NOT NULL,
+    PRIMARY KEY (id, stamp)
+);
+
+CREATE TABLE IF NOT EXISTS readings_hourly (
+    id     INTEGER NOT NULL,
+    stamp  BIGINT  NOT NULL,
+    events INTEGER NOT NULL,
+    sum_ms BIGINT  NOT NULL,
+    min_ms INTEGER NOT NULL,
+    max_ms INTEGER NOT NULL,
+    PRIMARY KEY (id, stamp)
+);
+
+-- wh is the original's name for the mean power in W at 1000 pulses/kWh.
+CREATE OR REPLACE VIEW usage_minutely AS
+SELECT id, stamp, 3600000.0::DOUBLE PRECISION * events / sum_ms AS wh,
+       min_ms, max_ms, events
+  FROM readings_minutely;
+
+CREATE OR REPLACE VIEW usage_hourly AS
+SELECT id, stamp, 3600000.0::DOUBLE PRECISION * events / sum_ms AS wh,
+       min_ms, max_ms, events
+  FROM readings_hourly;
+
+-- Rollups are kept by one statement-level trigger: set-based (one upsert per
+-- table per INSERT or COPY, whoever the writer is), in the writer's
+-- transaction, and correct under concurrent writers (ON CONFLICT serialises
+-- on the bucket's row; buckets are taken in key order, so no deadlocks).
+-- The transition table holds only rows really inserted, so rows skipped by
+-- ON CONFLICT DO NOTHING are not counted twice.
+CREATE OR REPLACE FUNCTION blip_rollup() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO readings_minutely AS r (id, stamp, events, sum_ms, min_ms, max_ms)
+    SELECT n.id, n.stamp - n.stamp % 60000, count(*), sum(n.ms), min(n.ms), max(n.ms)
+      FROM inserted n
+     GROUP BY 1, 2
+     ORDER BY 1, 2
+    ON CONFLICT (id, stamp) DO UPDATE
+       SET events = r.events + excluded.events,
+           sum_ms = r.sum_ms + excluded.sum_ms,
+           min_ms = least(r.min_ms, excluded.min_ms),
+           max_ms = greatest(r.max_ms, excluded.max_ms);
+
+    INSERT INTO readings_hourly AS r (id, stamp, events, sum_ms, min_ms, max_ms)
+    SELECT n.id, n.stamp - n.stamp % 3600000, count(*), sum(n.ms), min(n.ms), max(n.ms)
+      FROM inserted n
+     GROUP BY 1, 2
+     ORDER BY 1, 2
+    ON CONFLICT (id, stamp) DO UPDATE
+       SET events = r.events + excluded.events,
+           sum_ms = r.sum_ms + excluded.sum_ms,
+           min_ms = least(r.min_ms, excluded.min_ms),
+           max_ms = greatest(r.max_ms, excluded.max_ms);
+    RETURN NULL;
+END
+$$;
+
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger
+                    WHERE tgname = 'blip_rollup'
+                      AND tgrelid = 'readings'::regclass) THEN
+        CREATE TRIGGER blip_rollup AFTER INSERT ON readings
+            REFERENCING NEW TABLE AS inserted
+            FOR EACH STATEMENT EXECUTE FUNCTION blip_rollup();
+    END IF;
+END
+$$;

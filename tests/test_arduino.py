@@ -1,0 +1,267 @@
+"""
+Tests of the Arduino line protocol, the stamps, and the serial endpoint on a
+real pty.
+"""
+
+from typing import Optional
+
+import pytest
+import pytest_twisted
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+
+from blip.arduino import MeterFactory, MeterProtocol, SerialEndpoint, Stamps, unescape
+from blip.counters import Counters
+from blip.model import Point
+
+
+class Harness:
+    """
+    A protocol on a StringTransport, its clock, and what it produced.
+    """
+
+    def __init__(self, start: float = 1_700_000_000.0) -> None:
+        self.clock = Clock()
+        self.clock.advance(start)
+        self.points: list[Point] = []
+        self.described: list[tuple[int, str]] = []
+        self.counters = Counters()
+        self.stamps = Stamps()
+        self.factory = MeterFactory(
+            self.points.append,
+            self.stamps,
+            self.clock,
+            self.counters,
+            lambda meter, text: self.described.append((meter, text)),
+        )
+        self.protocol = self.factory.buildProtocol(None)
+        self.protocol.makeConnection(StringTransport())
+
+    def feed(self, data: bytes, skip_first: bool = True) -> None:
+        """Feed bytes, first ending the partial first line if asked."""
+        if skip_first:
+            self.protocol.dataReceived(b"partial\n")
+        self.protocol.dataReceived(data)
+
+
+def test_single_meter_lines() -> None:
+    """
+    A bare ``<ms>`` line is a blip of meter 1 stamped with the arrival time.
+    """
+    h = Harness()
+    h.feed(b"1234\n")
+    assert h.points == [Point(1, 1_700_000_000_000, 1234)]
+    assert h.counters.blips == 1
+
+
+def test_multi_meter_lines_and_crlf() -> None:
+    """
+    ``<id> <ms>`` lines carry their meter; ``\\r\\n`` ends lines too.
+    """
+    h = Harness()
+    h.feed(b"2 500\r\n3\t700\r\n")
+    assert [(p.meter, p.ms) for p in h.points] == [(2, 500), (3, 700)]
+
+
+def test_first_line_after_open_is_dropped() -> None:
+    """
+    The first line may be the tail of a line the Arduino began before the
+    port opened: it is dropped, and not counted as garbage.
+    """
+    h = Harness()
+    h.feed(b"4500\n4600\n", skip_first=False)
+    assert [p.ms for p in h.points] == [4600]
+    assert h.counters.garbage == 0
+
+
+def test_lines_split_across_reads() -> None:
+    """
+    A line arriving in pieces is parsed once it is whole.
+    """
+    h = Harness()
+    h.feed(b"12")
+    h.protocol.dataReceived(b"34")
+    assert h.points == []
+    h.protocol.dataReceived(b"\n")
+    assert [p.ms for p in h.points] == [1234]
+
+
+@pytest.mark.parametrize(
+    "line, why",
+    [
+        (b"abc", "not a blip"),
+        (b"12a", "not a blip"),
+        (b"0", "interval of 0 ms"),
+        (b"1 0", "interval of 0 ms"),
+        (b"-5", "negative number"),
+        (b"2147483648", "number too large"),
+        (b"2147483648 5", "number too large"),
+        (b"1" * 70, "longer than 64 bytes"),
+        (b"\x00\xff\xfe\x80", "not a blip"),
+        (b"", "empty line"),
+        (b"1 2 3", "not a blip"),
+        (b"12.5", "not a blip"),
+        (b"INFO x y", "not a blip"),
+    ],
+)
+def test_garbage_is_counted_and_dropped(line: bytes, why: str, log_events) -> None:
+    """
+    Every class of garbage is counted, logged with its reason, and not
+    stored; the protocol keeps reading.
+    """
+    h = Harness()
+    events = log_events
+    h.feed(line + b"\n99\n")
+    assert [p.ms for p in h.points] == [99]
+    assert h.counters.garbage == 1
+    warnings = [e for e in events if e.get("why") is not None]
+    assert [e["why"] for e in warnings] == [why]
+
+
+def test_largest_values_are_accepted() -> None:
+    """
+    The largest INTEGER is a valid interval and meter id.
+    """
+    h = Harness()
+    h.feed(b"2147483647\n2147483647 2147483647\n")
+    assert [(p.meter, p.ms) for p in h.points] == [(1, 2147483647), (2147483647, 2147483647)]
+
+
+def test_overlong_line_without_newline_is_skipped_to_the_next_line() -> None:
+    """
+    A flood without newlines is dropped once it passes the buffer limit, up
+    to the next newline; the lines after it are read as usual.
+    """
+    h = Harness()
+    h.feed(b"7" * 3000)
+    h.protocol.dataReceived(b"123\n456\n")
+    assert [p.ms for p in h.points] == [456]
+    assert h.counters.garbage == 1
+
+
+def test_overlong_line_does_not_swallow_the_lines_read_with_it() -> None:
+    """
+    Valid lines arriving in the same read as an overlong line are kept.
+    """
+    h = Harness()
+    h.feed(b"9" * 200 + b"\n100\n200\n")
+    assert [p.ms for p in h.points] == [100, 200]
+
+
+def test_garbage_warnings_are_rate_limited(log_events) -> None:
+    """
+    At most one garbage warning a second; the next one says how many were
+    not logged.
+    """
+    h = Harness()
+    events = log_events
+    h.feed(b"x\n" * 50)
+    assert len([e for e in events if "why" in e]) == 1
+    h.clock.advance(1.0)
+    h.protocol.dataReceived(b"y\n")
+    warnings = [e for e in events if "why" in e]
+    assert len(warnings) == 2
+    assert warnings[1]["unwarned"] == 49
+    assert h.counters.garbage == 51
+
+
+def test_connected_and_info_lines() -> None:
+    """
+    ``CONNECTED`` lines are logged; ``INFO`` lines name a meter, with
+    ``\\xx`` escapes decoded; neither is a blip or garbage.
+    """
+    h = Harness()
+    h.feed(b"CONNECTED v2\nINFO 3 K\\c3\\b8kken\\20\\2f\\20fryser\n")
+    assert h.points == []
+    assert h.counters.garbage == 0
+    assert h.described == [(3, "Køkken / fryser")]
+
+
+def test_unescape_keeps_bad_bytes_visible() -> None:
+    """
+    Escapes that do not make UTF-8 become replacement characters.
+    """
+    assert unescape(b"a\\ffb") == "a\ufffdb"
+    assert unescape(b"no escapes \\zz") == "no escapes \\zz"
+
+
+def test_stamps_strictly_increase_per_meter() -> None:
+    """
+    Two blips in one millisecond, or after the clock stepped back, get the
+    previous stamp + 1; meters are independent.
+    """
+    h = Harness()
+    h.feed(b"10\n10\n2 10\n")
+    h.clock.advance(-5.0)
+    h.protocol.dataReceived(b"10\n")
+    stamps = [(p.meter, p.stamp) for p in h.points]
+    t = 1_700_000_000_000
+    assert stamps == [(1, t), (1, t + 1), (2, t), (1, t + 2)]
+
+
+def test_stamps_seeded_from_a_later_stamp() -> None:
+    """
+    A seeded stamp (the last one stored before a restart) bounds the next.
+    """
+    stamps = Stamps()
+    stamps.seed(1, 5000)
+    assert stamps.next(1, 4000) == 5001
+    stamps.seed(1, 100)
+    assert stamps.next(1, 9000) == 9000
+
+
+@pytest_twisted.ensureDeferred
+async def test_serial_port_on_a_pty(pty_meter) -> None:
+    """
+    The real SerialPort reads the lines written into a pty, through the
+    endpoint and ClientService used in production.
+    """
+    from twisted.internet import reactor
+
+    points: list[Point] = []
+    arrived: list[Deferred[None]] = []
+
+    def receive(point: Point) -> None:
+        points.append(point)
+        if arrived:
+            arrived.pop().callback(None)
+
+    counters = Counters()
+    factory = MeterFactory(receive, Stamps(), reactor, counters)
+    service = ClientService(
+        SerialEndpoint(reactor, pty_meter.path, 9600, counters),
+        factory,
+        retryPolicy=backoffPolicy(0.1, 1.0),
+    )
+    service.startService()
+    try:
+        await service.whenConnected().addTimeout(10, reactor)
+        done: Deferred[None] = Deferred()
+        arrived.append(done)
+        pty_meter.write(b"tail\n2 1500\r\n")
+        await done.addTimeout(10, reactor)
+        assert [(p.meter, p.ms) for p in points] == [(2, 1500)]
+        assert counters.serial_opens == 1
+    finally:
+        await service.stopService()
+
+
+def test_endpoint_fails_for_a_missing_device(tmp_path, log_events) -> None:
+    """
+    Opening a device that does not exist fails the connection attempt
+    (ClientService then retries) and is logged once however often it is
+    retried.
+    """
+    from twisted.internet import reactor
+
+    counters = Counters()
+    endpoint = SerialEndpoint(reactor, str(tmp_path / "nothing"), 9600, counters)
+    factory = MeterFactory(lambda p: None, Stamps(), Clock(), counters)
+    failures: list[Optional[BaseException]] = []
+    for _ in range(3):
+        endpoint.connect(factory).addErrback(lambda f: failures.append(f.value))
+    assert len(failures) == 3
+    assert counters.serial_failures == 3
+    assert len([e for e in log_events if "cannot open" in e["log_format"]]) == 1

@@ -1,0 +1,116 @@
+"""
+Tests of the command line: defaults, environment variables, and one clear
+error for each bad value.
+"""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from twisted.python import usage
+
+from blip.options import Options
+
+
+def parse(args: list[str], monkeypatch=None, **env: str) -> Options:
+    options = Options()
+    options.parseOptions(args)
+    return options
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch, tmp_path):
+    """No BLIP_ variables from outside; run where ./var may be created."""
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("BLIP_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+
+
+def test_defaults() -> None:
+    """
+    The defaults are DESIGN.md's.
+    """
+    options = parse(["--db", "dbname=x"])
+    assert options["serial"] is None
+    assert options["baudrate"] == 9600
+    assert options["simulate"] is False
+    assert options["listen"] == "tcp:8080:interface=127.0.0.1"
+    assert options["role"] == "all"
+    assert options["longpoll-timeout"] == 0.0
+    assert options["max-waiters"] == 10000
+    assert options["state-dir"] == Path("./var")
+    assert [m.id for m in options["meters"]] == [1]
+
+
+def test_environment_and_command_line(monkeypatch) -> None:
+    """
+    Every option can come from BLIP_<NAME>; the command line wins.
+    """
+    monkeypatch.setenv("BLIP_SERIAL", "/dev/arduino")
+    monkeypatch.setenv("BLIP_BAUDRATE", "115200")
+    monkeypatch.setenv("BLIP_DB", "dbname=power")
+    monkeypatch.setenv("BLIP_LONGPOLL_TIMEOUT", "30")
+    monkeypatch.setenv("BLIP_LISTEN", "tcp:9000")
+    options = parse(["--baudrate", "57600"])
+    assert options["serial"] == "/dev/arduino"
+    assert options["baudrate"] == 57600
+    assert options["db"] == "dbname=power"
+    assert options["longpoll-timeout"] == 30.0
+    assert options["listen"] == "tcp:9000"
+
+
+def test_simulate_from_the_environment(monkeypatch) -> None:
+    """
+    BLIP_SIMULATE=1 turns the simulator on; a value that is not a yes or
+    no is an error.
+    """
+    monkeypatch.setenv("BLIP_SIMULATE", "1")
+    assert parse(["--db", "dbname=x"])["simulate"] is True
+    monkeypatch.setenv("BLIP_SIMULATE", "maybe")
+    with pytest.raises(usage.UsageError, match="BLIP_SIMULATE"):
+        parse(["--db", "dbname=x"])
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--baudrate", "fast"], "--baudrate: not an integer"),
+        (["--baudrate", "0"], "--baudrate: must be from 1"),
+        (["--longpoll-timeout", "-1"], "--longpoll-timeout"),
+        (["--longpoll-timeout", "soon"], "--longpoll-timeout"),
+        (["--max-waiters", "0"], "--max-waiters"),
+        (["--role", "boss"], "--role"),
+        (["--listen", "carrier-pigeon:80"], "--listen"),
+        (["--listen", "tcp:notaport"], "--listen"),
+        (["--db", "host=x = y"], "--db"),
+        (["--meters", "/nonexistent/meters.toml"], "--meters"),
+        (["--serial", "/dev/ttyUSB0", "--simulate"], "--serial and --simulate"),
+    ],
+)
+def test_bad_values_are_one_clear_error(args: list[str], message: str) -> None:
+    """
+    Each bad value is refused with a message naming the option.
+    """
+    if "--db" not in args:
+        args = [*args, "--db", "dbname=x"]
+    with pytest.raises(usage.UsageError, match=message):
+        parse(args)
+
+
+def test_twistd_prints_one_line_and_no_traceback(tmp_path) -> None:
+    """
+    Through twistd, a bad option ends the process with status 1, a line
+    naming the option, and no traceback.
+    """
+    twistd = Path(sys.executable).parent / "twistd"
+    done = subprocess.run(
+        [str(twistd), "--nodaemon", "--pidfile=", "blip", "--baudrate", "fast", "--db", "dbname=x"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=60,
+    )
+    assert done.returncode == 1
+    assert "--baudrate: not an integer: 'fast'" in done.stderr + done.stdout
+    assert "Traceback" not in done.stderr + done.stdout

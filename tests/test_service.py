@@ -1,0 +1,135 @@
+"""
+End-to-end tests: ``twistd -n blip`` as a child process, reading a real pty,
+writing to a real database, answering over a real port.
+"""
+
+import json
+import select
+import signal
+import socket
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from tests.conftest import TIMEOUT
+
+HOUR = 3_600_000
+
+
+def get(daemon, path: str) -> tuple[int, bytes]:
+    """:return: status and body of a GET."""
+    try:
+        with urllib.request.urlopen(daemon.url(path), timeout=TIMEOUT) as answer:
+            return answer.status, answer.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def eventually(check, timeout: float = TIMEOUT):
+    """
+    Ask ``check()`` until it returns something true (the daemon writes in
+    batches, so a point is queryable a moment after it is live).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result or time.monotonic() > deadline:
+            return result
+        time.sleep(0.02)
+
+
+def park(daemon, path: str) -> socket.socket:
+    """Open a long-poll without waiting for its answer."""
+    s = socket.create_connection(("127.0.0.1", daemon.port), timeout=TIMEOUT)
+    s.sendall(f"GET {path} HTTP/1.1\r\nHost: blip\r\nConnection: close\r\n\r\n".encode())
+    return s
+
+
+def answer(s: socket.socket) -> bytes:
+    """Read a parked long-poll's whole answer."""
+    chunks = []
+    while chunk := s.recv(65536):
+        chunks.append(chunk)
+    s.close()
+    return b"".join(chunks)
+
+
+def test_serial_to_http_end_to_end(start_daemon, pty_meter, database) -> None:
+    """
+    Lines written into the pty come out of every legacy route; garbage is
+    dropped; a long-poll gets the next blip; a client hanging up mid
+    long-poll is forgotten; SIGTERM flushes and exits 0.
+    """
+    daemon = start_daemon("--serial", pty_meter.path, "--db", database.dsn)
+    daemon.wait_for("reading serial device")
+    daemon.wait_for("database ready")
+
+    pty_meter.write(b"partial line\n")
+    pty_meter.write(b"noise\n\x00\xff\n0\n-3\n99999999999\n" + b"7" * 80 + b"\n")
+    # A long-poll answers the first blip after it is parked: write blips
+    # until it answers (the daemon cannot be asked whether it is parked).
+    waiting = park(daemon, "/blip/1")
+    hung_up = park(daemon, "/blip")
+    hung_up.close()
+    sent = 0
+    while not select.select([waiting], [], [], 0.05)[0]:
+        assert sent < 200, "long-poll never answered:\n" + "\n".join(daemon.output)
+        pty_meter.write(b"1000\r\n" if sent % 2 else b"1000\n")
+        sent += 1
+    pty_meter.write(b"2 500\n")
+    live = answer(waiting)
+    assert live.endswith(b"]")
+    stamp, ms = json.loads(live.split(b"\r\n\r\n", 1)[1])
+    assert ms == 1000
+    assert abs(stamp - time.time() * 1000) < 60_000
+
+    for ms in (1001, 1002):
+        pty_meter.write(b"%d\n" % ms)
+    def since_first() -> list:
+        rows = json.loads(get(daemon, "/since/1/0")[1])
+        return rows if len(rows) == sent + 2 else []
+
+    rows = eventually(since_first)
+    assert [r[1] for r in rows] == [1000] * sent + [1001, 1002]
+    stamps = [r[0] for r in rows]
+    assert stamps == sorted(set(stamps))
+
+    assert get(daemon, "/last/1") == (200, json.dumps(rows[-1], separators=(",", ":")).encode())
+    assert json.loads(get(daemon, "/last/2")[1])[1] == 500
+    assert json.loads(get(daemon, f"/range/1/{stamps[0]}/{stamps[1]}")[1]) == rows[:2]
+    assert json.loads(get(daemon, "/usage/1/600000")[1]) == [sent + 2]
+    hour = stamps[0] - stamps[0] % HOUR
+    hourly = json.loads(get(daemon, f"/hourly/1/{hour - HOUR}/{hour + HOUR}")[1])
+    assert sum(h[1] for h in hourly) == sent + 2
+    aggregate = json.loads(get(daemon, f"/aggregate/1/{stamps[0]}/{HOUR}/1")[1])
+    assert aggregate == [[0, sent + 2]]
+    assert get(daemon, "/since/1/1234567890123456")[0] == 400
+    assert get(daemon, "/last/5")[0] == 404
+
+    assert database.sql("SELECT count(*) FROM readings")[0][0] == sent + 3
+    daemon.wait_for(r"dropped serial line")
+    # A point that is live but not yet written is written on SIGTERM.
+    waiting = park(daemon, "/blip/1")
+    while not select.select([waiting], [], [], 0.05)[0]:
+        pty_meter.write(b"1003\n")
+        sent += 1
+    answer(waiting)
+    assert daemon.stop(signal.SIGTERM) == 0, "\n".join(daemon.output)
+    assert database.sql("SELECT count(*) FROM readings WHERE id = 1")[0][0] == sent + 2
+
+
+def test_demo_serves_a_point_quickly(start_daemon) -> None:
+    """
+    The demo (simulated meter, embedded database) serves a point on
+    /last/1 within 15 seconds of starting.
+    """
+    started = time.monotonic()
+    daemon = start_daemon("--simulate")
+    status = eventually(lambda: get(daemon, "/last/1")[0] == 200, timeout=15)
+    assert status, "no point within 15 s"
+    assert time.monotonic() - started < 20
+    daemon.wait_for("database ready")
+    assert daemon.stop() == 0
+    assert any("embedded database stopped" in line for line in daemon.output)

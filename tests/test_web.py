@@ -1,0 +1,332 @@
+"""
+Tests of the legacy HTTP API over a real port, against a real database:
+byte-exact JSON for every route, headers, long-polls and every error.
+"""
+
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import pytest_twisted
+from twisted.web.client import Agent, HTTPConnectionPool, readBody
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock, deferLater
+
+from blip.hub import Hub
+from blip.meters import Meter, Meters
+from blip.model import Point
+from blip.service import STATIC, QuietSite
+from blip.store import Store
+from blip.web import LegacyApi
+
+HOUR = 3_600_000
+T0 = 1_700_000_000_000 - 1_700_000_000_000 % HOUR
+NOW = (T0 + 2 * HOUR) / 1000
+
+
+@dataclass
+class Api:
+    """The API under test and what it is made of."""
+
+    url: str
+    hub: Hub
+    clock: Clock
+    store: Store
+    port: Any
+
+    async def get(self, path: str, method: str = "GET") -> tuple[int, Any, bytes]:
+        """:return: status, headers and body of one request."""
+        from twisted.internet import reactor
+
+        agent = Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
+        response = await agent.request(method.encode(), (self.url + path).encode())
+        headers = response.headers.copy()
+        if isinstance(response.length, int):
+            # Twisted's client moves Content-Length out of the headers.
+            headers.setRawHeaders(b"Content-Length", [b"%d" % response.length])
+        return response.code, headers, await readBody(response)
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    """
+    Wait until ``predicate()`` holds, looking every few milliseconds.
+    """
+    from twisted.internet import reactor
+
+    for _ in range(int(timeout / 0.005)):
+        if predicate():
+            return
+        await deferLater(reactor, 0.005, lambda: None)
+    raise AssertionError("condition not reached in time")
+
+
+@pytest_twisted.async_yield_fixture
+async def api(store: Store) -> AsyncIterator[Api]:
+    """
+    The legacy API on a real port: meter 1 has 10 points a second apart
+    from T0, meter 2 one point; meter 3 is configured but has no readings.
+    """
+    from twisted.internet import reactor
+
+    await store.insert([Point(1, T0 + i * 1000, 1000 + i) for i in range(10)] + [Point(2, T0, 42)])
+    clock = Clock()
+    clock.advance(NOW)
+    hub = Hub(max_waiters=3)
+    meters = Meters([Meter(1), Meter(3)])
+    app = LegacyApi(store, hub, meters, clock, 5.0, STATIC)
+    port = reactor.listenTCP(0, QuietSite(app.resource()), interface="127.0.0.1")
+    try:
+        yield Api(f"http://127.0.0.1:{port.getHost().port}", hub, clock, store, port)
+    finally:
+        hub.close()
+        await port.stopListening()
+
+
+def pairs(rows: list[tuple[int, int]]) -> bytes:
+    """The original's encoding of a list of pairs, written out by hand."""
+    return ("[" + ",".join(f"[{a},{b}]" for a, b in rows) + "]").encode()
+
+
+METER1 = [(T0 + i * 1000, 1000 + i) for i in range(10)]
+
+EXACT = [
+    ("/last", pairs([METER1[-1]])[1:-1]),
+    ("/last/1", pairs([METER1[-1]])[1:-1]),
+    ("/last/2", f"[{T0},42]".encode()),
+    ("/since/" + str(T0 + 7000), pairs(METER1[7:])),
+    ("/since/1/" + str(T0 + 7000), pairs(METER1[7:])),
+    ("/since/2/" + str(T0 + 1), b"[]"),
+    ("/range/" + f"{T0 + 2000}/{T0 + 4000}", pairs(METER1[2:5])),
+    ("/range/1/" + f"{T0 + 2000}/{T0 + 4000}", pairs(METER1[2:5])),
+    ("/range/1/" + f"{T0}/{T0}", pairs(METER1[:1])),
+    ("/aggregate/" + f"{T0 + 500}/3000/2", b"[[0,3],[3000,3]]"),
+    ("/aggregate/1/" + f"{T0 - 2000}/4000/3", b"[[0,2],[4000,4],[8000,4]]"),
+    ("/aggregate/1/" + f"{T0 - 100000}/1000/10", b"[]"),
+    ("/aggregate/1/" + f"{T0}/1/0", b"[]"),
+    ("/hourly/" + f"{T0}/{T0 + HOUR}", f"[[{T0},10,{3600000 * 10 / sum(range(1000, 1010))!r},1000,1009]]".encode()),
+    ("/hourly/2/" + f"{T0}/{T0}", f"[[{T0},1,{3600000 / 42!r},42,42]]".encode()),
+    ("/minutely/1/" + f"{T0}/{T0}", f"[[{T0},10,{3600000 * 10 / sum(range(1000, 1010))!r},1000,1009]]".encode()),
+    ("/aggregate_hourly/2/" + f"{T0}/{2 * HOUR}/2", f"[[0,{3600000 / 42!r}]]".encode()),
+    ("/usage/1/" + str(int(NOW * 1000) - T0 - 5000), b"[5]"),
+    ("/usage/7/1000", b"[0]"),
+    ("/last/1/" + str(int(NOW * 1000) - T0 - 8000), pairs(METER1[8:])),
+]
+
+
+@pytest.mark.parametrize("path, body", EXACT)
+@pytest_twisted.ensureDeferred
+async def test_routes_answer_byte_for_byte(api: Api, path: str, body: bytes) -> None:
+    """
+    Every legacy route, with and without a meter id, answers the original's
+    bytes for the same points.
+    """
+    code, headers, content = await api.get(path)
+    assert (code, content) == (200, body)
+    assert headers.getRawHeaders(b"Content-Type") == [b"application/json"]
+    assert headers.getRawHeaders(b"Content-Length") == [str(len(body)).encode()]
+
+
+@pytest_twisted.ensureDeferred
+async def test_whole_numbers_print_as_postgresql_does(api: Api) -> None:
+    """
+    A power that is a whole number prints without ``.0``, as PostgreSQL
+    (and so the original) prints it.
+    """
+    await api.store.insert([Point(4, T0 + HOUR, 1000), Point(4, T0 + HOUR + 1000, 1000)])
+    code, _, content = await api.get(f"/hourly/4/{T0}/{T0 + HOUR}")
+    assert content == f"[[{T0 + HOUR},2,3600,1000,1000]]".encode()
+
+
+@pytest_twisted.ensureDeferred
+async def test_caps(api: Api) -> None:
+    """
+    /since answers at most 2000 points, oldest first.
+    """
+    await api.store.insert([Point(5, T0 + i, 1) for i in range(2100)])
+    code, _, content = await api.get(f"/since/5/{T0}")
+    rows = content[2:-2].split(b"],[")
+    assert len(rows) == 2000
+    assert rows[0] == f"{T0},1".encode()
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/last", "/last/1", "/last/1/100", "/since/1", "/since/1/1", "/range/1/2", "/range/1/1/2",
+     "/aggregate/1/2/3", "/aggregate/1/1/2/3", "/aggregate_hourly/1/2/3", "/aggregate_hourly/1/1/2/3",
+     "/hourly/1/2", "/hourly/1/1/2", "/minutely/1/2", "/minutely/1/1/2", "/usage/5", "/usage/1/5",
+     "/blip", "/blip/1"],
+)
+@pytest_twisted.ensureDeferred
+async def test_headers_and_options(api: Api, path: str) -> None:
+    """
+    Every API route answers OPTIONS with the CORS headers, and carries them
+    and the cache headers on GET too.
+    """
+    code, headers, content = await api.get(path, "OPTIONS")
+    assert (code, content) == (200, b"")
+    expected = {
+        b"Access-Control-Allow-Origin": [b"*"],
+        b"Access-Control-Allow-Methods": [b"GET"],
+        b"Access-Control-Allow-Headers": [b"origin, x-requested-with, accept"],
+        b"Access-Control-Max-Age": [b"60"],
+        b"Cache-Control": [b"max-age=0, must-revalidate"],
+    }
+    for name, value in expected.items():
+        assert headers.getRawHeaders(name) == value
+    if not path.startswith("/blip"):
+        code, headers, _ = await api.get(path)
+        for name, value in expected.items():
+            assert headers.getRawHeaders(name) == value
+
+
+@pytest.mark.parametrize(
+    "path, status",
+    [
+        ("/since/1/1234567890123456", 400),
+        ("/since/1234567890123456", 400),
+        ("/last/1/1234567890123456", 400),
+        ("/aggregate/1/1/1/1001", 400),
+        ("/aggregate_hourly/1/1/1/1001", 400),
+        ("/aggregate/1/1/0/10", 400),
+        ("/since/1/abc", 400),
+        ("/since/1/-5", 400),
+        ("/since/x/5", 400),
+        ("/since/1/%C2%B2", 400),
+        ("/range/1/5/4", 400),
+        ("/hourly/1/5/4", 400),
+        ("/minutely/1/5/4", 400),
+        ("/last/3", 404),
+        ("/last/99999999999", 404),
+        ("/blip/7", 404),
+        ("/blip/99999999999", 404),
+        ("/nothing/here", 404),
+        ("/since/1/2/3/4", 404),
+        ("/last/", 404),
+        ("/%FF", 400),
+        ("/since/" + "9" * 9000, 414),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_errors_are_json(api: Api, path: str, status: int) -> None:
+    """
+    Bad numbers, caps, reversed ranges, unknown meters and unknown routes
+    answer their status with a JSON body saying what is wrong.
+    """
+    import json
+
+    code, headers, content = await api.get(path)
+    assert code == status
+    assert headers.getRawHeaders(b"Content-Type") == [b"application/json"]
+    assert set(json.loads(content)) == {"error"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_unsupported_method_is_405_json(api: Api) -> None:
+    """
+    A POST to an API route is 405 with a JSON body.
+    """
+    code, _, content = await api.get("/last/1", "POST")
+    assert code == 405
+    assert content == b'{"error":"method not allowed"}'
+
+
+@pytest_twisted.ensureDeferred
+async def test_long_poll_gets_the_next_point(api: Api) -> None:
+    """
+    /blip/<id> answers with the meter's next point, as soon as it is
+    published; the id-less form follows the default meter.
+    """
+    with_id = Deferred.fromCoroutine(api.get("/blip/1"))
+    without = Deferred.fromCoroutine(api.get("/blip"))
+    await wait_until(lambda: api.hub.waiting == 2)
+    api.hub.publish(Point(2, T0 + 99, 5))
+    api.hub.publish(Point(1, T0 + 100_000, 1234))
+    for pending in (with_id, without):
+        code, _, content = await pending
+        assert (code, content) == (200, f"[{T0 + 100_000},1234]".encode())
+    assert api.hub.waiting == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_long_poll_times_out_with_204(api: Api) -> None:
+    """
+    With --longpoll-timeout, a long-poll that saw no point answers 204 and
+    leaves no waiter.
+    """
+    pending = Deferred.fromCoroutine(api.get("/blip/3"))
+    await wait_until(lambda: api.hub.waiting == 1)
+    api.clock.advance(5.0)
+    code, _, content = await pending
+    assert (code, content) == (204, b"")
+    assert api.hub.waiting == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_too_many_waiters_is_503(api: Api) -> None:
+    """
+    Past the cap on parked long-polls, new ones get 503 JSON.
+    """
+    parked = [Deferred.fromCoroutine(api.get("/blip/1")) for _ in range(3)]
+    await wait_until(lambda: api.hub.waiting == 3)
+    code, _, content = await api.get("/blip/1")
+    assert code == 503
+    assert b"error" in content
+    api.hub.publish(Point(1, T0 + 500_000, 1))
+    for pending in parked:
+        assert (await pending)[0] == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_client_hanging_up_leaves_no_waiter(api: Api) -> None:
+    """
+    A client that closes its connection mid long-poll is removed at once.
+    """
+    from twisted.internet import reactor
+
+    host, port = api.url.removeprefix("http://").split(":")
+    sockets = []
+    for _ in range(3):
+        s = socket.create_connection((host, int(port)))
+        s.sendall(b"GET /blip/1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        sockets.append(s)
+    await wait_until(lambda: api.hub.waiting == 3)
+    for s in sockets[:2]:
+        s.close()
+    await wait_until(lambda: api.hub.waiting == 1)
+    sockets[2].close()
+    await wait_until(lambda: api.hub.waiting == 0)
+    del reactor
+
+
+@pytest_twisted.ensureDeferred
+async def test_last_prefers_the_live_point(api: Api) -> None:
+    """
+    /last answers the newest point the hub has seen, before the database
+    has it.
+    """
+    api.hub.publish(Point(1, T0 + 777_000, 321))
+    assert (await api.get("/last/1"))[2] == f"[{T0 + 777_000},321]".encode()
+
+
+@pytest_twisted.ensureDeferred
+async def test_static_page(api: Api) -> None:
+    """
+    The page is served at /, without directory listings or escapes from its
+    folder.
+    """
+    code, headers, content = await api.get("/")
+    assert code == 200
+    assert headers.getRawHeaders(b"Content-Type")[0].startswith(b"text/html")
+    assert content == (STATIC / "index.html").read_bytes()
+    assert (await api.get("/../setup.cfg"))[0] == 404
+    assert (await api.get("/%2e%2e/setup.cfg"))[0] == 404
+
+
+def test_static_folder_is_the_repositorys() -> None:
+    """
+    The page's folder resolves to the static/ folder at the top.
+    """
+    assert STATIC.resolve() == (Path(__file__).parent.parent / "static").resolve()
