@@ -92,3 +92,17 @@ BEGIN
     END IF;
 END
 $$;
+
+-- When ingest was running with its serial source open, so that a gap in
+-- readings can be told apart: inside a period the meter did not blink
+-- (idle); outside, nothing was listening (logger down). One row per opening
+-- of a source; alive_at is refreshed while it stays open, so the end of a
+-- period cut short by a crash is known to within that refresh.
+CREATE TABLE IF NOT EXISTS ingest_periods (
+    node       TEXT   NOT NULL,   -- the ingest node's name
+    started    BIGINT NOT NULL,   -- unix ms the source opened
+    alive_at   BIGINT NOT NULL,   -- unix ms it was last known open
+    ended      BIGINT,            -- unix ms it closed; NULL while open
+    end_reason TEXT,              -- 'stop', 'device lost', 'crash'
+    PRIMARY KEY (node, started)
+);

@@ -187,3 +187,16 @@ class Store:
             (meter, since),
         )
         return int(rows[0][0])
+
+    async def ingest_periods(self, first: int, last: int) -> list[Row]:
+        """
+        :return: ``(started, ended)`` of every period of any node when ingest
+            ran with its source open that overlaps ``[first, last]``, by
+            start; a period still open ends at its ``alive_at``.
+        """
+        return await self.pool.runQuery(
+            "SELECT started, coalesce(ended, alive_at) FROM ingest_periods"
+            " WHERE started <= %s::bigint AND coalesce(ended, alive_at) >= %s::bigint"
+            " ORDER BY started",
+            (last, first),
+        )
