@@ -106,3 +106,26 @@ CREATE TABLE IF NOT EXISTS ingest_periods (
     end_reason TEXT,              -- 'stop', 'device lost', 'crash'
     PRIMARY KEY (node, started)
 );
+
+-- The meters: their settings from the --meters file and the descriptions
+-- their Arduino gave in INFO lines; a meter first seen on the serial line
+-- gets the default settings.
+CREATE TABLE IF NOT EXISTS meters (
+    id             INTEGER PRIMARY KEY,
+    label          TEXT             NOT NULL,
+    description    TEXT             NOT NULL,
+    pulses_per_kwh DOUBLE PRECISION NOT NULL,   -- impulses per kWh of its LED
+    multiplier     DOUBLE PRECISION NOT NULL,   -- current transformer ratio
+    price_per_kwh  DOUBLE PRECISION NOT NULL,
+    currency       TEXT             NOT NULL,
+    timezone       TEXT             NOT NULL    -- IANA zone of its days
+);
+
+-- The schema's version: one row per version reached, with where it came
+-- from (created, or upgraded from one of the original's layouts). Upgrades
+-- are ordered steps from the highest version here (see blip/upgrade.py).
+CREATE TABLE IF NOT EXISTS blip_schema (
+    version INTEGER PRIMARY KEY,
+    applied BIGINT  NOT NULL,   -- unix ms
+    note    TEXT    NOT NULL
+);

@@ -16,6 +16,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from txpostgres import reconnection, retrying, txpostgres
 
+from blip.embedded import EmbeddedError
+from blip.upgrade import Refused
+
 #: Seconds between reconnection attempts grow up to this.
 MAX_RECONNECT_DELAY = 30.0
 
@@ -182,6 +185,10 @@ class DatabaseService(Service):
     :param prepare: run once the database answers; retried until it works.
     :param before: what to wait for before connecting (the embedded
         cluster), if anything.
+    :param fatal: called when the database cannot be prepared for a reason
+        that waiting will not cure (a database that is not blipserver's, an
+        upgrade PostgreSQL refuses): the failure is logged as critical, then
+        this stops the daemon.
     """
 
     log = Logger()
@@ -189,12 +196,14 @@ class DatabaseService(Service):
     def __init__(
         self,
         pool: Pool,
-        prepare: Callable[[], Awaitable[None]],
+        prepare: Callable[[], Awaitable[object]],
         before: Optional[Callable[[], "Deferred[None]"]] = None,
+        fatal: Optional[Callable[[], None]] = None,
     ) -> None:
         self.pool = pool
         self.prepare = prepare
         self.before = before
+        self.fatal = fatal
         self.ready = False
         self._waiters: list[Deferred[None]] = []
         self._starting: Optional[Deferred[None]] = None
@@ -236,8 +245,24 @@ class DatabaseService(Service):
         return f
 
     def _failed(self, f: Failure) -> None:
-        if not f.check(CancelledError):
+        if f.check(CancelledError):
+            return
+        if f.check(Refused):
+            self.log.critical(
+                "refusing to use the database: {why}; nothing was changed",
+                why=f.getErrorMessage(),
+            )
+        elif f.check(psycopg2.Error):
+            self.log.critical(
+                "cannot prepare the database: {why}",
+                why="; ".join(f.getErrorMessage().split("\n")).strip("; "),
+            )
+        elif f.check(EmbeddedError):
+            self.log.critical("cannot start the database: {why}", why=f.getErrorMessage())
+        else:
             self.log.failure("cannot prepare the database", f)
+        if self.fatal is not None:
+            self.fatal()
 
     def stopService(self) -> None:
         super().stopService()

@@ -115,6 +115,8 @@ class Meters:
 
     def __init__(self, meters: Iterable[Meter] = ()) -> None:
         self._meters = {m.id: m for m in meters}
+        #: Whether the meters were configured (rather than the default).
+        self.configured = bool(self._meters)
         if not self._meters:
             self._meters[DEFAULT_METER] = default_meter(DEFAULT_METER)
 
@@ -156,6 +158,12 @@ class Meters:
         """
         meter = self._meters.get(meter_id)
         return meter if meter is not None else default_meter(meter_id)
+
+    def add(self, meter: Meter) -> None:
+        """
+        Know a meter, or replace what was known of it.
+        """
+        self._meters[meter.id] = meter
 
     def describe(self, meter_id: int, description: str) -> None:
         """

@@ -3,7 +3,10 @@ Wiring: builds the daemon's objects from its options and puts them in a
 service tree. No logic lives here.
 """
 
+import atexit
+import os
 import signal
+import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -11,6 +14,7 @@ from twisted.application import strports
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.error import ReactorNotRunning
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.server import Site
@@ -21,6 +25,7 @@ from blip.database import DatabaseService, Pool
 from blip.embedded import Cluster, EmbeddedPostgres
 from blip.hub import Hub, HubService
 from blip.ingest import Ingest, IngestService
+from blip.meter_table import MeterTable
 from blip.options import Options
 from blip.simulate import SimulatorService
 from blip.store import Store
@@ -85,6 +90,29 @@ class CleanExit(Service):
         self.log.info("received {name}, stopping", name=signal.Signals(number).name)
         self.reactor.callFromThread(self.reactor.stop)
 
+    def fail(self) -> None:
+        """
+        Stop the daemon in order and make it exit with status 1, so that
+        whoever runs it (a shell, systemd) sees that it failed. twistd
+        itself always exits 0 after a stop, so the status is set once it
+        has finished, by the last exit handler.
+        """
+        self.log.critical("stopping; blipserver will exit with status 1")
+        atexit.register(_exit_with, 1)
+        try:
+            self.reactor.stop()
+        except ReactorNotRunning:
+            pass
+
+
+def _exit_with(status: int) -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(status)
+
 
 def make_service(options: Options, reactor: Any = None, clock: Optional[IReactorTime] = None) -> IService:
     """
@@ -99,7 +127,8 @@ def make_service(options: Options, reactor: Any = None, clock: Optional[IReactor
         from twisted.internet import reactor
     clock = clock or reactor
     top = Sequence()
-    CleanExit(reactor).setServiceParent(top)
+    clean_exit = CleanExit(reactor)
+    clean_exit.setServiceParent(top)
     counters = Counters()
     meters = options["meters"]
     hub = Hub(max_waiters=options["max-waiters"])
@@ -112,14 +141,22 @@ def make_service(options: Options, reactor: Any = None, clock: Optional[IReactor
         before, dsn = embedded.when_ready, embedded.dsn
     pool = Pool(dsn, POOL_SIZE, reactor)
     store = Store(pool)
-    database = DatabaseService(pool, store.apply_schema, before)
+    meter_table = MeterTable(store, meters, clock)
+
+    async def prepare() -> None:
+        await store.apply_schema()
+        await meter_table.load()
+
+    database = DatabaseService(pool, prepare, before, fatal=clean_exit.fail)
     database.setServiceParent(top)
 
     if options["role"] in ("all", "ingest"):
         stamps = Stamps()
         ingest = Ingest(store, hub, stamps, clock, counters)
         IngestService(ingest, database.when_ready).setServiceParent(top)
-        factory = MeterFactory(ingest.receive, stamps, clock, counters, meters.describe)
+        factory = MeterFactory(
+            meter_table.noticing(ingest.receive), stamps, clock, counters, meter_table.describe
+        )
         if options["serial"]:
             endpoint = SerialEndpoint(reactor, options["serial"], options["baudrate"], counters)
             ClientService(

@@ -3,20 +3,37 @@ Every SQL statement blipserver runs, one typed method each.
 
 Parameters are always bound by the driver. Stamps and widths are cast to
 BIGINT in the SQL so that arithmetic on them cannot overflow an INTEGER.
+
+:class:`Store` is the daemon's (txpostgres, asynchronous); :class:`SyncStore`
+is the commands' (plain psycopg2, blocking). Preparing the database is
+written once, as a generator of statements (see :func:`_prepare`), which
+both run.
 """
 
+import io
+from dataclasses import dataclass
 from importlib.resources import files
-from typing import Any, Optional, Sequence
+from typing import IO, Any, Generator, Optional, Sequence, TypeVar, Union
 
+from psycopg2 import sql
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from blip.model import Point
+from blip import upgrade
 from blip.database import Pool
+from blip.meters import Meter
+from blip.model import DEFAULT_METER, Point
+from blip.upgrade import Catalog, Column, Grant, Outcome, Trigger
 
 Row = tuple[Any, ...]
+T = TypeVar("T")
 
 #: Key of the advisory lock that serialises schema changes between nodes.
 SCHEMA_LOCK = 0x626C6970  # "blip"
+#: Widths of the rollups' buckets in ms, by table.
+WIDTHS = {"readings_minutely": 60_000, "readings_hourly": 3_600_000}
+#: Bounds of a BIGINT stamp.
+STAMP_MIN, STAMP_MAX = -(2**63 - 1), 2**63 - 1
 
 
 def schema_sql() -> str:
@@ -38,18 +55,28 @@ class Store:
     def __init__(self, pool: Pool) -> None:
         self.pool = pool
 
-    async def apply_schema(self) -> None:
+    async def apply_schema(self, meter: int = DEFAULT_METER) -> Outcome:
         """
-        Create or update the schema, holding a lock so that nodes starting
-        together take turns.
+        Bring the database to blipserver's schema in one transaction (see
+        :func:`_prepare`: create, upgrade the original's layouts in place,
+        or find it current), holding a lock so that nodes starting together
+        take turns, and log what was done.
+
+        :param meter: the meter the rows of a single-meter database belong
+            to.
+        :raise blip.upgrade.Refused: for a database that is neither empty,
+            blipserver's nor the original's; it is left untouched.
         """
-        schema = schema_sql()
-
-        def apply(cursor: Any) -> Any:
-            d = cursor.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
-            return d.addCallback(lambda _: cursor.execute(schema))
-
-        await self.pool.runInteraction(apply)
+        started = self.pool.reactor.seconds()
+        outcome: Outcome = await self.pool.runInteraction(
+            lambda cursor: Deferred.fromCoroutine(_run(cursor, _prepare(meter)))
+        )
+        self.log.info(
+            "{outcome} ({seconds:.1f} s)",
+            outcome=outcome.describe(),
+            seconds=self.pool.reactor.seconds() - started,
+        )
+        return outcome
 
     async def insert(self, points: Sequence[Point]) -> int:
         """
@@ -200,3 +227,627 @@ class Store:
             " ORDER BY started",
             (last, first),
         )
+
+    async def save_meters(self, meters: Sequence[Meter]) -> None:
+        """
+        Write the settings of configured meters, replacing those stored; a
+        stored description stays unless the meter has one of its own.
+        """
+        await self.pool.runOperation(_SAVE_METERS, _meter_columns(meters))
+
+    async def note_meter(self, meter: Meter) -> None:
+        """
+        Record a meter seen on the serial line (with the given settings if
+        it is new) and its description, if it has one.
+        """
+        await self.pool.runOperation(_NOTE_METER, _meter_row(meter))
+
+    async def meters(self) -> list[Meter]:
+        """
+        :return: every meter of the meters table, by id.
+        """
+        return [_meter(row) for row in await self.pool.runQuery(_METERS)]
+
+
+# --- Preparing the database: detect its layout, upgrade, apply schema.sql ---
+
+
+@dataclass(frozen=True, slots=True)
+class Statement:
+    """
+    One statement of a program.
+
+    :param text: the SQL (identifiers composed with :mod:`psycopg2.sql`).
+    :param params: its parameters; None runs the text as it is (no ``%``
+        processing), as ``schema.sql`` needs.
+    """
+
+    text: Union[str, sql.Composable]
+    params: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """
+    What a statement of a program returned.
+
+    :param rows: its rows (empty for statements without a result).
+    :param count: how many rows it returned or changed.
+    """
+
+    rows: list[Row]
+    count: int
+
+
+#: A generator that yields statements, is sent their results, and returns
+#: a value; a driver runs it inside one transaction.
+Program = Generator[Statement, Result, T]
+
+_RELATIONS = (
+    "SELECT c.relname::text, c.relkind::text FROM pg_class c"
+    "  JOIN pg_namespace n ON n.oid = c.relnamespace"
+    " WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')"
+)
+_COLUMNS = (
+    "SELECT c.relname::text, a.attname::text, format_type(a.atttypid, a.atttypmod),"
+    "       a.attnotnull"
+    "  FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid"
+    "  JOIN pg_namespace n ON n.oid = c.relnamespace"
+    " WHERE n.nspname = current_schema() AND c.relname::text = ANY(%s)"
+    "   AND a.attnum > 0 AND NOT a.attisdropped"
+    " ORDER BY c.relname, a.attnum"
+)
+_PRIMARY_KEYS = (
+    "SELECT c.relname::text, k.conname::text,"
+    "       array(SELECT a.attname::text"
+    "               FROM unnest(k.conkey) WITH ORDINALITY u(num, i)"
+    "               JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = u.num"
+    "              ORDER BY u.i)"
+    "  FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid"
+    "  JOIN pg_namespace n ON n.oid = c.relnamespace"
+    " WHERE k.contype = 'p' AND n.nspname = current_schema()"
+    "   AND c.relname::text = ANY(%s)"
+)
+_TRIGGERS = (
+    "SELECT t.tgname::text, fn.nspname::text, f.proname::text,"
+    "       f.prosrc ~* 'readings_(hourly|minutely)',"
+    "       (SELECT count(*) FROM pg_trigger o WHERE o.tgfoid = t.tgfoid)"
+    "  FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid"
+    "  JOIN pg_namespace n ON n.oid = c.relnamespace"
+    "  JOIN pg_proc f ON f.oid = t.tgfoid"
+    "  JOIN pg_namespace fn ON fn.oid = f.pronamespace"
+    " WHERE n.nspname = current_schema() AND c.relname = 'readings'"
+    "   AND NOT t.tgisinternal"
+    " ORDER BY t.tgname"
+)
+_GRANTS = (
+    "SELECT c.relname::text,"
+    "       CASE WHEN g.grantee = 0 THEN NULL ELSE pg_get_userbyid(g.grantee)::text END,"
+    "       g.privilege_type"
+    "  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace,"
+    "       aclexplode(c.relacl) g"
+    " WHERE n.nspname = current_schema() AND c.relname::text = ANY(%s)"
+    "   AND g.grantee <> c.relowner"
+    " ORDER BY 1, 2, 3"
+)
+_VERSION = "SELECT max(version) FROM blip_schema"
+_RECORD_VERSION = (
+    "INSERT INTO blip_schema (version, applied, note)"
+    " VALUES (%s, (extract(epoch FROM now()) * 1000)::bigint, %s)"
+    " ON CONFLICT (version) DO NOTHING"
+)
+#: Privileges that may be granted on a view again after it was recreated.
+_PRIVILEGES = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER"})
+
+
+def _read_catalog() -> Program[Catalog]:
+    """
+    Read what :func:`blip.upgrade.detect` needs to know.
+    """
+    known = list(upgrade.KNOWN)
+    relations = dict((yield Statement(_RELATIONS)).rows)
+    columns: dict[str, list[Column]] = {}
+    for table, name, type_, not_null in (yield Statement(_COLUMNS, (known,))).rows:
+        columns.setdefault(table, []).append(Column(name, type_, not_null))
+    keys = {
+        table: (name, tuple(names))
+        for table, name, names in (yield Statement(_PRIMARY_KEYS, (known,))).rows
+    }
+    triggers = tuple(Trigger(*row) for row in (yield Statement(_TRIGGERS)).rows)
+    grants = tuple(
+        Grant(*row) for row in (yield Statement(_GRANTS, (list(upgrade.VIEWS),))).rows
+    )
+    version = None
+    if "blip_schema" in relations:
+        version = (yield Statement(_VERSION)).rows[0][0]
+    return Catalog(
+        relations, {t: tuple(c) for t, c in columns.items()}, keys, triggers, grants, version
+    )
+
+
+def _prepare(meter: int) -> Program[Outcome]:
+    """
+    Bring the database to blipserver's schema, in the caller's transaction:
+    create it in an empty database, upgrade the original's layouts in place
+    (ordered steps, from the version found), apply ``schema.sql`` (which
+    changes nothing where it is already applied), and record the version.
+
+    :param meter: the meter the rows of a single-meter database belong to.
+    :raise blip.upgrade.Refused: before changing anything, for a database
+        that is not one of these.
+    """
+    yield Statement("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+    catalog = yield from _read_catalog()
+    before = upgrade.detect(catalog)
+    original = before in (upgrade.ORIGINAL_SINGLE, upgrade.ORIGINAL_MULTI)
+    grants = catalog.grants
+    notes: list[str] = []
+    if before == upgrade.ORIGINAL_SINGLE:
+        notes += yield from _add_meter_ids(catalog, meter)
+        catalog = yield from _read_catalog()
+    if original:
+        notes += yield from _replace_original_rollups(catalog)
+    yield Statement(schema_sql())
+    if original:
+        notes += yield from _grant_again(grants)
+        notes += yield from _recompute_rollups()
+    if catalog.version is None:
+        note = LAYOUTS_NOTE.get(before, "created")
+        yield Statement(_RECORD_VERSION, (upgrade.SCHEMA_VERSION, note))
+        if before == upgrade.SCHEMA_VERSION:
+            notes.append("recorded its version")
+    return Outcome(before, tuple(notes))
+
+
+#: What the version row says of where the schema came from.
+LAYOUTS_NOTE = {
+    None: "created",
+    upgrade.ORIGINAL_SINGLE: "upgraded from the original single-meter layout",
+    upgrade.ORIGINAL_MULTI: "upgraded from the original multi-meter layout",
+    upgrade.SCHEMA_VERSION: "recorded for a database made before versions were recorded",
+}
+
+
+def _drop_views() -> Program[None]:
+    # The views depend on the columns the steps change; schema.sql makes
+    # them again. Without CASCADE: a view of the user's built on them stops
+    # the upgrade with PostgreSQL's message, and nothing is changed.
+    yield Statement("DROP VIEW IF EXISTS usage_minutely, usage_hourly")
+
+
+def _add_meter_ids(catalog: Catalog, meter: int) -> Program[list[str]]:
+    """
+    Step 1 to 2: give every row of the single-meter layout a meter id (a
+    change of the catalog only: no row is rewritten).
+    """
+    yield Statement("LOCK TABLE readings IN ACCESS EXCLUSIVE MODE")
+    yield from _drop_views()
+    for table in (upgrade.READINGS, *catalog.rollups()):
+        name = sql.Identifier(table)
+        yield Statement(
+            sql.SQL("ALTER TABLE {} ADD COLUMN id INTEGER NOT NULL DEFAULT %s").format(name),
+            (meter,),
+        )
+        yield Statement(sql.SQL("ALTER TABLE {} ALTER COLUMN id DROP DEFAULT").format(name))
+    return [f"gave every reading and rollup row meter id {meter}"]
+
+
+def _replace_original_rollups(catalog: Catalog) -> Program[list[str]]:
+    """
+    Step 2 to 3, before ``schema.sql``: drop the original's per-row
+    trigger (with blipserver's as well, every row would be counted twice),
+    and give readings and the rollups blipserver's types, NOT NULLs and
+    keys, in place (their privileges stay).
+    """
+    notes = []
+    yield Statement("LOCK TABLE readings IN ACCESS EXCLUSIVE MODE")
+    dropped: dict[tuple[str, str], int] = {}
+    for trigger in catalog.original_triggers():
+        yield Statement(
+            sql.SQL("DROP TRIGGER {} ON readings").format(sql.Identifier(trigger.name))
+        )
+        function = (trigger.function_schema, trigger.function)
+        dropped[function] = dropped.get(function, 0) + 1
+        notes.append(f"dropped the original's per-row trigger {trigger.name}")
+    for trigger in catalog.original_triggers():
+        function = (trigger.function_schema, trigger.function)
+        if dropped.pop(function, None) == trigger.function_uses:
+            yield Statement(sql.SQL("DROP FUNCTION {}.{}()").format(*map(sql.Identifier, function)))
+            notes.append(f"dropped its function {trigger.function}()")
+    others = [t.name for t in catalog.triggers if not t.writes_rollups and not t.is_blips]
+    if others:
+        notes.append(f"left the other triggers on readings alone ({', '.join(others)})")
+    yield from _drop_views()
+    names = [c.name for c in catalog.columns[upgrade.READINGS] if not c.not_null]
+    if "ms" in names:
+        gone = (yield Statement("DELETE FROM readings WHERE ms IS NULL")).count
+        if gone:
+            notes.append(f"deleted {gone} readings without ms")
+    notes += yield from _conform(catalog, upgrade.READINGS, upgrade.READINGS_TYPES)
+    for table in catalog.rollups():
+        gone = (yield Statement(sql.SQL(
+            "DELETE FROM {} WHERE events IS NULL OR sum_ms IS NULL OR min_ms IS NULL"
+            " OR max_ms IS NULL OR events <= 0 OR sum_ms <= 0"
+        ).format(sql.Identifier(table)))).count
+        if gone:
+            notes.append(f"deleted {gone} incomplete rows of {table}")
+        notes += yield from _conform(catalog, table, upgrade.ROLLUP_TYPES)
+    if not catalog.has("readings_minutely"):
+        notes.append("created readings_minutely")
+    return notes
+
+
+def _conform(catalog: Catalog, table: str, types: dict[str, str]) -> Program[list[str]]:
+    """
+    Give a table's columns blipserver's types and NOT NULLs (one ALTER, so
+    at most one rewrite) and its primary key ``(id, stamp)``.
+    """
+    notes = []
+    changes = []
+    for column in catalog.columns[table]:
+        name = sql.Identifier(column.name)
+        target = types[column.name]
+        if column.type != target:
+            changes.append(sql.SQL("ALTER COLUMN {} TYPE " + target).format(name))
+            notes.append(f"widened {table}.{column.name} to {target.upper()}"
+                         if column.type in ("integer", "smallint") and target == "bigint"
+                         else f"changed {table}.{column.name} to {target.upper()}")
+        if not column.not_null:
+            changes.append(sql.SQL("ALTER COLUMN {} SET NOT NULL").format(name))
+    table_name = sql.Identifier(table)
+    if changes:
+        yield Statement(sql.SQL("ALTER TABLE {} ").format(table_name) + sql.SQL(", ").join(changes))
+    key = catalog.primary_keys.get(table)
+    if key is None or key[1] != ("id", "stamp"):
+        if key is not None:
+            yield Statement(
+                sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(table_name, sql.Identifier(key[0]))
+            )
+        yield Statement(sql.SQL("ALTER TABLE {} ADD PRIMARY KEY (id, stamp)").format(table_name))
+        notes.append(f"keyed {table} by (id, stamp)")
+    return notes
+
+
+def _grant_again(grants: Sequence[Grant]) -> Program[list[str]]:
+    """
+    Give the views recreated by ``schema.sql`` the privileges the
+    original's had (a dashboard's read-only role, say).
+    """
+    count = 0
+    for grant in grants:
+        if grant.privilege not in _PRIVILEGES:
+            continue
+        role = sql.SQL("PUBLIC") if grant.role is None else sql.Identifier(grant.role)
+        yield Statement(
+            sql.SQL("GRANT " + grant.privilege + " ON {} TO {}").format(sql.Identifier(grant.view), role)
+        )
+        count += 1
+    return [f"granted {count} privileges on the views again"] if count else []
+
+
+def _recompute_rollups() -> Program[list[str]]:
+    """
+    Step 2 to 3, after ``schema.sql``: recompute both rollups from readings
+    for every meter. Rows older than a meter's first reading (history whose
+    readings were deleted) are kept.
+    """
+    every = {"meter": None, "start": STAMP_MIN, "end": STAMP_MAX}
+    counts = []
+    for statement in _rebuild_statements():
+        counts.append((yield Statement(statement, every)).count)
+    kept = []
+    for table, width in WIDTHS.items():
+        rows = (yield Statement(_HISTORY_ALL.format(table=sql.Identifier(table), width=sql.Literal(width)))).rows
+        if rows[0][0]:
+            kept.append(f"kept {rows[0][0]} rows of {table} older than the first reading")
+    minutes, stale_minutes, hours, stale_hours = counts
+    return [
+        f"recomputed the rollups from readings ({minutes} minute and {hours} hour rows"
+        f" written or corrected, {stale_minutes + stale_hours} without readings removed)",
+        *kept,
+    ]
+
+
+# Rollups are recomputed from readings by these four statements, for one
+# meter or all (meter NULL) and a range of stamps: minutes from readings,
+# then hours from those minutes, each followed by removing rows whose bucket
+# has no readings or is not aligned. Rows whose bucket ends at or before
+# the meter's first reading are history and never touched. Only rows that
+# change are written, so their counts say how many were wrong.
+_MINUTES_FROM_READINGS = sql.SQL(
+    "INSERT INTO readings_minutely AS t (id, stamp, events, sum_ms, min_ms, max_ms)"
+    " SELECT id, stamp - stamp %% 60000, count(*), sum(ms), min(ms), max(ms)"
+    "   FROM readings"
+    "  WHERE (%(meter)s::integer IS NULL OR id = %(meter)s)"
+    "    AND stamp >= %(start)s::bigint AND stamp < %(end)s::bigint"
+    "  GROUP BY 1, 2"
+    " ON CONFLICT (id, stamp) DO UPDATE"
+    "    SET events = excluded.events, sum_ms = excluded.sum_ms,"
+    "        min_ms = excluded.min_ms, max_ms = excluded.max_ms"
+    "  WHERE (t.events, t.sum_ms, t.min_ms, t.max_ms) IS DISTINCT FROM"
+    "        (excluded.events, excluded.sum_ms, excluded.min_ms, excluded.max_ms)"
+)
+_HOURS_FROM_MINUTES = sql.SQL(
+    "INSERT INTO readings_hourly AS t (id, stamp, events, sum_ms, min_ms, max_ms)"
+    " SELECT id, stamp - stamp %% 3600000, sum(events), sum(sum_ms), min(min_ms), max(max_ms)"
+    "   FROM readings_minutely m"
+    "  WHERE (%(meter)s::integer IS NULL OR id = %(meter)s)"
+    "    AND stamp >= %(start)s::bigint AND stamp < %(end)s::bigint"
+    "    AND stamp + 60000 > (SELECT min(r.stamp) FROM readings r WHERE r.id = m.id)"
+    "  GROUP BY 1, 2"
+    " ON CONFLICT (id, stamp) DO UPDATE"
+    "    SET events = excluded.events, sum_ms = excluded.sum_ms,"
+    "        min_ms = excluded.min_ms, max_ms = excluded.max_ms"
+    "  WHERE (t.events, t.sum_ms, t.min_ms, t.max_ms) IS DISTINCT FROM"
+    "        (excluded.events, excluded.sum_ms, excluded.min_ms, excluded.max_ms)"
+)
+_STALE = sql.SQL(
+    "DELETE FROM {table} t"
+    " WHERE (%(meter)s::integer IS NULL OR t.id = %(meter)s)"
+    "   AND t.stamp >= %(start)s::bigint AND t.stamp < %(end)s::bigint"
+    "   AND t.stamp + {width} > (SELECT min(r.stamp) FROM readings r WHERE r.id = t.id)"
+    "   AND (t.stamp %% {width} <> 0"
+    "        OR NOT EXISTS (SELECT 1 FROM readings r WHERE r.id = t.id"
+    "                        AND r.stamp >= t.stamp AND r.stamp < t.stamp + {width}))"
+)
+_HISTORY_ALL = sql.SQL(
+    "SELECT count(*) FROM {table} t"
+    " WHERE t.stamp + {width} <= coalesce("
+    "       (SELECT min(r.stamp) FROM readings r WHERE r.id = t.id), 9223372036854775807)"
+)
+
+
+def _rebuild_statements() -> list[sql.Composable]:
+    """
+    :return: the four statements that recompute the rollups, in order.
+    """
+    return [
+        _MINUTES_FROM_READINGS,
+        _STALE.format(table=sql.Identifier("readings_minutely"), width=sql.Literal(60_000)),
+        _HOURS_FROM_MINUTES,
+        _STALE.format(table=sql.Identifier("readings_hourly"), width=sql.Literal(3_600_000)),
+    ]
+
+
+async def _run(cursor: Any, program: Program[T]) -> T:
+    """
+    Run a program on a txpostgres cursor, in its transaction.
+    """
+    result: Optional[Result] = None
+    while True:
+        try:
+            statement = program.send(result)  # type: ignore[arg-type]
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+        await cursor.execute(statement.text, statement.params)
+        result = Result(cursor.fetchall() if cursor.description else [], cursor.rowcount)
+
+
+def _run_sync(cursor: Any, program: Program[T]) -> T:
+    """
+    Run a program on a psycopg2 cursor, in its transaction.
+    """
+    result: Optional[Result] = None
+    while True:
+        try:
+            statement = program.send(result)  # type: ignore[arg-type]
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+        cursor.execute(statement.text, statement.params)
+        result = Result(cursor.fetchall() if cursor.description else [], cursor.rowcount)
+
+
+# --- Meters ---
+
+_METER_COLUMNS = "id, label, description, pulses_per_kwh, multiplier, price_per_kwh, currency, timezone"
+_SAVE_METERS = (
+    f"INSERT INTO meters AS m ({_METER_COLUMNS})"
+    " SELECT * FROM unnest(%s::integer[], %s::text[], %s::text[], %s::float8[],"
+    "                      %s::float8[], %s::float8[], %s::text[], %s::text[])"
+    " ON CONFLICT (id) DO UPDATE"
+    "    SET label = excluded.label,"
+    "        description = CASE WHEN excluded.description <> '' THEN excluded.description"
+    "                           ELSE m.description END,"
+    "        pulses_per_kwh = excluded.pulses_per_kwh, multiplier = excluded.multiplier,"
+    "        price_per_kwh = excluded.price_per_kwh, currency = excluded.currency,"
+    "        timezone = excluded.timezone"
+)
+_NOTE_METER = (
+    f"INSERT INTO meters AS m ({_METER_COLUMNS})"
+    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+    " ON CONFLICT (id) DO UPDATE SET description = excluded.description"
+    "  WHERE excluded.description <> '' AND excluded.description <> m.description"
+)
+_METERS = f"SELECT {_METER_COLUMNS} FROM meters ORDER BY id"
+
+
+_METER_FIELDS = [name.strip() for name in _METER_COLUMNS.split(",")]
+
+
+def _meter_row(meter: Meter) -> tuple[Any, ...]:
+    return tuple(getattr(meter, name) for name in _METER_FIELDS)
+
+
+def _meter_columns(meters: Sequence[Meter]) -> tuple[list[Any], ...]:
+    return tuple([getattr(m, name) for m in meters] for name in _METER_FIELDS)
+
+
+def _meter(row: Row) -> Meter:
+    return Meter(**dict(zip(_METER_FIELDS, row)))
+
+
+# --- The commands' statements (blocking psycopg2) ---
+
+_METER_IDS = (
+    # Every meter with readings, by skipping through the primary key
+    # (a DISTINCT would read every row), or with rollups.
+    "WITH RECURSIVE r AS ("
+    "   (SELECT id FROM readings ORDER BY id LIMIT 1)"
+    "   UNION ALL"
+    "   SELECT (SELECT id FROM readings WHERE id > r.id ORDER BY id LIMIT 1)"
+    "     FROM r WHERE r.id IS NOT NULL)"
+    " SELECT id FROM r WHERE id IS NOT NULL"
+    " UNION SELECT id FROM readings_hourly"
+    " UNION SELECT id FROM readings_minutely"
+    " ORDER BY 1"
+)
+_SPAN = (
+    "SELECT (SELECT min(stamp) FROM readings WHERE id = %(m)s),"
+    "       (SELECT max(stamp) FROM readings WHERE id = %(m)s),"
+    "       greatest((SELECT max(stamp) FROM readings_minutely WHERE id = %(m)s),"
+    "                (SELECT max(stamp) FROM readings_hourly WHERE id = %(m)s))"
+)
+_MISMATCHES = sql.SQL(
+    "WITH counted AS ("
+    "  SELECT stamp - stamp %% {width} AS stamp, count(*) AS events, sum(ms) AS sum_ms,"
+    "         min(ms) AS min_ms, max(ms) AS max_ms"
+    "    FROM readings"
+    "   WHERE id = %(meter)s AND stamp >= %(start)s::bigint AND stamp < %(end)s::bigint"
+    "   GROUP BY 1),"
+    " stored AS ("
+    "  SELECT stamp, events, sum_ms, min_ms, max_ms FROM {table}"
+    "   WHERE id = %(meter)s AND stamp >= %(start)s::bigint AND stamp < %(end)s::bigint"
+    "     AND stamp + {width} > %(first)s::bigint)"
+    " SELECT coalesce(c.stamp, s.stamp), c.events, c.sum_ms, c.min_ms, c.max_ms,"
+    "        s.events, s.sum_ms, s.min_ms, s.max_ms"
+    "   FROM counted c FULL JOIN stored s ON s.stamp = c.stamp"
+    "  WHERE (c.events, c.sum_ms, c.min_ms, c.max_ms) IS DISTINCT FROM"
+    "        (s.events, s.sum_ms, s.min_ms, s.max_ms)"
+    "  ORDER BY 1"
+)
+_HISTORY = sql.SQL(
+    "SELECT count(*) FROM {table} WHERE id = %(meter)s AND stamp + {width} <= %(first)s::bigint"
+)
+_IMPORT_TABLE = (
+    "CREATE TEMPORARY TABLE IF NOT EXISTS blip_import"
+    " (stamp BIGINT NOT NULL, ms INTEGER NOT NULL) ON COMMIT DELETE ROWS"
+)
+_IMPORT_COPY = "COPY blip_import (stamp, ms) FROM STDIN"
+_IMPORT = (
+    "INSERT INTO readings (id, stamp, ms)"
+    " SELECT %s, stamp, ms FROM blip_import ORDER BY stamp"
+    " ON CONFLICT DO NOTHING"
+)
+_EXPORT = (
+    "SELECT stamp, ms FROM readings"
+    " WHERE id = %s AND stamp >= %s::bigint AND stamp <= %s::bigint ORDER BY stamp"
+)
+
+
+class SyncStore:
+    """
+    The statements the commands run, on a plain (blocking) psycopg2
+    connection; each method is one transaction.
+
+    :param connection: an open psycopg2 connection, not in autocommit.
+    """
+
+    def __init__(self, connection: Any) -> None:
+        self.connection = connection
+
+    def apply_schema(self, meter: int = DEFAULT_METER) -> Outcome:
+        """
+        Prepare the database exactly as the daemon does at start (see
+        :meth:`Store.apply_schema`).
+        """
+        with self.connection, self.connection.cursor() as cursor:
+            return _run_sync(cursor, _prepare(meter))
+
+    def layout(self) -> Optional[int]:
+        """
+        Tell the database's layout without changing anything.
+
+        :return: its schema version, or None when it is empty.
+        :raise blip.upgrade.Refused: for a database blipserver cannot use.
+        """
+        with self.connection, self.connection.cursor() as cursor:
+            return upgrade.detect(_run_sync(cursor, _read_catalog()))
+
+    def meter_ids(self) -> list[int]:
+        """
+        :return: the id of every meter with readings or rollups.
+        """
+        return [row[0] for row in self._rows(_METER_IDS)]
+
+    def span(self, meter: int) -> tuple[Optional[int], Optional[int], Optional[int]]:
+        """
+        :return: the meter's first and last reading's stamps and its last
+            rollup bucket's, each None if there is none.
+        """
+        first, last, rolled = self._rows(_SPAN, {"m": meter})[0]
+        return first, last, rolled
+
+    def rebuild(self, meter: int, start: int, end: int) -> tuple[int, int]:
+        """
+        Recompute a meter's rollups from its readings with ``start <= stamp <
+        end`` (hour-aligned) in one transaction. Writers of readings wait
+        meanwhile, so none of their rows is missed or counted twice.
+
+        :return: how many minute rows and hour rows were written, corrected
+            or removed.
+        """
+        params = {"meter": meter, "start": start, "end": end}
+        with self.connection, self.connection.cursor() as cursor:
+            cursor.execute("LOCK TABLE readings IN SHARE ROW EXCLUSIVE MODE")
+            counts = []
+            for statement in _rebuild_statements():
+                cursor.execute(statement, params)
+                counts.append(cursor.rowcount)
+        return counts[0] + counts[1], counts[2] + counts[3]
+
+    def mismatches(self, table: str, meter: int, start: int, end: int, first: int) -> list[Row]:
+        """
+        Compare a rollup table with a recount of readings, for one meter and
+        ``start <= stamp < end``; buckets ending at or before ``first`` (the
+        meter's first reading) are history and left out.
+
+        :return: ``(stamp, events, sum_ms, min_ms, max_ms)`` counted from
+            readings followed by the same stored, for each bucket where they
+            differ (None where a side has no row), by stamp.
+        """
+        statement = _MISMATCHES.format(table=sql.Identifier(table), width=sql.Literal(WIDTHS[table]))
+        return self._rows(statement, {"meter": meter, "start": start, "end": end, "first": first})
+
+    def history(self, table: str, meter: int, first: int) -> int:
+        """
+        :return: how many rows of a rollup table are history: their bucket
+            ends at or before ``first``, the meter's first reading.
+        """
+        statement = _HISTORY.format(table=sql.Identifier(table), width=sql.Literal(WIDTHS[table]))
+        return int(self._rows(statement, {"meter": meter, "first": first})[0][0])
+
+    def note_meter(self, meter: Meter) -> None:
+        """
+        Add a meter to the meters table unless it is there.
+        """
+        with self.connection, self.connection.cursor() as cursor:
+            cursor.execute(_NOTE_METER, _meter_row(meter))
+
+    def import_points(self, meter: int, points: Sequence[tuple[int, int]]) -> int:
+        """
+        Store ``(stamp, ms)`` points of one meter in one transaction, skipping
+        those already stored; the rollup trigger counts the new ones.
+
+        :return: how many were new.
+        """
+        text = "".join(f"{stamp}\t{ms}\n" for stamp, ms in points)
+        with self.connection, self.connection.cursor() as cursor:
+            cursor.execute(_IMPORT_TABLE)
+            cursor.copy_expert(_IMPORT_COPY, io.StringIO(text))
+            cursor.execute(_IMPORT, (meter,))
+            return int(cursor.rowcount)
+
+    def export(self, meter: int, first: int, last: int, out: IO[bytes]) -> None:
+        """
+        Write a meter's points with ``first <= stamp <= last`` to ``out`` as
+        CSV with a ``stamp,ms`` header, oldest first. PostgreSQL streams the
+        rows (COPY), so memory stays constant for any range.
+        """
+        with self.connection, self.connection.cursor() as cursor:
+            query = cursor.mogrify(_EXPORT, (meter, first, last)).decode()
+            cursor.copy_expert(f"COPY ({query}) TO STDOUT WITH (FORMAT csv, HEADER)", out)
+
+    def _rows(self, statement: Any, params: Any = None) -> list[Row]:
+        with self.connection, self.connection.cursor() as cursor:
+            cursor.execute(statement, params)
+            return cursor.fetchall()

@@ -53,7 +53,9 @@ async def test_schema_has_the_originals_tables_and_is_idempotent(store, database
         " GROUP BY 1 ORDER BY 1"
     )
     assert dict(columns) == {
+        "blip_schema": "version,applied,note",
         "ingest_periods": "node,started,alive_at,ended,end_reason",
+        "meters": "id,label,description,pulses_per_kwh,multiplier,price_per_kwh,currency,timezone",
         "readings": "id,stamp,ms",
         "readings_hourly": "id,stamp,events,sum_ms,min_ms,max_ms",
         "readings_minutely": "id,stamp,events,sum_ms,min_ms,max_ms",

@@ -1,0 +1,135 @@
+"""
+The ``meters`` table, kept in step with the registry of meters
+(:class:`blip.meters.Meters`) that the HTTP side reads.
+
+Once the database is ready, :meth:`MeterTable.load` writes the configured
+meters (the ``--meters`` file wins over what the table held) and adds to the
+registry the meters only the table knows (seen on the serial line before, or
+configured on another node). While running, a description from an ``INFO``
+line and a meter first seen on the serial line go to the registry at once
+and to the table as soon as the database takes them.
+"""
+
+from dataclasses import replace
+from typing import Callable, Optional
+
+from twisted.application.internet import backoffPolicy
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+from blip.database import RETRIABLE
+from blip.meters import Meters, default_meter
+from blip.model import Point
+from blip.store import Store
+
+Receive = Callable[[Point], None]
+
+
+class MeterTable:
+    """
+    Writes the registry's meters to the meters table and reads back those
+    it does not know.
+
+    :param store: the database.
+    :param meters: the registry; the meters in it now are the configured
+        ones if it was read from a file.
+    :param clock: times retries of failed writes.
+    """
+
+    log = Logger()
+
+    def __init__(self, store: Store, meters: Meters, clock: IReactorTime) -> None:
+        self.store = store
+        self.meters = meters
+        self.clock = clock
+        self._configured = list(meters) if meters.configured else []
+        self._loaded = False
+        self._dirty: dict[int, None] = {}
+        self._writing: Optional[Deferred[None]] = None
+        self._retry: Optional[IDelayedCall] = None
+        self._failures = 0
+        self._delay = backoffPolicy(initialDelay=0.25, maxDelay=30.0, factor=2.0)
+
+    async def load(self) -> None:
+        """
+        Write the configured meters, then know every meter of the table: a
+        configured meter keeps its settings (and takes the stored
+        description if it has none); any other takes the stored settings.
+        """
+        configured = {m.id for m in self._configured}
+        await self.store.save_meters(self._configured)
+        for meter in list(self.meters):
+            if meter.id not in configured:
+                await self.store.note_meter(meter)
+        for stored in await self.store.meters():
+            if stored.id not in configured:
+                self.meters.add(stored)
+            elif stored.description and not self.meters.get(stored.id).description:
+                self.meters.add(replace(self.meters.get(stored.id), description=stored.description))
+        self._loaded = True
+        self.log.info(
+            "meters: {meters}",
+            meters=", ".join(f"{m.id} ({m.label})" for m in self.meters),
+        )
+        self._flush()
+
+    def describe(self, meter_id: int, description: str) -> None:
+        """
+        Record the description an ``INFO`` line gave a meter.
+        """
+        self.meters.describe(meter_id, description)
+        self._changed(meter_id)
+
+    def noticing(self, receive: Receive) -> Receive:
+        """
+        :return: ``receive``, after making every meter it is given a point
+            of known, with the default settings if it is new.
+        """
+
+        def notice(point: Point) -> None:
+            if point.meter not in self.meters:
+                self.meters.add(default_meter(point.meter))
+                self.log.info(
+                    "new meter {meter} seen on the serial line; it has the default"
+                    " settings until configured",
+                    meter=point.meter,
+                )
+                self._changed(point.meter)
+            receive(point)
+
+        return notice
+
+    def _changed(self, meter_id: int) -> None:
+        self._dirty[meter_id] = None
+        self._flush()
+
+    def _flush(self) -> None:
+        if self._loaded and self._writing is None and self._retry is None and self._dirty:
+            self._writing = Deferred.fromCoroutine(self._write())
+            self._writing.addErrback(lambda f: self.log.failure("writing meters failed", f))
+
+    async def _write(self) -> None:
+        try:
+            while self._dirty:
+                meter_id = next(iter(self._dirty))
+                del self._dirty[meter_id]
+                try:
+                    await self.store.note_meter(self.meters.get(meter_id))
+                except RETRIABLE as e:
+                    self._dirty[meter_id] = None
+                    self._failures += 1
+                    if self._failures == 1:
+                        self.log.warn(
+                            "cannot write meter {meter} to the database: {why}; retrying",
+                            meter=meter_id, why=str(e).strip(),
+                        )
+                    self._retry = self.clock.callLater(self._delay(self._failures), self._again)
+                    return
+                self._failures = 0
+        finally:
+            self._writing = None
+
+    def _again(self) -> None:
+        self._retry = None
+        self._flush()
