@@ -106,29 +106,32 @@ class MeterTable:
 
     def _flush(self) -> None:
         if self._loaded and self._writing is None and self._retry is None and self._dirty:
+            # The write may finish at once (the database known to be away):
+            # _writing is cleared by the Deferred, after it was set.
             self._writing = Deferred.fromCoroutine(self._write())
             self._writing.addErrback(lambda f: self.log.failure("writing meters failed", f))
+            self._writing.addBoth(self._written)
+
+    def _written(self, _: object) -> None:
+        self._writing = None
 
     async def _write(self) -> None:
-        try:
-            while self._dirty:
-                meter_id = next(iter(self._dirty))
-                del self._dirty[meter_id]
-                try:
-                    await self.store.note_meter(self.meters.get(meter_id))
-                except RETRIABLE as e:
-                    self._dirty[meter_id] = None
-                    self._failures += 1
-                    if self._failures == 1:
-                        self.log.warn(
-                            "cannot write meter {meter} to the database: {why}; retrying",
-                            meter=meter_id, why=str(e).strip(),
-                        )
-                    self._retry = self.clock.callLater(self._delay(self._failures), self._again)
-                    return
-                self._failures = 0
-        finally:
-            self._writing = None
+        while self._dirty:
+            meter_id = next(iter(self._dirty))
+            del self._dirty[meter_id]
+            try:
+                await self.store.note_meter(self.meters.get(meter_id))
+            except RETRIABLE as e:
+                self._dirty[meter_id] = None
+                self._failures += 1
+                if self._failures == 1:
+                    self.log.warn(
+                        "cannot write meter {meter} to the database: {why}; retrying",
+                        meter=meter_id, why=str(e).strip(),
+                    )
+                self._retry = self.clock.callLater(self._delay(self._failures), self._again)
+                return
+            self._failures = 0
 
     def _again(self) -> None:
         self._retry = None

@@ -377,6 +377,9 @@ def _prepare(meter: int) -> Program[Outcome]:
         that is not one of these.
     """
     yield Statement("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+    # An upgrade of years of readings takes minutes: a statement timeout
+    # set for the role would cancel it at every start.
+    yield Statement("SET LOCAL statement_timeout = 0")
     catalog = yield from _read_catalog()
     before = upgrade.detect(catalog)
     original = before in (upgrade.ORIGINAL_SINGLE, upgrade.ORIGINAL_MULTI)
@@ -489,9 +492,8 @@ def _conform(catalog: Catalog, table: str, types: dict[str, str]) -> Program[lis
         target = types[column.name]
         if column.type != target:
             changes.append(sql.SQL("ALTER COLUMN {} TYPE " + target).format(name))
-            notes.append(f"widened {table}.{column.name} to {target.upper()}"
-                         if column.type in ("integer", "smallint") and target == "bigint"
-                         else f"changed {table}.{column.name} to {target.upper()}")
+            wider = target == "bigint" or column.type == "smallint"
+            notes.append(f"{'widened' if wider else 'changed'} {table}.{column.name} to {target.upper()}")
         if not column.not_null:
             changes.append(sql.SQL("ALTER COLUMN {} SET NOT NULL").format(name))
     table_name = sql.Identifier(table)
