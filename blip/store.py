@@ -345,7 +345,7 @@ def _read_catalog() -> Program[Catalog]:
     Read what :func:`blip.upgrade.detect` needs to know.
     """
     known = list(upgrade.KNOWN)
-    relations = dict((yield Statement(_RELATIONS)).rows)
+    relations: dict[str, str] = dict((yield Statement(_RELATIONS)).rows)
     columns: dict[str, list[Column]] = {}
     for table, name, type_, not_null in (yield Statement(_COLUMNS, (known,))).rows:
         columns.setdefault(table, []).append(Column(name, type_, not_null))
@@ -852,4 +852,5 @@ class SyncStore:
     def _rows(self, statement: Any, params: Any = None) -> list[Row]:
         with self.connection, self.connection.cursor() as cursor:
             cursor.execute(statement, params)
-            return cursor.fetchall()
+            rows: list[Row] = cursor.fetchall()
+            return rows

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import psycopg2
-import pytest
 
 from tests import originals
 from tests.conftest import ROOT, TIMEOUT

@@ -30,7 +30,7 @@ from blip.web import LegacyApi
 from tests import originals
 from tests.conftest import ROOT, TIMEOUT
 from tests.test_service import eventually
-from tests.originals import HOUR, MINUTE, MULTI, SINGLE, SINGLE_WITH_MINUTES, T0
+from tests.originals import HOUR, MINUTE, MULTI, SINGLE_WITH_MINUTES, T0
 
 #: Readings per meter in the layouts built here: about 12 hours.
 ROWS = 12_000
