@@ -36,17 +36,17 @@ BENCH_STAMP := $(VENV)/.bench-installed
 BENCH_RUN = $(BIN)/python -m bench.$(1) $(if $(QUICK),--quick) $(BENCH_ARGS)
 
 $(BENCH_STAMP): $(STAMP) bench/requirements.txt
-	$(BIN)/pip install --quiet -r bench/requirements.txt
-	touch $@
+	@$(BIN)/pip install --quiet -r bench/requirements.txt
+	@touch $@
 
 bench-ingest: venv postgres $(BENCH_STAMP)
-	$(call BENCH_RUN,ingest)
+	@$(call BENCH_RUN,ingest)
 
 bench-fanout: venv postgres $(BENCH_STAMP)
-	$(call BENCH_RUN,fanout)
+	@$(call BENCH_RUN,fanout)
 
 bench-queries: venv postgres $(BENCH_STAMP)
-	$(call BENCH_RUN,queries)
+	@$(call BENCH_RUN,queries)
 
 bench: bench-ingest bench-fanout bench-queries
 
