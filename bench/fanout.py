@@ -6,7 +6,8 @@ client's answer, the clients that missed it, and the daemon's memory before
 and with the clients parked.
 
     .venv/bin/python -m bench.fanout [--quick] [--clients 1,1000,10000] [--blips 20]
-                                     [--kind longpoll|sse] [--sse-path PATH] [--profile]
+                                     [--kind longpoll|sse] [--sse-path PATH]
+                                     [--repark-after-all] [--profile]
 
 The client is one thread on raw non-blocking sockets and epoll, so that it
 stays well below the daemon's cost on a 2-core machine (its CPU is reported).
@@ -21,7 +22,7 @@ import time
 from typing import Any, Optional
 
 from bench.harness import (
-    BenchCluster, Daemon, Profiler, Pty, emit, note, parse_args, percentiles,
+    BenchCluster, Daemon, Profiler, Pty, cpu_seconds, emit, note, parse_args, percentiles,
     raise_open_files, rss_kib, wait_idle,
 )
 
@@ -62,9 +63,12 @@ class Clients:
     :param path: what they ask for.
     """
 
-    def __init__(self, port: int, kind: str, path: str) -> None:
+    def __init__(self, port: int, kind: str, path: str, repark_at_once: bool = True) -> None:
         self.port = port
         self.kind = kind
+        self.repark_at_once = repark_at_once
+        #: Long-poll clients answered but not asking again yet.
+        self.idle: list[int] = []
         self.request = (
             f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
             + ("Accept: text/event-stream\r\n" if kind == "sse" else "")
@@ -74,7 +78,8 @@ class Clients:
         self.socks: dict[int, socket.socket] = {}
         self.buffers: dict[int, bytes] = {}
         self.streaming: set[int] = set()
-        self.errors: list[str] = []
+        #: Clients whose connection closed or was refused a stream.
+        self.dead: set[int] = set()
 
     def open(self, count: int) -> None:
         """
@@ -113,7 +118,7 @@ class Clients:
         problems: list[str] = []
         deadline = time.monotonic() + timeout
         poll, buffers, socks = self.epoll.poll, self.buffers, self.socks
-        while len(got) < expected:
+        while len(got) < expected - len(self.dead):
             left = deadline - time.monotonic()
             if left <= 0:
                 break
@@ -129,6 +134,7 @@ class Clients:
                 if not data:
                     problems.append("connection closed")
                     self.epoll.unregister(fd)
+                    self.dead.add(fd)
                     continue
                 buffer = buffers[fd] + data
                 if self.kind == "sse":
@@ -152,9 +158,20 @@ class Clients:
             buffer = buffer[end + 4 + length:]
             if status != b"200":
                 problems.append(f"status {status.decode()}: {body[:80]!r}")
+                self.epoll.unregister(fd)
+                self.dead.add(fd)
+                return b""
+            got[fd] = (arrived, body)
+            if self.repark_at_once:
+                self.socks[fd].send(self.request)
             else:
-                got[fd] = (arrived, body)
+                self.idle.append(fd)
+
+    def repark(self) -> None:
+        """Long-poll clients held back by ``repark_at_once=False`` ask again."""
+        for fd in self.idle:
             self.socks[fd].send(self.request)
+        self.idle = []
 
     def _events(self, fd: int, buffer: bytes, arrived: int, got: dict, problems: list) -> bytes:
         if fd not in self.streaming:
@@ -164,6 +181,7 @@ class Clients:
             if buffer[9:12] != b"200":
                 problems.append(f"status {buffer[9:12].decode()}: {buffer[end + 4:end + 84]!r}")
                 self.epoll.unregister(fd)
+                self.dead.add(fd)
                 return b""
             self.streaming.add(fd)
             buffer = buffer[end + 4:]
@@ -185,7 +203,8 @@ def blip_ms(body: bytes) -> Optional[int]:
     return int(match.group(1) or match.group(2))
 
 
-def run(count: int, blips: int, kind: str, path: str, cluster: BenchCluster, profile: bool) -> dict[str, Any]:
+def run(count: int, blips: int, kind: str, path: str, cluster: BenchCluster, profile: bool,
+        repark_at_once: bool = True) -> dict[str, Any]:
     """Measure fan-out to ``count`` clients with a fresh daemon."""
     pty = Pty.open()
     daemon = Daemon(f"fanout-{count}", ["--db", cluster.dsn(DATABASE), "--serial", pty.path,
@@ -203,7 +222,7 @@ def run(count: int, blips: int, kind: str, path: str, cluster: BenchCluster, pro
         wait_idle(daemon.pid)
         rss_before = rss_kib(daemon.pid)
 
-        clients = Clients(daemon.port, kind, path)
+        clients = Clients(daemon.port, kind, path, repark_at_once)
         t0 = time.monotonic()
         clients.open(count)
         wait_idle(daemon.pid)
@@ -215,7 +234,7 @@ def run(count: int, blips: int, kind: str, path: str, cluster: BenchCluster, pro
         missed = 0
         problems: list[str] = []
         per_blip = []
-        cpu0 = client_cpu()
+        cpu0, daemon_cpu0 = client_cpu(), cpu_seconds(daemon.pid)
         busy = 0.0
         with Profiler(daemon.pid, f"fanout-{count}-{kind}", profile) as profiler:
             for i in range(blips):
@@ -229,13 +248,16 @@ def run(count: int, blips: int, kind: str, path: str, cluster: BenchCluster, pro
                 missed += count - len(delays)
                 latencies += delays
                 per_blip.append(round(max(delays), 2) if delays else None)
+                clients.repark()
                 wait_idle(daemon.pid, quiet=0.1)
         client_cpu_s = client_cpu() - cpu0
+        daemon_cpu_s = cpu_seconds(daemon.pid) - daemon_cpu0
         rss_after = rss_kib(daemon.pid)
         clients.close()
         result: dict[str, Any] = {
             "clients": count,
             "kind": kind,
+            "repark": "at once" if repark_at_once else "after all answered",
             "blips": blips,
             "latency_ms": percentiles(latencies),
             "missed": missed,
@@ -244,6 +266,7 @@ def run(count: int, blips: int, kind: str, path: str, cluster: BenchCluster, pro
             "park_s": round(park_s, 2),
             "daemon_rss_kib": {"before": rss_before, "parked": rss_parked, "after_blips": rss_after},
             "rss_per_parked_client_kib": round((rss_parked - rss_before) / count, 2),
+            "daemon_cpu_us_per_answer": round(1e6 * daemon_cpu_s / len(latencies), 1) if latencies else None,
             "client_cpu_percent_while_fanning_out": round(100 * client_cpu_s / busy, 1) if busy > 0.05 else None,
         }
         if profiler.summary is not None:
@@ -263,6 +286,9 @@ def main() -> None:
             (["--blips"], {"type": int, "help": "blips per N [20; quick: 5]"}),
             (["--kind"], {"choices": ["longpoll", "sse"], "default": "longpoll"}),
             (["--sse-path"], {"default": "/api/v1/live?meters=1", "help": "the live stream's path"}),
+            (["--repark-after-all"], {"action": "store_true",
+                                      "help": "long-polls ask again only once every client has its answer"
+                                              " (isolates the fan-out from the re-parking load)"}),
         ],
     )
     counts = [int(n) for n in (args.clients or "1,1000,10000").split(",")]
@@ -272,7 +298,8 @@ def main() -> None:
     cluster = BenchCluster().start()
     cluster.fresh_database(DATABASE)
     try:
-        results = [run(n, blips, args.kind, path, cluster, args.profile) for n in counts]
+        results = [run(n, blips, args.kind, path, cluster, args.profile, not args.repark_after_all)
+                   for n in counts]
     finally:
         cluster.stop()
     emit({

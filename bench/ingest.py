@@ -126,6 +126,7 @@ def main() -> None:
             "rollups_consistent": int(minute_events) == stored == int(hour_events),
             "rollup_rows": {"minutely": minute_rows, "hourly": hour_rows},
             "daemon_cpu_percent": round(100 * (cpu1 - cpu0) / elapsed, 1),
+            "daemon_cpu_us_per_line": round(1e6 * (cpu1 - cpu0) / written, 2),
             "postgres_cpu_percent": round(100 * (pg1 - pg0) / elapsed, 1),
             "daemon_rss_kib": {
                 "start": rss[0],

@@ -21,7 +21,7 @@ from typing import Any, Optional
 
 from bench import dataset
 from bench.harness import (
-    APPLICATION, BenchCluster, Daemon, Profiler, Pty, emit, http_get, need_wrk, note,
+    APPLICATION, BenchCluster, Daemon, Profiler, Pty, cpu_seconds, emit, http_get, need_wrk, note,
     parse_args, percentiles,
 )
 
@@ -223,7 +223,7 @@ def wrk(url: str, connections: int, seconds: float) -> dict[str, Any]:
 def measure(route: Route, daemon: Daemon, cluster: BenchCluster, dbname: str, statements: list[str],
             args: Any) -> dict[str, Any]:
     """Measure one route; return its figures."""
-    count, budget = (30, 2.0) if args.quick else (300, 8.0)
+    count, budget = (20, 1.5) if args.quick else (300, 8.0)
     latencies, status, body = timed_requests(daemon.port, route.path, count, budget)
     result: dict[str, Any] = {"path": route.path, "status": status, "bytes": len(body)}
     try:
@@ -241,7 +241,13 @@ def measure(route: Route, daemon: Daemon, cluster: BenchCluster, dbname: str, st
         if floor["p50"]:
             result["p50_over_floor"] = round(result["latency_ms"]["p50"] / floor["p50"], 2)
     with Profiler(daemon.pid, f"queries-{route.name}", args.profile) as profiler:
-        result["concurrent"] = {"connections": args.connections, **wrk(daemon.url(route.path), args.connections, args.seconds)}
+        cpu0, t0 = cpu_seconds(daemon.pid), time.monotonic()
+        load = wrk(daemon.url(route.path), args.connections, args.seconds)
+        cpu = cpu_seconds(daemon.pid) - cpu0
+        requests = (load["requests_per_s"] or 0) * (time.monotonic() - t0)
+        # CPU per request hardly depends on what else the machine runs.
+        load["daemon_cpu_us_per_request"] = round(1e6 * cpu / requests, 1) if requests else None
+        result["concurrent"] = {"connections": args.connections, **load}
     if profiler.summary is not None:
         result["profile_self_percent"] = profiler.summary["self_percent"][:10]
         result["profile_file"] = profiler.summary["file"]
@@ -267,14 +273,14 @@ def main() -> None:
         __doc__.strip().splitlines()[0],
         [
             (["--days"], {"type": int, "help": "days of 1 Hz data [365; quick: 30]"}),
-            (["--seconds"], {"type": float, "help": "seconds of concurrent load per route [10; quick: 3]"}),
+            (["--seconds"], {"type": float, "help": "seconds of concurrent load per route [10; quick: 2]"}),
             (["--connections"], {"type": int, "default": 50, "help": "concurrent keep-alive clients [50]"}),
             (["--only"], {"help": "comma-separated route names to measure"}),
             (["--regenerate"], {"action": "store_true", "help": "generate the data again"}),
         ],
     )
     days = args.days or (30 if args.quick else 365)
-    args.seconds = args.seconds or (3.0 if args.quick else 10.0)
+    args.seconds = args.seconds or (2.0 if args.quick else 10.0)
     need_wrk()
     cluster = BenchCluster().start()
     pty = Pty.open()
