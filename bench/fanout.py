@@ -266,7 +266,10 @@ def run(count: int, blips: int, kind: str, path: str, cluster: BenchCluster, pro
             "park_s": round(park_s, 2),
             "daemon_rss_kib": {"before": rss_before, "parked": rss_parked, "after_blips": rss_after},
             "rss_per_parked_client_kib": round((rss_parked - rss_before) / count, 2),
-            "daemon_cpu_us_per_answer": round(1e6 * daemon_cpu_s / len(latencies), 1) if latencies else None,
+            # CPU time is counted in 10 ms ticks: too coarse for a few answers.
+            "daemon_cpu_us_per_answer": (
+                round(1e6 * daemon_cpu_s / len(latencies), 1) if daemon_cpu_s >= 0.1 and latencies else None
+            ),
             "client_cpu_percent_while_fanning_out": round(100 * client_cpu_s / busy, 1) if busy > 0.05 else None,
         }
         if profiler.summary is not None:
