@@ -267,6 +267,28 @@ def measure(route: Route, daemon: Daemon, cluster: BenchCluster, dbname: str, st
     return result
 
 
+def under_load(heavy: Route, light: list[Route], daemon: Daemon, args: Any) -> dict[str, Any]:
+    """
+    Single requests to light routes while 50 clients hammer a heavy one:
+    whether one slow query holds up everyone else.
+    """
+    seconds = max(args.seconds, 4.0)
+    load = subprocess.Popen(
+        [need_wrk(), "-t1", f"-c{args.connections}", f"-d{seconds:.0f}s", "--timeout", "30s",
+         daemon.url(heavy.path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        time.sleep(1.0)
+        figures: dict[str, Any] = {"load": heavy.path}
+        for route in light:
+            latencies, status, _ = timed_requests(daemon.port, route.path, 50, (seconds - 1.5) / len(light))
+            figures[route.name] = {"status": status, "latency_ms": percentiles(latencies)}
+    finally:
+        load.wait()
+    return figures
+
+
 def main() -> None:
     """Run the benchmark and print its JSON."""
     args = parse_args(
@@ -315,6 +337,10 @@ def main() -> None:
                 continue
             note(f"measuring {route.name}: {route.path}")
             results[route.name] = measure(route, daemon, cluster, dbname, sql[route.name], args)
+        heavy = next((r for r in chosen if r.name.startswith("aggregate_") and r.name.endswith("_by_day")), None)
+        light = [r for r in chosen if r.name in ("last", "since_2000")]
+        if heavy is not None and light:
+            results["under_load"] = under_load(heavy, light, daemon, args)
         points = cluster.sql(dbname, "SELECT count(*) FROM readings")[0][0]
         emit({
             "benchmark": "queries",
