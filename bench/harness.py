@@ -212,6 +212,9 @@ class BenchCluster:
             cluster.prepare_folders()
         if cluster.run_sync(cluster.status_argv()).returncode != 0:
             self._must(cluster.start_argv())
+        # A query benchmark killed while it read the statement log left it on.
+        self.sql("postgres", "ALTER SYSTEM RESET log_statement")
+        self.sql("postgres", "SELECT pg_reload_conf()")
         return self
 
     def stop(self) -> None:
@@ -497,7 +500,9 @@ def summarise(collapsed: Path, top: int = 25) -> dict[str, Any]:
             own[frames[-1]] += n
             for frame in set(frames):
                 total[frame] += n
-    share = lambda c: [[name, round(100.0 * n / samples, 1)] for name, n in c.most_common(top)] if samples else []
+    def share(counts: Counter[str]) -> list[list[Any]]:
+        return [[name, round(100.0 * n / samples, 1)] for name, n in counts.most_common(top)]
+
     return {"samples": samples, "self_percent": share(own), "total_percent": share(total), "file": str(collapsed)}
 
 
