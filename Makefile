@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test postgres venv clean
+.PHONY: demo test postgres venv clean bench bench-ingest bench-fanout bench-queries
 
 $(STAMP): setup.cfg pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -29,6 +29,26 @@ demo: venv postgres
 
 test: venv postgres
 	$(BIN)/pytest
+
+# Benchmarks: each prints one JSON object (see bench/README.md).
+# QUICK=1 runs each in under a minute; BENCH_ARGS passes more options.
+BENCH_STAMP := $(VENV)/.bench-installed
+BENCH_RUN = $(BIN)/python -m bench.$(1) $(if $(QUICK),--quick) $(BENCH_ARGS)
+
+$(BENCH_STAMP): $(STAMP) bench/requirements.txt
+	@$(BIN)/pip install --quiet -r bench/requirements.txt
+	@touch $@
+
+bench-ingest: venv postgres $(BENCH_STAMP)
+	@$(call BENCH_RUN,ingest)
+
+bench-fanout: venv postgres $(BENCH_STAMP)
+	@$(call BENCH_RUN,fanout)
+
+bench-queries: venv postgres $(BENCH_STAMP)
+	@$(call BENCH_RUN,queries)
+
+bench: bench-ingest bench-fanout bench-queries
 
 clean:
 	rm -rf $(VENV) var

@@ -1,0 +1,1 @@
+"""blipserver benchmarks: ingest, live fan-out and queries (see README.md)."""

@@ -1,0 +1,320 @@
+"""
+Live fan-out benchmark: N clients parked on the daemon (long-polls on
+``/blip/1``, or a Server-Sent Events stream with ``--kind sse``), then blips
+written to the pty one at a time; for each, the delay from the write to each
+client's answer, the clients that missed it, and the daemon's memory before
+and with the clients parked.
+
+    .venv/bin/python -m bench.fanout [--quick] [--clients 1,1000,10000] [--blips 20]
+                                     [--kind longpoll|sse] [--sse-path PATH]
+                                     [--repark-after-all] [--profile]
+
+The client is one thread on raw non-blocking sockets and epoll, so that it
+stays well below the daemon's cost on a 2-core machine (its CPU is reported).
+"""
+
+import os
+import re
+import resource
+import select
+import socket
+import time
+from typing import Any, Optional
+
+from bench.harness import (
+    BenchCluster, Daemon, Profiler, Pty, cpu_seconds, emit, note, parse_args, percentiles,
+    raise_open_files, rss_kib, wait_idle,
+)
+
+DATABASE = "bench_fanout"
+#: Connections opened before waiting for the daemon to accept them (its
+#: listen backlog is 50).
+CONNECT_CHUNK = 40
+_LENGTH = re.compile(rb"\r\ncontent-length:\s*(\d+)", re.IGNORECASE)
+_SSE_MS = re.compile(rb'"ms"\s*:\s*(\d+)|\[\d+,(\d+)\]')
+
+
+def accept_queue(port: int) -> int:
+    """
+    :return: connections waiting in the kernel for the daemon to accept
+        them on ``port`` (the listening socket's queue in /proc/net/tcp).
+    """
+    local = f"0100007F:{port:04X}"
+    with open("/proc/net/tcp") as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) > 4 and fields[1] == local and fields[3] == "0A":
+                return int(fields[4].split(":")[1], 16)
+    return 0
+
+
+def client_cpu() -> float:
+    """:return: CPU seconds this process has used."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+class Clients:
+    """
+    N HTTP clients on one epoll.
+
+    :param port: the daemon's port.
+    :param kind: ``longpoll`` (re-ask after every answer) or ``sse``.
+    :param path: what they ask for.
+    """
+
+    def __init__(self, port: int, kind: str, path: str, repark_at_once: bool = True) -> None:
+        self.port = port
+        self.kind = kind
+        self.repark_at_once = repark_at_once
+        #: Long-poll clients answered but not asking again yet.
+        self.idle: list[int] = []
+        self.request = (
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            + ("Accept: text/event-stream\r\n" if kind == "sse" else "")
+            + "\r\n"
+        ).encode()
+        self.epoll = select.epoll()
+        self.socks: dict[int, socket.socket] = {}
+        self.buffers: dict[int, bytes] = {}
+        self.streaming: set[int] = set()
+        #: Clients whose connection closed or was refused a stream.
+        self.dead: set[int] = set()
+
+    def open(self, count: int) -> None:
+        """
+        Connect ``count`` clients and send each its request, a chunk at a
+        time, letting the daemon accept each chunk before the next.
+        """
+        for start in range(0, count, CONNECT_CHUNK):
+            for _ in range(min(CONNECT_CHUNK, count - start)):
+                sock = socket.create_connection(("127.0.0.1", self.port))
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                sock.sendall(self.request)
+                sock.setblocking(False)
+                fd = sock.fileno()
+                self.socks[fd] = sock
+                self.buffers[fd] = b""
+                self.epoll.register(fd, select.EPOLLIN)
+            deadline = time.monotonic() + 10
+            while accept_queue(self.port) and time.monotonic() < deadline:
+                time.sleep(0.002)
+
+    def close(self) -> None:
+        """Hang up every client."""
+        for sock in self.socks.values():
+            sock.close()
+        self.epoll.close()
+
+    def answers(self, expected: int, timeout: float) -> tuple[dict[int, tuple[int, bytes]], list[str]]:
+        """
+        Collect answers until ``expected`` clients have one or ``timeout``
+        seconds pass; long-poll clients ask again at once.
+
+        :return: ``{fd: (perf_counter_ns at arrival, body)}`` and the
+            problems met (closed connections, bad statuses).
+        """
+        got: dict[int, tuple[int, bytes]] = {}
+        problems: list[str] = []
+        deadline = time.monotonic() + timeout
+        poll, buffers, socks = self.epoll.poll, self.buffers, self.socks
+        while len(got) < expected - len(self.dead):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            for fd, _ in poll(left):
+                try:
+                    data = socks[fd].recv(65536)
+                except BlockingIOError:
+                    continue
+                except OSError as e:
+                    data = b""
+                    problems.append(str(e))
+                arrived = time.perf_counter_ns()
+                if not data:
+                    problems.append("connection closed")
+                    self.epoll.unregister(fd)
+                    self.dead.add(fd)
+                    continue
+                buffer = buffers[fd] + data
+                if self.kind == "sse":
+                    buffer = self._events(fd, buffer, arrived, got, problems)
+                else:
+                    buffer = self._responses(fd, buffer, arrived, got, problems)
+                buffers[fd] = buffer
+        return got, problems
+
+    def _responses(self, fd: int, buffer: bytes, arrived: int, got: dict, problems: list) -> bytes:
+        while True:
+            end = buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return buffer
+            match = _LENGTH.search(buffer, 0, end + 2)
+            length = int(match.group(1)) if match else 0
+            if len(buffer) < end + 4 + length:
+                return buffer
+            status = buffer[9:12]
+            body = buffer[end + 4:end + 4 + length]
+            buffer = buffer[end + 4 + length:]
+            if status != b"200":
+                problems.append(f"status {status.decode()}: {body[:80]!r}")
+                self.epoll.unregister(fd)
+                self.dead.add(fd)
+                return b""
+            got[fd] = (arrived, body)
+            if self.repark_at_once:
+                self.socks[fd].send(self.request)
+            else:
+                self.idle.append(fd)
+
+    def repark(self) -> None:
+        """Long-poll clients held back by ``repark_at_once=False`` ask again."""
+        for fd in self.idle:
+            self.socks[fd].send(self.request)
+        self.idle = []
+
+    def _events(self, fd: int, buffer: bytes, arrived: int, got: dict, problems: list) -> bytes:
+        if fd not in self.streaming:
+            end = buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return buffer
+            if buffer[9:12] != b"200":
+                problems.append(f"status {buffer[9:12].decode()}: {buffer[end + 4:end + 84]!r}")
+                self.epoll.unregister(fd)
+                self.dead.add(fd)
+                return b""
+            self.streaming.add(fd)
+            buffer = buffer[end + 4:]
+        while True:
+            end = buffer.find(b"\n\n")
+            if end < 0:
+                return buffer
+            event, buffer = buffer[:end], buffer[end + 2:]
+            data = b"".join(line[5:].strip() for line in event.split(b"\n") if line.startswith(b"data:"))
+            if data:
+                got[fd] = (arrived, data)
+
+
+def blip_ms(body: bytes) -> Optional[int]:
+    """:return: the ``ms`` of the point in an answer, or None."""
+    match = _SSE_MS.search(body)
+    if not match:
+        return None
+    return int(match.group(1) or match.group(2))
+
+
+def run(count: int, blips: int, kind: str, path: str, cluster: BenchCluster, profile: bool,
+        repark_at_once: bool = True) -> dict[str, Any]:
+    """Measure fan-out to ``count`` clients with a fresh daemon."""
+    pty = Pty.open()
+    daemon = Daemon(f"fanout-{count}", ["--db", cluster.dsn(DATABASE), "--serial", pty.path,
+                                         "--max-waiters", str(max(10000, count + 100))])
+    try:
+        daemon.start(r"database ready", r"reading serial device")
+        pty.write_all(b"CONNECTED bench\n")
+        # Warm up the code paths with one client and one blip.
+        warm = Clients(daemon.port, kind, path)
+        warm.open(1)
+        wait_idle(daemon.pid)
+        pty.write_all(b"999\n")
+        warm.answers(1, 5)
+        warm.close()
+        wait_idle(daemon.pid)
+        rss_before = rss_kib(daemon.pid)
+
+        clients = Clients(daemon.port, kind, path, repark_at_once)
+        t0 = time.monotonic()
+        clients.open(count)
+        wait_idle(daemon.pid)
+        park_s = time.monotonic() - t0
+        rss_parked = rss_kib(daemon.pid)
+        note(f"{count} {kind} clients parked in {park_s:.1f} s")
+
+        latencies: list[float] = []
+        missed = 0
+        problems: list[str] = []
+        per_blip = []
+        cpu0, daemon_cpu0 = client_cpu(), cpu_seconds(daemon.pid)
+        busy = 0.0
+        with Profiler(daemon.pid, f"fanout-{count}-{kind}", profile) as profiler:
+            for i in range(blips):
+                ms = 1000 + i
+                started = time.perf_counter_ns()
+                os.write(pty.master, b"%d\n" % ms)
+                got, trouble = clients.answers(count, timeout=10 + count / 1000)
+                busy += (time.perf_counter_ns() - started) / 1e9
+                problems += trouble
+                delays = [(at - started) / 1e6 for at, body in got.values() if blip_ms(body) == ms]
+                missed += count - len(delays)
+                latencies += delays
+                per_blip.append(round(max(delays), 2) if delays else None)
+                clients.repark()
+                wait_idle(daemon.pid, quiet=0.1)
+        client_cpu_s = client_cpu() - cpu0
+        daemon_cpu_s = cpu_seconds(daemon.pid) - daemon_cpu0
+        rss_after = rss_kib(daemon.pid)
+        clients.close()
+        result: dict[str, Any] = {
+            "clients": count,
+            "kind": kind,
+            "repark": "at once" if repark_at_once else "after all answered",
+            "blips": blips,
+            "latency_ms": percentiles(latencies),
+            "missed": missed,
+            "problems": sorted(set(problems))[:5],
+            "slowest_client_per_blip_ms": per_blip,
+            "park_s": round(park_s, 2),
+            "daemon_rss_kib": {"before": rss_before, "parked": rss_parked, "after_blips": rss_after},
+            "rss_per_parked_client_kib": round((rss_parked - rss_before) / count, 2),
+            # CPU time is counted in 10 ms ticks: too coarse for a few answers.
+            "daemon_cpu_us_per_answer": (
+                round(1e6 * daemon_cpu_s / len(latencies), 1) if daemon_cpu_s >= 0.1 and latencies else None
+            ),
+            "client_cpu_percent_while_fanning_out": round(100 * client_cpu_s / busy, 1) if busy > 0.05 else None,
+        }
+        if profiler.summary is not None:
+            result["profile"] = profiler.summary
+        return result
+    finally:
+        daemon.stop()
+        pty.close()
+
+
+def main() -> None:
+    """Run the benchmark for each N and print its JSON."""
+    args = parse_args(
+        __doc__.strip().splitlines()[0],
+        [
+            (["--clients"], {"help": "comma-separated N [1,1000,10000; quick: 1,1000,10000 with fewer blips]"}),
+            (["--blips"], {"type": int, "help": "blips per N [20; quick: 5]"}),
+            (["--kind"], {"choices": ["longpoll", "sse"], "default": "longpoll"}),
+            (["--sse-path"], {"default": "/api/v1/live?meters=1", "help": "the live stream's path"}),
+            (["--repark-after-all"], {"action": "store_true",
+                                      "help": "long-polls ask again only once every client has its answer"
+                                              " (isolates the fan-out from the re-parking load)"}),
+        ],
+    )
+    counts = [int(n) for n in (args.clients or "1,1000,10000").split(",")]
+    blips = args.blips or (5 if args.quick else 20)
+    limit = raise_open_files(2 * max(counts) + 1000)
+    path = "/blip/1" if args.kind == "longpoll" else args.sse_path
+    cluster = BenchCluster().start()
+    cluster.fresh_database(DATABASE)
+    try:
+        results = [run(n, blips, args.kind, path, cluster, args.profile, not args.repark_after_all)
+                   for n in counts]
+    finally:
+        cluster.stop()
+    emit({
+        "benchmark": "fanout",
+        "mode": "quick" if args.quick else "full",
+        "open_files_limit": limit,
+        "runs": results,
+        "targets": {
+            "p99_ms_at_10000": 250, "rss_per_parked_client_kib": 20, "p50_ms_at_1": 2,
+        },
+    })
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,361 @@
+"""
+Query benchmark: on one meter's year of 1 Hz data (31.5 million points with
+their rollups, generated once and cached under bench/state), for each route:
+the latency of single requests, the requests/s of 50 concurrent keep-alive
+clients, and next to them the floor: the very SQL the daemon ran for that
+route (read from PostgreSQL's statement log), run straight through psycopg2.
+
+    .venv/bin/python -m bench.queries [--quick] [--days N] [--seconds S]
+                                      [--connections C] [--only NAME,...] [--profile]
+
+Quick mode uses 30 days of data and shorter runs; the full mode a year.
+"""
+
+import json
+import re
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from bench import dataset
+from bench.harness import (
+    APPLICATION, BenchCluster, Daemon, Profiler, Pty, cpu_seconds, emit, http_get, need_wrk, note,
+    parse_args, percentiles,
+)
+
+DAY = 86_400_000
+HOUR = 3_600_000
+#: Routes that must answer within this many times the floor, and ms.
+FLOOR_RATIO, MAX_P50_MS = 2.0, 30.0
+
+
+@dataclass
+class Route:
+    """
+    One request to measure.
+
+    :param name: its name in the report.
+    :param path: the request target.
+    :param p50_target: whether the p50 targets (x floor, ms) apply.
+    :param rps_target: requests/s it must reach with 50 clients, if any.
+    :param rollups: whether it must read rollups rather than raw points.
+    :param optional: a route that may not exist yet (reported as missing).
+    """
+
+    name: str
+    path: str
+    p50_target: bool = False
+    rps_target: Optional[int] = None
+    rollups: bool = False
+    optional: bool = False
+
+
+def routes(first: int, last: int, days: int) -> list[Route]:
+    """:return: the routes to measure, relative to the data's last stamp."""
+    span = min(92, days)
+    by_day = (last - span * DAY) - (last - span * DAY) % DAY
+    by_hour = (last - 1000 * HOUR) - (last - 1000 * HOUR) % HOUR
+    year = max(first, last - 365 * DAY)
+    return [
+        Route("last", "/last/1", rps_target=3000),
+        Route("last_20min", "/last/1/1200000", p50_target=True),
+        Route("since_2000", f"/since/1/{last - DAY}", p50_target=True),
+        Route("range_1h", f"/range/1/{last - 2 * HOUR}/{last - HOUR}"),
+        Route("hourly_year", f"/hourly/1/{year}/{last}", p50_target=True),
+        Route("minutely_day", f"/minutely/1/{last - DAY}/{last}"),
+        Route(f"aggregate_{span}d_by_day", f"/aggregate/1/{by_day}/{DAY}/{span}", p50_target=True, rollups=True),
+        Route(f"aggregate_hourly_{span}d_by_day", f"/aggregate_hourly/1/{by_day}/{DAY}/{span}", rollups=True),
+        Route("aggregate_1000h_by_hour", f"/aggregate/1/{by_hour}/{HOUR}/1000", rollups=True),
+        Route(f"aggregate_{span}d_by_day_unaligned", f"/aggregate/1/{by_day + 12345}/{DAY}/{span}"),
+        Route("usage_day", f"/usage/1/{DAY}"),
+        Route("v1_meters", "/api/v1/meters", optional=True),
+        Route("v1_meter", "/api/v1/meters/1", optional=True),
+        Route("v1_power_year", f"/api/v1/meters/1/power?from={year}&to={last}", optional=True),
+        Route("v1_power_day", f"/api/v1/meters/1/power?from={last - DAY}&to={last}", optional=True),
+        Route(f"v1_energy_{span}d_by_day",
+              f"/api/v1/meters/1/energy?from={by_day}&to={last}&period=day", optional=True),
+        Route("v1_readings_1h", f"/api/v1/meters/1/readings?from={last - HOUR}&to={last}", optional=True),
+    ]
+
+
+class StatementLog:
+    """
+    PostgreSQL's JSON statement log, switched on while we look: what SQL
+    the daemon sends for one request. psycopg2 binds parameters on the
+    client, so the log holds the exact text, values included.
+    """
+
+    def __init__(self, cluster: BenchCluster, dbname: str) -> None:
+        self.cluster = cluster
+        self.dbname = dbname
+        self.connection = cluster.connect(dbname)
+        self.markers = 0
+
+    def switch(self, on: bool) -> None:
+        """Log every statement, or stop."""
+        with self.connection.cursor() as cursor:
+            cursor.execute("ALTER SYSTEM SET log_statement = 'all'" if on else "ALTER SYSTEM RESET log_statement")
+            cursor.execute("SELECT pg_reload_conf()")
+        time.sleep(0.3)  # backends read the new setting before their next statement
+
+    def statements_of(self, request: Any) -> list[str]:
+        """
+        :param request: makes the request whose SQL is wanted.
+        :return: the statements the daemon ran meanwhile.
+        """
+        log = self.cluster.statement_log
+        offset = log.stat().st_size
+        request()
+        self.markers += 1
+        marker = f"blipbench marker {self.markers}"
+        with self.connection.cursor() as cursor:
+            cursor.execute("SELECT %s", (marker,))
+        deadline = time.monotonic() + 10
+        while True:
+            with open(log, "rb") as f:
+                f.seek(offset)
+                text = f.read().decode("utf-8", "replace")
+            if marker in text or time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
+        found = []
+        for line in text.splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            message = entry.get("message", "")
+            if (entry.get("dbname") == self.dbname and entry.get("application_name") != APPLICATION
+                    and message.startswith("statement: ")):
+                found.append(message[len("statement: "):])
+        return found
+
+    def close(self) -> None:
+        """Close our connection."""
+        self.connection.close()
+
+
+def tables_read(statements: list[str]) -> list[str]:
+    """:return: the tables and views the statements read from."""
+    names = set()
+    for sql in statements:
+        names.update(re.findall(r"\b(?:FROM|JOIN)\s+([a-z_]+)", sql, re.IGNORECASE))
+    return sorted(names)
+
+
+def timed_requests(port: int, path: str, count: int, budget: float) -> tuple[list[float], int, bytes]:
+    """
+    ``count`` requests one after another on one keep-alive connection
+    (stopping early after ``budget`` seconds).
+
+    :return: their latencies in ms, the last status and body.
+    """
+    latencies = []
+    status, body = 0, b""
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        started = time.monotonic()
+        for _ in range(count):
+            t0 = time.perf_counter()
+            status, body = http_get(sock, f"127.0.0.1:{port}", path)
+            latencies.append((time.perf_counter() - t0) * 1000)
+            if time.monotonic() - started > budget:
+                break
+    return latencies, status, body
+
+
+def timed_floor(cluster: BenchCluster, dbname: str, statements: list[str], count: int, budget: float) -> list[float]:
+    """
+    :return: latencies in ms of running ``statements`` (and fetching every
+        row) ``count`` times through psycopg2.
+    """
+    latencies = []
+    connection = cluster.connect(dbname)
+    try:
+        with connection.cursor() as cursor:
+            started = time.monotonic()
+            for _ in range(count):
+                t0 = time.perf_counter()
+                for sql in statements:
+                    cursor.execute(sql)
+                    if cursor.description:
+                        cursor.fetchall()
+                latencies.append((time.perf_counter() - t0) * 1000)
+                if time.monotonic() - started > budget:
+                    break
+    finally:
+        connection.close()
+    return latencies
+
+
+_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
+
+
+def wrk(url: str, connections: int, seconds: float) -> dict[str, Any]:
+    """
+    :return: requests/s and latency percentiles of ``connections``
+        keep-alive clients hammering ``url`` (wrk, one thread).
+    """
+    done = subprocess.run(
+        [need_wrk(), "-t1", f"-c{connections}", f"-d{seconds:.0f}s", "--timeout", "30s", "--latency", url],
+        capture_output=True, text=True,
+    )
+    out = done.stdout
+
+    def latency(label: str) -> Optional[float]:
+        match = re.search(rf"^\s+{label}%\s+([\d.]+)(us|ms|s|m)\s*$", out, re.MULTILINE)
+        return round(float(match.group(1)) * _UNITS[match.group(2)], 3) if match else None
+
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    errors = re.search(r"Socket errors: (.*)", out)
+    return {
+        "requests_per_s": round(float(rps.group(1))) if rps else None,
+        "p50_ms": latency("50"),
+        "p99_ms": latency("99"),
+        "non_2xx": int(bad.group(1)) if bad else 0,
+        "socket_errors": errors.group(1) if errors else None,
+    }
+
+
+def measure(route: Route, daemon: Daemon, cluster: BenchCluster, dbname: str, statements: list[str],
+            args: Any) -> dict[str, Any]:
+    """Measure one route; return its figures."""
+    count, budget = (20, 1.5) if args.quick else (300, 8.0)
+    latencies, status, body = timed_requests(daemon.port, route.path, count, budget)
+    result: dict[str, Any] = {"path": route.path, "status": status, "bytes": len(body)}
+    try:
+        answer = json.loads(body)
+        if isinstance(answer, list):
+            result["rows"] = len(answer)
+    except ValueError:
+        pass
+    result["latency_ms"] = percentiles(latencies)
+    result["sql"] = statements
+    result["tables"] = tables_read(statements)
+    if statements:
+        floor = percentiles(timed_floor(cluster, dbname, statements, count, budget))
+        result["floor_latency_ms"] = floor
+        if floor["p50"]:
+            result["p50_over_floor"] = round(result["latency_ms"]["p50"] / floor["p50"], 2)
+    with Profiler(daemon.pid, f"queries-{route.name}", args.profile) as profiler:
+        cpu0, t0 = cpu_seconds(daemon.pid), time.monotonic()
+        load = wrk(daemon.url(route.path), args.connections, args.seconds)
+        cpu = cpu_seconds(daemon.pid) - cpu0
+        requests = (load["requests_per_s"] or 0) * (time.monotonic() - t0)
+        # CPU per request hardly depends on what else the machine runs.
+        load["daemon_cpu_us_per_request"] = round(1e6 * cpu / requests, 1) if requests else None
+        result["concurrent"] = {"connections": args.connections, **load}
+    if profiler.summary is not None:
+        result["profile_self_percent"] = profiler.summary["self_percent"][:10]
+        result["profile_file"] = profiler.summary["file"]
+    checks = {}
+    p50 = result["latency_ms"]["p50"]
+    if route.p50_target:
+        floor_p50 = result.get("floor_latency_ms", {}).get("p50")
+        checks["p50_within_2x_floor"] = bool(floor_p50) and p50 <= FLOOR_RATIO * floor_p50
+        checks["p50_within_30ms"] = p50 <= MAX_P50_MS
+    if route.rollups:
+        checks["uses_rollups"] = bool(statements) and "readings" not in result["tables"]
+    if route.rps_target:
+        rps = result["concurrent"]["requests_per_s"] or 0
+        checks[f"at_least_{route.rps_target}_requests_per_s"] = rps >= route.rps_target
+    if checks:
+        result["targets_met"] = checks
+    return result
+
+
+def under_load(heavy: Route, light: list[Route], daemon: Daemon, args: Any) -> dict[str, Any]:
+    """
+    Single requests to light routes while 50 clients hammer a heavy one:
+    whether one slow query holds up everyone else.
+    """
+    seconds = max(args.seconds, 4.0)
+    load = subprocess.Popen(
+        [need_wrk(), "-t1", f"-c{args.connections}", f"-d{seconds:.0f}s", "--timeout", "30s",
+         daemon.url(heavy.path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        time.sleep(1.0)
+        figures: dict[str, Any] = {"load": heavy.path}
+        for route in light:
+            latencies, status, _ = timed_requests(daemon.port, route.path, 50, (seconds - 1.5) / len(light))
+            figures[route.name] = {"status": status, "latency_ms": percentiles(latencies)}
+    finally:
+        load.wait()
+    return figures
+
+
+def main() -> None:
+    """Run the benchmark and print its JSON."""
+    args = parse_args(
+        __doc__.strip().splitlines()[0],
+        [
+            (["--days"], {"type": int, "help": "days of 1 Hz data [365; quick: 30]"}),
+            (["--seconds"], {"type": float, "help": "seconds of concurrent load per route [10; quick: 2]"}),
+            (["--connections"], {"type": int, "default": 50, "help": "concurrent keep-alive clients [50]"}),
+            (["--only"], {"help": "comma-separated route names to measure"}),
+            (["--regenerate"], {"action": "store_true", "help": "generate the data again"}),
+        ],
+    )
+    days = args.days or (30 if args.quick else 365)
+    args.seconds = args.seconds or (2.0 if args.quick else 10.0)
+    need_wrk()
+    cluster = BenchCluster().start()
+    pty = Pty.open()
+    daemon: Optional[Daemon] = None
+    try:
+        dbname, first, last = dataset.prepare(cluster, days, args.regenerate)
+        daemon = Daemon("queries", ["--db", cluster.dsn(dbname), "--serial", pty.path])
+        daemon.start(r"database ready")
+        chosen = [r for r in routes(first, last, days) if not args.only or r.name in args.only.split(",")]
+        port = daemon.port
+        log = StatementLog(cluster, dbname)
+        sql: dict[str, list[str]] = {}
+        missing = []
+        log.switch(True)
+        try:
+            for route in chosen:
+                answer: dict[str, Any] = {}
+
+                def once() -> None:
+                    answer["latency"], answer["status"], answer["body"] = timed_requests(port, route.path, 1, 60)
+
+                sql[route.name] = log.statements_of(once)
+                if route.optional and answer["status"] == 404:
+                    missing.append(route.name)
+        finally:
+            log.switch(False)
+            log.close()
+        results: dict[str, Any] = {}
+        for route in chosen:
+            if route.name in missing:
+                results[route.name] = {"path": route.path, "missing": True}
+                continue
+            note(f"measuring {route.name}: {route.path}")
+            results[route.name] = measure(route, daemon, cluster, dbname, sql[route.name], args)
+        heavy = next((r for r in chosen if r.name.startswith("aggregate_") and r.name.endswith("_by_day")), None)
+        light = [r for r in chosen if r.name in ("last", "since_2000")]
+        if heavy is not None and light:
+            results["under_load"] = under_load(heavy, light, daemon, args)
+        points = cluster.sql(dbname, "SELECT count(*) FROM readings")[0][0]
+        emit({
+            "benchmark": "queries",
+            "mode": "quick" if args.quick else "full",
+            "days": days,
+            "points": points,
+            "routes": results,
+            "targets": {"p50_over_floor": FLOOR_RATIO, "p50_ms": MAX_P50_MS, "last_requests_per_s": 3000},
+        })
+    finally:
+        if daemon is not None:
+            daemon.stop()
+        pty.close()
+        cluster.stop()
+
+
+if __name__ == "__main__":
+    main()
