@@ -24,7 +24,7 @@ from blip.ingest import Ingest, IngestService
 from blip.options import Options
 from blip.simulate import SimulatorService
 from blip.store import Store
-from blip.web import LegacyApi
+from blip.web import Channel, LegacyApi
 
 __all__ = ["Options", "makeService", "make_service"]
 
@@ -39,6 +39,8 @@ class QuietSite(Site):
     A site that writes no access log: a proxy in front keeps one, and a
     line per answered long-poll would drown everything else.
     """
+
+    protocol = Channel
 
     def log(self, request: Any) -> None:
         pass
