@@ -8,21 +8,22 @@ from pathlib import Path
 from typing import Any, Optional
 
 from twisted.application import strports
-from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.server import Site
 
-from blip.arduino import MeterFactory, SerialEndpoint, Stamps
-from blip.counters import Counters
+from blip.arduino import MeterFactory, SerialEndpoint, SerialService, Stamps
+from blip.counters import Counters, CountersLog
 from blip.database import DatabaseService, Pool
 from blip.embedded import Cluster, EmbeddedPostgres
 from blip.hub import Hub, HubService
 from blip.ingest import Ingest, IngestService
 from blip.options import Options
+from blip.periods import Periods, PeriodsService
 from blip.simulate import SimulatorService
+from blip.spool import Spool
 from blip.store import Store
 from blip.web import Channel, LegacyApi
 
@@ -32,6 +33,10 @@ __all__ = ["Options", "makeService", "make_service"]
 STATIC = Path(__file__).parent / "static"
 #: Connections to the database.
 POOL_SIZE = 4
+#: The ingest spool's file name in the state dir.
+SPOOL = "spool"
+#: Where ingest periods not yet recorded wait over a restart, in the state dir.
+PERIODS = "ingest-periods.json"
 
 
 class QuietSite(Site):
@@ -104,7 +109,7 @@ def make_service(options: Options, reactor: Any = None, clock: Optional[IReactor
     CleanExit(reactor).setServiceParent(top)
     counters = Counters()
     meters = options["meters"]
-    hub = Hub(max_waiters=options["max-waiters"])
+    hub = Hub(max_waiters=options["max-waiters"], counters=counters)
 
     before = None
     dsn = options["db"]
@@ -112,24 +117,30 @@ def make_service(options: Options, reactor: Any = None, clock: Optional[IReactor
         embedded = EmbeddedPostgres(Cluster.at(options["state-dir"] / "pg"), reactor)
         embedded.setServiceParent(top)
         before, dsn = embedded.when_ready, embedded.dsn
-    pool = Pool(dsn, POOL_SIZE, reactor)
+    pool = Pool(dsn, POOL_SIZE, reactor, counters)
     store = Store(pool)
     database = DatabaseService(pool, store.apply_schema, before)
     database.setServiceParent(top)
 
     if options["role"] in ("all", "ingest"):
         stamps = Stamps()
-        ingest = Ingest(store, hub, stamps, clock, counters)
+        spool = Spool(options["state-dir"] / SPOOL)
+        ingest = Ingest(store, hub, stamps, clock, counters, spool, pool.when_alive)
         IngestService(ingest, database.when_ready).setServiceParent(top)
-        factory = MeterFactory(ingest.receive, stamps, clock, counters, meters.describe)
+        periods = Periods(store, options["node-name"], clock, options["state-dir"] / PERIODS)
+        factory = MeterFactory(
+            ingest.receive, stamps, clock, counters, meters.describe,
+            opened=periods.opened, lost=periods.lost,
+        )
         if options["serial"]:
             endpoint = SerialEndpoint(reactor, options["serial"], options["baudrate"], counters)
-            ClientService(
-                endpoint, factory, retryPolicy=backoffPolicy(0.5, 30.0, 2.0), clock=clock
-            ).setServiceParent(top)
+            SerialService(endpoint, factory, clock).setServiceParent(top)
         if options["simulate"]:
             SimulatorService(list(meters), factory, clock).setServiceParent(top)
+        # After the source, so that a stop is recorded before the source closes.
+        PeriodsService(periods, database.when_ready, clock).setServiceParent(top)
 
+    CountersLog(counters, clock).setServiceParent(top)
     HubService(hub).setServiceParent(top)
     if options["role"] in ("all", "web"):
         api = LegacyApi(store, hub, meters, clock, options["longpoll-timeout"], STATIC)
