@@ -6,12 +6,18 @@ The Arduino writes one line per blink: ``<ms>`` (a single-meter sketch) or
 ``INFO <id> <description>`` to name a meter. Every line is parsed here,
 stamped with its arrival time and handed on as a :class:`~blip.model.Point`;
 anything else is counted, logged at most once a second and dropped.
+
+The serial device is kept open by :class:`SerialService`: a device missing at
+start is waited for, and a device that vanishes (a USB unplug) is reopened
+with backoff; each outage is logged once.
 """
 
 import re
 from typing import Callable, Optional
 
+import serial
 from serial import SerialException
+from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import (
     IProtocolFactory,
@@ -33,12 +39,15 @@ MAX_BLIP_LINE = 64
 #: Longest line of any kind (``INFO`` descriptions are longer than blips);
 #: beyond this the buffer is dropped up to the next newline.
 MAX_LINE = 1024
+#: Most seconds between two attempts to reopen a lost serial device.
+MAX_REOPEN_DELAY = 5.0
 
 _INFO = re.compile(rb"INFO[ \t]+([0-9]{1,10})[ \t]+(.*)", re.DOTALL)
 _ESCAPE = re.compile(rb"\\([0-9a-fA-F]{2})")
 
 Receive = Callable[[Point], None]
 Describe = Callable[[int, str], None]
+Notify = Callable[[], None]
 
 
 def unescape(text: bytes) -> str:
@@ -101,6 +110,8 @@ class MeterFactory(Factory):
 
     :param receive: called with every valid point, at once.
     :param describe: called with ``(meter, description)`` for ``INFO`` lines.
+    :param opened: called each time the source opens.
+    :param lost: called each time the source closes while not stopping.
     """
 
     log = Logger()
@@ -112,12 +123,18 @@ class MeterFactory(Factory):
         clock: IReactorTime,
         counters: Counters,
         describe: Optional[Describe] = None,
+        opened: Optional[Notify] = None,
+        lost: Optional[Notify] = None,
     ) -> None:
         self.receive = receive
         self.stamps = stamps
         self.clock = clock
         self.counters = counters
         self.describe = describe
+        self.opened = opened
+        self.lost = lost
+        #: Set while the daemon closes the source on purpose.
+        self.stopping = False
         self._warned_at: Optional[float] = None
         self._unwarned = 0
 
@@ -145,6 +162,29 @@ class MeterFactory(Factory):
         )
         self._warned_at = now
         self._unwarned = 0
+
+    def source_opened(self) -> None:
+        """
+        A protocol of this factory was connected to its source.
+        """
+        if self.opened is not None:
+            self.opened()
+
+    def source_closed(self, reason: Failure) -> None:
+        """
+        A protocol of this factory lost its source: log and count it,
+        unless the daemon closed it on purpose.
+        """
+        if self.stopping:
+            self.log.info("serial source closed")
+            return
+        self.counters.serial_lost += 1
+        self.log.warn(
+            "serial source lost: {why}; reopening it as soon as it is back",
+            why=reason.getErrorMessage(),
+        )
+        if self.lost is not None:
+            self.lost()
 
 
 class MeterProtocol(Protocol):
@@ -240,10 +280,30 @@ class MeterProtocol(Protocol):
         else:
             factory.garbage(line, "not a blip")
 
+    def connectionMade(self) -> None:
+        self.factory.source_opened()
+
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self.log.warn(
-            "serial source closed: {why}", why=reason.getErrorMessage()
-        )
+        self.factory.source_closed(reason)
+
+
+class _KeptInput(serial.Serial):
+    """
+    pyserial's port, except that opening it keeps what the device sent
+    before (pyserial and Twisted both throw it away): lines a device
+    buffered while the daemon was restarting are read rather than lost.
+    """
+
+    def _reset_input_buffer(self) -> None:
+        pass
+
+
+class _SerialPort(SerialPort):
+    """
+    Twisted's serial transport over :class:`_KeptInput`.
+    """
+
+    _serialFactory = _KeptInput
 
 
 @implementer(IStreamClientEndpoint)
@@ -252,6 +312,10 @@ class SerialEndpoint:
     Opens a serial device as a client endpoint, so that
     :class:`~twisted.application.internet.ClientService` can reopen it with
     backoff after the device vanishes (a USB unplug) or fails.
+
+    A device that cannot be opened before it was ever open is logged once;
+    after that, the loss is logged by the protocol and the failed attempts
+    to reopen it are only counted.
 
     :param reactor: the reactor to read the device with.
     :param device: the device's path, e.g. ``/dev/arduino``.
@@ -271,7 +335,7 @@ class SerialEndpoint:
         self.device = device
         self.baudrate = baudrate
         self.counters = counters
-        self._away = False
+        self._warned = False
 
     def __repr__(self) -> str:
         return f"<SerialEndpoint {self.device} {self.baudrate} baud>"
@@ -279,19 +343,18 @@ class SerialEndpoint:
     def connect(self, protocolFactory: IProtocolFactory) -> "Deferred[Protocol]":
         protocol = protocolFactory.buildProtocol(None)
         try:
-            SerialPort(protocol, self.device, self.reactor, baudrate=self.baudrate)
+            _SerialPort(protocol, self.device, self.reactor, baudrate=self.baudrate)
         except (SerialException, OSError, ValueError) as e:
             self.counters.serial_failures += 1
-            if not self._away:
+            if not self._warned:
                 self.log.warn(
-                    "cannot open serial device {device}: {why}; retrying until"
-                    " it is back",
+                    "cannot open serial device {device}: {why}; waiting for it",
                     device=self.device,
                     why=str(e),
                 )
-                self._away = True
+                self._warned = True
             return fail(e)
-        self._away = False
+        self._warned = True
         self.counters.serial_opens += 1
         self.log.info(
             "reading serial device {device} at {baudrate} baud",
@@ -299,3 +362,34 @@ class SerialEndpoint:
             baudrate=self.baudrate,
         )
         return succeed(protocol)
+
+
+class SerialService(ClientService):
+    """
+    Keeps the serial device open: waits for it when it is missing, reopens
+    it with backoff (up to :data:`MAX_REOPEN_DELAY`) when it is lost, and
+    tells the factory when it closes it on purpose.
+
+    :param endpoint: the device.
+    :param factory: builds the protocol for each opening.
+    :param clock: times the attempts.
+    """
+
+    def __init__(
+        self, endpoint: IStreamClientEndpoint, factory: MeterFactory, clock: IReactorTime
+    ) -> None:
+        super().__init__(
+            endpoint,
+            factory,
+            retryPolicy=backoffPolicy(0.5, MAX_REOPEN_DELAY, 2.0),
+            clock=clock,
+        )
+        self.meter_factory = factory
+
+    def startService(self) -> None:
+        self.meter_factory.stopping = False
+        super().startService()
+
+    def stopService(self) -> "Deferred[None]":
+        self.meter_factory.stopping = True
+        return super().stopService()

@@ -1,17 +1,33 @@
 """
 The daemon's counters, kept in one place so that logs, health checks and
-metrics all read the same numbers.
+metrics all read the same numbers, and the service that logs them once a
+minute.
 """
 
 from dataclasses import dataclass, fields
+from typing import Optional
+
+from twisted.application.service import Service
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+#: Seconds between two logs of the counters.
+LOG_INTERVAL = 60.0
+
+#: The fields of :class:`Counters` that are current values (gauges) rather
+#: than running totals.
+GAUGES = frozenset({"waiters", "backlog"})
 
 
 @dataclass
 class Counters:
     """
-    Running totals since the daemon started.
+    Running totals since the daemon started, and a few current values
+    (:data:`GAUGES`).
 
-    Each layer increments the fields it owns; nobody resets them.
+    Each layer updates the fields it owns; nobody resets the totals.
     """
 
     #: Lines read from a serial source (or the simulator), garbage included.
@@ -20,19 +36,75 @@ class Counters:
     blips: int = 0
     #: Lines dropped because they were not a valid blip, INFO or CONNECTED.
     garbage: int = 0
-    #: Points committed to the database.
+    #: Points newly committed to the database (duplicates not counted).
     stored: int = 0
-    #: Points written to the spool while the database was away.
+    #: Points written to the spool while the database was away or behind.
     spooled: int = 0
+    #: Spooled points read back and committed (duplicates included).
+    replayed: int = 0
     #: Batches the database refused or could not take.
     write_failures: int = 0
+    #: Database connections opened again after they were lost.
+    db_reconnects: int = 0
     #: Times the serial device was opened.
     serial_opens: int = 0
-    #: Times the serial device was lost or could not be opened.
+    #: Times an open serial device was lost (unplugged, read failed).
+    serial_lost: int = 0
+    #: Times the serial device could not be opened.
     serial_failures: int = 0
+    #: Long-polls refused because --max-waiters were parked.
+    waiters_refused: int = 0
+    #: Gauge: long-polls parked now.
+    waiters: int = 0
+    #: Gauge: points received and not yet committed to the database, in
+    #: memory or in the spool (updated at least once per batch).
+    backlog: int = 0
 
     def as_dict(self) -> dict[str, int]:
         """
         :return: every counter by name.
         """
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+class CountersLog(Service):
+    """
+    Logs every counter at info level once a minute, and once more on stop.
+
+    :param counters: what to log.
+    :param clock: times the logs.
+    :param interval: seconds between logs.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self, counters: Counters, clock: IReactorTime, interval: float = LOG_INTERVAL
+    ) -> None:
+        self.counters = counters
+        self.clock = clock
+        self.interval = interval
+        self._loop: Optional[LoopingCall] = None
+        names = [f.name for f in fields(Counters)]
+        self._format = "counters: " + ", ".join(f"{name} {{{name}}}" for name in names)
+
+    def log_now(self) -> None:
+        """
+        Log the counters as they are now.
+        """
+        self.log.info(self._format, **self.counters.as_dict())
+
+    def startService(self) -> None:
+        super().startService()
+        self._loop = LoopingCall(self.log_now)
+        self._loop.clock = self.clock
+        self._loop.start(self.interval, now=False).addErrback(self._failed)
+
+    def _failed(self, f: Failure) -> None:
+        self.log.failure("logging the counters failed", f)
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        self.log_now()

@@ -12,10 +12,12 @@ import psycopg2
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, fail, succeed
 from twisted.internet.interfaces import IReactorCore
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from txpostgres import reconnection, retrying, txpostgres
 
+from blip.counters import Counters
 from blip.embedded import EmbeddedError
 from blip.upgrade import Refused
 
@@ -52,27 +54,34 @@ def reconnect_delays() -> Iterator[float]:
 
 class _Detector(reconnection.DeadConnectionDetector):
     """
-    A dead-connection detector that logs once per outage and can be told to
-    stop reconnecting.
+    A dead-connection detector that tells its pool when the connection is
+    lost and back, and can be told to stop reconnecting.
+
+    :param on_lost: called with the reason when the connection is lost.
+    :param on_alive: called when it is open again, ready for queries.
     """
 
     log = Logger()
 
-    def __init__(self, reactor: IReactorCore) -> None:
+    def __init__(
+        self,
+        reactor: IReactorCore,
+        on_lost: Callable[[str], None] = lambda why: None,
+        on_alive: Callable[[], None] = lambda: None,
+    ) -> None:
         super().__init__(reconnectionIterator=reconnect_delays, reactor=reactor)
         self._retrying: Optional[Deferred[None]] = None
         self.stopped = False
         #: Whether the connection is open and usable.
         self.alive = False
+        self.on_lost = on_lost
+        self.on_alive = on_alive
 
     def startReconnecting(self, f: Failure) -> None:
         self.alive = False
         if self.stopped:
             return
-        self.log.warn(
-            "database connection lost: {why}; reconnecting",
-            why=f.getErrorMessage().strip(),
-        )
+        self.on_lost(f.getErrorMessage().strip())
         call = retrying.RetryingCall(self.reconnect)
         call.reactor = self.reactor
         self._retrying = call.start(reconnect_delays())
@@ -81,9 +90,16 @@ class _Detector(reconnection.DeadConnectionDetector):
 
     def connectionRecovered(self) -> "Deferred[Any]":
         self._retrying = None
+        if self.stopped:
+            # An attempt under way when the pool closed has just succeeded.
+            self.reconnectable.close()
+            return succeed(None)
         self.alive = True
-        self.log.info("database connection is back")
-        return super().connectionRecovered()
+        # Clears txpostgres's own dead flag first: queries started by
+        # on_alive would fail while it is set.
+        recovered = super().connectionRecovered()
+        self.on_alive()
+        return recovered
 
     def _gave_up(self, f: Failure) -> None:
         if not self.stopped:
@@ -95,7 +111,27 @@ class _Detector(reconnection.DeadConnectionDetector):
         """
         self.stopped = True
         if self._retrying is not None:
-            self._retrying.cancel()
+            try:
+                self._retrying.cancel()
+            except psycopg2.Error:
+                # psycopg2 cannot cancel a connection attempt under way; it
+                # is closed when it ends (connectionRecovered).
+                pass
+
+
+class _Connection(txpostgres.Connection):
+    """
+    A txpostgres connection that reports the server going away while the
+    connection is idle as a lost connection (and so a reconnection), rather
+    than as an unhandled error with a traceback.
+    """
+
+    def doRead(self) -> Optional[Exception]:
+        try:
+            super().doRead()
+        except psycopg2.Error as e:
+            return e
+        return None
 
 
 class Pool(txpostgres.ConnectionPool):
@@ -106,19 +142,66 @@ class Pool(txpostgres.ConnectionPool):
 
     :param dsn: a libpq connection string or URI.
     :param size: how many connections (and so concurrent queries).
+    :param counters: where reconnections are counted, if anywhere.
     """
 
     log = Logger()
 
-    def __init__(self, dsn: str, size: int, reactor: IReactorCore) -> None:
+    def __init__(
+        self, dsn: str, size: int, reactor: IReactorCore, counters: Optional[Counters] = None
+    ) -> None:
         self.reactor = reactor
+        self.counters = counters
+        self._alive_waiters: list[Deferred[None]] = []
+        # Whether the loss of the last open connection has been logged.
+        self._down = False
         super().__init__(None, dsn, min=size, connect_timeout=10)
         self._all = list(self.connections)
 
     def connectionFactory(self, reactor: IReactorCore, cooperator: Any) -> txpostgres.Connection:
-        return txpostgres.Connection(
-            reactor, cooperator, detector=_Detector(reactor)
-        )
+        detector = _Detector(reactor, self._lost, self._reconnected)
+        return _Connection(reactor, cooperator, detector=detector)
+
+    @property
+    def alive(self) -> bool:
+        """
+        Whether at least one connection is open.
+        """
+        return any(c.detector.alive for c in self._all)
+
+    def when_alive(self) -> "Deferred[None]":
+        """
+        :return: a Deferred that fires as soon as a connection is open (at
+            once if one is); cancelling it stops the wait.
+        """
+        if self.alive:
+            return succeed(None)
+
+        def forget(d: "Deferred[None]") -> None:
+            if d in self._alive_waiters:
+                self._alive_waiters.remove(d)
+
+        d: Deferred[None] = Deferred(forget)
+        self._alive_waiters.append(d)
+        return d
+
+    def _lost(self, why: str) -> None:
+        if not self._down and not self.alive:
+            self.log.warn("database unreachable: {why}; reconnecting", why=why)
+            self._down = True
+
+    def _reconnected(self) -> None:
+        if self.counters is not None:
+            self.counters.db_reconnects += 1
+        if self._down:
+            self.log.info("database connection is back")
+            self._down = False
+        self._wake()
+
+    def _wake(self) -> None:
+        waiters, self._alive_waiters = self._alive_waiters, []
+        for d in waiters:
+            d.callback(None)
 
     def start(self) -> "Deferred[Pool]":
         """
@@ -136,9 +219,9 @@ class Pool(txpostgres.ConnectionPool):
             attempts.append(d)
         return DeferredList(attempts, consumeErrors=True).addCallback(lambda _: self)
 
-    @staticmethod
-    def _opened(connection: txpostgres.Connection) -> None:
+    def _opened(self, connection: txpostgres.Connection) -> None:
         connection.detector.alive = True
+        self._wake()
 
     def close(self) -> None:
         """
@@ -227,22 +310,24 @@ class DatabaseService(Service):
         if self.before is not None:
             await self.before()
         await self.pool.start()
-        call = retrying.RetryingCall(lambda: Deferred.fromCoroutine(self.prepare()))
-        call.reactor = self.pool.reactor
-        await call.start(reconnect_delays(), self._retry_or_stop)
+        delays = reconnect_delays()
+        while True:
+            # No attempt while no connection is open: the pool reconnects
+            # with backoff and says when one is.
+            await self.pool.when_alive()
+            try:
+                await self.prepare()
+                break
+            except RETRIABLE as e:
+                self.log.warn(
+                    "database not ready: {why}; retrying", why=str(e).strip() or repr(e)
+                )
+                await deferLater(self.pool.reactor, next(delays), lambda: None)
         self.ready = True
         self.log.info("database ready")
         waiters, self._waiters = self._waiters, []
         for d in waiters:
             d.callback(None)
-
-    def _retry_or_stop(self, f: Failure) -> Optional[Failure]:
-        if f.check(*RETRIABLE):
-            self.log.warn(
-                "database not ready: {why}; retrying", why=f.getErrorMessage().strip()
-            )
-            return None
-        return f
 
     def _failed(self, f: Failure) -> None:
         if f.check(CancelledError):

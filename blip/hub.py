@@ -9,6 +9,7 @@ from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 
+from blip.counters import Counters
 from blip.model import Point
 
 Listener = Callable[[Point], None]
@@ -31,13 +32,14 @@ class Hub:
     canceller never meets a fired waiter.
 
     :param max_waiters: how many long-polls may be parked at once.
+    :param counters: where parked and refused long-polls are counted.
     """
 
     log = Logger()
 
-    def __init__(self, max_waiters: int = 10000) -> None:
+    def __init__(self, max_waiters: int = 10000, counters: Optional[Counters] = None) -> None:
         self.max_waiters = max_waiters
-        self.waiting = 0
+        self.counters = counters if counters is not None else Counters()
         self._waiters: dict[int, dict[Deferred[Point], None]] = {}
         self._last: dict[int, Point] = {}
         self._listeners: list[Listener] = []
@@ -49,6 +51,7 @@ class Hub:
         :raise TooManyWaiters: when ``max_waiters`` are already parked.
         """
         if self.waiting >= self.max_waiters:
+            self.counters.waiters_refused += 1
             raise TooManyWaiters()
         waiters = self._waiters.setdefault(meter, {})
 
@@ -61,6 +64,17 @@ class Hub:
         waiters[d] = None
         self.waiting += 1
         return d
+
+    @property
+    def waiting(self) -> int:
+        """
+        How many long-polls are parked now.
+        """
+        return self.counters.waiters
+
+    @waiting.setter
+    def waiting(self, count: int) -> None:
+        self.counters.waiters = count
 
     def publish(self, point: Point) -> None:
         """

@@ -5,6 +5,7 @@ at start.
 """
 
 import os
+import socket
 from pathlib import Path
 from typing import Any, Optional
 
@@ -59,6 +60,8 @@ class Options(usage.Options):
         ["longpoll-timeout", None, "0",
          "Seconds a long-poll waits before 204 No Content; 0 waits for ever."],
         ["max-waiters", None, "10000", "Most long-poll clients parked at once; more get 503."],
+        ["node-name", None, None,
+         "Name of this node in the record of ingest periods [default: the host name]."],
     ]
 
     def __init__(self) -> None:
@@ -92,6 +95,11 @@ class Options(usage.Options):
             self["state-dir"].mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise usage.UsageError(f"--state-dir: cannot create {self['state-dir']}: {e.strerror}")
+        if not os.access(self["state-dir"], os.W_OK | os.X_OK):
+            raise usage.UsageError(f"--state-dir: cannot write in {self['state-dir']}")
+        self["node-name"] = (self["node-name"] or socket.gethostname()).strip()
+        if not self["node-name"] or len(self["node-name"]) > 200:
+            raise usage.UsageError("--node-name: must be 1 to 200 characters")
         self["db"] = self["db"] or None
         if self["db"] is not None:
             try:

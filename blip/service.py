@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 from twisted.application import strports
-from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.error import ReactorNotRunning
@@ -19,17 +18,19 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.server import Site
 
-from blip.arduino import MeterFactory, SerialEndpoint, Stamps
-from blip.counters import Counters
+from blip.arduino import MeterFactory, SerialEndpoint, SerialService, Stamps
+from blip.counters import Counters, CountersLog
 from blip.database import DatabaseService, Pool
 from blip.embedded import Cluster, EmbeddedPostgres
 from blip.hub import Hub, HubService
 from blip.ingest import Ingest, IngestService
 from blip.meter_table import MeterTable
 from blip.options import Options
+from blip.periods import Periods, PeriodsService
 from blip.simulate import SimulatorService
+from blip.spool import Spool
 from blip.store import Store
-from blip.web import LegacyApi
+from blip.web import Channel, LegacyApi
 
 __all__ = ["Options", "makeService", "make_service"]
 
@@ -37,6 +38,10 @@ __all__ = ["Options", "makeService", "make_service"]
 STATIC = Path(__file__).parent / "static"
 #: Connections to the database.
 POOL_SIZE = 4
+#: The ingest spool's file name in the state dir.
+SPOOL = "spool"
+#: Where ingest periods not yet recorded wait over a restart, in the state dir.
+PERIODS = "ingest-periods.json"
 
 
 class QuietSite(Site):
@@ -44,6 +49,8 @@ class QuietSite(Site):
     A site that writes no access log: a proxy in front keeps one, and a
     line per answered long-poll would drown everything else.
     """
+
+    protocol = Channel
 
     def log(self, request: Any) -> None:
         pass
@@ -131,7 +138,7 @@ def make_service(options: Options, reactor: Any = None, clock: Optional[IReactor
     clean_exit.setServiceParent(top)
     counters = Counters()
     meters = options["meters"]
-    hub = Hub(max_waiters=options["max-waiters"])
+    hub = Hub(max_waiters=options["max-waiters"], counters=counters)
 
     before = None
     dsn = options["db"]
@@ -139,7 +146,7 @@ def make_service(options: Options, reactor: Any = None, clock: Optional[IReactor
         embedded = EmbeddedPostgres(Cluster.at(options["state-dir"] / "pg"), reactor)
         embedded.setServiceParent(top)
         before, dsn = embedded.when_ready, embedded.dsn
-    pool = Pool(dsn, POOL_SIZE, reactor)
+    pool = Pool(dsn, POOL_SIZE, reactor, counters)
     store = Store(pool)
     meter_table = MeterTable(store, meters, clock)
 
@@ -152,19 +159,23 @@ def make_service(options: Options, reactor: Any = None, clock: Optional[IReactor
 
     if options["role"] in ("all", "ingest"):
         stamps = Stamps()
-        ingest = Ingest(store, hub, stamps, clock, counters)
+        spool = Spool(options["state-dir"] / SPOOL)
+        ingest = Ingest(store, hub, stamps, clock, counters, spool, pool.when_alive)
         IngestService(ingest, database.when_ready).setServiceParent(top)
+        periods = Periods(store, options["node-name"], clock, options["state-dir"] / PERIODS)
         factory = MeterFactory(
-            meter_table.noticing(ingest.receive), stamps, clock, counters, meter_table.describe
+            meter_table.noticing(ingest.receive), stamps, clock, counters, meter_table.describe,
+            opened=periods.opened, lost=periods.lost,
         )
         if options["serial"]:
             endpoint = SerialEndpoint(reactor, options["serial"], options["baudrate"], counters)
-            ClientService(
-                endpoint, factory, retryPolicy=backoffPolicy(0.5, 30.0, 2.0), clock=clock
-            ).setServiceParent(top)
+            SerialService(endpoint, factory, clock).setServiceParent(top)
         if options["simulate"]:
             SimulatorService(list(meters), factory, clock).setServiceParent(top)
+        # After the source, so that a stop is recorded before the source closes.
+        PeriodsService(periods, database.when_ready, clock).setServiceParent(top)
 
+    CountersLog(counters, clock).setServiceParent(top)
     HubService(hub).setServiceParent(top)
     if options["role"] in ("all", "web"):
         api = LegacyApi(store, hub, meters, clock, options["longpoll-timeout"], STATIC)

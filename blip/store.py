@@ -249,6 +249,47 @@ class Store:
         return [_meter(row) for row in await self.pool.runQuery(_METERS)]
 
 
+    async def save_ingest_period(
+        self,
+        node: str,
+        started: int,
+        alive_at: int,
+        ended: Optional[int],
+        end_reason: Optional[str],
+    ) -> None:
+        """
+        Record a period of ``node`` ingesting with its source open, or
+        update it: ``alive_at`` only moves forward, and an end, once
+        recorded, stays.
+        """
+        await self.pool.runOperation(
+            "INSERT INTO ingest_periods AS p (node, started, alive_at, ended, end_reason)"
+            " VALUES (%s, %s::bigint, %s::bigint, %s::bigint, %s)"
+            " ON CONFLICT (node, started) DO UPDATE"
+            "   SET alive_at = greatest(p.alive_at, excluded.alive_at),"
+            "       ended = coalesce(p.ended, excluded.ended),"
+            "       end_reason = coalesce(p.end_reason, excluded.end_reason)",
+            (node, started, alive_at, ended, end_reason),
+        )
+
+    async def end_crashed_ingest_periods(self, node: str, before: int) -> int:
+        """
+        Close the periods of ``node`` that started before ``before`` and
+        were never closed (the node was killed or lost power): they end at
+        their last ``alive_at``, for reason ``crash``.
+
+        :return: how many were closed.
+        """
+        rows = await self.pool.runQuery(
+            "WITH closed AS ("
+            " UPDATE ingest_periods SET ended = alive_at, end_reason = 'crash'"
+            "  WHERE node = %s AND ended IS NULL AND started < %s::bigint"
+            " RETURNING 1)"
+            " SELECT count(*) FROM closed",
+            (node, before),
+        )
+        return int(rows[0][0])
+
 # --- Preparing the database: detect its layout, upgrade, apply schema.sql ---
 
 

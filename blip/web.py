@@ -16,6 +16,7 @@ from twisted.internet.defer import CancelledError
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.http import RESPONSES, HTTPChannel
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from twisted.web.static import File
@@ -31,6 +32,9 @@ from blip.store import Row, Store
 MAX_URI = 8192
 #: Most digits a number in a path may have.
 MAX_DIGITS = 15
+#: Most bytes of a refused request read (and thrown away) before closing,
+#: so that the client reads the answer instead of a connection reset.
+MAX_DRAIN = 1 << 20
 
 _NO_POINT = object()
 
@@ -88,6 +92,20 @@ def error_body(message: str) -> bytes:
     :return: the JSON body of an error answer.
     """
     return json.dumps({"error": message}, separators=(",", ":")).encode()
+
+
+def refuse(request: IRequest, status: int, message: str) -> bytes:
+    """
+    Answer a request that never reaches a route with a JSON error.
+
+    :return: the body to render: empty for HEAD (whose Content-Length still
+        gives the length), as Twisted otherwise logs a warning for each one.
+    """
+    body = error_body(message)
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", b"application/json")
+    request.setHeader(b"Content-Length", b"%d" % len(body))
+    return b"" if request.method == b"HEAD" else body
 
 
 def number(text: str, what: str) -> int:
@@ -208,9 +226,7 @@ class JSONNotFound(Resource):
     isLeaf = True
 
     def render(self, request: IRequest) -> bytes:
-        request.setResponseCode(404)
-        request.setHeader(b"Content-Type", b"application/json")
-        return error_body("no such route")
+        return refuse(request, 404, "no such route")
 
 
 class StaticFiles(File):
@@ -276,7 +292,9 @@ class LegacyApi:
         request.setResponseCode(status)
         _api_headers(request)
         request.setHeader(b"Content-Type", b"application/json")
-        return error_body(message)
+        body = error_body(message)
+        request.setHeader(b"Content-Length", b"%d" % len(body))
+        return body
 
     @app.route("/", branch=True, methods=["GET", "HEAD"])
     def page(self, request: IRequest) -> IResource:
@@ -385,7 +403,9 @@ def _buckets(
 class Guard(Resource):
     """
     Refuses, with JSON, what must not reach the router: request targets over
-    :data:`MAX_URI` bytes (414) and paths that are not UTF-8 (400).
+    :data:`MAX_URI` bytes (414), paths that are not UTF-8 (400), and methods
+    that are not upper case (405: methods are case-sensitive, but the
+    router would take ``get`` for ``GET``).
     """
 
     isLeaf = True
@@ -396,14 +416,67 @@ class Guard(Resource):
 
     def render(self, request: IRequest) -> Any:
         if len(request.uri) > MAX_URI:
-            return self._refuse(request, 414, f"request target longer than {MAX_URI} bytes")
+            return refuse(request, 414, f"request target longer than {MAX_URI} bytes")
+        if request.method != request.method.upper():
+            return refuse(request, 405, "method not allowed")
         try:
             b"/".join(request.postpath).decode("utf-8")
         except UnicodeDecodeError:
-            return self._refuse(request, 400, "path is not UTF-8")
+            return refuse(request, 400, "path is not UTF-8")
         return self.inner.render(request)
 
-    def _refuse(self, request: IRequest, status: int, message: str) -> bytes:
-        request.setResponseCode(status)
-        request.setHeader(b"Content-Type", b"application/json")
-        return error_body(message)
+
+class Channel(HTTPChannel):
+    """
+    Twisted's HTTP connection, refusing in JSON what it refuses before a
+    request reaches :class:`Guard`: a request line longer than Twisted's
+    line limit (414, whatever its length), a header line over it (431), and
+    a malformed request (400).
+
+    After a 414 or 431 the rest of the request is read and thrown away (up
+    to :data:`MAX_DRAIN` bytes) before the connection closes: closing with
+    unread data would reset the connection, and the client would see the
+    reset rather than the answer.
+    """
+
+    #: Request line plus headers; above Twisted's 16 KiB so that a request
+    #: whose line alone is under the line limit reaches Guard (414).
+    totalHeadersSize = 32768
+    _drained: Optional[int] = None
+    _tail = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._drained is None:
+            super().dataReceived(data)
+        else:
+            self._drain(data)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        if getattr(self, "_HTTPChannel__first_line", 1):
+            self._answer(414, f"request target longer than {MAX_URI} bytes")
+        else:
+            self._answer(431, "request header field too large")
+        self._drained = 0
+        self._drain(line)
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        self._answer(400, "malformed HTTP request")
+        self.loseConnection()
+
+    def _drain(self, data: bytes) -> None:
+        assert self._drained is not None
+        if self.transport.disconnecting:
+            return
+        self._drained += len(data)
+        seen = self._tail + data
+        if b"\r\n\r\n" in seen or b"\n\n" in seen or self._drained > MAX_DRAIN:
+            self.loseConnection()
+        self._tail = seen[-3:]
+
+    def _answer(self, status: int, message: str) -> None:
+        body = error_body(message)
+        self.transport.write(
+            b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+            % (status, RESPONSES.get(status, b"Error"), len(body), body)
+        )

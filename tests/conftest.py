@@ -6,13 +6,13 @@ child process.
 
 import os
 import re
-import select
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import tty
 import uuid
@@ -80,6 +80,10 @@ class TestCluster:
         """Start the server and wait until it accepts connections."""
         _must(self.cluster, self.cluster.start_argv())
 
+    def running(self) -> bool:
+        """Whether the server is running."""
+        return self.cluster.run_sync(self.cluster.status_argv()).returncode == 0
+
     def sql(self, dbname: str, statement: str, params: tuple = ()) -> list[tuple]:
         """
         Run one statement synchronously and return its rows (for checks
@@ -114,6 +118,19 @@ def pg_cluster() -> Iterator[TestCluster]:
     finally:
         cluster.run_sync(cluster.stop_argv())
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def stoppable_cluster(pg_cluster: TestCluster) -> Iterator[TestCluster]:
+    """
+    The run's cluster, for a test that stops it: it is running again after
+    the test, whatever happened.
+    """
+    try:
+        yield pg_cluster
+    finally:
+        if not pg_cluster.running():
+            pg_cluster.start()
 
 
 @dataclass
@@ -201,6 +218,64 @@ def open_pty() -> Pty:
     return Pty(master, slave, os.ttyname(slave))
 
 
+class MeterLink:
+    """
+    A pty behind a symlink, as udev gives an Arduino a stable name: the
+    daemon opens :attr:`path`; :meth:`replug` makes the device vanish and
+    come back as a new pty behind the same name.
+
+    :param path: the symlink.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.lock = threading.RLock()
+        self.pty = open_pty()
+        path.symlink_to(self.pty.path)
+
+    def write(self, data: bytes) -> None:
+        """Write into the pty that is plugged in now."""
+        with self.lock:
+            self.pty.write(data)
+
+    def unplug(self) -> None:
+        """Close the pty: the device vanishes."""
+        with self.lock:
+            self.pty.close()
+            self.path.unlink()
+
+    def plug(self) -> None:
+        """A new pty appears behind the same name."""
+        with self.lock:
+            self.pty = open_pty()
+            staged = self.path.with_name(self.path.name + ".new")
+            staged.symlink_to(self.pty.path)
+            staged.replace(self.path)
+
+    def replug(self) -> None:
+        """Unplug and plug again at once."""
+        with self.lock:
+            self.unplug()
+            self.plug()
+
+    def close(self) -> None:
+        """Close the pty for good."""
+        self.pty.close()
+
+
+@pytest.fixture
+def meter_link(tmp_path: Path) -> Iterator[MeterLink]:
+    """
+    A pty standing in for the Arduino, reached through a symlink that can
+    be pointed at a new pty.
+    """
+    link = MeterLink(tmp_path / "arduino")
+    try:
+        yield link
+    finally:
+        link.close()
+
+
 @pytest.fixture
 def pty_meter() -> Iterator[Pty]:
     """
@@ -225,7 +300,9 @@ def free_port() -> int:
 @dataclass
 class Daemon:
     """
-    ``twistd -n blip`` running as a child process.
+    ``twistd -n blip`` running as a child process. Its output is read all
+    the time by a thread into :attr:`output`, so it never blocks on a full
+    pipe however much it logs.
     """
 
     args: list[str]
@@ -233,7 +310,9 @@ class Daemon:
     port: int = 0
     process: Optional[subprocess.Popen[bytes]] = None
     output: list[str] = field(default_factory=list)
-    _partial: bytes = b""
+    _changed: threading.Condition = field(default_factory=threading.Condition)
+    _reader: Optional[threading.Thread] = None
+    _ended: bool = False
 
     def start(self) -> "Daemon":
         """Start it; return once it serves HTTP."""
@@ -243,11 +322,29 @@ class Daemon:
             argv, cwd=ROOT, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
         )
         self.output = []
+        self._ended = False
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
         found = self.wait_for(r"starting on (\d+)|Server Shut Down")
         if "Shut Down" in found.group(0):
             raise AssertionError("daemon did not start:\n" + "\n".join(self.output))
         self.port = int(found.group(1))
         return self
+
+    def _read(self) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        partial = b""
+        while chunk := os.read(self.process.stdout.fileno(), 65536):
+            lines = (partial + chunk).split(b"\n")
+            partial = lines.pop()
+            with self._changed:
+                self.output.extend(line.decode("utf-8", "replace") for line in lines)
+                self._changed.notify_all()
+        with self._changed:
+            if partial:
+                self.output.append(partial.decode("utf-8", "replace"))
+            self._ended = True
+            self._changed.notify_all()
 
     def wait_for(self, pattern: str, timeout: float = TIMEOUT, since: int = 0) -> re.Match[str]:
         """
@@ -258,26 +355,23 @@ class Daemon:
         regex = re.compile(pattern)
         checked = since
         deadline = time.monotonic() + timeout
-        assert self.process is not None and self.process.stdout is not None
-        while True:
-            for index in range(checked, len(self.output)):
-                match = regex.search(self.output[index])
-                if match:
-                    return match
-            checked = len(self.output)
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(f"no log line matching {pattern!r}:\n" + "\n".join(self.output))
-            ready, _, _ = select.select([self.process.stdout], [], [], left)
-            if ready:
-                chunk = os.read(self.process.stdout.fileno(), 65536)
-                if not chunk:
+        with self._changed:
+            while True:
+                for index in range(checked, len(self.output)):
+                    match = regex.search(self.output[index])
+                    if match:
+                        return match
+                checked = len(self.output)
+                if self._ended:
                     raise AssertionError(
                         f"daemon exited before logging {pattern!r}:\n" + "\n".join(self.output)
                     )
-                lines = (self._partial + chunk).split(b"\n")
-                self._partial = lines.pop()
-                self.output.extend(line.decode("utf-8", "replace") for line in lines)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(
+                        f"no log line matching {pattern!r}:\n" + "\n".join(self.output)
+                    )
+                self._changed.wait(left)
 
     def url(self, path: str) -> str:
         """:return: the URL of ``path`` on the daemon."""
@@ -291,9 +385,9 @@ class Daemon:
         try:
             code = self.process.wait(TIMEOUT)
         finally:
+            if self._reader is not None:
+                self._reader.join(TIMEOUT)
             if self.process.stdout is not None:
-                rest = self.process.stdout.read()
-                self.output.extend(rest.decode("utf-8", "replace").splitlines())
                 self.process.stdout.close()
         return code
 
@@ -324,6 +418,7 @@ def start_daemon(daemon_env: dict[str, str]) -> Iterator:
         started.append(daemon)
         return daemon.start()
 
+    start.state = state
     yield start
     for daemon in started:
         if daemon.process is not None and daemon.process.poll() is None:

@@ -1,20 +1,35 @@
 """
-Tests of the Arduino line protocol, the stamps, and the serial endpoint on a
-real pty.
+Tests of the Arduino line protocol (including a property test over random
+bytes), the stamps, and the serial endpoint and service on a real pty: a
+device unplugged and plugged back behind its symlink, and a device missing
+at start.
 """
 
+import re
 from typing import Optional
 
 import pytest
 import pytest_twisted
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import LogLevel
 
-from blip.arduino import MeterFactory, MeterProtocol, SerialEndpoint, Stamps, unescape
+from blip.arduino import (
+    MAX_BLIP_LINE,
+    MeterFactory,
+    MeterProtocol,
+    SerialEndpoint,
+    SerialService,
+    Stamps,
+    unescape,
+)
 from blip.counters import Counters
-from blip.model import Point
+from blip.model import INT_MAX, Point
+from tests.test_web import wait_until
 
 
 class Harness:
@@ -265,3 +280,171 @@ def test_endpoint_fails_for_a_missing_device(tmp_path, log_events) -> None:
     assert len(failures) == 3
     assert counters.serial_failures == 3
     assert len([e for e in log_events if "cannot open" in e["log_format"]]) == 1
+
+
+#: What a blip line is, written independently of the parser: one or two
+#: runs of ASCII digits between whitespace (the id first when there are two).
+BLIP = re.compile(rb"[ \t\r\x0b\x0c]*(?:([0-9]+)[ \t\r\x0b\x0c]+)?([0-9]+)[ \t\r\x0b\x0c]*")
+
+
+def expected_blip(line: bytes) -> Optional[tuple[int, int]]:
+    """
+    :return: ``(meter, ms)`` if the line (without its newline) must be
+        stored, else None.
+    """
+    if line.endswith(b"\r"):
+        line = line[:-1]
+    match = BLIP.fullmatch(line)
+    if len(line) > MAX_BLIP_LINE or match is None:
+        return None
+    meter = int(match.group(1)) if match.group(1) is not None else 1
+    ms = int(match.group(2))
+    if ms == 0 or ms > INT_MAX or meter > INT_MAX:
+        return None
+    return meter, ms
+
+
+def _number() -> st.SearchStrategy[bytes]:
+    edges = st.sampled_from([0, 1, INT_MAX, INT_MAX + 1, 10**15, 2**63])
+    return st.one_of(st.integers(0, 10**12), edges).map(lambda n: b"%d" % n)
+
+
+LINES = st.one_of(
+    _number(),
+    st.tuples(_number(), _number()).map(lambda t: t[0] + b" " + t[1]),
+    st.tuples(_number(), st.sampled_from([b"\t", b"  ", b"\x0b"]), _number()).map(b"".join),
+    st.tuples(st.integers(40, 70), _number()).map(lambda t: b" " * (t[0] - len(t[1])) + t[1]),
+    st.sampled_from(
+        [b"", b"\r", b"-5", b"12a", b"1 2 3", b"12.5", b"INFO 3 K\\c3\\b8", b"INFO x",
+         b"CONNECTED v2", b"\x00\xff", b" 7 ", b"7" * 80]
+    ),
+    st.binary(max_size=70).map(lambda b: b.replace(b"\n", b"")),
+).flatmap(lambda line: st.sampled_from([line, line + b"\r"]))
+
+
+def chunks(data: bytes, cuts: list[int]) -> list[bytes]:
+    """:return: ``data`` cut at the given offsets."""
+    edges = sorted({min(c, len(data)) for c in cuts} | {0, len(data)})
+    return [data[a:b] for a, b in zip(edges, edges[1:])]
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(lines=st.lists(LINES, max_size=40), cuts=st.lists(st.integers(0, 4000), max_size=12))
+def test_property_only_valid_lines_are_stored(lines: list[bytes], cuts: list[int]) -> None:
+    """
+    Whatever lines arrive, cut into reads at any offsets: nothing raises,
+    the points are exactly the valid lines after the first, in order, with
+    stamps strictly increasing per meter, and every other line is counted.
+    """
+    h = Harness()
+    data = b"".join(line + b"\n" for line in lines)
+    for chunk in chunks(data, cuts):
+        h.protocol.dataReceived(chunk)
+    expected = [e for e in map(expected_blip, lines[1:]) if e is not None]
+    assert [(p.meter, p.ms) for p in h.points] == expected
+    assert h.counters.lines == max(len(lines) - 1, 0)
+    assert h.counters.blips == len(expected)
+    named = [l for l in lines[1:] if l.startswith((b"INFO", b"CONNECTED")) and expected_blip(l) is None]
+    assert h.counters.garbage <= h.counters.lines - h.counters.blips
+    assert h.counters.garbage >= h.counters.lines - h.counters.blips - len(named)
+    last: dict[int, int] = {}
+    for p in h.points:
+        assert p.stamp > last.get(p.meter, -1)
+        last[p.meter] = p.stamp
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(data=st.binary(max_size=6000), cuts=st.lists(st.integers(0, 6000), max_size=20))
+def test_property_random_bytes_never_raise(data: bytes, cuts: list[int]) -> None:
+    """
+    Any bytes at all, floods without newlines included, cut into reads
+    anywhere: nothing raises, and every point stored comes from a valid
+    line of the input.
+    """
+    h = Harness()
+    for chunk in chunks(data, cuts):
+        h.protocol.dataReceived(chunk)
+    valid = {e for e in map(expected_blip, data.split(b"\n")[:-1]) if e is not None}
+    assert {(p.meter, p.ms) for p in h.points} <= valid
+    assert h.counters.blips == len(h.points)
+
+
+class Recorder:
+    """
+    Counts, points and source events of a factory on the real reactor.
+    """
+
+    def __init__(self) -> None:
+        from twisted.internet import reactor
+
+        self.points: list[Point] = []
+        self.events: list[str] = []
+        self.counters = Counters()
+        self.factory = MeterFactory(
+            self.points.append, Stamps(), reactor, self.counters,
+            opened=lambda: self.events.append("opened"),
+            lost=lambda: self.events.append("lost"),
+        )
+
+    def service(self, path: str) -> SerialService:
+        """:return: the serial service for the device at ``path``."""
+        from twisted.internet import reactor
+
+        endpoint = SerialEndpoint(reactor, path, 9600, self.counters)
+        return SerialService(endpoint, self.factory, reactor)
+
+
+def warnings(log_events) -> list[str]:
+    """:return: the formats of the warnings and worse logged."""
+    return [e["log_format"] for e in log_events if e["log_level"] >= LogLevel.warn]
+
+
+@pytest_twisted.ensureDeferred
+async def test_unplugged_device_is_logged_once_and_reopened(meter_link, log_events) -> None:
+    """
+    A device that vanishes is logged once (not once per attempt to reopen
+    it), reopened when it is back behind its symlink, and the first line
+    after reopening is dropped; lines it sent before the reopening are
+    read. Stopping the service is not a loss.
+    """
+    r = Recorder()
+    service = r.service(str(meter_link.path))
+    service.startService()
+    try:
+        meter_link.write(b"tail\n100\n")
+        await wait_until(lambda: [p.ms for p in r.points] == [100])
+        meter_link.unplug()
+        await wait_until(lambda: r.counters.serial_failures >= 1)
+        meter_link.plug()
+        meter_link.write(b"partial\n200\n300\n")
+        await wait_until(lambda: [p.ms for p in r.points] == [100, 200, 300], 15)
+    finally:
+        await service.stopService()
+    assert r.counters.serial_opens == 2 and r.counters.serial_lost == 1
+    assert r.events == ["opened", "lost", "opened"]
+    assert warnings(log_events) == [
+        "serial source lost: {why}; reopening it as soon as it is back"
+    ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_device_missing_at_start_is_waited_for(meter_link, log_events) -> None:
+    """
+    A device that does not exist when the daemon starts is logged once and
+    opened as soon as it appears.
+    """
+    meter_link.unplug()
+    r = Recorder()
+    service = r.service(str(meter_link.path))
+    service.startService()
+    try:
+        await wait_until(lambda: r.counters.serial_failures >= 2)
+        meter_link.plug()
+        meter_link.write(b"\n42\n")
+        await wait_until(lambda: [p.ms for p in r.points] == [42], 15)
+    finally:
+        await service.stopService()
+    assert warnings(log_events) == [
+        "cannot open serial device {device}: {why}; waiting for it"
+    ]
+    assert r.events == ["opened"]

@@ -63,6 +63,19 @@ def test_environment_and_command_line(monkeypatch) -> None:
     assert options["listen"] == "tcp:9000"
 
 
+def test_node_name(monkeypatch) -> None:
+    """
+    The node name defaults to the host name and can be set by option or
+    environment.
+    """
+    import socket
+
+    assert parse(["--db", "dbname=x"])["node-name"] == socket.gethostname()
+    monkeypatch.setenv("BLIP_NODE_NAME", "cellar")
+    assert parse(["--db", "dbname=x"])["node-name"] == "cellar"
+    assert parse(["--db", "dbname=x", "--node-name", "attic"])["node-name"] == "attic"
+
+
 def test_simulate_from_the_environment(monkeypatch) -> None:
     """
     BLIP_SIMULATE=1 turns the simulator on; a value that is not a yes or
@@ -89,6 +102,8 @@ def test_simulate_from_the_environment(monkeypatch) -> None:
         (["--db", "host=x = y"], "--db"),
         (["--meters", "/nonexistent/meters.toml"], "--meters"),
         (["--serial", "/dev/ttyUSB0", "--simulate"], "--serial and --simulate"),
+        (["--node-name", " "], "--node-name"),
+        (["--node-name", "n" * 201], "--node-name"),
     ],
 )
 def test_bad_values_are_one_clear_error(args: list[str], message: str) -> None:

@@ -3,17 +3,22 @@ Tests of the legacy HTTP API over a real port, against a real database:
 byte-exact JSON for every route, headers, long-polls and every error.
 """
 
+import json
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
+from urllib.parse import quote
 
 import pytest
 import pytest_twisted
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock, deferLater
+from twisted.internet.threads import deferToThread
 
 from blip.hub import Hub
 from blip.meters import Meter, Meters
@@ -207,20 +212,28 @@ async def test_headers_and_options(api: Api, path: str) -> None:
         ("/last/", 404),
         ("/%FF", 400),
         ("/since/" + "9" * 9000, 414),
+        ("/since/" + "9" * 15000, 414),
+        ("/since/1/%00", 400),
+        ("/since/1/%31%32", 200),
+        ("/range/1/%2F/5", 404),
+        ("/last/%2e%2e", 400),
+        ("/hourly/1/%E2%80%AE/1", 400),
+        ("/last/1/9999999999999999999999", 400),
+        ("/aggregate/1/1/999999999999999/1000", 200),
     ],
 )
 @pytest_twisted.ensureDeferred
 async def test_errors_are_json(api: Api, path: str, status: int) -> None:
     """
-    Bad numbers, caps, reversed ranges, unknown meters and unknown routes
-    answer their status with a JSON body saying what is wrong.
+    Bad numbers, caps, reversed ranges, unknown meters, unknown routes,
+    percent-encoded junk and long targets answer their status with a JSON
+    body saying what is wrong (percent-encoded digits are digits).
     """
-    import json
-
     code, headers, content = await api.get(path)
     assert code == status
     assert headers.getRawHeaders(b"Content-Type") == [b"application/json"]
-    assert set(json.loads(content)) == {"error"}
+    if status != 200:
+        assert set(json.loads(content)) == {"error"}
 
 
 @pytest_twisted.ensureDeferred
@@ -330,3 +343,150 @@ def test_static_folder_is_the_repositorys() -> None:
     The page's folder resolves to the static/ folder at the top.
     """
     assert STATIC.resolve() == (Path(__file__).parent.parent / "static").resolve()
+
+
+def exchange(port: int, request: bytes, timeout: float = 10.0) -> tuple[Optional[int], bytes]:
+    """
+    Send raw bytes to the server and read until it closes the connection.
+
+    :return: the status code (None if there was no status line) and the
+        body.
+    """
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(request)
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    answer = b"".join(chunks)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    parts = head.split(b" ", 2)
+    if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
+        return None, answer
+    return int(parts[1]), body
+
+
+def api_port(api: Api) -> int:
+    """:return: the port the API listens on."""
+    return int(api.url.rsplit(":", 1)[1])
+
+
+@pytest.mark.parametrize(
+    "request_bytes, status",
+    [
+        (b"GET /since/" + b"9" * 20000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
+        (b"GET /" + b"a" * 300_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
+        (b"GET /last/1 HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 20000 + b"\r\n\r\n", 431),
+        (b"GET /last/1 HTTP/1.1 extra\r\nHost: x\r\n\r\n", 400),
+        (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n", 400),
+        (b"GET /last/1 HTTP/1.1\r\nHost: x\r\nContent-Length: lots\r\n\r\n", 400),
+        (b"BREW /last/1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 405),
+        (b"DELETE /since/1/5 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 405),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_refusals_before_routing_are_json(api: Api, request_bytes: bytes, status: int) -> None:
+    """
+    What Twisted refuses before a request reaches the app — a request line
+    of any length over its limit, a huge header, a malformed request — and
+    unknown methods get a JSON error with a meaningful status, which the
+    client can read (no connection reset).
+    """
+    code, body = await deferToThread(exchange, api_port(api), request_bytes)
+    assert code == status
+    assert set(json.loads(body)) == {"error"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_clients_that_never_read_do_not_hold_up_others(api: Api) -> None:
+    """
+    A client that pipelines requests for large answers and never reads
+    them, and clients whose long-polls are answered but never read, do not
+    stop other clients from being answered.
+    """
+    await api.store.insert([Point(5, T0 + i, 1) for i in range(2000)])
+    hog = socket.socket()
+    hog.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    hog.connect(("127.0.0.1", api_port(api)))
+    hog.setblocking(False)
+    pipelined = b"GET /since/5/0 HTTP/1.1\r\nHost: x\r\n\r\n" * 500
+    try:
+        hog.send(pipelined)
+    except BlockingIOError:
+        pass
+    sleepers = []
+    for _ in range(2):
+        s = socket.create_connection(("127.0.0.1", api_port(api)))
+        s.sendall(b"GET /blip/1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        sleepers.append(s)
+    try:
+        await wait_until(lambda: api.hub.waiting == 2)
+        api.hub.publish(Point(1, T0 + 900_000, 5))
+        for _ in range(20):
+            code, _, content = await api.get("/last/1")
+            assert (code, content) == (200, f"[{T0 + 900_000},5]".encode())
+        code, _, content = await api.get("/since/5/0")
+        assert code == 200 and content.count(b"],[") == 1999
+    finally:
+        hog.close()
+        for s in sleepers:
+            s.close()
+
+
+T_FUZZ = 1_700_000_000_000
+SEGMENTS = st.one_of(
+    st.integers(0, 10**22).map(str),
+    st.integers(-10**6, -1).map(str),
+    st.sampled_from(["", ".", "..", "%", "%zz", "%00", "%FF", "%2F", "%2e%2e", "%20", "+", "1e9",
+                     "0x10", "１２", "NaN", "-0", str(T_FUZZ), "9" * 40, "%C0%AF", "%E2%80%AE"]),
+    st.text(max_size=12).map(lambda t: quote(t, safe="")),
+    st.binary(max_size=8).map(lambda b: "".join(f"%{c:02X}" for c in b)),
+)
+ROUTES = st.sampled_from(
+    ["blip", "last", "since", "range", "aggregate", "aggregate_hourly", "hourly", "minutely",
+     "usage", "", "index.html", "api", "nothing", "static", "last/1/2/3/4/5"]
+)
+REQUESTS = st.builds(
+    lambda method, route, segments, query, version: (
+        method + b" /" + "/".join([route, *segments]).encode() + query + b" " + version
+        + b"\r\nHost: blip\r\nConnection: close\r\n\r\n"
+    ),
+    st.sampled_from([b"GET", b"GET", b"GET", b"HEAD", b"OPTIONS", b"POST", b"PUT", b"DELETE",
+                     b"PATCH", b"TRACE", b"get", b"X"]),
+    ROUTES,
+    st.lists(SEGMENTS, max_size=5),
+    st.sampled_from([b"", b"?", b"?a=1", b"?%ff=%zz", b"?" + b"q" * 100]),
+    st.sampled_from([b"HTTP/1.1", b"HTTP/1.1", b"HTTP/1.0", b"HTTP/2.0", b"HTTP/x"]),
+)
+
+
+def test_fuzzed_requests_never_get_a_500(start_daemon, database) -> None:
+    """
+    Hundreds of generated requests over the legacy routes — any method,
+    numbers of any size and sign, percent-encoded junk, empty and dotted
+    segments, odd versions — all get an answer below 500 (errors as JSON),
+    and the daemon logs no internal error and stops cleanly.
+    """
+    daemon = start_daemon("--db", database.dsn, "--longpoll-timeout", "0.02")
+    daemon.wait_for("database ready")
+    database.sql(
+        "INSERT INTO readings SELECT 1, %s + i * 1000, 1000 + i FROM generate_series(0, 199) i",
+        (T_FUZZ,),
+    )
+    ok = exchange(daemon.port, b"GET /last/1 HTTP/1.1\r\nHost: blip\r\nConnection: close\r\n\r\n")
+    assert ok == (200, b"[%d,1199]" % (T_FUZZ + 199000))
+
+    @settings(
+        max_examples=400, deadline=None, database=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    )
+    @given(request=REQUESTS)
+    def probe(request: bytes) -> None:
+        status, body = exchange(daemon.port, request)
+        assert status is not None, request
+        assert status < 500, (request, status, body)
+        if status >= 400 and not request.startswith(b"HEAD"):
+            assert set(json.loads(body)) == {"error"}, (request, body)
+
+    probe()
+    assert daemon.stop() == 0
+    assert not [line for line in daemon.output if "Traceback" in line or "error answering" in line]
