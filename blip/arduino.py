@@ -67,12 +67,16 @@ class Stamps:
 
     A blip in the same millisecond as the meter's previous one, or after the
     clock stepped back, is stamped one millisecond after the previous one.
+    A meter whose stamps run more than a second ahead of the clock (the clock
+    stepped back, or the meter blinks faster than once a millisecond) is
+    warned about once, until the clock catches up with its stamps.
     """
 
     log = Logger()
 
     def __init__(self) -> None:
         self._last: dict[int, int] = {}
+        self._ahead: set[int] = set()
 
     def next(self, meter: int, now: int) -> int:
         """
@@ -82,14 +86,17 @@ class Stamps:
         """
         last = self._last.get(meter)
         if last is not None and now <= last:
-            if last - now > 1000:
+            if last - now > 1000 and meter not in self._ahead:
+                self._ahead.add(meter)
                 self.log.warn(
-                    "clock stepped back {seconds:.1f} s: meter {meter} stamps"
-                    " continue from its last stamp",
+                    "meter {meter}'s stamps are {seconds:.1f} s ahead of the clock"
+                    " (it stepped back?): they continue from the last one",
                     seconds=(last - now) / 1000,
                     meter=meter,
                 )
             now = last + 1
+        elif self._ahead:
+            self._ahead.discard(meter)
         self._last[meter] = now
         return now
 

@@ -16,7 +16,6 @@ from twisted.internet.defer import CancelledError
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.http import RESPONSES, HTTPChannel
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from twisted.web.static import File
@@ -26,17 +25,10 @@ from blip.database import RETRIABLE
 from blip.hub import Hub, TooManyWaiters
 from blip.meters import Meters
 from blip.model import DEFAULT_METER, INT_MAX
-from blip.store import Row, Store
+from blip.store import Store
 
-#: Longest request target answered; longer ones get 414.
-MAX_URI = 8192
 #: Most digits a number in a path may have.
 MAX_DIGITS = 15
-#: Most bytes of a refused request read (and thrown away) before closing,
-#: so that the client reads the answer instead of a connection reset.
-MAX_DRAIN = 1 << 20
-
-_NO_POINT = object()
 
 
 class ApiError(Exception):
@@ -135,17 +127,6 @@ def meter_id(text: Optional[str]) -> int:
     return meter
 
 
-def pg_float(value: float) -> bytes:
-    """
-    :return: ``value`` as PostgreSQL prints a DOUBLE PRECISION (and so as
-        the original served it): shortest exact digits, no ``.0``.
-    """
-    text = repr(float(value))
-    if text.endswith(".0"):
-        text = text[:-2]
-    return text.encode()
-
-
 def encode_point(stamp: int, ms: int) -> bytes:
     """
     :return: a point as the original's ``[stamp,ms]``.
@@ -153,39 +134,22 @@ def encode_point(stamp: int, ms: int) -> bytes:
     return b"[%d,%d]" % (stamp, ms)
 
 
-def encode_pairs(rows: list[Row]) -> bytes:
-    """
-    :return: ``[[a,b],...]`` for rows of two integers.
-    """
-    return b"[" + b",".join([b"[%d,%d]" % (a, b) for a, b in rows]) + b"]"
+#: The headers of every legacy answer but the length: CORS and caching.
+API_HEADERS = (
+    (b"Access-Control-Allow-Origin", b"*"),
+    (b"Access-Control-Allow-Methods", b"GET"),
+    (b"Access-Control-Allow-Headers", b"origin, x-requested-with, accept"),
+    (b"Access-Control-Max-Age", b"60"),
+    (b"Cache-Control", b"max-age=0, must-revalidate"),
+)
 
 
-def encode_sums(rows: list[Row]) -> bytes:
+def api_headers(request: IRequest) -> None:
     """
-    :return: ``[[offset,sum],...]`` for rows of an integer and a float.
+    Set the CORS and caching headers of the legacy routes.
     """
-    return b"[" + b",".join([b"[%d,%s]" % (a, pg_float(b)) for a, b in rows]) + b"]"
-
-
-def encode_usage(rows: list[Row]) -> bytes:
-    """
-    :return: ``[[stamp,events,wh,min_ms,max_ms],...]``.
-    """
-    return (
-        b"["
-        + b",".join(
-            [b"[%d,%d,%s,%d,%d]" % (s, e, pg_float(w), lo, hi) for s, e, w, lo, hi in rows]
-        )
-        + b"]"
-    )
-
-
-def _api_headers(request: IRequest) -> None:
-    request.setHeader(b"Access-Control-Allow-Origin", b"*")
-    request.setHeader(b"Access-Control-Allow-Methods", b"GET")
-    request.setHeader(b"Access-Control-Allow-Headers", b"origin, x-requested-with, accept")
-    request.setHeader(b"Access-Control-Max-Age", b"60")
-    request.setHeader(b"Cache-Control", b"max-age=0, must-revalidate")
+    for name, value in API_HEADERS:
+        request.setHeader(name, value)
 
 
 Handler = Callable[..., Awaitable[bytes]]
@@ -200,7 +164,7 @@ def legacy(app: Klein, *paths: str) -> Callable[[Handler], Handler]:
     def register(f: Handler) -> Handler:
         @wraps(f)
         async def handler(self: Any, request: IRequest, **kwargs: str) -> bytes:
-            _api_headers(request)
+            api_headers(request)
             if request.method == b"OPTIONS":
                 return b""
             request.setHeader(b"Content-Type", b"application/json")
@@ -278,19 +242,13 @@ class LegacyApi:
         """
         return int(self.clock.seconds() * 1000)
 
-    def resource(self) -> IResource:
-        """
-        :return: the root resource to serve.
-        """
-        return Guard(self.app.resource())
-
     @app.handle_errors(Exception)
     def error(self, request: IRequest, failure: Failure) -> bytes:
         status, message = describe_error(failure)
         if status == 500:
             self.log.failure("error answering {uri}", failure, uri=request.uri)
         request.setResponseCode(status)
-        _api_headers(request)
+        api_headers(request)
         request.setHeader(b"Content-Type", b"application/json")
         body = error_body(message)
         request.setHeader(b"Content-Length", b"%d" % len(body))
@@ -300,24 +258,22 @@ class LegacyApi:
     def page(self, request: IRequest) -> IResource:
         return self.static
 
-    @legacy(app, "/blip", "/blip/<meter>")
-    async def blip(self, request: IRequest, meter: Optional[str] = None) -> bytes:
-        m = meter_id(meter)
-        if m not in self.meters and self.hub.last(m) is None:
-            raise NotFound(f"unknown meter {m}")
-        waiter = self.hub.wait(m)
-        if self.longpoll_timeout:
-            waiter.addTimeout(
-                self.longpoll_timeout, self.clock, onTimeoutCancel=lambda *_: _NO_POINT
-            )
-        point = await waiter
-        if point is _NO_POINT:
-            request.setResponseCode(204)
-            return b""
-        return encode_point(point.stamp, point.ms)
+    @app.route("/blip", methods=["OPTIONS"], endpoint="options /blip")
+    @app.route("/blip/<meter>", methods=["OPTIONS"], endpoint="options /blip/<meter>")
+    def options(self, request: IRequest, meter: Optional[str] = None) -> bytes:
+        """
+        OPTIONS of the long-poll, whose GET :class:`blip.front.HotRoutes`
+        answers.
+        """
+        api_headers(request)
+        return b""
 
     @legacy(app, "/last", "/last/<meter>")
     async def last(self, request: IRequest, meter: Optional[str] = None) -> bytes:
+        """
+        The meter's last point; :class:`blip.front.HotRoutes` answers it
+        from memory when the hub has it, so this asks the database.
+        """
         m = meter_id(meter)
         point = self.hub.last(m)
         if point is not None:
@@ -330,12 +286,12 @@ class LegacyApi:
     @legacy(app, "/last/<meter>/<ms>")
     async def last_ms(self, request: IRequest, meter: str, ms: str) -> bytes:
         m, span = meter_id(meter), number(ms, "ms")
-        return encode_pairs(await self.store.since(m, self.now() - span, 20000))
+        return (await self.store.since(m, self.now() - span, 20000)).encode()
 
     @legacy(app, "/since/<since>", "/since/<meter>/<since>")
     async def since(self, request: IRequest, since: str, meter: Optional[str] = None) -> bytes:
         m, start = meter_id(meter), number(since, "stamp")
-        return encode_pairs(await self.store.since(m, start, 2000))
+        return (await self.store.since(m, start, 2000)).encode()
 
     @legacy(app, "/range/<first>/<last>", "/range/<meter>/<first>/<last>")
     async def range(
@@ -344,14 +300,14 @@ class LegacyApi:
         m, a, b = meter_id(meter), number(first, "first stamp"), number(last, "last stamp")
         if a > b:
             raise BadRequest("range ends before it starts")
-        return encode_pairs(await self.store.between(m, a, b, 100000))
+        return (await self.store.between(m, a, b, 100000)).encode()
 
     @legacy(app, "/aggregate/<start>/<width>/<count>", "/aggregate/<meter>/<start>/<width>/<count>")
     async def aggregate(
         self, request: IRequest, start: str, width: str, count: str, meter: Optional[str] = None
     ) -> bytes:
         m, s, w, c = _buckets(meter, start, width, count)
-        return encode_pairs(await self.store.aggregate(m, s, w, c))
+        return (await self.store.aggregate(m, s, w, c)).encode()
 
     @legacy(
         app,
@@ -362,7 +318,7 @@ class LegacyApi:
         self, request: IRequest, start: str, width: str, count: str, meter: Optional[str] = None
     ) -> bytes:
         m, s, w, c = _buckets(meter, start, width, count)
-        return encode_sums(await self.store.aggregate_hourly(m, s, w, c))
+        return (await self.store.aggregate_hourly(m, s, w, c)).encode()
 
     @legacy(app, "/hourly/<first>/<last>", "/hourly/<meter>/<first>/<last>")
     async def hourly(
@@ -371,7 +327,7 @@ class LegacyApi:
         m, a, b = meter_id(meter), number(first, "first stamp"), number(last, "last stamp")
         if a > b:
             raise BadRequest("range ends before it starts")
-        return encode_usage(await self.store.hourly(m, a, b))
+        return (await self.store.hourly(m, a, b)).encode()
 
     @legacy(app, "/minutely/<first>/<last>", "/minutely/<meter>/<first>/<last>")
     async def minutely(
@@ -380,7 +336,7 @@ class LegacyApi:
         m, a, b = meter_id(meter), number(first, "first stamp"), number(last, "last stamp")
         if a > b:
             raise BadRequest("range ends before it starts")
-        return encode_usage(await self.store.minutely(m, a, b, 100000))
+        return (await self.store.minutely(m, a, b, 100000)).encode()
 
     @legacy(app, "/usage/<ms>", "/usage/<meter>/<ms>")
     async def usage(self, request: IRequest, ms: str, meter: Optional[str] = None) -> bytes:
@@ -398,85 +354,3 @@ def _buckets(
     if c > 1000:
         raise BadRequest("at most 1000 buckets")
     return m, s, w, c
-
-
-class Guard(Resource):
-    """
-    Refuses, with JSON, what must not reach the router: request targets over
-    :data:`MAX_URI` bytes (414), paths that are not UTF-8 (400), and methods
-    that are not upper case (405: methods are case-sensitive, but the
-    router would take ``get`` for ``GET``).
-    """
-
-    isLeaf = True
-
-    def __init__(self, inner: IResource) -> None:
-        super().__init__()
-        self.inner = inner
-
-    def render(self, request: IRequest) -> Any:
-        if len(request.uri) > MAX_URI:
-            return refuse(request, 414, f"request target longer than {MAX_URI} bytes")
-        if request.method != request.method.upper():
-            return refuse(request, 405, "method not allowed")
-        try:
-            b"/".join(request.postpath).decode("utf-8")
-        except UnicodeDecodeError:
-            return refuse(request, 400, "path is not UTF-8")
-        return self.inner.render(request)
-
-
-class Channel(HTTPChannel):
-    """
-    Twisted's HTTP connection, refusing in JSON what it refuses before a
-    request reaches :class:`Guard`: a request line longer than Twisted's
-    line limit (414, whatever its length), a header line over it (431), and
-    a malformed request (400).
-
-    After a 414 or 431 the rest of the request is read and thrown away (up
-    to :data:`MAX_DRAIN` bytes) before the connection closes: closing with
-    unread data would reset the connection, and the client would see the
-    reset rather than the answer.
-    """
-
-    #: Request line plus headers; above Twisted's 16 KiB so that a request
-    #: whose line alone is under the line limit reaches Guard (414).
-    totalHeadersSize = 32768
-    _drained: Optional[int] = None
-    _tail = b""
-
-    def dataReceived(self, data: bytes) -> None:
-        if self._drained is None:
-            super().dataReceived(data)
-        else:
-            self._drain(data)
-
-    def lineLengthExceeded(self, line: bytes) -> None:
-        if getattr(self, "_HTTPChannel__first_line", 1):
-            self._answer(414, f"request target longer than {MAX_URI} bytes")
-        else:
-            self._answer(431, "request header field too large")
-        self._drained = 0
-        self._drain(line)
-
-    def _respondToBadRequestAndDisconnect(self) -> None:
-        self._answer(400, "malformed HTTP request")
-        self.loseConnection()
-
-    def _drain(self, data: bytes) -> None:
-        assert self._drained is not None
-        if self.transport.disconnecting:
-            return
-        self._drained += len(data)
-        seen = self._tail + data
-        if b"\r\n\r\n" in seen or b"\n\n" in seen or self._drained > MAX_DRAIN:
-            self.loseConnection()
-        self._tail = seen[-3:]
-
-    def _answer(self, status: int, message: str) -> None:
-        body = error_body(message)
-        self.transport.write(
-            b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
-            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
-            % (status, RESPONSES.get(status, b"Error"), len(body), body)
-        )

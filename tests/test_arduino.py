@@ -448,3 +448,19 @@ async def test_a_device_missing_at_start_is_waited_for(meter_link, log_events) -
         "cannot open serial device {device}: {why}; waiting for it"
     ]
     assert r.events == ["opened"]
+
+
+def test_stamps_ahead_of_the_clock_are_warned_about_once(log_events) -> None:
+    """
+    A meter whose stamps run ahead of the clock is warned about once, not
+    on every blip, until the clock catches up; a later step back warns
+    again.
+    """
+    stamps = Stamps()
+    stamps.next(1, 10_000)
+    for _ in range(100):
+        stamps.next(1, 5_000)
+    stamps.next(1, 20_000)
+    stamps.next(1, 15_000)
+    warnings = [e for e in log_events if "ahead of the clock" in e.get("log_format", "")]
+    assert len(warnings) == 2

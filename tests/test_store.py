@@ -4,6 +4,7 @@ with their rollups (also under concurrent writers), and the queries.
 """
 
 import io
+import json
 import random
 
 import pytest_twisted
@@ -150,14 +151,48 @@ async def test_queries(store) -> None:
     await store.insert(points)
     assert await store.last(1) == (T0 + 29_000, 1000)
     assert await store.last(9) is None
-    assert await store.since(1, T0 + 27_000, 2000) == [
-        (T0 + 27_000, 1000), (T0 + 28_000, 1000), (T0 + 29_000, 1000)
+    assert json.loads(await store.since(1, T0 + 27_000, 2000)) == [
+        [T0 + 27_000, 1000], [T0 + 28_000, 1000], [T0 + 29_000, 1000]
     ]
-    assert len(await store.since(1, 0, 5)) == 5
-    assert await store.between(1, T0 + 1000, T0 + 2000, 100) == [(T0 + 1000, 1000), (T0 + 2000, 1000)]
-    assert await store.aggregate(1, T0 + 500, 10_000, 2) == [(0, 10), (10_000, 10)]
+    assert len(json.loads(await store.since(1, 0, 5))) == 5
+    assert await store.since(3, 0, 5) == "[]"
+    assert json.loads(await store.between(1, T0 + 1000, T0 + 2000, 100)) == [
+        [T0 + 1000, 1000], [T0 + 2000, 1000]
+    ]
+    assert await store.aggregate(1, T0 + 500, 10_000, 2) == "[[0,10],[10000,10]]"
     assert await store.count_since(1, T0 + 20_000) == 10
-    assert await store.hourly(1, T0, T0) == [(T0, 30, 3600.0, 1000, 1000)]
-    assert await store.aggregate_hourly(1, T0, HOUR, 3) == [(0, 3600.0)]
-    assert await store.minutely(1, T0, T0 + HOUR, 10) == [(T0, 30, 3600.0, 1000, 1000)]
+    assert await store.hourly(1, T0, T0) == f"[[{T0},30,3600,1000,1000]]"
+    assert await store.aggregate_hourly(1, T0, HOUR, 3) == "[[0,3600]]"
+    assert await store.minutely(1, T0, T0 + HOUR, 10) == f"[[{T0},30,3600,1000,1000]]"
     assert sorted(await store.last_points(), key=lambda p: p.meter) == [Point(1, T0 + 29_000, 1000), Point(2, T0, 77)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_aggregate_reads_the_rollups_when_buckets_align(store, database) -> None:
+    """
+    /aggregate counts from the hour or minute rollups when its start and
+    bucket width are whole hours or minutes, with the same answer a count
+    of the points gives; otherwise it counts the points. (Readings deleted
+    behind the rollups' back show which source was read.)
+    """
+    points = [Point(1, T0 + i * 7_000, 500) for i in range(2000)]
+    await store.insert(points)
+    hourly = await store.aggregate(1, T0, HOUR, 5)
+    minutely = await store.aggregate(1, T0 + 60_000, 120_000, 100)
+    raw = await store.aggregate(1, T0 + 1, HOUR, 5)
+
+    def counted(start: int, width: int, count: int) -> list[list[int]]:
+        buckets: dict[int, int] = {}
+        for p in points:
+            if start <= p.stamp < start + width * count:
+                offset = width * ((p.stamp - start) // width)
+                buckets[offset] = buckets.get(offset, 0) + 1
+        return [[o, n] for o, n in sorted(buckets.items())]
+
+    assert json.loads(hourly) == counted(T0, HOUR, 5)
+    assert json.loads(minutely) == counted(T0 + 60_000, 120_000, 100)
+    assert json.loads(raw) == counted(T0 + 1, HOUR, 5)
+    database.sql("DELETE FROM readings WHERE stamp < %s", (T0 + HOUR,))
+    assert await store.aggregate(1, T0, HOUR, 5) == hourly
+    assert await store.aggregate(1, T0 + 60_000, 120_000, 100) == minutely
+    assert await store.aggregate(1, T0 + 1, HOUR, 5) != raw

@@ -26,6 +26,7 @@ from blip.model import Point
 from blip.service import STATIC, QuietSite
 from blip.store import Store, schema_sql
 from blip.upgrade import ORIGINAL_MULTI, ORIGINAL_SINGLE, SCHEMA_VERSION, Refused
+from blip.front import root
 from blip.web import LegacyApi
 from tests import originals
 from tests.conftest import ROOT, TIMEOUT
@@ -65,7 +66,7 @@ async def answers(store: Store, paths: list[str]) -> dict[str, object]:
     clock.advance(NOW / 1000)
     hub = Hub(max_waiters=10)
     app = LegacyApi(store, hub, Meters(), clock, 5.0, STATIC)
-    port = reactor.listenTCP(0, QuietSite(app.resource()), interface="127.0.0.1")
+    port = reactor.listenTCP(0, QuietSite(root(app, reactor)), interface="127.0.0.1")
     agent = Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
     found = {}
     try:

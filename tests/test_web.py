@@ -25,6 +25,7 @@ from blip.meters import Meter, Meters
 from blip.model import Point
 from blip.service import STATIC, QuietSite
 from blip.store import Store
+from blip.front import root
 from blip.web import LegacyApi
 
 HOUR = 3_600_000
@@ -82,7 +83,7 @@ async def api(store: Store) -> AsyncIterator[Api]:
     hub = Hub(max_waiters=3)
     meters = Meters([Meter(1), Meter(3)])
     app = LegacyApi(store, hub, meters, clock, 5.0, STATIC)
-    port = reactor.listenTCP(0, QuietSite(app.resource()), interface="127.0.0.1")
+    port = reactor.listenTCP(0, QuietSite(root(app, reactor)), interface="127.0.0.1")
     try:
         yield Api(f"http://127.0.0.1:{port.getHost().port}", hub, clock, store, port)
     finally:
@@ -490,3 +491,75 @@ def test_fuzzed_requests_never_get_a_500(start_daemon, database) -> None:
     probe()
     assert daemon.stop() == 0
     assert not [line for line in daemon.output if "Traceback" in line or "error answering" in line]
+
+
+def read_response(s: socket.socket) -> tuple[bytes, bytes]:
+    """:return: the head and body of one HTTP response read from ``s``."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(65536)
+        assert chunk, "connection closed before the answer"
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    length = int([line.split(b":")[1] for line in head.split(b"\r\n")
+                  if line.lower().startswith(b"content-length:")][0])
+    while len(body) < length:
+        body += s.recv(65536)
+    return head, body
+
+
+@pytest_twisted.ensureDeferred
+async def test_long_polls_on_one_keep_alive_connection(api: Api) -> None:
+    """
+    A client on a persistent HTTP/1.1 connection parks, gets a point, and
+    parks again on the same connection for the next one; the answers carry
+    the same headers as every legacy answer.
+    """
+    from twisted.internet.threads import deferToThread
+
+    host, port = api.url.removeprefix("http://").split(":")
+    s = socket.create_connection((host, int(port)), timeout=10)
+    try:
+        for n in range(3):
+            s.sendall(b"GET /blip/1 HTTP/1.1\r\nHost: x\r\n\r\n")
+            await wait_until(lambda: api.hub.waiting == 1)
+            reading = deferToThread(read_response, s)
+            api.hub.publish(Point(1, T0 + 900_000 + n, 100 + n))
+            head, body = await reading
+            assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+            assert body == f"[{T0 + 900_000 + n},{100 + n}]".encode()
+            for header in (b"Access-Control-Allow-Origin: *", b"Content-Type: application/json",
+                           b"Cache-Control: max-age=0, must-revalidate", b"Date: "):
+                assert header in head
+    finally:
+        s.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_long_poll_over_http_1_0_and_head(api: Api) -> None:
+    """
+    An HTTP/1.0 client gets its point and the connection closes; a HEAD
+    long-poll gets the headers alone.
+    """
+    from twisted.internet.threads import deferToThread
+
+    host, port = api.url.removeprefix("http://").split(":")
+
+    def exchange(request: bytes) -> bytes:
+        with socket.create_connection((host, int(port)), timeout=10) as s:
+            s.sendall(request)
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+            return data
+
+    old = deferToThread(exchange, b"GET /blip/1 HTTP/1.0\r\n\r\n")
+    head = deferToThread(exchange, b"HEAD /blip/1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    await wait_until(lambda: api.hub.waiting == 2)
+    api.hub.publish(Point(1, T0 + 950_000, 77))
+    answer = await old
+    assert answer.startswith(b"HTTP/1.0 200 OK")
+    assert answer.endswith(f"\r\n\r\n[{T0 + 950_000},77]".encode())
+    answer = await head
+    assert answer.startswith(b"HTTP/1.1 200 OK")
+    assert b"Content-Length: " in answer and answer.endswith(b"\r\n\r\n")
