@@ -1,0 +1,119 @@
+"""
+Answers written a piece at a time: the export of every point in a range,
+read in keyset pages, each page read only once the client has taken the
+previous one, so that memory stays constant whatever the range.
+"""
+
+import json
+from typing import Optional
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer
+from twisted.web.iweb import IRequest
+from zope.interface import implementer
+
+from blip.store import Row, Store
+
+#: Points read from the database at a time.
+PAGE = 5000
+
+
+@implementer(IPushProducer)
+class Pausable:
+    """
+    A push producer that only records whether the transport wants more:
+    the writer awaits :meth:`ready` before producing each piece.
+    """
+
+    def __init__(self) -> None:
+        self._resumed: Optional[Deferred[None]] = None
+        #: Whether the consumer is gone for good.
+        self.stopped = False
+
+    def pauseProducing(self) -> None:
+        if self._resumed is None:
+            self._resumed = Deferred(lambda _: self._forget())
+
+    def resumeProducing(self) -> None:
+        resumed, self._resumed = self._resumed, None
+        if resumed is not None:
+            resumed.callback(None)
+
+    def stopProducing(self) -> None:
+        self.stopped = True
+        self.resumeProducing()
+
+    def _forget(self) -> None:
+        self._resumed = None
+
+    @property
+    def paused(self) -> bool:
+        """Whether the transport has asked for a pause."""
+        return self._resumed is not None
+
+    async def ready(self) -> None:
+        """
+        Wait until the transport takes data again.
+        """
+        if self._resumed is not None:
+            await self._resumed
+
+
+class Export:
+    """
+    Writes every point of a meter in ``[first, last)`` to a request, as
+    JSON or CSV.
+
+    :param store: the database.
+    :param meter: the meter.
+    :param first: the first stamp included.
+    :param last: the first stamp left out.
+    :param csv: CSV with a ``stamp,ms`` header, else a JSON object.
+    """
+
+    def __init__(self, store: Store, meter: int, first: int, last: int, csv: bool) -> None:
+        self.store = store
+        self.meter = meter
+        self.first = first
+        self.last = last
+        self.csv = csv
+
+    def _head(self) -> bytes:
+        if self.csv:
+            return b"stamp,ms\r\n"
+        return (
+            json.dumps({"meter": self.meter, "from": self.first, "to": self.last}, separators=(",", ":"))[:-1]
+            + ',"points":['
+        ).encode()
+
+    def _rows(self, rows: list[Row], first_page: bool) -> bytes:
+        if self.csv:
+            return b"".join([b"%d,%d\r\n" % (stamp, ms) for stamp, ms in rows])
+        body = b",".join([b"[%d,%d]" % (stamp, ms) for stamp, ms in rows])
+        return body if first_page or not body else b"," + body
+
+    def _tail(self) -> bytes:
+        return b"" if self.csv else b"]}"
+
+    async def write_to(self, request: IRequest) -> None:
+        """
+        Write the whole answer body, a page at a time, pausing while the
+        client's connection does not take more.
+        """
+        producer = Pausable()
+        request.registerProducer(producer, True)
+        try:
+            request.write(self._head())
+            cursor, first_page = self.first, True
+            while not producer.stopped:
+                await producer.ready()
+                rows = await self.store.points_page(self.meter, cursor, self.last, PAGE)
+                if rows:
+                    request.write(self._rows(rows, first_page))
+                    first_page = False
+                if len(rows) < PAGE:
+                    break
+                cursor = rows[-1][0] + 1
+            request.write(self._tail())
+        finally:
+            request.unregisterProducer()
