@@ -31,7 +31,7 @@ HEARTBEAT = 15.0
 #: Points kept per meter, for clients resuming while the database catches up.
 KEEP = 4096
 #: Events a client may fall behind by before it is dropped.
-MAX_BACKLOG = 10_000
+MAX_BACKLOG = 1000
 #: Points read from the database at a time when replaying.
 PAGE = 2000
 #: How long a client waits before reconnecting, in ms.

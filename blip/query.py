@@ -22,6 +22,8 @@ LATEST = 253_402_387_200_000
 MAX_VALUE = 200
 
 _INTEGER = re.compile(r"-?[0-9]{1,18}")
+# An offset whose "+" arrived unescaped in a query string, as a space.
+_SPACED_OFFSET = re.compile(r"(T[0-9:.,]+) ([0-9]{2}(:?[0-9]{2})?)$")
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
@@ -131,7 +133,7 @@ def instant(text: str, name: str, zone: str) -> int:
         value = int(text)
     else:
         try:
-            moment = datetime.fromisoformat(text)
+            moment = datetime.fromisoformat(_SPACED_OFFSET.sub(r"\1+\2", text))
         except ValueError:
             raise BadParameter(
                 name, f"must be unix ms or an ISO 8601 date-time, not {text!r}"
