@@ -11,7 +11,7 @@ points that arrived meanwhile. A meter's point is never sent twice.
 
 import json
 from collections import deque
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
@@ -25,6 +25,7 @@ from blip.hub import Hub
 from blip.meters import Meters
 from blip.model import INT_MAX, Point
 from blip.store import Store
+from blip.streaming import unregister
 
 #: Seconds between heartbeat comments.
 HEARTBEAT = 15.0
@@ -56,12 +57,12 @@ class Stream:
         #: The stamp of the last point sent, per meter.
         self.sent: dict[int, int] = {}
         #: Points that arrive while the stream replays, sent after it.
-        self.held: Optional[list[Point]] = None
+        self.held: Optional[deque[Point]] = None
         #: Fires when the stream is over.
         self.done: Deferred[None] = Deferred()
         #: Whether the stream is over.
         self.ended = False
-        self._producer = _Backpressure()
+        self._producer = _Backpressure(request)
         request.registerProducer(self._producer, True)
 
     def wants(self, point: Point) -> bool:
@@ -108,11 +109,13 @@ class Stream:
         else:
             self.request.write(data)
 
-    async def ready(self) -> None:
+    async def pace(self) -> None:
         """
-        Wait until the connection takes data again.
+        Wait, if the connection is saturated, until it takes data again.
         """
-        await self._producer.ready(self.request)
+        producer = self._producer
+        if producer.paused or producer.queue:
+            await producer.ready()
 
     def drop(self, why: str) -> None:
         """
@@ -132,7 +135,7 @@ class Stream:
         self.ended = True
         self.live.forget(self)
         self._producer.queue.clear()
-        self.request.unregisterProducer()
+        unregister(self.request)
         if not self.done.called:
             self.done.callback(None)
 
@@ -144,10 +147,10 @@ class _Backpressure:
     queued when it does.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, request: IRequest) -> None:
         self.paused = False
         self.queue: deque[bytes] = deque()
-        self._request: Optional[IRequest] = None
+        self._request = request
         self._waiting: list[Deferred[None]] = []
 
     def pauseProducing(self) -> None:
@@ -155,7 +158,7 @@ class _Backpressure:
 
     def resumeProducing(self) -> None:
         self.paused = False
-        while self.queue and not self.paused and self._request is not None:
+        while self.queue and not self.paused:
             self._request.write(self.queue.popleft())
         if not self.paused:
             waiting, self._waiting = self._waiting, []
@@ -165,12 +168,10 @@ class _Backpressure:
     def stopProducing(self) -> None:
         self.queue.clear()
 
-    async def ready(self, request: IRequest) -> None:
-        self._request = request
-        if self.paused or self.queue:
-            d: Deferred[None] = Deferred(lambda d: self._waiting.remove(d))
-            self._waiting.append(d)
-            await d
+    async def ready(self) -> None:
+        d: Deferred[None] = Deferred(lambda d: self._waiting.remove(d))
+        self._waiting.append(d)
+        await d
 
 
 def _peer(request: IRequest) -> str:
@@ -210,7 +211,7 @@ class Live:
         self._recent: dict[int, deque[Point]] = {}
         self._beat = LoopingCall(self._heartbeat)
         self._beat.clock = clock
-        self._unlisten = hub.listen(self._publish)
+        self._unlisten: Optional[Callable[[], None]] = hub.listen(self._publish)
 
     @property
     def clients(self) -> int:
@@ -260,15 +261,16 @@ class Live:
         send live points until the stream ends.
         """
         if last_id is not None:
-            stream.held = []
+            held = stream.held = deque()
             try:
                 await self._replay(stream, last_id)
-            except BaseException:
+                # Points that came meanwhile, and those that come while
+                # these are sent, in order.
+                while held and not stream.ended:
+                    await stream.pace()
+                    stream.send(held.popleft())
+            finally:
                 stream.held = None
-                raise
-            held, stream.held = stream.held, None
-            for point in held or ():
-                stream.send(point)
         await stream.done
 
     async def _replay(self, stream: Stream, last_id: int) -> None:
@@ -280,9 +282,9 @@ class Live:
             meters = sorted(known)
         stamp, meter = last_id, INT_MAX
         while not stream.ended:
-            await stream.ready()
             page = await self.store.points_after(meters, stamp, meter, PAGE)
             for point in page:
+                await stream.pace()
                 stream.send(point)
             if len(page) < PAGE:
                 break
@@ -294,6 +296,7 @@ class Live:
             if point.stamp > last_id
         ]
         for point in sorted(recent, key=lambda p: (p.stamp, p.meter)):
+            await stream.pace()
             stream.send(point)
 
     def _publish(self, point: Point) -> None:
@@ -312,7 +315,9 @@ class Live:
         """
         End every stream and stop listening (shutdown).
         """
-        self._unlisten()
+        if self._unlisten is not None:
+            self._unlisten()
+            self._unlisten = None
         for stream in list(self._streams):
             stream.end()
 

@@ -59,6 +59,15 @@ class Pausable:
             await self._resumed
 
 
+def unregister(request: IRequest) -> None:
+    """
+    Unregister the request's producer, unless its connection is gone (and
+    the producer with it).
+    """
+    if getattr(request, "channel", None) is not None:
+        request.unregisterProducer()
+
+
 class Export:
     """
     Writes every point of a meter in ``[first, last)`` to a request, as
@@ -116,4 +125,4 @@ class Export:
                 cursor = rows[-1][0] + 1
             request.write(self._tail())
         finally:
-            request.unregisterProducer()
+            unregister(request)

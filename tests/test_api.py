@@ -238,6 +238,8 @@ class SlowRequest:
     def __init__(self) -> None:
         self.writes: list[bytes] = []
         self.producer: Any = None
+        #: Its connection (here: still open).
+        self.channel = object()
         self.wrote: Deferred[None] = Deferred()
 
     def registerProducer(self, producer: IPushProducer, streaming: bool) -> None:
