@@ -323,7 +323,9 @@ def document() -> dict[str, Any]:
                     "required": False,
                     "description": (
                         "The shortest stretch counted, in ms; by default three times the mean"
-                        " blip interval of the range, and at least a minute."
+                        " blip interval of the range, and at least two minutes. Gaps of two"
+                        " minutes or more are found from the minute rollups, quickly for any"
+                        " range; shorter ones take reading every point of the range."
                     ),
                     "schema": {"type": "integer", "minimum": 1, "maximum": 10**15},
                 },

@@ -32,7 +32,7 @@ ENERGY_ROWS = 10_000
 #: Gaps in one answer; the rest is a ``next`` page away.
 GAP_ROWS = 10_000
 #: The shortest gap reported unless asked otherwise.
-MIN_GAP = 60_000
+MIN_GAP = 2 * MINUTE
 #: A gap is this many mean blip intervals long at least.
 GAP_FACTOR = 3
 
@@ -244,25 +244,38 @@ class Series:
         :data:`GAP_FACTOR` mean blip intervals of the range, and at least
         :data:`MIN_GAP`), each split into the parts when ingest was
         listening (``idle``) and when it was not (``logger_down``).
+
+        Silences of two minutes or more are found from the minute rollups,
+        at a cost that does not grow with the points in the range; shorter
+        ones by reading every point of the range.
         """
         if last <= first:
             return Gaps([], min_gap if min_gap is not None else MIN_GAP, None)
-        before, last_in, after, mean = await self.store.gap_context(meter.id, first, last)
+        context = await self.store.gap_context(meter.id, first, last)
+        before, first_in, last_in, after, mean = context
         if min_gap is None:
             min_gap = max(MIN_GAP, int(GAP_FACTOR * mean) if mean else 0)
-        silences: list[tuple[int, int]] = [
-            (int(a), int(b))
-            for a, b in await self.store.silences(
-                meter.id, first, last, first if before is None else before, min_gap,
-                GAP_ROWS + 1,
+        previous = first if before is None else before
+        silences: list[tuple[int, int]] = []
+        if min_gap >= 2 * MINUTE:
+            # From the minute rollups; the silence before the first point
+            # of the range is theirs only when it starts at a point in the
+            # range's first minute or later.
+            if first_in is not None and (before is None or before < first - first % MINUTE):
+                if first_in - previous > min_gap:
+                    silences.append((previous, first_in))
+            found = await self.store.long_silences(meter.id, first, last, min_gap, GAP_ROWS + 1)
+        else:
+            found = await self.store.silences(
+                meter.id, first, last, previous, min_gap, GAP_ROWS + 1
             )
-        ]
+        silences += [(int(a), int(b)) for a, b in found]
         following = None
         if len(silences) > GAP_ROWS:
             silences = silences[:GAP_ROWS]
             following = silences[-1][1]
         else:
-            start = next(s for s in (last_in, before, first) if s is not None)
+            start = next(s for s in (last_in, previous) if s is not None)
             end = min(last, now) if after is None else after
             if end - start > min_gap:
                 silences.append((start, end))

@@ -309,16 +309,18 @@ class Store:
 
     async def gap_context(self, meter: int, first: int, last: int) -> Row:
         """
-        :return: ``(before, last_in, after, mean_ms)``: the stamp of the
-            last point before ``first``, of the last point in ``[first,
-            last)``, of the first point from ``last`` on (each None when
-            there is none), and the mean blip interval over the hours of
-            the range (None without blips).
+        :return: ``(before, first_in, last_in, after, mean_ms)``: the
+            stamp of the last point before ``first``, of the first and the
+            last point in ``[first, last)``, of the first point from
+            ``last`` on (each None when there is none), and the mean blip
+            interval over the hours of the range (None without blips).
         """
         rows = await self.pool.runQuery(
             "SELECT"
             " (SELECT stamp FROM readings WHERE id = %(m)s AND stamp < %(f)s::bigint"
             "   ORDER BY stamp DESC LIMIT 1),"
+            " (SELECT stamp FROM readings WHERE id = %(m)s AND stamp >= %(f)s::bigint"
+            "   AND stamp < %(l)s::bigint ORDER BY stamp LIMIT 1),"
             " (SELECT stamp FROM readings WHERE id = %(m)s AND stamp >= %(f)s::bigint"
             "   AND stamp < %(l)s::bigint ORDER BY stamp DESC LIMIT 1),"
             " (SELECT stamp FROM readings WHERE id = %(m)s AND stamp >= %(l)s::bigint"
@@ -345,6 +347,34 @@ class Store:
             "     AND stamp >= %(f)s::bigint AND stamp < %(l)s::bigint) s"
             " WHERE b - a > %(g)s::bigint ORDER BY b LIMIT %(n)s",
             {"m": meter, "f": first, "l": last, "p": before, "g": longer, "n": limit},
+        )
+
+    async def long_silences(
+        self, meter: int, first: int, last: int, longer: int, limit: int
+    ) -> list[Row]:
+        """
+        Like :meth:`silences` for ``longer`` of two minutes or more, found
+        from the minute rollups: such a silence holds a whole empty minute,
+        so only the points next to empty minutes are read, whatever the
+        number of points in the range. The silence that ends at the first
+        point of the range is left out when the point before lies before
+        the minute of ``first``.
+        """
+        return await self.pool.runQuery(
+            "WITH minutes AS ("
+            "  SELECT lag(stamp) OVER (ORDER BY stamp) AS a, stamp AS b"
+            "    FROM readings_minutely WHERE id = %(m)s"
+            "     AND stamp >= %(f0)s::bigint AND stamp < %(l)s::bigint),"
+            " pairs AS ("
+            "  SELECT (SELECT max(stamp) FROM readings WHERE id = %(m)s"
+            "            AND stamp >= m.a AND stamp < m.a + 60000) AS a,"
+            "         (SELECT min(stamp) FROM readings WHERE id = %(m)s"
+            "            AND stamp >= m.b AND stamp < m.b + 60000) AS b"
+            "    FROM minutes m WHERE m.b - m.a > %(g)s::bigint - 60000)"
+            " SELECT a, b FROM pairs"
+            "  WHERE b - a > %(g)s::bigint AND b >= %(f)s::bigint AND b < %(l)s::bigint"
+            "  ORDER BY b LIMIT %(n)s",
+            {"m": meter, "f": first, "f0": first - first % 60000, "l": last, "g": longer, "n": limit},
         )
 
     async def points_after(

@@ -4,6 +4,7 @@ resolution of power series, energy per calendar period across
 daylight-saving changes and in zones offset by half hours, and gaps.
 """
 
+import random
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
@@ -225,10 +226,58 @@ async def test_gaps_are_classified_by_ingest_periods(store: Store, database) -> 
     )
     # By default a gap is three mean intervals long, a minute at least.
     default = await series.gaps(METER, T0, T0 + 31 * MINUTE, T0 + 31 * MINUTE, None)
-    assert default.min_gap == MINUTE
+    assert default.min_gap == 2 * MINUTE
     assert [(g.start - T0, g.end - T0) for g in default.gaps] == [
         (2 * MINUTE, 10 * MINUTE), (10 * MINUTE, 20 * MINUTE), (20 * MINUTE, 30 * MINUTE),
     ]
     await store.insert([Point(2, T0 + s * 60 * MINUTE, 30 * MINUTE) for s in range(5)])
     sparse = await series.gaps(Meter(2), T0, T0 + 5 * HOUR, T0 + 5 * HOUR, None)
     assert sparse.min_gap == 90 * MINUTE and sparse.gaps == []
+
+
+def expected_gaps(stamps: list[int], first: int, last: int, now: int, longer: int) -> list[tuple[int, int]]:
+    """
+    The gaps of ``[first, last)`` in sorted ``stamps``, worked out one pair
+    of neighbours at a time.
+    """
+    before = [s for s in stamps if s < first]
+    inside = [s for s in stamps if first <= s < last]
+    after = [s for s in stamps if s >= last]
+    previous = before[-1] if before else first
+    silences = []
+    for stamp in inside:
+        if stamp - previous > longer:
+            silences.append((previous, stamp))
+        previous = stamp
+    end = after[0] if after else min(last, now)
+    if end - previous > longer:
+        silences.append((previous, end))
+    spans = [(max(a, first), min(b, last)) for a, b in silences]
+    return [(a, b) for a, b in spans if a < b]
+
+
+@pytest_twisted.ensureDeferred
+async def test_gaps_match_a_pair_by_pair_count(store: Store) -> None:
+    """
+    For irregular points with silences of every length, the gaps found
+    from the minute rollups (two minutes and more) and from the points
+    (shorter) equal those counted pair by pair, for ranges whose edges
+    fall anywhere.
+    """
+    rng = random.Random(6)
+    stamps, stamp = [], T0
+    for _ in range(3000):
+        stamp += rng.choice([rng.randint(1, 5000), rng.randint(50_000, 200_000), rng.randint(1, 900_000)])
+        stamps.append(stamp)
+    await store.insert([Point(7, s, 1000) for s in stamps])
+    series = Series(store)
+    meter = Meter(7)
+    for _ in range(40):
+        first = rng.randint(T0 - 10 * MINUTE, stamps[-1])
+        last = first + rng.choice([MINUTE, HOUR, 24 * HOUR, 400 * 24 * HOUR])
+        now = rng.randint(first, last + HOUR)
+        longer = rng.choice([1000, 59_999, 60_000, 119_999, 120_000, 120_001, 300_000, 3 * HOUR])
+        gaps = await series.gaps(meter, first, last, now, longer)
+        assert [(g.start, g.end) for g in gaps.gaps] == expected_gaps(stamps, first, last, now, longer), (
+            first, last, now, longer,
+        )
