@@ -114,7 +114,7 @@ class Stream:
         Wait, if the connection is saturated, until it takes data again.
         """
         producer = self._producer
-        if producer.paused or producer.queue:
+        if not self.ended and (producer.paused or producer.queue):
             await producer.ready()
 
     def drop(self, why: str) -> None:
@@ -134,7 +134,7 @@ class Stream:
             return
         self.ended = True
         self.live.forget(self)
-        self._producer.queue.clear()
+        self._producer.release()
         unregister(self.request)
         if not self.done.called:
             self.done.callback(None)
@@ -161,12 +161,22 @@ class _Backpressure:
         while self.queue and not self.paused:
             self._request.write(self.queue.popleft())
         if not self.paused:
-            waiting, self._waiting = self._waiting, []
-            for d in waiting:
-                d.callback(None)
+            self._wake()
 
     def stopProducing(self) -> None:
         self.queue.clear()
+
+    def release(self) -> None:
+        """
+        Drop what is queued and let whoever waits go on (the stream ends).
+        """
+        self.queue.clear()
+        self._wake()
+
+    def _wake(self) -> None:
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            d.callback(None)
 
     async def ready(self) -> None:
         d: Deferred[None] = Deferred(lambda d: self._waiting.remove(d))

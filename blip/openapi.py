@@ -8,7 +8,7 @@ from typing import Any
 
 import blip
 from blip.model import INT_MAX
-from blip.query import EARLIEST, LATEST
+from blip.query import EARLIEST, LATEST, MAX_VALUE
 
 #: Where the paths below are, on the host that serves the document (a
 #: reverse proxy that serves blipserver under a path prefix adds it).
@@ -367,7 +367,11 @@ def document() -> dict[str, Any]:
                     "in": "query",
                     "required": False,
                     "description": "Meter ids separated by commas; every meter by default.",
-                    "schema": {"type": "string", "pattern": "^[0-9]{1,10}(,[0-9]{1,10})*$"},
+                    "schema": {
+                        "type": "string",
+                        "pattern": "^[0-9]{1,10}(,[0-9]{1,10})*$",
+                        "maxLength": MAX_VALUE,
+                    },
                 },
                 {
                     "name": "Last-Event-ID",

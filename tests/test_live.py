@@ -239,6 +239,37 @@ async def test_a_client_that_falls_behind_is_dropped_and_loses_nothing(site: Ser
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_client_that_falls_behind_while_catching_up(site: Served) -> None:
+    """
+    A client that stops reading during a long replay is dropped once the
+    live points held for it pass MAX_BACKLOG; its answer ends, and resuming
+    from its last event it gets every point.
+    """
+    old = [Point(1, T0 + i, 1000) for i in range(50_000)]
+    await site.store.insert(old)
+    _, _, reader = await subscribe(site, "?meters=1", last_id=T0 - 1)
+    reader.transport.pauseProducing()
+    await wait_until(lambda: site.live.clients == 1)
+    (stream,) = site.live._streams
+    await wait_until(lambda: stream._producer.paused)
+    new = [Point(1, T0 + 100_000 + i, 1000) for i in range(MAX_BACKLOG + 1)]
+    for point in new:
+        site.hub.publish(point)
+    assert site.live.clients == 0 and site.live.dropped == 1
+    reader.transport.resumeProducing()
+    await within(reader.lost)
+    received = []
+    while reader.events.pending:
+        received.append((await reader.events.get()).data["stamp"])
+    assert received == [p.stamp for p in old[: len(received)]]
+    await site.store.insert(new)
+    _, _, again = await subscribe(site, "?meters=1", last_id=received[-1])
+    rest = await again.take(len(old) + len(new) - len(received))
+    assert received + [e.data["stamp"] for e in rest] == [p.stamp for p in old + new]
+    again.close()
+
+
+@pytest_twisted.ensureDeferred
 async def test_stream_limits_and_plain_answers(serve: Callable[..., Served]) -> None:
     """
     Past max_clients a stream is refused with 503; a client not asking for
