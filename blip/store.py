@@ -234,6 +234,23 @@ class Store:
             (meter, first, last, limit),
         )
 
+    async def points_text(
+        self, meter: int, first: int, last: int, limit: int, csv: bool
+    ) -> tuple[str, int, Optional[int]]:
+        """
+        One keyset page of points, written out by the database: CSV lines
+        ``stamp,ms`` (each ending in CRLF), or JSON pairs ``[stamp,ms]``
+        separated by commas.
+
+        :return: the text, how many points it holds, and the stamp of the
+            last (None when there are none).
+        """
+        rows = await self.pool.runQuery(
+            _POINTS_TEXT[csv], {"m": meter, "f": first, "l": last, "n": limit}
+        )
+        text, count, final = rows[0]
+        return text or "", int(count), final
+
     async def rollups(self, meter: int, hourly: bool, first: int, last: int) -> list[Row]:
         """
         :param hourly: the hourly rollups if true, else the minutely.
@@ -400,6 +417,19 @@ class Store:
         )
         return [Point(*row) for row in rows]
 
+
+_POINTS_TEXT = {
+    csv: (
+        f"SELECT string_agg({row}, {separator} ORDER BY stamp), count(*), max(stamp)"
+        "  FROM (SELECT stamp, ms FROM readings WHERE id = %(m)s"
+        "         AND stamp >= %(f)s::bigint AND stamp < %(l)s::bigint"
+        "         ORDER BY stamp LIMIT %(n)s) AS page"
+    )
+    for csv, row, separator in (
+        (True, "stamp || ',' || ms || E'\\r\\n'", "''"),
+        (False, "'[' || stamp || ',' || ms || ']'", "','"),
+    )
+}
 
 _ROLLUP_TABLE = {True: "readings_hourly", False: "readings_minutely"}
 
