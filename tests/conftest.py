@@ -19,7 +19,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import psycopg2
 import pytest
@@ -342,6 +342,16 @@ def log_events() -> Iterator[EventLoggingObserver]:
         yield observer
     finally:
         globalLogPublisher.removeObserver(observer)
+
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+    from twisted.internet.task import Clock
+    from twisted.web.http_headers import Headers
+
+    from blip.hub import Hub
+    from blip.live import Live
+    from blip.ops import Health
 
 
 @dataclass
