@@ -7,6 +7,12 @@ A client resuming with ``Last-Event-ID: <stamp>`` first gets, in stamp
 order, every point of its meters after that stamp: from the database, then
 from the points kept here that the database may not have yet, then the
 points that arrived meanwhile. A meter's point is never sent twice.
+
+Each meter's stamps strictly increase, and ingest stamps points of all
+meters from one clock in the order they arrive, so "after the last stamp
+seen" is exact but for one case: a meter whose stamp was pushed ahead of
+the clock (two blips in one millisecond) followed within that millisecond
+by another meter's point.
 """
 
 import json
