@@ -6,6 +6,7 @@ No SQL lives here (that is :mod:`blip.store`); this module only keeps
 connections open.
 """
 
+from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Iterator, Optional
 
 import psycopg2
@@ -134,6 +135,23 @@ class _Connection(txpostgres.Connection):
         return None
 
 
+@dataclass(frozen=True, slots=True)
+class PoolState:
+    """
+    What the pool's connections are doing, for metrics.
+
+    :param size: connections in the pool.
+    :param alive: connections open and usable.
+    :param busy: connections running a query or transaction.
+    :param waiting: queries waiting for a free connection.
+    """
+
+    size: int
+    alive: int
+    busy: int
+    waiting: int
+
+
 class Pool(txpostgres.ConnectionPool):
     """
     A fixed number of connections to one database; each reconnects by itself
@@ -222,6 +240,17 @@ class Pool(txpostgres.ConnectionPool):
     def _opened(self, connection: txpostgres.Connection) -> None:
         connection.detector.alive = True
         self._wake()
+
+    def state(self) -> PoolState:
+        """
+        :return: what the connections are doing now.
+        """
+        return PoolState(
+            size=len(self._all),
+            alive=sum(1 for c in self._all if c.detector.alive),
+            busy=len(self._all) - len(self.connections),
+            waiting=len(self._semaphore.waiting),
+        )
 
     def close(self) -> None:
         """

@@ -12,8 +12,21 @@ A meters file lists one ``[[meter]]`` table per meter::
     price_per_kwh = 2.0
     currency = "kr"
     timezone = "Europe/Copenhagen"
+
+A meter may have a time-of-use tariff: ``[[meter.tariff]]`` tables after its
+``[[meter]]`` table, each a ``price_per_kwh`` for some ``days`` (``mon`` to
+``sun``; every day when left out) and ``hours`` (``"HH-HH"`` in the meter's
+local time, ``"22-06"`` running past midnight; all day when left out). The
+first rule that matches an hour sets its price; hours no rule matches cost
+the meter's ``price_per_kwh``::
+
+    [[meter.tariff]]
+    price_per_kwh = 2.5
+    days = ["mon", "tue", "wed", "thu", "fri"]
+    hours = "17-21"
 """
 
+import math
 import tomllib
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -22,11 +35,43 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from blip.model import DEFAULT_METER, INT_MAX
 
+#: The days of a tariff rule, Monday first.
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
 
 class MetersError(ValueError):
     """
     The meters file cannot be used; the message says why.
     """
+
+
+@dataclass(frozen=True, slots=True)
+class TariffRule:
+    """
+    One price of a time-of-use tariff.
+
+    :param price_per_kwh: the price of one kWh while the rule applies.
+    :param days: the days it applies on, of :data:`DAYS`.
+    :param hours: ``"HH-HH"``: the local hours it applies from (included)
+        to (excluded); a start after the end runs past midnight.
+    """
+
+    price_per_kwh: float
+    days: tuple[str, ...] = DAYS
+    hours: str = "00-24"
+
+    def applies(self, day: int, hour: int) -> bool:
+        """
+        :param day: 0 for Monday to 6 for Sunday.
+        :param hour: the local hour, 0 to 23.
+        :return: whether the rule sets the price of that hour.
+        """
+        if DAYS[day] not in self.days:
+            return False
+        start, end = (int(h) for h in self.hours.split("-"))
+        if start < end:
+            return start <= hour < end
+        return hour >= start or hour < end
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +87,8 @@ class Meter:
     :param price_per_kwh: price of one kWh, in ``currency``.
     :param currency: the currency's symbol or code.
     :param timezone: IANA zone in which its days, weeks and months run.
+    :param tariff: time-of-use prices, first match wins; hours no rule
+        matches cost ``price_per_kwh``.
     """
 
     id: int
@@ -52,6 +99,7 @@ class Meter:
     price_per_kwh: float = 0.0
     currency: str = ""
     timezone: str = "UTC"
+    tariff: tuple[TariffRule, ...] = ()
 
     def watts(self, ms: int) -> float:
         """
@@ -65,6 +113,74 @@ class Meter:
         The energy one blink stands for, in kWh.
         """
         return self.multiplier / self.pulses_per_kwh
+
+    def price_at(self, day: int, hour: int) -> float:
+        """
+        :param day: 0 for Monday to 6 for Sunday.
+        :param hour: the local hour, 0 to 23.
+        :return: the price of one kWh used in that hour.
+        """
+        for rule in self.tariff:
+            if rule.applies(day, hour):
+                return rule.price_per_kwh
+        return self.price_per_kwh
+
+    def week_prices(self) -> list[float]:
+        """
+        :return: the price of one kWh in each hour of a week, Monday 00-01
+            first: ``[day * 24 + hour]``.
+        """
+        return [self.price_at(day, hour) for day in range(7) for hour in range(24)]
+
+
+def _price(value: Any, where: str) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise MetersError(f"{where}: price_per_kwh must be a number")
+    if not (math.isfinite(value) and value >= 0):
+        raise MetersError(f"{where}: price_per_kwh must be 0 or more")
+    return float(value)
+
+
+def _hours(value: Any, where: str) -> str:
+    parts = value.split("-") if isinstance(value, str) else []
+    if len(parts) != 2 or not all(len(p) == 2 and p.isascii() and p.isdigit() for p in parts):
+        raise MetersError(f'{where}: hours must be "HH-HH", like "06-22", not {value!r}')
+    start, end = int(parts[0]), int(parts[1])
+    if start > 23 or end > 24:
+        raise MetersError(f"{where}: hours {value!r}: a start from 00 to 23, an end from 01 to 24")
+    if start == end:
+        raise MetersError(f"{where}: hours {value!r} is empty; all day is \"00-24\"")
+    return value
+
+
+def _tariff(entries: Any, where: str) -> tuple[TariffRule, ...]:
+    if not isinstance(entries, list):
+        raise MetersError(f"{where}: tariff must be [[meter.tariff]] tables")
+    rules = []
+    for index, entry in enumerate(entries):
+        here = f"{where}: tariff #{index + 1}"
+        if not isinstance(entry, dict):
+            raise MetersError(f"{here}: a tariff rule must be a table")
+        unknown = sorted(set(entry) - {"price_per_kwh", "days", "hours"})
+        if unknown:
+            raise MetersError(f"{here}: unknown setting {unknown[0]!r}")
+        if "price_per_kwh" not in entry:
+            raise MetersError(f"{here}: price_per_kwh is missing")
+        days = entry.get("days", list(DAYS))
+        if (
+            not isinstance(days, list)
+            or not days
+            or not all(isinstance(d, str) and d in DAYS for d in days)
+        ):
+            raise MetersError(f"{here}: days must be a list of {', '.join(DAYS)}, not {days!r}")
+        rules.append(
+            TariffRule(
+                price_per_kwh=_price(entry["price_per_kwh"], here),
+                days=tuple(d for d in DAYS if d in days),
+                hours=_hours(entry.get("hours", "00-24"), here),
+            )
+        )
+    return tuple(rules)
 
 
 def _meter(entry: Any, where: str) -> Meter:
@@ -90,11 +206,15 @@ def _meter(entry: Any, where: str) -> Meter:
                 raise MetersError(f"{where}: {name} must be a number")
             if value < 0 or (value == 0 and name != "price_per_kwh"):
                 raise MetersError(f"{where}: {name} must be positive")
+            if not math.isfinite(value):
+                raise MetersError(f"{where}: {name} must be a finite number")
             values[name] = float(value)
     try:
         ZoneInfo(values.get("timezone", "UTC"))
     except (ZoneInfoNotFoundError, ValueError):
         raise MetersError(f"{where}: unknown timezone {values['timezone']!r}") from None
+    if "tariff" in entry:
+        values["tariff"] = _tariff(entry["tariff"], where)
     return Meter(**values)
 
 

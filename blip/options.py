@@ -62,6 +62,8 @@ class Options(usage.Options):
         ["max-waiters", None, "10000", "Most long-poll clients parked at once; more get 503."],
         ["node-name", None, None,
          "Name of this node in the record of ingest periods [default: the host name]."],
+        ["health-window", None, "600",
+         "Seconds without a blip from the serial source before /healthz answers 503."],
     ]
 
     def __init__(self) -> None:
@@ -84,6 +86,9 @@ class Options(usage.Options):
         self["baudrate"] = _integer(self["baudrate"], "--baudrate", 1, 4_000_000)
         self["longpoll-timeout"] = _seconds(self["longpoll-timeout"], "--longpoll-timeout")
         self["max-waiters"] = _integer(self["max-waiters"], "--max-waiters", 1, 10_000_000)
+        self["health-window"] = _seconds(self["health-window"], "--health-window")
+        if self["health-window"] == 0:
+            raise usage.UsageError("--health-window: must be more than 0 seconds")
         if self["role"] not in ROLES:
             raise usage.UsageError(f"--role: must be one of {', '.join(ROLES)}, not {self['role']!r}")
         if self["serial"] == "":

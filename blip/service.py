@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
+from prometheus_client import CollectorRegistry
 from twisted.application import strports
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, maybeDeferred
@@ -19,19 +20,24 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.server import Site
 
+from blip.api import ApiV1
 from blip.arduino import MeterFactory, SerialEndpoint, SerialService, Stamps
 from blip.counters import Counters, CountersLog
 from blip.database import DatabaseService, Pool
 from blip.embedded import Cluster, EmbeddedPostgres
+from blip.front import Channel
 from blip.hub import Hub, HubService
 from blip.ingest import Ingest, IngestService
+from blip.live import Live, LiveService
 from blip.meter_table import MeterTable
+from blip.metrics import RequestMetrics, StateCollector
+from blip.ops import Health, Operations
 from blip.options import Options
 from blip.periods import Periods, PeriodsService
 from blip.simulate import SimulatorService
+from blip.site import site_root
 from blip.spool import Spool
 from blip.store import Store
-from blip.front import Channel, root
 from blip.web import LegacyApi
 
 __all__ = ["Options", "makeService", "make_service"]
@@ -182,8 +188,22 @@ def make_service(options: Options, reactor: Any = None, clock: Optional[IReactor
     CountersLog(counters, clock).setServiceParent(top)
     HubService(hub).setServiceParent(top)
     if options["role"] in ("all", "web"):
+        live = Live(hub, store, meters, clock, max_clients=options["max-waiters"])
+        LiveService(live).setServiceParent(top)
         api = LegacyApi(store, hub, meters, clock, options["longpoll-timeout"], STATIC)
-        site = QuietSite(root(api, reactor))
+        registry = CollectorRegistry()
+        registry.register(StateCollector(counters, hub, live, pool))
+        has_source = options["role"] == "all" and bool(options["serial"] or options["simulate"])
+        health = Health(hub, store, clock, options["health-window"], has_source)
+        site = QuietSite(
+            site_root(
+                api,
+                ApiV1(store, hub, live, meters, clock),
+                Operations(health, registry),
+                RequestMetrics(registry),
+                reactor,
+            )
+        )
         site.noisy = False
         strports.service(options["listen"], site).setServiceParent(top)
     return top

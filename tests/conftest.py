@@ -19,7 +19,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import psycopg2
 import pytest
@@ -437,3 +437,110 @@ def log_events() -> Iterator[EventLoggingObserver]:
         yield observer
     finally:
         globalLogPublisher.removeObserver(observer)
+
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+    from twisted.internet.task import Clock
+    from twisted.web.http_headers import Headers
+
+    from blip.hub import Hub
+    from blip.live import Live
+    from blip.ops import Health
+
+
+@dataclass
+class Served:
+    """
+    The daemon's whole HTTP site (legacy routes, /api/v1, /healthz,
+    /metrics) on a real port, over a real database, with a fake clock for
+    "now", heartbeats and health.
+    """
+
+    url: str
+    store: Store
+    hub: "Hub"
+    live: "Live"
+    clock: "Clock"
+    health: "Health"
+
+    async def get(
+        self, path: str, headers: Optional[dict[str, str]] = None, method: str = "GET"
+    ) -> tuple[int, "Headers", bytes]:
+        """:return: status, headers and body of one request."""
+        from twisted.internet import reactor
+        from twisted.web.client import Agent, HTTPConnectionPool, readBody
+        from twisted.web.http_headers import Headers
+
+        agent = Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
+        sent = Headers({k.encode(): [v.encode()] for k, v in (headers or {}).items()})
+        response = await agent.request(method.encode(), (self.url + path).encode(), sent)
+        received = response.headers.copy()
+        if isinstance(response.length, int):
+            # Twisted's client moves Content-Length out of the headers.
+            received.setRawHeaders(b"Content-Length", [b"%d" % response.length])
+        return response.code, received, await readBody(response)
+
+
+@pytest_twisted.async_yield_fixture
+async def serve(store: Store) -> AsyncIterator:
+    """
+    A function that serves the whole site for the given meters (and
+    health settings) on a real port; every site is closed after the test.
+    """
+    from prometheus_client import CollectorRegistry
+    from twisted.internet import reactor
+    from twisted.internet.task import Clock
+
+    from blip.api import ApiV1
+    from blip.counters import Counters
+    from blip.hub import Hub
+    from blip.live import Live
+    from blip.meters import Meters
+    from blip.metrics import RequestMetrics, StateCollector
+    from blip.ops import Health, Operations
+    from blip.service import STATIC, QuietSite
+    from blip.site import site_root
+    from blip.web import LegacyApi
+
+    ports, lives = [], []
+
+    def start(
+        meters: Meters, now: float = 1_700_000_000.0, has_source: bool = True,
+        max_clients: int = 100, counters: Optional[Counters] = None,
+    ) -> Served:
+        clock = Clock()
+        clock.advance(now)
+        hub = Hub()
+        live = Live(hub, store, meters, clock, max_clients=max_clients)
+        registry = CollectorRegistry()
+        registry.register(StateCollector(counters or Counters(), hub, live, store.pool))
+        health = Health(hub, store, clock, 600.0, has_source)
+        root = site_root(
+            LegacyApi(store, hub, meters, clock, 0, STATIC),
+            ApiV1(store, hub, live, meters, clock),
+            Operations(health, registry),
+            RequestMetrics(registry),
+            reactor,
+        )
+        port = reactor.listenTCP(0, QuietSite(root), interface="127.0.0.1")
+        ports.append(port)
+        lives.append(live)
+        return Served(f"http://127.0.0.1:{port.getHost().port}", store, hub, live, clock, health)
+
+    yield start
+    for live in lives:
+        live.close()
+    for port in ports:
+        await port.stopListening()
+
+
+def within(d: "Deferred[Any]", timeout: float = TIMEOUT) -> "Deferred[Any]":
+    """
+    :return: ``d``, failing with a timeout if it has not fired in
+        ``timeout`` seconds (so that a test waiting for an event that never
+        comes fails instead of hanging).
+    """
+    from twisted.internet import reactor
+
+    return d.addTimeout(timeout, reactor)

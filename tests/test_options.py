@@ -129,3 +129,17 @@ def test_twistd_prints_one_line_and_no_traceback(tmp_path) -> None:
     assert done.returncode == 1
     assert "--baudrate: not an integer: 'fast'" in done.stderr + done.stdout
     assert "Traceback" not in done.stderr + done.stdout
+
+
+def test_health_window(monkeypatch) -> None:
+    """
+    --health-window (or BLIP_HEALTH_WINDOW) sets the seconds without a blip
+    before /healthz fails: 600 by default, more than 0, a number.
+    """
+    assert parse(["--db", "dbname=x"])["health-window"] == 600.0
+    assert parse(["--db", "dbname=x", "--health-window", "90"])["health-window"] == 90.0
+    monkeypatch.setenv("BLIP_HEALTH_WINDOW", "30.5")
+    assert parse(["--db", "dbname=x"])["health-window"] == 30.5
+    for bad, message in (("0", "more than 0"), ("-1", "0 or more"), ("soon", "not a number")):
+        with pytest.raises(usage.UsageError, match=f"--health-window: .*{message}"):
+            parse(["--db", "dbname=x", "--health-window", bad])
