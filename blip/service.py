@@ -26,6 +26,7 @@ from blip.embedded import Cluster, EmbeddedPostgres
 from blip.hub import Hub, HubService
 from blip.ingest import Ingest, IngestService
 from blip.meter_table import MeterTable
+from blip.mqtt import mqtt_service
 from blip.options import Options
 from blip.simulate import SimulatorService
 from blip.store import Store
@@ -164,6 +165,11 @@ def make_service(options: Options, reactor: Any = None, clock: Optional[IReactor
             ).setServiceParent(top)
         if options["simulate"]:
             SimulatorService(list(meters), factory, clock).setServiceParent(top)
+        if options["mqtt"] is not None:
+            mqtt_service(
+                options["mqtt"], options["mqtt-interval"], hub, meters, store,
+                database.when_ready, reactor, clock,
+            ).setServiceParent(top)
 
     HubService(hub).setServiceParent(top)
     if options["role"] in ("all", "web"):

@@ -114,3 +114,36 @@ def test_twistd_prints_one_line_and_no_traceback(tmp_path) -> None:
     assert done.returncode == 1
     assert "--baudrate: not an integer: 'fast'" in done.stderr + done.stdout
     assert "Traceback" not in done.stderr + done.stdout
+
+
+def test_mqtt_options(monkeypatch) -> None:
+    """
+    --mqtt is off by default and --mqtt-interval 5 s; both come from
+    BLIP_MQTT and BLIP_MQTT_INTERVAL too; the broker URL is parsed.
+    """
+    options = parse(["--db", "dbname=x"])
+    assert (options["mqtt"], options["mqtt-interval"]) == (None, 5.0)
+    monkeypatch.setenv("BLIP_MQTT", "mqtts://me:secret@broker.lan/home")
+    monkeypatch.setenv("BLIP_MQTT_INTERVAL", "0.5")
+    options = parse(["--db", "dbname=x"])
+    assert (options["mqtt"].host, options["mqtt"].port, options["mqtt"].tls) == ("broker.lan", 8883, True)
+    assert options["mqtt"].prefix == "home"
+    assert options["mqtt-interval"] == 0.5
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--mqtt", "http://me:hunter2@broker"], "--mqtt: the URL must start with mqtt://"),
+        (["--mqtt", "mqtt://me:hunter2@broker:1x"], "--mqtt: not a broker URL"),
+        (["--mqtt", "mqtt://broker", "--role", "web"], "--mqtt: publish from the node"),
+        (["--mqtt", "mqtt://broker", "--mqtt-interval", "-1"], "--mqtt-interval"),
+    ],
+)
+def test_bad_mqtt_options(args: list[str], message: str) -> None:
+    """
+    A bad broker URL or interval is one clear error, without the password.
+    """
+    with pytest.raises(usage.UsageError, match=message) as caught:
+        parse([*args, "--db", "dbname=x"])
+    assert "hunter2" not in str(caught.value)
