@@ -56,6 +56,7 @@ def full_listener() -> tuple[socket.socket, int, list[socket.socket]]:
 
 
 def paho_connect_seconds(port: int) -> float:
+    """:return: how long paho's own connect() blocks on ``port``."""
     client = paho.Client(CallbackAPIVersion.VERSION2)
     started = time.monotonic()
     try:
@@ -66,6 +67,7 @@ def paho_connect_seconds(port: int) -> float:
 
 
 async def twisted_worst_delay(port: int, seconds: float = 6.0) -> float:
+    """:return: the reactor's worst delay while a Link tries ``port`` for ``seconds``."""
     broker = parse_broker(f"mqtt://127.0.0.1:{port}")
     link = Link(broker, Publisher(broker, Meters(), reactor, 5.0), broker_endpoint(reactor, broker), reactor)
     worst = [0.0]
@@ -86,6 +88,7 @@ async def twisted_worst_delay(port: int, seconds: float = 6.0) -> float:
 
 
 def start_mosquitto() -> tuple[subprocess.Popen, int, Path]:
+    """:return: a private anonymous Mosquitto, its port and its folder."""
     folder = Path(tempfile.mkdtemp(prefix="blip-bench-mqtt-"))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -103,6 +106,7 @@ def start_mosquitto() -> tuple[subprocess.Popen, int, Path]:
 
 
 async def publish_cost(port: int, interval: float) -> float:
+    """:return: microseconds per Hub.publish; a negative interval means no MQTT listener."""
     meters = Meters([Meter(id=m, label=f"M{m}") for m in range(1, 11)])
     broker = parse_broker(f"mqtt://127.0.0.1:{port}")
     publisher = Publisher(broker, meters, reactor, interval)
@@ -126,6 +130,7 @@ async def publish_cost(port: int, interval: float) -> float:
 
 
 async def main() -> None:
+    """Measure and print the JSON."""
     listener, port, fillers = full_listener()
     result = {
         "blocked_connect": {

@@ -49,13 +49,16 @@ class Recorder:
         self.sent: list[Message] = []
 
     def send(self, message: Message) -> None:
+        """Record ``message``."""
         self.sent.append(message)
 
     def payloads(self, topic: str) -> list[str]:
+        """:return: the payloads sent on ``topic``, in order."""
         return [m.payload for m in self.sent if m.topic == topic]
 
 
 def publisher(interval: float = 5.0, meters: Meters = Meters([HOUSE])) -> tuple[Publisher, Clock]:
+    """:return: a publisher to the prefix ``home/blip`` on a fake clock, and the clock."""
     clock = Clock()
     clock.advance(1000)
     return Publisher(parse_broker("mqtt://broker/home/blip"), meters, clock, interval), clock
@@ -287,6 +290,7 @@ def running(broker: Broker, meters: Meters, hub: Hub, store, interval: float = 0
 
 
 async def _nothing() -> None:
+    """The database is ready at once."""
     return None
 
 
@@ -296,6 +300,7 @@ def waiting(subscriber, check, what: str = "") -> Deferred:
 
 
 def latest_is(topic: str, payload: str):
+    """:return: a check that the latest message of ``topic`` is ``payload``."""
     def check(messages):
         found = [m.payload for m in messages if m.topic == topic]
         return found and found[-1] == payload
@@ -458,3 +463,102 @@ async def test_a_stalled_broker_holds_nothing_up(mosquitto, store) -> None:
         assert time.monotonic() - started < GRACE + 2
     finally:
         os.kill(mosquitto.process.pid, signal.SIGCONT)
+
+
+# --- The daemon, end to end ---
+
+
+def hourly_events(daemon, meter: int) -> int:
+    """:return: the meter's blips, summed from the legacy /hourly route."""
+    from tests.test_service import get
+
+    status, body = get(daemon, f"/hourly/{meter}/0/{int(time.time() * 1000) + 3_600_000}")
+    assert status == 200
+    return sum(row[1] for row in json.loads(body))
+
+
+def test_daemon_publishes_what_it_stores(start_daemon, pty_meter, database, mosquitto, tmp_path) -> None:
+    """
+    ``twistd -n blip`` fed through a pty publishes discovery for each meter
+    (named from the meters file), power as the meters' blips say and
+    energy matching the blips stored (as the API counts them); the energy
+    counter continues across a daemon restart and across a broker restart
+    during which ingest goes on; the password is never logged.
+    """
+    from tests.test_service import eventually
+
+    meters = tmp_path / "meters.toml"
+    meters.write_text(
+        '[[meter]]\nid = 1\nlabel = "House"\npulses_per_kwh = 600\nmultiplier = 4\n'
+        '[[meter]]\nid = 2\nlabel = "Heat pump"\n'
+    )
+    house, heat_pump = Meters.from_file(meters).get(1), Meters.from_file(meters).get(2)
+    args = ["--serial", pty_meter.path, "--db", database.dsn, "--meters", str(meters),
+            "--mqtt", mosquitto.url(prefix="home/blip"), "--mqtt-interval", "0.3"]
+    subscriber = mosquitto.subscribe()
+    daemon = start_daemon(*args)
+    daemon.wait_for("publishing to MQTT broker mqtt://meter@127.0.0.1")
+    configs = subscriber.wait_for(
+        lambda ms: {m.topic: json.loads(m.payload) for m in ms if m.topic.endswith("/config")}
+        if sum(m.topic.endswith("/config") for m in ms) >= 4 else None,
+        what="four discovery messages",
+    )
+    devices = {c["device"]["name"]: c["device"]["identifiers"] for c in configs.values()}
+    assert devices == {"House": ["home_blip_meter1"], "Heat pump": ["home_blip_meter2"]}
+    energy_config = configs["homeassistant/sensor/home_blip/meter2_energy/config"]
+    assert (energy_config["device_class"], energy_config["state_class"]) == ("energy", "total_increasing")
+    assert energy_config["state_topic"] == "home/blip/2/energy"
+    assert subscriber.wait_latest("home/blip/status") == "online"
+    assert subscriber.wait_latest("home/blip/1/energy") == "0"
+    daemon.wait_for("reading serial device")
+
+    def blips(meter: int, ms: int, count: int) -> None:
+        prefix = b"" if meter == 1 else b"%d " % meter
+        pty_meter.write((prefix + b"%d\n" % ms) * count)
+
+    def stored_energy(meter) -> str:
+        """The energy the database says: every stored blip, through the API."""
+        return kwh_text(hourly_events(daemon, meter.id) * meter.kwh_per_blip)
+
+    pty_meter.write(b"first line, dropped\n")
+    seen = len(subscriber.messages)
+    blips(1, 1500, 20)
+    blips(2, 400, 5)
+    assert subscriber.wait_latest("home/blip/1/power", since=seen) == f"{house.watts(1500):.1f}"
+    assert subscriber.wait_latest("home/blip/2/power", since=seen) == f"{heat_pump.watts(400):.1f}"
+    assert eventually(lambda: hourly_events(daemon, 1) == 20 and hourly_events(daemon, 2) == 5)
+    subscriber.wait_latest("home/blip/1/energy", lambda p: p == stored_energy(house), since=seen)
+    subscriber.wait_latest("home/blip/2/energy", lambda p: p == stored_energy(heat_pump), since=seen)
+    power_messages = [m for m in subscriber.messages[seen:] if m.topic == "home/blip/1/power"]
+    assert len(power_messages) < 10, "rate-limited to one message per interval"
+
+    # A restart: the counter starts from the stored count, then goes on.
+    before = float(stored_energy(house))
+    assert daemon.stop() == 0
+    assert subscriber.wait_latest("home/blip/status") == "offline"
+    seen = len(subscriber.messages)
+    daemon = start_daemon(*args)
+    assert subscriber.wait_latest("home/blip/1/energy", since=seen) == kwh_text(before)
+    daemon.wait_for("reading serial device")
+    pty_meter.write(b"partial\n")
+    blips(1, 750, 10)
+    assert subscriber.wait_latest("home/blip/1/power", since=seen) == f"{house.watts(750):.1f}"
+    assert eventually(lambda: hourly_events(daemon, 1) == 30)
+    subscriber.wait_latest("home/blip/1/energy", lambda p: p == stored_energy(house), since=seen)
+    assert float(stored_energy(house)) > before
+
+    # The broker goes away mid-stream: ingest goes on; when it is back it
+    # gets discovery, availability and the energy of every blip stored.
+    subscriber.close()
+    mosquitto.stop()
+    blips(1, 1200, 15)
+    assert eventually(lambda: hourly_events(daemon, 1) == 45)
+    mosquitto.start()
+    subscriber = mosquitto.subscribe()
+    subscriber.wait_latest("home/blip/1/energy", lambda p: p == stored_energy(house))
+    assert subscriber.wait_latest("home/blip/status") == "online"
+    assert subscriber.wait_latest("home/blip/1/power") == f"{house.watts(1200):.1f}"
+    subscriber.wait_for(lambda ms: sum(m.topic.endswith("/config") for m in ms) == 4)
+    assert daemon.stop() == 0
+    subscriber.close()
+    assert not any(mosquitto.password in line for line in daemon.output)
