@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test postgres venv clean bench bench-ingest bench-fanout bench-queries
+.PHONY: demo test postgres mosquitto venv clean bench bench-ingest bench-fanout bench-queries
 
 $(STAMP): setup.cfg pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -24,10 +24,15 @@ venv: $(STAMP)
 postgres:
 	@./tools/need-postgres
 
+# The Mosquitto MQTT broker, for the tests of MQTT publishing: installed from
+# Debian's package when missing and possible.
+mosquitto:
+	@./tools/need-mosquitto
+
 demo: venv postgres
 	$(BIN)/twistd --nodaemon --pidfile= blip --simulate
 
-test: venv postgres
+test: venv postgres mosquitto
 	$(BIN)/pytest
 
 # Benchmarks: each prints one JSON object (see bench/README.md).

@@ -15,6 +15,7 @@ from twisted.python import usage
 
 from blip.embedded import EmbeddedError, server_bindir, server_user
 from blip.meters import Meters, MetersError
+from blip.mqtt import Broker, BrokerError, parse_broker
 
 ROLES = ("all", "ingest", "web")
 _TRUE = ("1", "true", "yes", "on")
@@ -64,6 +65,10 @@ class Options(usage.Options):
          "Name of this node in the record of ingest periods [default: the host name]."],
         ["health-window", None, "600",
          "Seconds without a blip from the serial source before /healthz answers 503."],
+        ["mqtt", None, None,
+         "MQTT broker to publish power and energy to, with Home Assistant discovery:"
+         " mqtt://[user:password@]host[:port][/prefix], or mqtts:// for TLS."],
+        ["mqtt-interval", None, "5", "Seconds between MQTT power messages of a meter (0: every blip)."],
     ]
 
     def __init__(self) -> None:
@@ -119,6 +124,8 @@ class Options(usage.Options):
                 raise usage.UsageError(f"embedded database: {e}")
         self["meters"] = _meters(self["meters"])
         _check_endpoint(self["listen"])
+        self["mqtt"] = _broker(self["mqtt"], self["role"])
+        self["mqtt-interval"] = _seconds(self["mqtt-interval"], "--mqtt-interval")
 
 
 def _integer(value: Any, option: str, low: int, high: int) -> int:
@@ -157,3 +164,15 @@ def _check_endpoint(description: str) -> None:
         serverFromString(reactor, description)
     except (ValueError, KeyError, TypeError) as e:
         raise usage.UsageError(f"--listen: not a server endpoint: {description!r} ({e})") from None
+
+
+def _broker(url: Optional[str], role: str) -> Optional[Broker]:
+    if not url:
+        return None
+    try:
+        broker = parse_broker(url)
+    except BrokerError as e:
+        raise usage.UsageError(f"--mqtt: {e}") from None
+    if role == "web":
+        raise usage.UsageError("--mqtt: publish from the node that reads the meter (--role all or ingest)")
+    return broker

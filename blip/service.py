@@ -32,6 +32,7 @@ from blip.live import Live, LiveService
 from blip.meter_table import MeterTable
 from blip.metrics import RequestMetrics, StateCollector
 from blip.ops import Health, Operations
+from blip.mqtt import mqtt_service
 from blip.options import Options
 from blip.periods import Periods, PeriodsService
 from blip.simulate import SimulatorService
@@ -184,6 +185,11 @@ def make_service(options: Options, reactor: Any = None, clock: Optional[IReactor
             SimulatorService(list(meters), factory, clock).setServiceParent(top)
         # After the source, so that a stop is recorded before the source closes.
         PeriodsService(periods, database.when_ready, clock).setServiceParent(top)
+        if options["mqtt"] is not None:
+            mqtt_service(
+                options["mqtt"], options["mqtt-interval"], hub, meters, store,
+                database.when_ready, reactor, clock,
+            ).setServiceParent(top)
 
     CountersLog(counters, clock).setServiceParent(top)
     HubService(hub).setServiceParent(top)

@@ -271,6 +271,25 @@ class Store:
         )
         return int(rows[0][0])
 
+    async def blip_totals(self) -> list[tuple[int, int, Optional[int]]]:
+        """
+        Count every meter's blips ever stored from the hourly rollups (a row
+        per hour, where counting readings would read every row), in one
+        snapshot with the stamp of its newest reading, so that blips seen
+        live can be told apart from those already counted.
+
+        :return: ``(meter, blips, newest stamp or None)`` of each meter with
+            rollups.
+        """
+        rows = await self.pool.runQuery(
+            "SELECT h.id, h.events,"
+            "       (SELECT max(r.stamp) FROM readings r WHERE r.id = h.id)"
+            "  FROM (SELECT id, sum(events)::bigint AS events"
+            "          FROM readings_hourly GROUP BY id) h"
+            " ORDER BY h.id"
+        )
+        return [(int(meter), int(events), last) for meter, events, last in rows]
+
     async def ingest_periods(self, first: int, last: int) -> list[Row]:
         """
         :return: ``(started, ended)`` of every period of any node when ingest

@@ -544,3 +544,240 @@ def within(d: "Deferred[Any]", timeout: float = TIMEOUT) -> "Deferred[Any]":
     from twisted.internet import reactor
 
     return d.addTimeout(timeout, reactor)
+
+
+# --- MQTT: a private Mosquitto broker and a subscriber ---
+
+
+def _mosquitto_program(name: str) -> str:
+    path = shutil.which(name, path=os.environ.get("PATH", "") + ":/usr/sbin:/usr/local/sbin")
+    if path is None:
+        pytest.fail(
+            f"the tests need the Mosquitto MQTT broker ({name} not found);"
+            " run ./tools/need-mosquitto or: sudo apt-get install mosquitto",
+            pytrace=False,
+        )
+    return path
+
+
+@dataclass
+class Mosquitto:
+    """
+    A private Mosquitto broker on a free port of 127.0.0.1, with one user,
+    no persistence (a restart forgets retained messages), which a test may
+    stop and start again on the same port.
+    """
+
+    folder: Path
+    port: int
+    user: str = "meter"
+    password: str = "s3cret:p@ss/word"
+    tls_port: Optional[int] = None
+    process: Optional[subprocess.Popen[bytes]] = None
+
+    def url(self, prefix: str = "blip", password: Optional[str] = None, tls: bool = False) -> str:
+        """:return: the broker URL the daemon is given, password quoted."""
+        from urllib.parse import quote
+
+        secret = quote(self.password if password is None else password, safe="")
+        if tls:
+            return f"mqtts://{self.user}:{secret}@localhost:{self.tls_port}/{prefix}"
+        return f"mqtt://{self.user}:{secret}@127.0.0.1:{self.port}/{prefix}"
+
+    def start(self) -> None:
+        """Start the broker and wait until it accepts connections."""
+        log = open(self.folder / "mosquitto.log", "ab")
+        self.process = subprocess.Popen(
+            [_mosquitto_program("mosquitto"), "-c", str(self.folder / "mosquitto.conf")],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+        log.close()
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError("mosquitto did not start:\n" + self.log())
+                time.sleep(0.02)
+
+    def stop(self) -> None:
+        """Stop the broker and wait for it to exit."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(TIMEOUT)
+
+    def log(self) -> str:
+        """:return: what the broker logged."""
+        path = self.folder / "mosquitto.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def subscribe(self, topic: str = "#") -> "Subscriber":
+        """:return: a connected subscriber to ``topic``."""
+        return Subscriber(self, topic)
+
+
+@dataclass(frozen=True)
+class Received:
+    """One message a subscriber received."""
+
+    topic: str
+    payload: str
+    retain: bool
+
+
+class Subscriber:
+    """
+    An MQTT client (paho, in its own network thread) that records every
+    message of a topic filter; tests wait on what it has seen.
+    """
+
+    def __init__(self, broker: Mosquitto, topic: str) -> None:
+        import threading
+
+        import paho.mqtt.client as paho
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        self.messages: list[Received] = []
+        self._changed = threading.Condition()
+        self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"test-{uuid.uuid4().hex[:8]}")
+        self._client.username_pw_set(broker.user, broker.password)
+        subscribed = threading.Event()
+        self._client.on_connect = lambda c, u, f, reason, p: c.subscribe(topic, qos=1)
+        self._client.on_subscribe = lambda *args: subscribed.set()
+        self._client.on_message = self._arrived
+        self._client.connect("127.0.0.1", broker.port)
+        self._client.loop_start()
+        if not subscribed.wait(TIMEOUT):
+            self.close()
+            raise AssertionError("the test subscriber could not subscribe:\n" + broker.log())
+
+    def _arrived(self, client, userdata, message) -> None:
+        with self._changed:
+            self.messages.append(
+                Received(message.topic, message.payload.decode("utf-8", "replace"), bool(message.retain))
+            )
+            self._changed.notify_all()
+
+    def wait_for(self, check, timeout: float = TIMEOUT, what: str = ""):
+        """
+        Wait until ``check(messages)`` returns something true, and return it.
+        """
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                result = check(list(self.messages))
+                if result:
+                    return result
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    seen = "\n".join(f"{m.topic} {m.payload}" for m in self.messages[-40:])
+                    raise AssertionError(f"never received {what or check}; last messages:\n{seen}")
+                self._changed.wait(left)
+
+    def latest(self, topic: str, since: int = 0) -> Optional[str]:
+        """:return: the payload last received on ``topic`` (after index ``since``)."""
+        with self._changed:
+            for message in reversed(self.messages[since:]):
+                if message.topic == topic:
+                    return message.payload
+        return None
+
+    def wait_latest(self, topic: str, check=lambda payload: True, since: int = 0) -> str:
+        """Wait until the latest payload of ``topic`` passes ``check``; return it."""
+
+        def found(messages: list[Received]) -> Optional[str]:
+            for message in reversed(messages[since:]):
+                if message.topic == topic:
+                    return message.payload if check(message.payload) else None
+            return None
+
+        return self.wait_for(found, what=f"a matching message on {topic}")
+
+    def close(self) -> None:
+        """Disconnect."""
+        self._client.disconnect()
+        self._client.loop_stop()
+
+
+@pytest.fixture
+def mosquitto() -> Iterator[Mosquitto]:
+    """
+    A private Mosquitto broker (with a password file, and a TLS listener
+    whose certificate authority is ``folder/ca.pem``), stopped after the
+    test.
+    """
+    folder = shared_tempdir("blip-test-mqtt-")
+    broker = Mosquitto(folder, free_port(), tls_port=free_port())
+    passwords = folder / "passwords"
+    done = subprocess.run(
+        [_mosquitto_program("mosquitto_passwd"), "-b", "-c", str(passwords), broker.user, broker.password],
+        capture_output=True, text=True,
+    )
+    if done.returncode != 0:
+        pytest.fail(f"mosquitto_passwd failed: {done.stdout}{done.stderr}", pytrace=False)
+    _write_certificates(folder)
+    (folder / "mosquitto.conf").write_text(
+        "per_listener_settings false\n"
+        "allow_anonymous false\n"
+        f"password_file {passwords}\n"
+        "persistence false\n"
+        "user root\n"
+        f"listener {broker.port} 127.0.0.1\n"
+        f"listener {broker.tls_port} 127.0.0.1\n"
+        f"certfile {folder / 'server.pem'}\n"
+        f"keyfile {folder / 'server.key'}\n"
+    )
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _write_certificates(folder: Path) -> None:
+    """
+    Write a throw-away certificate authority (``ca.pem``) and a server
+    certificate for ``localhost`` signed by it.
+    """
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "blipserver test CA")])
+    ca = (
+        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+        .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(
+            digital_signature=True, content_commitment=False, key_encipherment=False,
+            data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
+            encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    server = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+        .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    (folder / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    (folder / "server.pem").write_bytes(server.public_bytes(serialization.Encoding.PEM))
+    (folder / "server.key").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    ))

@@ -143,3 +143,36 @@ def test_health_window(monkeypatch) -> None:
     for bad, message in (("0", "more than 0"), ("-1", "0 or more"), ("soon", "not a number")):
         with pytest.raises(usage.UsageError, match=f"--health-window: .*{message}"):
             parse(["--db", "dbname=x", "--health-window", bad])
+
+
+def test_mqtt_options(monkeypatch) -> None:
+    """
+    --mqtt is off by default and --mqtt-interval 5 s; both come from
+    BLIP_MQTT and BLIP_MQTT_INTERVAL too; the broker URL is parsed.
+    """
+    options = parse(["--db", "dbname=x"])
+    assert (options["mqtt"], options["mqtt-interval"]) == (None, 5.0)
+    monkeypatch.setenv("BLIP_MQTT", "mqtts://me:secret@broker.lan/home")
+    monkeypatch.setenv("BLIP_MQTT_INTERVAL", "0.5")
+    options = parse(["--db", "dbname=x"])
+    assert (options["mqtt"].host, options["mqtt"].port, options["mqtt"].tls) == ("broker.lan", 8883, True)
+    assert options["mqtt"].prefix == "home"
+    assert options["mqtt-interval"] == 0.5
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--mqtt", "http://me:hunter2@broker"], "--mqtt: the URL must start with mqtt://"),
+        (["--mqtt", "mqtt://me:hunter2@broker:1x"], "--mqtt: not a broker URL"),
+        (["--mqtt", "mqtt://broker", "--role", "web"], "--mqtt: publish from the node"),
+        (["--mqtt", "mqtt://broker", "--mqtt-interval", "-1"], "--mqtt-interval"),
+    ],
+)
+def test_bad_mqtt_options(args: list[str], message: str) -> None:
+    """
+    A bad broker URL or interval is one clear error, without the password.
+    """
+    with pytest.raises(usage.UsageError, match=message) as caught:
+        parse([*args, "--db", "dbname=x"])
+    assert "hunter2" not in str(caught.value)
