@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test postgres venv clean
+.PHONY: demo test postgres chromium venv clean
 
 $(STAMP): setup.cfg pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -24,10 +24,14 @@ venv: $(STAMP)
 postgres:
 	@./tools/need-postgres
 
+# Chromium, for the tests of the page in a real browser.
+chromium:
+	@./tools/need-chromium
+
 demo: venv postgres
 	$(BIN)/twistd --nodaemon --pidfile= blip --simulate
 
-test: venv postgres
+test: venv postgres chromium
 	$(BIN)/pytest
 
 clean:
