@@ -205,7 +205,9 @@ def test_history_zooms_pans_and_resets(browser, site) -> None:
 
     whole = span()
     assert abs((whole[1] - whole[0]) - DAY) < 60_000
-    box = page.locator("#meter-1 [data-role=power-chart] .u-over").bounding_box()
+    over = page.locator("#meter-1 [data-role=power-chart] .u-over")
+    over.scroll_into_view_if_needed()
+    box = over.bounding_box()
     y = box["y"] + box["height"] / 2
     page.mouse.move(box["x"] + box["width"] * 0.25, y)
     page.mouse.down()
@@ -248,6 +250,7 @@ def test_summary_matches_the_database(browser, site) -> None:
     database and the meter's price.
     """
     page = open_page(browser, site["daemon"].url("/"), 1280, 900)
+    page.wait_for_selector("#meter-1 [data-role=summary][data-updated]", timeout=TIMEOUT * 1000)
     rows = page.locator("#meter-1 [data-role=summary] tr")
     labels = [rows.nth(i).locator("td").first.text_content() for i in range(rows.count())]
     assert labels[:5] == ["Today", "Last 24 hours", "Last 7 days", "This month", "Last 365 days"]

@@ -32,7 +32,9 @@ export class History {
     this.barPeriod = "day";
 
     const tz = meter.timezone;
-    this.power = powerChart(section.querySelector("[data-role=power-chart]"), tz, {
+    this.powerBox = section.querySelector("[data-role=power-chart]");
+    this.energyBox = section.querySelector("[data-role=energy-chart]");
+    this.power = powerChart(this.powerBox, tz, {
       onZoom: (from, to) => this.load(from, to),
       onReset: () => this.reset(),
       describe: (u, idx) => {
@@ -43,7 +45,7 @@ export class History {
         return `${t.dateTime(time, tz)}: ${t.watts(mean)} W${spread}`;
       },
     });
-    this.energy = energyChart(section.querySelector("[data-role=energy-chart]"), tz, (u, idx) => {
+    this.energy = energyChart(this.energyBox, tz, (u, idx) => {
       const row = this.bars[idx];
       if (!row) return null;
       const cost = meter.currency || meter.price_per_kwh ? `, ${t.number(row.cost, 2)} ${meter.currency}` : "";
@@ -119,9 +121,9 @@ export class History {
         power.points.map((p) => p[3]),
       ], false);
       this.power.setScale("x", { min: range.from / 1000, max: range.to / 1000 });
-      this.power.root.dataset.points = String(power.points.length);
-      this.power.root.dataset.from = String(range.from);
-      this.power.root.dataset.to = String(range.to);
+      Object.assign(this.powerBox.dataset, {
+        points: String(power.points.length), from: String(range.from), to: String(range.to),
+      });
       const tz = this.meter.timezone;
       const resolution = power.resolution_ms ? ` · one value per ${t.duration(power.resolution_ms)}` : "";
       this.rangeLabel.textContent = `${t.dateTime(range.from, tz)} – ${t.dateTime(range.to, tz)}${resolution}`;
@@ -135,7 +137,7 @@ export class History {
       this.bars = energy.rows;
       this.energy.setData([energy.rows.map((r) => r.start / 1000), energy.rows.map((r) => r.kwh)], false);
       this.energy.setScale("x", { min: range.from / 1000, max: range.to / 1000 });
-      this.energy.root.dataset.bars = String(energy.rows.length);
+      this.energyBox.dataset.bars = String(energy.rows.length);
       this.report(null);
     } catch (error) {
       if (ticket === this.loading) this.report(error.message);

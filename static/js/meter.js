@@ -21,7 +21,8 @@ export class MeterView {
     this.silentText = section.querySelector("[data-role=silent]");
     section.querySelector("[data-role=currency]").textContent = meter.currency || "cost";
     const tz = meter.timezone;
-    this.chart = liveChart(section.querySelector("[data-role=live-chart]"), tz, (u, idx) => {
+    this.chartBox = section.querySelector("[data-role=live-chart]");
+    this.chart = liveChart(this.chartBox, tz, (u, idx) => {
       const point = this.points[idx];
       return point ? `${t.clock(point.stamp, tz)}: ${t.watts(point.watts)} W` : null;
     });
@@ -76,7 +77,7 @@ export class MeterView {
     while (this.points.length && this.points[0].time < start) this.points.shift();
     this.chart.setData([this.points.map((p) => p.time / 1000), this.points.map((p) => p.watts)], false);
     this.tick();
-    this.chart.root.dataset.points = String(this.points.length);
+    this.chartBox.dataset.points = String(this.points.length);
   }
 
   // Slide the window with time; say so when the meter has gone quiet.

@@ -7,6 +7,10 @@ import * as t from "./time.js";
 
 const HOUR = 3600000;
 const DAY = 24 * HOUR;
+const LABELS = [
+  "Today", "Last 24 hours", "Last 7 days", "This month", "Last 365 days",
+  "This week so far", "Same days last year", "This month so far", "Same days last year",
+];
 
 // The row of an energy answer whose period holds the instant `at`.
 function rowAt(answer, at) {
@@ -18,6 +22,17 @@ export class Summary {
     this.meter = meter;
     this.body = body;
     this.report = report;
+    // The rows are there from the start, so that nothing below them moves
+    // when the numbers arrive.
+    this.body.replaceChildren(...LABELS.map((label) => {
+      const tr = document.createElement("tr");
+      for (const text of [label, "…", "…", ""]) {
+        const td = document.createElement("td");
+        td.textContent = text;
+        tr.appendChild(td);
+      }
+      return tr;
+    }));
   }
 
   // Energy from `from` to `to` (ms): { kwh, cost }.
@@ -47,19 +62,18 @@ export class Summary {
       const [lastYearWeekStart, lastYearMonthStart] = await Promise.all([
         this.periodStart("week", weekAgo), this.periodStart("month", monthAgo),
       ]);
-      const rows = [
-        ["Today", this.total(dayStart, now)],
-        ["Last 24 hours", this.total(now - DAY, now)],
-        ["Last 7 days", this.total(now - 7 * DAY, now)],
-        ["This month", this.total(monthStart, now)],
-        ["Last 365 days", this.total(now - 365 * DAY, now)],
-        ["This week so far", this.total(weekStart, now)],
-        ["Same days last year", this.total(lastYearWeekStart, lastYearWeekStart + (now - weekStart)), true],
-        ["This month so far", this.total(monthStart, now)],
-        ["Same days last year", this.total(lastYearMonthStart, lastYearMonthStart + (now - monthStart)), true],
-      ];
-      const totals = await Promise.all(rows.map((row) => row[1]));
-      this.render(rows.map((row, i) => ({ label: row[0], total: totals[i], against: Boolean(row[2]) })), totals);
+      const totals = await Promise.all([
+        this.total(dayStart, now),
+        this.total(now - DAY, now),
+        this.total(now - 7 * DAY, now),
+        this.total(monthStart, now),
+        this.total(now - 365 * DAY, now),
+        this.total(weekStart, now),
+        this.total(lastYearWeekStart, lastYearWeekStart + (now - weekStart)),
+        this.total(monthStart, now),
+        this.total(lastYearMonthStart, lastYearMonthStart + (now - monthStart)),
+      ]);
+      this.render(totals);
       this.body.dataset.updated = String(now);
       this.report(null);
     } catch (error) {
@@ -67,10 +81,12 @@ export class Summary {
     }
   }
 
-  render(rows, totals) {
+  // The rows "Same days last year" compare with the row above them.
+  render(totals) {
     const meter = this.meter;
     const hasCost = Boolean(meter.price_per_kwh || meter.tariff);
-    this.body.replaceChildren(...rows.map((row, i) => {
+    this.body.replaceChildren(...totals.map((total, i) => {
+      const row = { label: LABELS[i], total, against: LABELS[i] === "Same days last year" };
       const tr = document.createElement("tr");
       const cells = [
         row.label,
