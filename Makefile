@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test postgres mosquitto venv clean bench bench-ingest bench-fanout bench-queries
+.PHONY: demo test postgres mosquitto chromium venv clean bench bench-ingest bench-fanout bench-queries
 
 $(STAMP): setup.cfg pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -29,10 +29,14 @@ postgres:
 mosquitto:
 	@./tools/need-mosquitto
 
+# Chromium, for the tests of the page in a real browser.
+chromium:
+	@./tools/need-chromium
+
 demo: venv postgres
 	$(BIN)/twistd --nodaemon --pidfile= blip --simulate
 
-test: venv postgres mosquitto
+test: venv postgres mosquitto chromium
 	$(BIN)/pytest
 
 # Benchmarks: each prints one JSON object (see bench/README.md).

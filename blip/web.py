@@ -6,6 +6,7 @@ The legacy routes answer byte for byte like the original: points as
 ``[stamp,ms]``, lists without spaces, numbers as PostgreSQL prints them.
 """
 
+import gzip
 import json
 from functools import wraps
 from pathlib import Path
@@ -16,9 +17,10 @@ from twisted.internet.defer import CancelledError
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web import http
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
-from twisted.web.static import File
+from twisted.web.static import File, getTypeAndEncoding
 from werkzeug.exceptions import HTTPException
 
 from blip.database import RETRIABLE
@@ -193,9 +195,17 @@ class JSONNotFound(Resource):
         return refuse(request, 404, "no such route")
 
 
+#: Types worth compressing.
+_COMPRESSIBLE = (b"text/", b"application/javascript", b"application/json", b"image/svg+xml")
+#: Compressed files by (path, modification time, size): the page is small.
+_gzipped: dict[tuple[str, float, int], bytes] = {}
+
+
 class StaticFiles(File):
     """
-    The page's files: no directory listings, JSON 404s.
+    The page's files: no directory listings, JSON 404s, an ETag and
+    Last-Modified on each so browsers revalidate cheaply, and gzip for
+    clients that accept it.
     """
 
     childNotFound = JSONNotFound()
@@ -203,6 +213,37 @@ class StaticFiles(File):
 
     def directoryListing(self) -> Resource:
         return self.childNotFound
+
+    def render_GET(self, request: IRequest) -> Any:
+        if not self.isfile():
+            # A folder named without its slash: no redirect to an absolute
+            # URL (it would escape a proxy's path prefix), no listing.
+            return self.childNotFound.render(request)
+        mtime, size = self.getModificationTime(), self.getsize()
+        request.setHeader(b"Cache-Control", b"no-cache")
+        request.setHeader(b"Vary", b"Accept-Encoding")
+        if request.setETag(b'"%x-%x"' % (int(mtime * 1000), size)) is http.CACHED:
+            return b""
+        content_type, _ = getTypeAndEncoding(
+            self.basename(), self.contentTypes, self.contentEncodings, self.defaultType
+        )
+        accepted = request.getHeader(b"Accept-Encoding") or b""
+        if (
+            b"gzip" in accepted
+            and content_type
+            and content_type.encode().startswith(_COMPRESSIBLE)
+            and not request.getHeader(b"Range")
+        ):
+            key = (self.path, mtime, size)
+            if key not in _gzipped:
+                _gzipped[key] = gzip.compress(self.getContent(), 9, mtime=0)
+            body = _gzipped[key]
+            request.setLastModified(mtime)
+            request.setHeader(b"Content-Type", content_type.encode())
+            request.setHeader(b"Content-Encoding", b"gzip")
+            request.setHeader(b"Content-Length", b"%d" % len(body))
+            return body
+        return super().render_GET(request)
 
 
 class LegacyApi:

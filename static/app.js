@@ -1,0 +1,80 @@
+// The power page: one view per meter, fed by the live stream.
+
+import * as api from "./js/api.js";
+import { LiveStream } from "./js/live.js";
+import { MeterView } from "./js/meter.js";
+import * as t from "./js/time.js";
+
+const problem = document.getElementById("problem");
+const connection = document.getElementById("connection");
+const nav = document.getElementById("meters");
+
+function report(message) {
+  problem.hidden = !message;
+  problem.textContent = message || "";
+}
+
+function choose(views, id) {
+  for (const view of views.values()) {
+    const chosen = view.meter.id === id;
+    view.section.hidden = !chosen;
+    view.tab.setAttribute("aria-pressed", String(chosen));
+  }
+  history.replaceState(null, "", `#meter-${id}`);
+}
+
+async function start() {
+  let meters;
+  for (let delay = 1000; ; delay = Math.min(delay * 2, 30000)) {
+    try {
+      meters = await api.meters();
+      break;
+    } catch (error) {
+      report(`${error.message}; trying again`);
+      await new Promise((resolve) => setTimeout(resolve, delay));
+    }
+  }
+  report(null);
+  if (!meters.length) {
+    report("no meters yet");
+    return;
+  }
+  const template = document.getElementById("meter-template");
+  const main = document.getElementById("main");
+  const views = new Map();
+  for (const meter of meters) {
+    const section = template.content.firstElementChild.cloneNode(true);
+    section.id = `meter-${meter.id}`;
+    section.dataset.meter = String(meter.id);
+    main.appendChild(section);
+    const view = new MeterView(meter, section, report);
+    const tab = document.createElement("button");
+    tab.type = "button";
+    tab.textContent = meter.label || `Meter ${meter.id}`;
+    const live = document.createElement("span");
+    live.className = "w";
+    tab.appendChild(live);
+    tab.addEventListener("click", () => choose(views, meter.id));
+    view.tab = tab;
+    view.onWatts = (watts) => { live.textContent = `${t.watts(watts)} W`; };
+    nav.appendChild(tab);
+    views.set(meter.id, view);
+  }
+  nav.hidden = meters.length < 2;
+  const wanted = Number((location.hash.match(/^#meter-(\d+)$/) || [])[1]);
+  choose(views, views.has(wanted) ? wanted : meters[0].id);
+  document.title = meters.length === 1 ? `Power · ${meters[0].label}` : "Power";
+
+  const stream = new LiveStream([...views.keys()], {
+    onPoint: (point) => views.get(point.meter)?.add(point),
+    onState: (state) => {
+      connection.dataset.state = state;
+      connection.textContent = { live: "live", connecting: "connecting…", down: "reconnecting…" }[state];
+    },
+    onResync: () => views.forEach((view) => view.reload()),
+  });
+  stream.start();
+  await Promise.all([...views.values()].map((view) => view.start()));
+}
+
+start();

@@ -1,0 +1,152 @@
+// uPlot charts with what every chart of the page shares: the meter's time
+// zone on the time axis, the page's colours, a tooltip, and a width that
+// follows the page.
+
+/* global uPlot */
+
+function css(name) {
+  return getComputedStyle(document.documentElement).getPropertyValue(name).trim();
+}
+
+export function colours() {
+  return {
+    ink: css("--ink"), muted: css("--muted"), line: css("--line"),
+    accent: css("--accent"), accentSoft: css("--accent-soft"), energy: css("--energy"),
+  };
+}
+
+function axes(c, unit) {
+  return [
+    { stroke: c.muted, grid: { stroke: c.line, width: 1 }, ticks: { stroke: c.line } },
+    {
+      stroke: c.muted, grid: { stroke: c.line, width: 1 }, ticks: { stroke: c.line },
+      size: 56, values: (u, values) => values.map((v) => `${v}${unit ? " " + unit : ""}`),
+    },
+  ];
+}
+
+// A tooltip following the cursor; `describe(u, idx)` gives its text, or
+// null to hide it.
+function tooltip(describe) {
+  let tip;
+  return {
+    hooks: {
+      init: (u) => {
+        tip = document.createElement("div");
+        tip.className = "tooltip";
+        tip.hidden = true;
+        u.over.appendChild(tip);
+        u.over.addEventListener("mouseleave", () => { tip.hidden = true; });
+      },
+      setCursor: (u) => {
+        const { left, top, idx } = u.cursor;
+        const text = idx == null || left < 0 ? null : describe(u, idx);
+        if (!text) {
+          tip.hidden = true;
+          return;
+        }
+        tip.textContent = text;
+        tip.hidden = false;
+        const width = u.over.clientWidth;
+        const x = left + 12 + tip.offsetWidth > width ? left - tip.offsetWidth - 12 : left + 12;
+        tip.style.left = `${Math.max(0, x)}px`;
+        tip.style.top = `${Math.max(0, top - 10)}px`;
+      },
+    },
+  };
+}
+
+function followWidth(u, element, height) {
+  const observer = new ResizeObserver(() => {
+    const width = element.clientWidth;
+    if (width > 0 && width !== u.width) u.setSize({ width, height });
+  });
+  observer.observe(element);
+}
+
+// The live chart: power over the last minutes, a point per blip.
+export function liveChart(element, timeZone, describe) {
+  const c = colours();
+  const height = 200;
+  const u = new uPlot({
+    width: element.clientWidth || 600,
+    height,
+    tzDate: (ts) => uPlot.tzDate(new Date(ts * 1e3), timeZone),
+    legend: { show: false },
+    cursor: { drag: { x: false, y: false } },
+    scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(10, max * 1.1)] } },
+    series: [
+      {},
+      { label: "W", stroke: c.accent, width: 2, fill: c.accentSoft, points: { show: true, size: 4 } },
+    ],
+    axes: axes(c, ""),
+    plugins: [tooltip(describe)],
+  }, [[], []], element);
+  followWidth(u, element, height);
+  return u;
+}
+
+// The history of power: the mean as a line inside the band from the lowest
+// to the highest power of each row. Dragging selects a range to zoom to;
+// double-clicking resets.
+export function powerChart(element, timeZone, { onZoom, onReset, describe }) {
+  const c = colours();
+  const height = 260;
+  const u = new uPlot({
+    width: element.clientWidth || 600,
+    height,
+    tzDate: (ts) => uPlot.tzDate(new Date(ts * 1e3), timeZone),
+    legend: { show: false },
+    cursor: {
+      drag: { x: true, y: false, setScale: false },
+      bind: { dblclick: () => () => { onReset(); return null; } },
+    },
+    scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(10, max * 1.05)] } },
+    series: [
+      {},
+      { label: "mean W", stroke: c.accent, width: 1.5, points: { show: false } },
+      { label: "min W", stroke: "transparent", points: { show: false } },
+      { label: "max W", stroke: "transparent", points: { show: false } },
+    ],
+    bands: [{ series: [3, 2], fill: c.accentSoft }],
+    axes: axes(c, ""),
+    hooks: {
+      setSelect: [(u) => {
+        const { left, width } = u.select;
+        if (width < 4) return;
+        const from = u.posToVal(left, "x") * 1000;
+        const to = u.posToVal(left + width, "x") * 1000;
+        u.setSelect({ left: 0, width: 0, top: 0, height: 0 }, false);
+        onZoom(from, to);
+      }],
+    },
+    plugins: [tooltip(describe)],
+  }, [[], [], [], []], element);
+  followWidth(u, element, height);
+  return u;
+}
+
+// Energy per calendar period, as bars.
+export function energyChart(element, timeZone, describe) {
+  const c = colours();
+  const height = 180;
+  const u = new uPlot({
+    width: element.clientWidth || 600,
+    height,
+    tzDate: (ts) => uPlot.tzDate(new Date(ts * 1e3), timeZone),
+    legend: { show: false },
+    cursor: { drag: { x: false, y: false } },
+    scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(0.01, max * 1.1)] } },
+    series: [
+      {},
+      {
+        label: "kWh", stroke: c.energy, fill: c.energy, width: 0,
+        paths: uPlot.paths.bars({ size: [0.8, 80], align: 1 }), points: { show: false },
+      },
+    ],
+    axes: axes(c, ""),
+    plugins: [tooltip(describe)],
+  }, [[], []], element);
+  followWidth(u, element, height);
+  return u;
+}

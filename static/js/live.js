@@ -1,0 +1,55 @@
+// The live stream of points (Server-Sent Events from /api/v1/live).
+//
+// While the connection only stumbles, the browser reconnects by itself and
+// the server replays what was missed (Last-Event-ID). When the server
+// refuses the stream, it is reopened with growing delays and the page is
+// told to reload what it shows, since points may have been missed.
+
+export class LiveStream {
+  constructor(meterIds, { onPoint, onState, onResync }) {
+    this.url = `api/v1/live?meters=${meterIds.join(",")}`;
+    this.onPoint = onPoint;
+    this.onState = onState;
+    this.onResync = onResync;
+    this.delay = 1000;
+    this.source = null;
+  }
+
+  start() {
+    this.open(false);
+  }
+
+  open(resync) {
+    const source = new EventSource(this.url);
+    this.source = source;
+    this.onState("connecting");
+    source.addEventListener("open", () => {
+      this.delay = 1000;
+      this.onState("live");
+      if (resync) {
+        resync = false;
+        this.onResync();
+      }
+    });
+    source.addEventListener("point", (event) => {
+      let point;
+      try {
+        point = JSON.parse(event.data);
+      } catch (ignored) {
+        return;
+      }
+      this.onPoint(point);
+    });
+    source.addEventListener("error", () => {
+      if (source.readyState === EventSource.CLOSED) {
+        this.onState("down");
+        source.close();
+        const delay = this.delay;
+        this.delay = Math.min(this.delay * 2, 30000);
+        setTimeout(() => this.open(true), delay);
+      } else {
+        this.onState("connecting");
+      }
+    });
+  }
+}
