@@ -35,7 +35,7 @@ from blip.ops import Health, Operations
 from blip.mqtt import mqtt_service
 from blip.options import Options
 from blip.periods import Periods, PeriodsService
-from blip.simulate import SimulatorService
+from blip.simulate import SimulatedHistory, SimulatorService
 from blip.site import site_root
 from blip.spool import Spool
 from blip.store import Store
@@ -182,6 +182,7 @@ def make_service(options: Options, reactor: Any = None, clock: Optional[IReactor
             endpoint = SerialEndpoint(reactor, options["serial"], options["baudrate"], counters)
             SerialService(endpoint, factory, clock).setServiceParent(top)
         if options["simulate"]:
+            SimulatedHistory(list(meters), store, database.when_ready, clock).setServiceParent(top)
             SimulatorService(list(meters), factory, clock).setServiceParent(top)
         # After the source, so that a stop is recorded before the source closes.
         PeriodsService(periods, database.when_ready, clock).setServiceParent(top)

@@ -1,25 +1,35 @@
 """
 A simulated meter, for the demo and for trying blipserver without an
 Arduino. It writes the Arduino's lines into the same protocol object the
-serial port feeds, so everything after the wire is the real thing.
+serial port feeds, so everything after the wire is the real thing. On a
+database without earlier readings of a simulated meter, a year and a bit of
+simulated history is written first, so that every view of the page has
+something to show.
 
 The simulated household draws a base load that drifts slowly, a fridge
 compressor cycling every ~40 minutes, a coffee maker keeping its water hot
-at ~2 kW for a minute every ~14 minutes, and now and then a kettle, an oven,
-a washing machine or a vacuum cleaner.
+at ~2 kW for a minute every ~14 minutes while people are up, and now and
+then (mostly by day) a kettle, an oven, a washing machine, a vacuum cleaner
+or the lights: about 10 kWh a day. Days follow the machine's local time.
 """
 
 import random
+import time
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import TYPE_CHECKING, Callable, Iterator, Optional
 
 from twisted.application.service import Service
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from blip.meters import Meter
-from blip.model import DEFAULT_METER
+from blip.model import DEFAULT_METER, Point
+
+if TYPE_CHECKING:
+    from blip.store import Store
 
 #: Appliances switched on at random: (name, watts, shortest, longest run in s).
 APPLIANCES = [
@@ -29,6 +39,13 @@ APPLIANCES = [
     ("vacuum cleaner", 900.0, 300.0, 900.0),
     ("lights", 180.0, 1800.0, 7200.0),
 ]
+
+
+def awake(now: float) -> bool:
+    """
+    :return: whether people are up at unix time ``now``: 6 to 22 h, local.
+    """
+    return 6 <= time.localtime(now).tm_hour < 22
 
 
 @dataclass
@@ -50,10 +67,10 @@ class House:
     _drift_at: float = 0.0
 
     def __post_init__(self) -> None:
-        self.base = self.rng.uniform(200.0, 300.0)
+        self.base = self.rng.uniform(150.0, 250.0)
         self._next_fridge = self.start + self.rng.uniform(0, 2400)
         self._next_coffee = self.start + self.rng.uniform(0, 840)
-        self._next_random = self.start + self.rng.expovariate(1 / 900)
+        self._next_random = self.start + self.rng.expovariate(1 / 9000)
         self._drift_at = self.start
 
     def _plan(self, now: float) -> None:
@@ -63,14 +80,19 @@ class House:
             self._runs.append((self._next_fridge, self._next_fridge + on, 110.0))
             self._next_fridge += rng.gauss(2400, 120)
         while self._next_coffee <= now:
-            self._runs.append((self._next_coffee, self._next_coffee + rng.uniform(50, 70), 2000.0))
+            if awake(self._next_coffee):
+                self._runs.append((self._next_coffee, self._next_coffee + rng.uniform(50, 70), 2000.0))
             self._next_coffee += rng.gauss(840, 30)
         while self._next_random <= now:
-            _, watts, shortest, longest = rng.choice(APPLIANCES)
-            self._runs.append((self._next_random, self._next_random + rng.uniform(shortest, longest), watts))
-            self._next_random += rng.expovariate(1 / 900)
+            # An appliance every 2.5 hours by day, every 8 hours at night.
+            if awake(self._next_random) or rng.random() < 0.3:
+                _, watts, shortest, longest = rng.choice(APPLIANCES)
+                self._runs.append(
+                    (self._next_random, self._next_random + rng.uniform(shortest, longest), watts)
+                )
+            self._next_random += rng.expovariate(1 / 9000)
         while self._drift_at <= now:
-            self.base = min(400.0, max(120.0, self.base + rng.gauss(0, 8)))
+            self.base = min(300.0, max(100.0, self.base + rng.gauss(0, 8)))
             self._drift_at += 60
         self._runs = [run for run in self._runs if run[1] > now]
 
@@ -182,3 +204,102 @@ class SimulatorService(Service):
         super().stopService()
         for simulated in self.simulated:
             simulated.stop()
+
+
+#: Days of simulated history written for a meter without earlier readings.
+HISTORY_DAYS = 400
+#: Points per statement while writing the history.
+HISTORY_CHUNK = 5000
+
+
+def history(meter: Meter, start: float, end: float, rng: random.Random) -> Iterator[list[Point]]:
+    """
+    The blips a simulated household's meter would have made.
+
+    :param start: unix time of the first, in seconds.
+    :param end: unix time before which the last comes.
+    :return: the points, oldest first, in chunks of :data:`HISTORY_CHUNK`.
+    """
+    house = House(rng, start)
+    now = start
+    chunk: list[Point] = []
+    while True:
+        ms = 3.6e9 * meter.multiplier / (meter.pulses_per_kwh * house.power(now))
+        now += ms / 1000
+        if now >= end:
+            break
+        chunk.append(Point(meter.id, int(now * 1000), max(1, round(ms))))
+        if len(chunk) == HISTORY_CHUNK:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+class SimulatedHistory(Service):
+    """
+    Writes :data:`HISTORY_DAYS` of simulated history for each simulated
+    meter that has no readings from before the daemon started, once the
+    database is ready; a chunk at a time, so that the daemon keeps
+    answering meanwhile.
+
+    :param meters: the simulated meters.
+    :param store: where the history goes.
+    :param ready: returns a Deferred that fires when the database is ready.
+    :param clock: says when the daemon started.
+    :param days: how many days of history.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        meters: list[Meter],
+        store: "Store",
+        ready: Callable[[], "Deferred[None]"],
+        clock: IReactorTime,
+        days: float = HISTORY_DAYS,
+    ) -> None:
+        self.meters = meters
+        self.store = store
+        self.ready = ready
+        self.clock = clock
+        self.days = days
+        #: Fires when the history is written (or was not needed).
+        self.done: Deferred[None] = Deferred()
+        self._filling: Optional[Deferred[None]] = None
+
+    def startService(self) -> None:
+        super().startService()
+        end = self.clock.seconds()
+        self._filling = self.ready()
+        self._filling.addCallback(lambda _: Deferred.fromCoroutine(self._fill(end)))
+        self._filling.addErrback(self._failed)
+        self._filling.addCallback(self.done.callback)
+
+    async def _fill(self, end: float) -> None:
+        for meter in self.meters:
+            if await self.store.has_readings_before(meter.id, int(end * 1000)):
+                continue
+            self.log.info(
+                "writing {days} days of simulated history of meter {meter}",
+                days=self.days, meter=meter.id,
+            )
+            written = 0
+            for chunk in history(meter, end - self.days * 86400, end, random.Random(meter.id)):
+                if not self.running:
+                    return
+                written += await self.store.insert(chunk)
+            self.log.info(
+                "wrote {count} points of simulated history of meter {meter}",
+                count=written, meter=meter.id,
+            )
+
+    def _failed(self, f: Failure) -> None:
+        if not f.check(CancelledError):
+            self.log.failure("writing simulated history failed", f)
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._filling is not None:
+            self._filling.cancel()

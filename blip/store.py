@@ -160,6 +160,16 @@ class Store:
         )
         return rows[0] if rows else None
 
+    async def has_readings_before(self, meter: int, stamp: int) -> bool:
+        """
+        :return: whether the meter has a reading older than ``stamp``.
+        """
+        rows = await self.pool.runQuery(
+            "SELECT EXISTS (SELECT 1 FROM readings WHERE id = %s AND stamp < %s::bigint)",
+            (meter, stamp),
+        )
+        return bool(rows[0][0])
+
     async def since(self, meter: int, since: int, limit: int) -> str:
         """
         :return: the first ``limit`` points with ``stamp >= since``, oldest
