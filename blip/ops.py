@@ -18,7 +18,7 @@ from twisted.web.resource import IResource
 from blip.hub import Hub
 from blip.model import Point
 from blip.store import Store
-from blip.web import describe_error, error_body
+from blip.web import answer_error
 
 #: Seconds the database has to answer a health check.
 DATABASE_TIMEOUT = 5.0
@@ -105,12 +105,7 @@ class Operations:
 
     @app.handle_errors(Exception)
     def error(self, request: IRequest, failure: Failure) -> bytes:
-        status, message = describe_error(failure)
-        if status == 500:
-            self.log.failure("error answering {uri}", failure, uri=request.uri)
-        request.setResponseCode(status)
-        request.setHeader(b"Content-Type", b"application/json")
-        return error_body(message)
+        return answer_error(request, failure, self.log)
 
     @app.route("/healthz", methods=["GET", "HEAD"])
     async def healthz(self, request: IRequest) -> bytes:

@@ -102,6 +102,19 @@ def refuse(request: IRequest, status: int, message: str) -> bytes:
     return b"" if request.method == b"HEAD" else body
 
 
+def answer_error(request: IRequest, failure: Failure, log: Logger) -> bytes:
+    """
+    Answer a failed request from the one error table, with a JSON body; a
+    500 (a bug) is logged with its traceback.
+
+    :return: the body to render.
+    """
+    status, message = describe_error(failure)
+    if status == 500:
+        log.failure("error answering {uri}", failure, uri=request.uri)
+    return refuse(request, status, message)
+
+
 def number(text: str, what: str) -> int:
     """
     Parse a non-negative decimal number from a path.
@@ -285,15 +298,8 @@ class LegacyApi:
 
     @app.handle_errors(Exception)
     def error(self, request: IRequest, failure: Failure) -> bytes:
-        status, message = describe_error(failure)
-        if status == 500:
-            self.log.failure("error answering {uri}", failure, uri=request.uri)
-        request.setResponseCode(status)
         api_headers(request)
-        request.setHeader(b"Content-Type", b"application/json")
-        body = error_body(message)
-        request.setHeader(b"Content-Length", b"%d" % len(body))
-        return body
+        return answer_error(request, failure, self.log)
 
     @app.route("/", branch=True, methods=["GET", "HEAD"])
     def page(self, request: IRequest) -> IResource:
