@@ -35,8 +35,9 @@ from blip.streaming import unregister
 
 #: Seconds between heartbeat comments.
 HEARTBEAT = 15.0
-#: Points kept per meter, for clients resuming while the database catches up.
-KEEP = 4096
+#: Newest points kept (of all meters together: memory stays bounded however
+#: many meters blink), for clients resuming while the database catches up.
+KEEP = 10_000
 #: Events a client may fall behind by before it is dropped.
 MAX_BACKLOG = 1000
 #: Points read from the database at a time when replaying.
@@ -224,7 +225,7 @@ class Live:
         #: Streams dropped for falling behind, since start.
         self.dropped = 0
         self._streams: dict[Stream, None] = {}
-        self._recent: dict[int, deque[Point]] = {}
+        self._recent: deque[Point] = deque(maxlen=KEEP)
         self._beat = LoopingCall(self._heartbeat)
         self._beat.clock = clock
         self._unlisten: Optional[Callable[[], None]] = hub.listen(self._publish)
@@ -293,7 +294,7 @@ class Live:
         if stream.meters is not None:
             meters = sorted(stream.meters)
         else:
-            known = {m.id for m in self.meters} | set(self._recent)
+            known = {m.id for m in self.meters} | {p.meter for p in self._recent}
             known |= {p.meter for p in await self.store.last_points()}
             meters = sorted(known)
         stamp, meter = last_id, INT_MAX
@@ -305,21 +306,14 @@ class Live:
             if len(page) < PAGE:
                 break
             stamp, meter = page[-1].stamp, page[-1].meter
-        recent = [
-            point
-            for m in meters
-            for point in self._recent.get(m, ())
-            if point.stamp > last_id
-        ]
+        wanted = set(meters)
+        recent = [p for p in self._recent if p.stamp > last_id and p.meter in wanted]
         for point in sorted(recent, key=lambda p: (p.stamp, p.meter)):
             await stream.pace()
             stream.send(point)
 
     def _publish(self, point: Point) -> None:
-        recent = self._recent.get(point.meter)
-        if recent is None:
-            recent = self._recent[point.meter] = deque(maxlen=KEEP)
-        recent.append(point)
+        self._recent.append(point)
         for stream in list(self._streams):
             stream.offer(point)
 
