@@ -12,9 +12,9 @@ else, and every OPTIONS, goes on to the router (:mod:`blip.web`).
 
 With thousands of long-polls parked, what makes the last client wait is
 the work done per client before its answer leaves. So a blip's fan-out
-only queues each answer on its connection; the requests' bookkeeping
-(finishing them, which readies the connections for the next request) runs
-after the reactor has sent the answers.
+only writes each answer out on its connection, at once; the requests'
+bookkeeping (finishing them, which readies the connections for the next
+request) runs after every answer is out.
 """
 
 from typing import Any, Optional
@@ -141,13 +141,11 @@ class HotRoutes:
 
     def finish_later(self, parked: "_Parked") -> None:
         """
-        Finish an answered long-poll once the answers queued in this turn of
-        the reactor have been sent: calls made now run at the start of the
-        next turn, before its I/O; calls made then run one turn later, after
-        it.
+        Finish an answered long-poll once every answer of this fan-out has
+        been sent (at the reactor's next turn).
         """
         if not self._unfinished:
-            self.reactor.callLater(0, self.reactor.callLater, 0, self._finish)
+            self.reactor.callLater(0, self._finish)
         self._unfinished.append(parked)
 
     def _finish(self) -> None:
@@ -205,7 +203,14 @@ class _Parked:
             and getattr(request.channel, "persistent", False)
         ):
             request.startedWriting = 1
-            request.channel.write(self.routes.response(point))
+            transport = request.channel.transport
+            transport.write(self.routes.response(point))
+            # Send now, rather than when the reactor next looks at the
+            # connection: the first clients need not wait for the last.
+            # (What does not fit stays buffered, and is sent as usual.)
+            send = getattr(transport, "doWrite", None)
+            if send is not None:
+                send()
             self.routes.finish_later(self)
         else:
             request.write(_body(request, encode_point(point.stamp, point.ms)))
