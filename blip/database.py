@@ -330,7 +330,8 @@ class DatabaseService(Service):
             d.callback(None)
 
     def _failed(self, f: Failure) -> None:
-        if f.check(CancelledError):
+        if f.check(CancelledError) or not self.running:
+            # Stopped while preparing: whatever the cancelled work raised.
             return
         if f.check(Refused):
             self.log.critical(
