@@ -62,6 +62,9 @@ class Options(usage.Options):
         ["max-waiters", None, "10000", "Most long-poll clients parked at once; more get 503."],
         ["node-name", None, None,
          "Name of this node in the record of ingest periods [default: the host name]."],
+        ["db-read", None, None,
+         "libpq connection string or URI of a read replica for the HTTP side's queries"
+         " (live points still come from --db) [default: --db]."],
     ]
 
     def __init__(self) -> None:
@@ -102,16 +105,20 @@ class Options(usage.Options):
             raise usage.UsageError("--node-name: must be 1 to 200 characters")
         self["db"] = self["db"] or None
         if self["db"] is not None:
-            try:
-                psycopg2.extensions.parse_dsn(self["db"])
-            except psycopg2.ProgrammingError as e:
-                raise usage.UsageError(f"--db: not a connection string or URI: {str(e).strip()}")
+            _check_dsn(self["db"], "--db")
         else:
             try:
                 server_bindir()
                 server_user()
             except EmbeddedError as e:
                 raise usage.UsageError(f"embedded database: {e}")
+        self["db-read"] = self["db-read"] or None
+        if self["db-read"] is not None:
+            if self["db"] is None:
+                raise usage.UsageError("--db-read: needs --db (the embedded database has no replica)")
+            if self["role"] == "ingest":
+                raise usage.UsageError("--db-read: an ingest node serves no queries")
+            _check_dsn(self["db-read"], "--db-read")
         self["meters"] = _meters(self["meters"])
         _check_endpoint(self["listen"])
 
@@ -152,3 +159,13 @@ def _check_endpoint(description: str) -> None:
         serverFromString(reactor, description)
     except (ValueError, KeyError, TypeError) as e:
         raise usage.UsageError(f"--listen: not a server endpoint: {description!r} ({e})") from None
+
+
+def _check_dsn(dsn: str, option: str) -> None:
+    try:
+        psycopg2.extensions.parse_dsn(dsn)
+    except psycopg2.ProgrammingError:
+        # psycopg2's message quotes the string, password and all.
+        raise usage.UsageError(
+            f"{option}: not a connection string or URI (key=value ... or postgresql://...)"
+        ) from None

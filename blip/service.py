@@ -20,11 +20,12 @@ from twisted.web.server import Site
 
 from blip.arduino import MeterFactory, SerialEndpoint, SerialService, Stamps
 from blip.counters import Counters, CountersLog
-from blip.database import DatabaseService, Pool
+from blip.database import DatabaseService, Pool, PoolService
 from blip.embedded import Cluster, EmbeddedPostgres
 from blip.hub import Hub, HubService
 from blip.ingest import Ingest, IngestService
 from blip.meter_table import MeterTable
+from blip.notifications import Listener, ListenerService
 from blip.options import Options
 from blip.periods import Periods, PeriodsService
 from blip.simulate import SimulatorService
@@ -178,7 +179,16 @@ def make_service(options: Options, reactor: Any = None, clock: Optional[IReactor
     CountersLog(counters, clock).setServiceParent(top)
     HubService(hub).setServiceParent(top)
     if options["role"] in ("all", "web"):
-        api = LegacyApi(store, hub, meters, clock, options["longpoll-timeout"], STATIC)
+        # Live points of every ingest node (an all node's own are published
+        # on arrival, and not again: see blip.notifications).
+        listener = Listener(dsn, store, hub, reactor, counters, options["node-name"])
+        ListenerService(listener, database.when_ready).setServiceParent(top)
+        read_store = store
+        if options["db-read"] is not None:
+            read_pool = Pool(options["db-read"], POOL_SIZE, reactor, counters)
+            PoolService(read_pool).setServiceParent(top)
+            read_store = Store(read_pool)
+        api = LegacyApi(read_store, hub, meters, clock, options["longpoll-timeout"], STATIC)
         site = QuietSite(api.resource())
         site.noisy = False
         strports.service(options["listen"], site).setServiceParent(top)

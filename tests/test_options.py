@@ -104,6 +104,8 @@ def test_simulate_from_the_environment(monkeypatch) -> None:
         (["--serial", "/dev/ttyUSB0", "--simulate"], "--serial and --simulate"),
         (["--node-name", " "], "--node-name"),
         (["--node-name", "n" * 201], "--node-name"),
+        (["--db-read", "host=x = y"], "--db-read"),
+        (["--db-read", "dbname=replica", "--role", "ingest"], "--db-read: an ingest node"),
     ],
 )
 def test_bad_values_are_one_clear_error(args: list[str], message: str) -> None:
@@ -129,3 +131,27 @@ def test_twistd_prints_one_line_and_no_traceback(tmp_path) -> None:
     assert done.returncode == 1
     assert "--baudrate: not an integer: 'fast'" in done.stderr + done.stdout
     assert "Traceback" not in done.stderr + done.stdout
+
+
+def test_replica(monkeypatch) -> None:
+    """
+    --db-read (or BLIP_DB_READ) names a replica; it needs --db.
+    """
+    assert parse(["--db", "dbname=x"])["db-read"] is None
+    monkeypatch.setenv("BLIP_DB_READ", "dbname=replica")
+    assert parse(["--db", "dbname=x"])["db-read"] == "dbname=replica"
+    with pytest.raises(usage.UsageError, match="--db-read: needs --db"):
+        parse([])
+
+
+def test_a_password_in_a_bad_connection_string_is_not_repeated() -> None:
+    """
+    A connection string that cannot be read is refused without quoting
+    it: it may hold a password.
+    """
+    for option in ("--db", "--db-read"):
+        args = ["--db", "dbname=x", option, "host=db password=s3cr3t user"]
+        with pytest.raises(usage.UsageError) as refused:
+            parse(args)
+        assert "s3cr3t" not in str(refused.value)
+        assert str(refused.value).startswith(option)
