@@ -60,6 +60,8 @@ class Counters:
     caught_up: int = 0
     #: Notifications on the points channel that were not lists of points.
     bad_notifications: int = 0
+    #: Requests refused by --allow.
+    forbidden: int = 0
     #: Gauge: long-polls parked now.
     waiters: int = 0
     #: Gauge: points received and not yet committed to the database, in

@@ -13,6 +13,7 @@ import psycopg2.extensions
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
+from blip import access
 from blip.embedded import EmbeddedError, server_bindir, server_user
 from blip.meters import Meters, MetersError
 
@@ -67,8 +68,14 @@ class Options(usage.Options):
          " (live points still come from --db) [default: --db]."],
     ]
 
+    #: Options that may be given several times; in the environment, a list
+    #: separated by spaces or commas.
+    lists = ("allow", "trusted-proxy")
+
     def __init__(self) -> None:
         super().__init__()
+        for name in self.lists:
+            self[name] = []
         for name, _, _, _ in self.optParameters:
             value = os.environ.get(env_name(name))
             if value is not None:
@@ -76,6 +83,21 @@ class Options(usage.Options):
         flag = os.environ.get(env_name("simulate"))
         if flag is not None:
             self["simulate"] = flag
+
+    def opt_allow(self, network: str) -> None:
+        """
+        Serve only clients in this network (an address or CIDR; repeat for
+        several); everyone else gets 403 [default: everyone].
+        """
+        self["allow"].append(network)
+
+    def opt_trusted_proxy(self, network: str) -> None:
+        """
+        Take the client's address from the X-Forwarded-For and Forwarded
+        headers of requests from this network (an address or CIDR; repeat
+        for several): the reverse proxy's.
+        """
+        self["trusted-proxy"].append(network)
 
     def postOptions(self) -> None:
         flag = self["simulate"]
@@ -119,6 +141,12 @@ class Options(usage.Options):
             if self["role"] == "ingest":
                 raise usage.UsageError("--db-read: an ingest node serves no queries")
             _check_dsn(self["db-read"], "--db-read")
+        for name in self.lists:
+            values = self[name] or _env_list(name)
+            try:
+                self[name] = tuple(access.network(value) for value in values)
+            except ValueError as e:
+                raise usage.UsageError(f"--{name}: {e}") from None
         self["meters"] = _meters(self["meters"])
         _check_endpoint(self["listen"])
 
@@ -169,3 +197,7 @@ def _check_dsn(dsn: str, option: str) -> None:
         raise usage.UsageError(
             f"{option}: not a connection string or URI (key=value ... or postgresql://...)"
         ) from None
+
+
+def _env_list(name: str) -> list[str]:
+    return os.environ.get(env_name(name), "").replace(",", " ").split()

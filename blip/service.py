@@ -18,6 +18,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.server import Site
 
+from blip.access import Rules, protect
 from blip.arduino import MeterFactory, SerialEndpoint, SerialService, Stamps
 from blip.counters import Counters, CountersLog
 from blip.database import DatabaseService, Pool, PoolService
@@ -189,7 +190,8 @@ def make_service(options: Options, reactor: Any = None, clock: Optional[IReactor
             PoolService(read_pool).setServiceParent(top)
             read_store = Store(read_pool)
         api = LegacyApi(read_store, hub, meters, clock, options["longpoll-timeout"], STATIC)
-        site = QuietSite(api.resource())
+        rules = Rules(options["allow"], options["trusted-proxy"])
+        site = QuietSite(protect(api.resource(), rules, counters, clock))
         site.noisy = False
         strports.service(options["listen"], site).setServiceParent(top)
     return top

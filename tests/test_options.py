@@ -106,6 +106,9 @@ def test_simulate_from_the_environment(monkeypatch) -> None:
         (["--node-name", "n" * 201], "--node-name"),
         (["--db-read", "host=x = y"], "--db-read"),
         (["--db-read", "dbname=replica", "--role", "ingest"], "--db-read: an ingest node"),
+        (["--allow", "everyone"], "--allow: not an address or network"),
+        (["--allow", "172.16.1.0/16"], "did you mean 172.16.0.0/16"),
+        (["--trusted-proxy", "10.0.0.0/40"], "--trusted-proxy"),
     ],
 )
 def test_bad_values_are_one_clear_error(args: list[str], message: str) -> None:
@@ -133,15 +136,28 @@ def test_twistd_prints_one_line_and_no_traceback(tmp_path) -> None:
     assert "Traceback" not in done.stderr + done.stdout
 
 
-def test_replica(monkeypatch) -> None:
+def test_networks_and_replica(monkeypatch) -> None:
     """
-    --db-read (or BLIP_DB_READ) names a replica; it needs --db.
+    --allow and --trusted-proxy may be repeated, or listed in BLIP_ALLOW
+    and BLIP_TRUSTED_PROXY (the command line wins); --db-read needs --db.
     """
-    assert parse(["--db", "dbname=x"])["db-read"] is None
-    monkeypatch.setenv("BLIP_DB_READ", "dbname=replica")
-    assert parse(["--db", "dbname=x"])["db-read"] == "dbname=replica"
+    from ipaddress import ip_network
+
+    options = parse(["--db", "dbname=x", "--allow", "10.0.0.0/8", "--allow", "192.0.2.7"])
+    assert options["allow"] == (ip_network("10.0.0.0/8"), ip_network("192.0.2.7/32"))
+    assert options["trusted-proxy"] == ()
+    assert options["db-read"] is None
+    monkeypatch.setenv("BLIP_ALLOW", "10.0.0.0/8, 2001:db8::/32")
+    monkeypatch.setenv("BLIP_TRUSTED_PROXY", "127.0.0.1")
+    options = parse(["--db", "dbname=x", "--db-read", "dbname=replica"])
+    assert options["allow"] == (ip_network("10.0.0.0/8"), ip_network("2001:db8::/32"))
+    assert options["trusted-proxy"] == (ip_network("127.0.0.1/32"),)
+    assert options["db-read"] == "dbname=replica"
+    assert parse(["--db", "dbname=x", "--allow", "192.0.2.0/24"])["allow"] == (
+        ip_network("192.0.2.0/24"),
+    )
     with pytest.raises(usage.UsageError, match="--db-read: needs --db"):
-        parse([])
+        parse(["--db-read", "dbname=replica"])
 
 
 def test_a_password_in_a_bad_connection_string_is_not_repeated() -> None:
