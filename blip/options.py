@@ -5,7 +5,9 @@ at start.
 """
 
 import os
+import pwd
 import socket
+import stat
 from pathlib import Path
 from typing import Any, Optional
 
@@ -115,13 +117,24 @@ class Options(usage.Options):
             self["serial"] = None
         if self["serial"] and self["simulate"]:
             raise usage.UsageError("--serial and --simulate: choose one source of blips")
-        self["state-dir"] = Path(self["state-dir"] or "./var")
+        self["state-dir"] = state = Path(self["state-dir"] or "./var")
+        run_as = _run_as(self.parent)
         try:
-            self["state-dir"].mkdir(parents=True, exist_ok=True)
+            created = not state.exists()
+            state.mkdir(parents=True, exist_ok=True)
+            if created and run_as is not None:
+                os.chown(state, *run_as)
         except OSError as e:
-            raise usage.UsageError(f"--state-dir: cannot create {self['state-dir']}: {e.strerror}")
-        if not os.access(self["state-dir"], os.W_OK | os.X_OK):
-            raise usage.UsageError(f"--state-dir: cannot write in {self['state-dir']}")
+            raise usage.UsageError(f"--state-dir: cannot create {state}: {e.strerror}")
+        if run_as is not None:
+            if not _writable_by(state, *run_as):
+                user = _user_name(run_as[0])
+                raise usage.UsageError(
+                    f"--state-dir: {user}, whom --uid/--gid make the daemon run as, cannot"
+                    f" write in {state}: give it to that user (chown {user} {state})"
+                )
+        elif not os.access(state, os.W_OK | os.X_OK):
+            raise usage.UsageError(f"--state-dir: cannot write in {state}")
         self["node-name"] = (self["node-name"] or socket.gethostname()).strip()
         if not self["node-name"] or len(self["node-name"]) > 200:
             raise usage.UsageError("--node-name: must be 1 to 200 characters")
@@ -131,7 +144,9 @@ class Options(usage.Options):
         else:
             try:
                 server_bindir()
-                server_user()
+                if run_as is None or run_as[0] == 0:
+                    # (Otherwise the server runs as the user twistd switches to.)
+                    server_user()
             except EmbeddedError as e:
                 raise usage.UsageError(f"embedded database: {e}")
         self["db-read"] = self["db-read"] or None
@@ -201,3 +216,51 @@ def _check_dsn(dsn: str, option: str) -> None:
 
 def _env_list(name: str) -> list[str]:
     return os.environ.get(env_name(name), "").replace(",", " ").split()
+
+
+def _run_as(parent: Optional[usage.Options]) -> Optional[tuple[int, int]]:
+    """
+    :return: the user and group twistd's ``--uid``/``--gid`` make the
+        daemon run as after it started as root, or None.
+    """
+    if parent is None or os.geteuid() != 0:
+        return None
+    try:
+        uid, gid = parent["uid"], parent["gid"]
+    except KeyError:
+        return None
+    if uid is None and gid is None:
+        return None
+    if uid is None:
+        uid = os.getuid()
+    if gid is None:
+        gid = pwd.getpwuid(uid).pw_gid
+    return uid, gid
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _writable_by(path: Path, uid: int, gid: int) -> bool:
+    """
+    :return: whether the user ``uid`` with group ``gid`` (and that user's
+        other groups) may create files in ``path``, by its mode bits.
+    """
+    if uid == 0:
+        return True
+    info = path.stat()
+    try:
+        groups = set(os.getgrouplist(pwd.getpwuid(uid).pw_name, gid))
+    except KeyError:
+        groups = {gid}
+    if info.st_uid == uid:
+        wanted = stat.S_IWUSR | stat.S_IXUSR
+    elif info.st_gid in groups:
+        wanted = stat.S_IWGRP | stat.S_IXGRP
+    else:
+        wanted = stat.S_IWOTH | stat.S_IXOTH
+    return info.st_mode & wanted == wanted

@@ -4,6 +4,10 @@ service tree. No logic lives here.
 """
 
 import atexit
+# Loaded now, not on the first request: werkzeug's routing encodes each
+# request's host name as IDNA, and once twistd --uid/--gid has made the
+# daemon another user, Python's library may be out of its reach.
+import encodings.idna  # noqa: F401
 import os
 import signal
 import sys

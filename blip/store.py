@@ -12,7 +12,7 @@ both run.
 
 import io
 from dataclasses import dataclass
-from importlib.resources import files
+from pathlib import Path
 from typing import IO, Any, Generator, Mapping, Optional, Sequence, TypeVar, Union
 
 from psycopg2 import sql
@@ -83,7 +83,10 @@ def schema_sql() -> str:
     """
     :return: the text of ``schema.sql``.
     """
-    return files("blip").joinpath("schema.sql").read_text(encoding="utf-8")
+    # Read beside this module rather than through importlib.resources, which
+    # loads more of Python's library on first use: a daemon that twistd
+    # --uid/--gid has made another user may not be able to read it any more.
+    return Path(__file__).with_name("schema.sql").read_text(encoding="utf-8")
 
 
 class Store:

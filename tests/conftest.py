@@ -311,6 +311,8 @@ class Daemon:
     #: What the daemon logs once it is ready, when that is not that it
     #: serves HTTP (a node that does not).
     ready: Optional[str] = None
+    #: Options of twistd itself (before ``blip``).
+    twistd_args: list[str] = field(default_factory=list)
     process: Optional[subprocess.Popen[bytes]] = None
     output: list[str] = field(default_factory=list)
     _changed: threading.Condition = field(default_factory=threading.Condition)
@@ -320,7 +322,7 @@ class Daemon:
     def start(self) -> "Daemon":
         """Start it; return once it serves HTTP."""
         twistd = str(Path(sys.executable).parent / "twistd")
-        argv = [twistd, "--nodaemon", "--pidfile=", "blip", *self.args]
+        argv = [twistd, "--nodaemon", "--pidfile=", *self.twistd_args, "blip", *self.args]
         self.process = subprocess.Popen(
             argv, cwd=ROOT, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
         )
@@ -416,8 +418,9 @@ def start_daemon(daemon_env: dict[str, str]) -> Iterator:
     A function that starts ``twistd -n blip`` with the given arguments (plus
     a free port and a private state dir, shared by the test's daemons
     unless ``state_dir`` gives one; ``ready`` is what a daemon without a
-    listener logs when it is ready; ``env`` adds to its environment);
-    every daemon is stopped after the test.
+    listener logs when it is ready; ``env`` adds to its environment;
+    ``twistd`` are options of twistd itself); every daemon is stopped after
+    the test.
     """
     started: list[Daemon] = []
     state = shared_tempdir("blip-test-state-")
@@ -425,11 +428,14 @@ def start_daemon(daemon_env: dict[str, str]) -> Iterator:
     def start(
         *args: str, listen: bool = True, state_dir: Optional[Path] = None,
         ready: Optional[str] = None, env: Optional[dict[str, str]] = None,
+        twistd: tuple[str, ...] = (),
     ) -> Daemon:
         extra = ["--state-dir", str(state_dir or state)]
         if listen:
             extra += ["--listen", f"tcp:{free_port()}:interface=127.0.0.1"]
-        daemon = Daemon([*extra, *args], {**daemon_env, **(env or {})}, ready=ready)
+        daemon = Daemon(
+            [*extra, *args], {**daemon_env, **(env or {})}, ready=ready, twistd_args=list(twistd)
+        )
         started.append(daemon)
         return daemon.start()
 

@@ -171,3 +171,38 @@ def test_a_password_in_a_bad_connection_string_is_not_repeated() -> None:
             parse(args)
         assert "s3cr3t" not in str(refused.value)
         assert str(refused.value).startswith(option)
+
+
+def twistd_options(args: list[str]):
+    """:return: the blip options as twistd parses them, with its own."""
+    from twisted.scripts.twistd import ServerOptions
+
+    options = ServerOptions()
+    options.parseOptions(args)
+    return options.subOptions
+
+
+def test_state_dir_belongs_to_the_user_twistd_switches_to(tmp_path) -> None:
+    """
+    Started as root with twistd's --uid/--gid, a state dir blipserver
+    creates is given to that user, and one that user cannot write in is
+    refused at start, saying how to fix it. (Without root there is no
+    switch, and the state dir is only checked for ourselves.)
+    """
+    import os
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    fresh = tmp_path / "fresh" / "state"
+    twistd_options(["--uid", "nobody", "blip", "--db", "dbname=x", "--state-dir", str(fresh)])
+    if os.geteuid() != 0:
+        assert fresh.stat().st_uid == os.geteuid()
+        return
+    assert (fresh.stat().st_uid, fresh.stat().st_gid) == (nobody.pw_uid, nobody.pw_gid)
+    assert fresh.parent.stat().st_uid == 0
+    root_only = tmp_path / "root-only"
+    root_only.mkdir(mode=0o755)
+    with pytest.raises(usage.UsageError, match=f"nobody.*chown nobody {root_only}"):
+        twistd_options(["--uid", "nobody", "blip", "--db", "dbname=x", "--state-dir", str(root_only)])
+    os.chmod(root_only, 0o1777)
+    twistd_options(["--uid", "nobody", "blip", "--db", "dbname=x", "--state-dir", str(root_only)])
