@@ -10,6 +10,8 @@ import select
 import shutil
 import signal
 import socket
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -17,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TIMEOUT, shared_tempdir
+from tests.conftest import TIMEOUT, free_port, shared_tempdir
 
 HOUR = 3_600_000
 
@@ -170,3 +172,35 @@ def test_drops_privileges_after_opening_the_serial_device(start_daemon, pty_mete
         assert not any("Traceback" in line for line in daemon.output), "\n".join(daemon.output)
     finally:
         shutil.rmtree(state, ignore_errors=True)
+
+
+def test_the_database_password_is_never_logged(start_daemon, database) -> None:
+    """
+    Passwords in --db and --db-read (the test cluster trusts everyone, so
+    any password works) appear nowhere in the daemon's output: not when it
+    connects, nor while the replica cannot be reached, nor when the
+    LISTEN connection is cut, nor when a bad connection string is refused.
+    """
+    secret = "s3cr3t-blip-pw"
+    cluster = database.cluster.cluster
+    dsn = f"postgresql://blip:{secret}@/{database.name}?host={cluster.sockets}&port=5432"
+    replica = f"host=127.0.0.1 port={free_port()} dbname=x password={secret} connect_timeout=1"
+    daemon = start_daemon("--db", dsn, "--db-read", replica, "--node-name", "pw")
+    daemon.wait_for("receiving live points from the database")
+    database.cluster.sql(
+        "postgres",
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+        " WHERE application_name = 'blipserver listen pw'",
+    )
+    daemon.wait_for("live points from the database are back")
+    assert get(daemon, "/last/1")[0] == 503
+    daemon.wait_for("database unreachable: Connection refused")
+    assert daemon.stop() == 0
+    twistd = Path(sys.executable).parent / "twistd"
+    refused = subprocess.run(
+        [str(twistd), "--nodaemon", "--pidfile=", "blip", "--db", f"host=x password {secret}"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert refused.returncode == 1
+    assert "--db: not a connection string" in refused.stdout + refused.stderr
+    assert secret not in "\n".join(daemon.output) + refused.stdout + refused.stderr
