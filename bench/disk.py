@@ -34,6 +34,7 @@ def main() -> None:
             rows = int(cluster.sql(name, f"SELECT count(*) FROM {relation}")[0][0])
             sizes[relation] = {"rows": rows, "table_bytes": int(table), "index_bytes": int(indexes)}
         total = sum(s["table_bytes"] + s["index_bytes"] for s in sizes.values())
+        readings = sizes["readings"]["table_bytes"] + sizes["readings"]["index_bytes"]
         span_days = (last - first) / dataset.DAY_MS
         note(f"{points:,} points over {span_days:.1f} days: {total / points:.1f} bytes each")
     finally:
@@ -46,8 +47,8 @@ def main() -> None:
         "points_per_day": round(points / span_days),
         "relations": sizes,
         "bytes_per_point": {
-            "readings": round((sizes["readings"]["table_bytes"] + sizes["readings"]["index_bytes"]) / points, 1),
-            "rollups": round(sum(s["table_bytes"] + s["index_bytes"] for r, s in sizes.items() if r != "readings") / points, 2),
+            "readings": round(readings / points, 1),
+            "rollups": round((total - readings) / points, 2),
             "total": round(total / points, 1),
         },
         "mib_per_meter_year_at_1_hz": round(total / points * 86_400 * 365 / 2**20),

@@ -111,7 +111,9 @@ def test_systemd_unit_verifies_and_its_settings_run_the_daemon(
     assert (done.returncode, done.stdout + done.stderr) == (0, "")
     # (It does complain about a unit that is wrong.)
     copy.write_text(copy.read_text().replace("Restart=on-failure", "Restart=on-fail"))
-    wrong = subprocess.run([analyze, "verify", "--man=no", str(copy)], capture_output=True, text=True, timeout=60)
+    wrong = subprocess.run(
+        [analyze, "verify", "--man=no", str(copy)], capture_output=True, text=True, timeout=60
+    )
     assert "restart specifier" in wrong.stdout + wrong.stderr
 
     service = unit_settings(text)["Service"]
@@ -151,7 +153,9 @@ def test_udev_rule_is_read_without_complaint(tmp_path) -> None:
     rules.mkdir()
     shutil.copy(CONTRIB / "99-arduino.rules", rules)
     (rules / "98-broken.rules").write_text('SUBSYSTEM=="tty", ATTRZ{idVendor}=="2341"\n')
-    namespace = [unshare, "--mount"] if os.geteuid() == 0 else [unshare, "--user", "--map-root-user", "--mount"]
+    namespace = [unshare, "--mount"]
+    if os.geteuid() != 0:
+        namespace[1:1] = ["--user", "--map-root-user"]
     done = subprocess.run(
         [*namespace, "sh", "-c",
          'mount --bind "$1" /etc/udev/rules.d && exec "$2" test --action=add /sys/class/tty/tty',
@@ -212,10 +216,13 @@ class Proxy:
                 f"http {{ access_log off; {temp} include {self.folder}/site.conf; }}\n"
             )
             self.config = self.folder / "nginx.conf"
-            self.check_argv = [self.program, "-t", "-p", str(self.folder), "-e", str(self.folder / "error.log"), "-c", str(self.config)]
+            self.check_argv = [
+                self.program, "-t", "-p", str(self.folder), "-e", str(self.folder / "error.log"),
+                "-c", str(self.config),
+            ]
             self.run_argv = [*self.check_argv[:1], "-g", "daemon off;", *self.check_argv[2:]]
         else:
-            self.program = tool("apache2", "apache2") if shutil.which("httpd") is None else shutil.which("httpd")
+            self.program = shutil.which("httpd") or tool("apache2", "apache2")
             folders = [Path(f) for f in APACHE_MODULE_FOLDERS if (Path(f) / "mod_proxy.so").exists()]
             if not folders:
                 pytest.fail("Apache's modules not found: apt-get install apache2", pytrace=False)
@@ -250,7 +257,9 @@ class Proxy:
 
     def start(self) -> "Proxy":
         """Start it; return once it accepts connections."""
-        self.process = subprocess.Popen(self.run_argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.process = subprocess.Popen(
+            self.run_argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         deadline = time.monotonic() + TIMEOUT
         while True:
             try:
@@ -259,7 +268,8 @@ class Proxy:
             except OSError:
                 if self.process.poll() is not None or time.monotonic() > deadline:
                     log = self.folder / "error.log"
-                    raise AssertionError(f"{self.kind} did not start: {log.read_text() if log.exists() else ''}")
+                    errors = log.read_text() if log.exists() else ""
+                    raise AssertionError(f"{self.kind} did not start: {errors}")
                 time.sleep(0.02)
 
     def stop(self) -> None:
@@ -278,7 +288,9 @@ class Proxy:
             "127.0.0.1", self.port, timeout=TIMEOUT, source_address=(client, 0)
         )
 
-    def get(self, path: str, client: str, headers: Optional[dict[str, str]] = None) -> tuple[int, bytes, str]:
+    def get(
+        self, path: str, client: str, headers: Optional[dict[str, str]] = None
+    ) -> tuple[int, bytes, str]:
         """:return: status, body and content type of a GET through the proxy."""
         connection = self.connect(client)
         try:
@@ -426,7 +438,9 @@ def test_postgresql_recipe_makes_a_role_the_daemon_runs_on(pg_cluster, start_dae
     cluster = pg_cluster.cluster
     psql = cluster.bindir / "psql"
     if not psql.exists():
-        pytest.fail(f"psql not found in {cluster.bindir}: apt-get install postgresql-client", pytrace=False)
+        pytest.fail(
+            f"psql not found in {cluster.bindir}: apt-get install postgresql-client", pytrace=False
+        )
     name = "recipe_" + uuid.uuid4().hex[:12]
     run = [str(psql), "-X", "-q", "-v", f"user={name}", "-v", f"db={name}", "-v", "password=pw-1",
            "-f", str(CONTRIB / "postgresql-setup.sql"), pg_cluster.dsn("postgres")]
@@ -445,7 +459,9 @@ def test_postgresql_recipe_makes_a_role_the_daemon_runs_on(pg_cluster, start_dae
         daemon.wait_for(r"\] database ready")
         pty_meter.write(b"partial\n1500\n")
         assert eventually(lambda: pg_cluster.sql(name, "SELECT count(*) FROM readings")[0][0] == 1)
-        owners = pg_cluster.sql(name, "SELECT DISTINCT tableowner FROM pg_tables WHERE schemaname = 'public'")
+        owners = pg_cluster.sql(
+            name, "SELECT DISTINCT tableowner FROM pg_tables WHERE schemaname = 'public'"
+        )
         assert owners == [(name,)]
         assert daemon.stop() == 0
     finally:

@@ -9,14 +9,13 @@ from collections.abc import AsyncIterator
 
 import pytest
 import pytest_twisted
-from twisted.internet.defer import Deferred
 
 from blip.counters import Counters
 from blip.database import own_connection
 from blip.hub import Hub
 from blip.model import INT_MAX, Point
 from blip.notifications import Listener, PayloadError, decode
-from blip.store import CHANNEL, NOTIFY_POINTS, STAMP_MAX, Store, listen
+from blip.store import CHANNEL, NOTIFY_POINTS, STAMP_MAX, listen
 from tests.conftest import TIMEOUT
 from tests.test_web import wait_until
 
