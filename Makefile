@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test postgres mosquitto chromium venv clean bench bench-ingest bench-fanout bench-queries
+.PHONY: demo test postgres mosquitto chromium test-tools venv clean bench bench-ingest bench-fanout bench-queries bench-disk
 
 $(STAMP): setup.cfg pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -33,10 +33,15 @@ mosquitto:
 chromium:
 	@./tools/need-chromium
 
+# What the tests of contrib/ check the deployment files with (nginx,
+# Apache, systemd-analyze, udevadm).
+test-tools:
+	@./tools/need-test-tools
+
 demo: venv postgres
 	$(BIN)/twistd --nodaemon --pidfile= blip --simulate
 
-test: venv postgres mosquitto chromium
+test: venv postgres mosquitto chromium test-tools
 	$(BIN)/pytest
 
 # Benchmarks: each prints one JSON object (see bench/README.md).
@@ -57,7 +62,10 @@ bench-fanout: venv postgres $(BENCH_STAMP)
 bench-queries: venv postgres $(BENCH_STAMP)
 	@$(call BENCH_RUN,queries)
 
-bench: bench-ingest bench-fanout bench-queries
+bench-disk: venv postgres $(BENCH_STAMP)
+	@$(call BENCH_RUN,disk)
+
+bench: bench-ingest bench-fanout bench-queries bench-disk
 
 clean:
 	rm -rf $(VENV) var

@@ -7,7 +7,11 @@ and with the clients parked.
 
     .venv/bin/python -m bench.fanout [--quick] [--clients 1,1000,10000] [--blips 20]
                                      [--kind longpoll|sse] [--sse-path PATH]
-                                     [--repark-after-all] [--profile]
+                                     [--repark-after-all] [--via-web] [--profile]
+
+With ``--via-web`` the clients are parked on a web node and the pty is read
+by a separate ingest node: each blip goes through PostgreSQL (NOTIFY after
+its batch is committed, LISTEN on the web node).
 
 The client is one thread on raw non-blocking sockets and epoll, so that it
 stays well below the daemon's cost on a 2-core machine (its CPU is reported).
@@ -204,13 +208,29 @@ def blip_ms(body: bytes) -> Optional[int]:
 
 
 def run(count: int, blips: int, kind: str, path: str, cluster: BenchCluster, profile: bool,
-        repark_at_once: bool = True) -> dict[str, Any]:
-    """Measure fan-out to ``count`` clients with a fresh daemon."""
+        repark_at_once: bool = True, via_web: bool = False) -> dict[str, Any]:
+    """
+    Measure fan-out to ``count`` clients with a fresh daemon (with
+    ``via_web``, a web node the clients are parked on, fed through
+    PostgreSQL by a separate ingest node that reads the pty).
+    """
     pty = Pty.open()
-    daemon = Daemon(f"fanout-{count}", ["--db", cluster.dsn(DATABASE), "--serial", pty.path,
-                                         "--max-waiters", str(max(10000, count + 100))])
+    waiters = ["--max-waiters", str(max(10000, count + 100))]
+    ingest: Optional[Daemon] = None
+    if via_web:
+        ingest = Daemon(f"fanout-{count}-ingest", ["--db", cluster.dsn(DATABASE), "--serial", pty.path,
+                                                    "--role", "ingest", "--node-name", "bench-ingest"],
+                        listens=False)
+        daemon = Daemon(f"fanout-{count}-web", ["--db", cluster.dsn(DATABASE), "--role", "web",
+                                                 "--node-name", "bench-web", *waiters])
+    else:
+        daemon = Daemon(f"fanout-{count}", ["--db", cluster.dsn(DATABASE), "--serial", pty.path, *waiters])
     try:
-        daemon.start(r"database ready", r"reading serial device")
+        if ingest is not None:
+            ingest.start(r"database ready", r"reading serial device")
+            daemon.start(r"receiving live points")
+        else:
+            daemon.start(r"database ready", r"reading serial device")
         pty.write_all(b"CONNECTED bench\n")
         # Warm up the code paths with one client and one blip.
         warm = Clients(daemon.port, kind, path)
@@ -257,6 +277,7 @@ def run(count: int, blips: int, kind: str, path: str, cluster: BenchCluster, pro
         result: dict[str, Any] = {
             "clients": count,
             "kind": kind,
+            "via": "web node (LISTEN)" if via_web else "all node",
             "repark": "at once" if repark_at_once else "after all answered",
             "blips": blips,
             "latency_ms": percentiles(latencies),
@@ -277,6 +298,8 @@ def run(count: int, blips: int, kind: str, path: str, cluster: BenchCluster, pro
         return result
     finally:
         daemon.stop()
+        if ingest is not None:
+            ingest.stop()
         pty.close()
 
 
@@ -289,6 +312,9 @@ def main() -> None:
             (["--blips"], {"type": int, "help": "blips per N [20; quick: 5]"}),
             (["--kind"], {"choices": ["longpoll", "sse"], "default": "longpoll"}),
             (["--sse-path"], {"default": "/api/v1/live?meters=1", "help": "the live stream's path"}),
+            (["--via-web"], {"action": "store_true",
+                             "help": "park the clients on a web node fed by a separate ingest node"
+                                     " through PostgreSQL (NOTIFY/LISTEN)"}),
             (["--repark-after-all"], {"action": "store_true",
                                       "help": "long-polls ask again only once every client has its answer"
                                               " (isolates the fan-out from the re-parking load)"}),
@@ -301,7 +327,8 @@ def main() -> None:
     cluster = BenchCluster().start()
     cluster.fresh_database(DATABASE)
     try:
-        results = [run(n, blips, args.kind, path, cluster, args.profile, not args.repark_after_all)
+        results = [run(n, blips, args.kind, path, cluster, args.profile, not args.repark_after_all,
+                       args.via_web)
                    for n in counts]
     finally:
         cluster.stop()

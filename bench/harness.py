@@ -318,6 +318,8 @@ class Daemon:
     args: list[str]
     port: int = field(default_factory=free_port)
     process: Optional[subprocess.Popen[bytes]] = None
+    #: Whether it serves HTTP (an ingest node does not).
+    listens: bool = True
 
     @property
     def log_file(self) -> Path:
@@ -348,7 +350,7 @@ class Daemon:
         env = {k: v for k, v in os.environ.items() if not k.startswith("BLIP_")}
         with open(self.log_file, "wb") as log:
             self.process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        for pattern in (r"starting on \d+", *patterns):
+        for pattern in ((r"starting on \d+",) if self.listens else ()) + patterns:
             self.wait_for(pattern)
         return self
 

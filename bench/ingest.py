@@ -107,6 +107,13 @@ def main() -> None:
             "       (SELECT count(*) FROM readings_hourly)",
         )[0]
         stored = rows(cluster)
+        # What the points take on disk as the daemon writes them (many
+        # meters at once: index pages split in the middle, unlike the bulk
+        # built index of the disk benchmark).
+        cluster.sql(DATABASE, "VACUUM (ANALYZE) readings")
+        table_bytes, index_bytes = cluster.sql(
+            DATABASE, "SELECT pg_table_size('readings'), pg_indexes_size('readings')"
+        )[0]
         third = max(1, len(rss) // 3)
         report: dict[str, Any] = {
             "benchmark": "ingest",
@@ -125,6 +132,10 @@ def main() -> None:
             "rows_lost": written - stored,
             "rollups_consistent": int(minute_events) == stored == int(hour_events),
             "rollup_rows": {"minutely": minute_rows, "hourly": hour_rows},
+            "readings_bytes_per_point": {
+                "table": round(int(table_bytes) / max(stored, 1), 1),
+                "index": round(int(index_bytes) / max(stored, 1), 1),
+            },
             "daemon_cpu_percent": round(100 * (cpu1 - cpu0) / elapsed, 1),
             "daemon_cpu_us_per_line": round(1e6 * (cpu1 - cpu0) / written, 2),
             "postgres_cpu_percent": round(100 * (pg1 - pg0) / elapsed, 1),

@@ -12,8 +12,11 @@ start is waited for, and a device that vanishes (a USB unplug) is reopened
 with backoff; each outage is logged once.
 """
 
+import errno
+import os
 import re
-from typing import Callable, Optional
+from functools import partial
+from typing import Any, Callable, Optional
 
 import serial
 from serial import SerialException
@@ -304,13 +307,56 @@ class _KeptInput(serial.Serial):
     def _reset_input_buffer(self) -> None:
         pass
 
+    @classmethod
+    def adopting(cls, fd: int, port: str, **settings: Any) -> "_KeptInput":
+        """
+        :return: a port over ``fd``, a descriptor of the device opened
+            earlier (before the daemon gave up root), set up as opening
+            ``port`` would set it up; ``fd`` is closed with the port, or at
+            once if it cannot be set up.
+        """
+        device = cls(None, **settings)
+        device.port = port
+        device.fd = fd
+        try:
+            device._reconfigure_port(force_update=True)
+            try:
+                if not device._dsrdtr:
+                    device._update_dtr_state()
+                if not device._rtscts:
+                    device._update_rts_state()
+            except OSError as e:
+                # A pty has no modem lines.
+                if e.errno not in (errno.EINVAL, errno.ENOTTY):
+                    raise
+            device.pipe_abort_read_r, device.pipe_abort_read_w = os.pipe()
+            device.pipe_abort_write_r, device.pipe_abort_write_w = os.pipe()
+        except BaseException:
+            os.close(fd)
+            device.fd = None
+            for end in ("read_r", "read_w", "write_r", "write_w"):
+                pipe = getattr(device, f"pipe_abort_{end}", None)
+                if pipe is not None:
+                    os.close(pipe)
+            raise
+        device.is_open = True
+        return device
+
 
 class _SerialPort(SerialPort):
     """
     Twisted's serial transport over :class:`_KeptInput`.
+
+    :param held_fd: a descriptor of the device opened earlier, to use
+        instead of opening it now.
     """
 
-    _serialFactory = _KeptInput
+    _serialFactory: Callable[..., serial.Serial] = _KeptInput
+
+    def __init__(self, *args: Any, held_fd: Optional[int] = None, **kwargs: Any) -> None:
+        if held_fd is not None:
+            self._serialFactory = partial(_KeptInput.adopting, held_fd)
+        super().__init__(*args, **kwargs)
 
 
 @implementer(IStreamClientEndpoint)
@@ -343,14 +389,43 @@ class SerialEndpoint:
         self.baudrate = baudrate
         self.counters = counters
         self._warned = False
+        self._held: Optional[int] = None
 
     def __repr__(self) -> str:
         return f"<SerialEndpoint {self.device} {self.baudrate} baud>"
 
+    def hold(self) -> None:
+        """
+        Open the device now and keep it for the first connection: called
+        while the daemon still runs as root, before ``twistd --uid/--gid``
+        drops privileges, so that a device only root may open is read all
+        the same. Reopening it after it was lost (a USB unplug) is done by
+        the user the daemon runs as.
+        """
+        try:
+            self._held = os.open(self.device, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+        except OSError as e:
+            # Tried again (and logged) as the user the daemon runs as.
+            self.log.debug(
+                "cannot open serial device {device} before dropping privileges: {why}",
+                device=self.device, why=e.strerror,
+            )
+
+    def release(self) -> None:
+        """
+        Close the device opened by :meth:`hold` if no connection took it.
+        """
+        held, self._held = self._held, None
+        if held is not None:
+            os.close(held)
+
     def connect(self, protocolFactory: IProtocolFactory) -> "Deferred[Protocol]":
         protocol = protocolFactory.buildProtocol(None)
+        held, self._held = self._held, None
         try:
-            _SerialPort(protocol, self.device, self.reactor, baudrate=self.baudrate)
+            _SerialPort(
+                protocol, self.device, self.reactor, baudrate=self.baudrate, held_fd=held
+            )
         except (SerialException, OSError, ValueError) as e:
             self.counters.serial_failures += 1
             if not self._warned:
@@ -392,6 +467,13 @@ class SerialService(ClientService):
             clock=clock,
         )
         self.meter_factory = factory
+        self.serial_endpoint = endpoint
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        # Only root may be about to give up the right to open the device.
+        if os.geteuid() == 0 and isinstance(self.serial_endpoint, SerialEndpoint):
+            self.serial_endpoint.hold()
 
     def startService(self) -> None:
         self.meter_factory.stopping = False
@@ -399,4 +481,6 @@ class SerialService(ClientService):
 
     def stopService(self) -> "Deferred[None]":
         self.meter_factory.stopping = True
+        if isinstance(self.serial_endpoint, SerialEndpoint):
+            self.serial_endpoint.release()
         return super().stopService()

@@ -170,8 +170,11 @@ def dsn_of(args: Any) -> tuple[str, str]:
     if dsn:
         try:
             psycopg2.extensions.parse_dsn(dsn)
-        except psycopg2.ProgrammingError as e:
-            raise CommandError(f"--db: not a connection string or URI: {str(e).strip()}") from None
+        except psycopg2.ProgrammingError:
+            # psycopg2's message quotes the string, password and all.
+            raise CommandError(
+                "--db: not a connection string or URI (key=value ... or postgresql://...)"
+            ) from None
         return dsn, "the database"
     state = args.state_dir or Path(os.environ.get(env_name("state-dir")) or "./var")
     root = state / "pg"

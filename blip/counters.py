@@ -54,6 +54,14 @@ class Counters:
     serial_failures: int = 0
     #: Long-polls refused because --max-waiters were parked.
     waiters_refused: int = 0
+    #: Points received by LISTEN (announced by any ingest node).
+    notified: int = 0
+    #: Points read from the database after the LISTEN connection was lost.
+    caught_up: int = 0
+    #: Notifications on the points channel that were not lists of points.
+    bad_notifications: int = 0
+    #: Requests refused by --allow.
+    forbidden: int = 0
     #: Gauge: long-polls parked now.
     waiters: int = 0
     #: Gauge: points received and not yet committed to the database, in

@@ -152,6 +152,25 @@ class PoolState:
     waiting: int
 
 
+def own_connection(
+    reactor: IReactorCore,
+    cooperator: Any = None,
+    on_lost: Callable[[str], None] = lambda why: None,
+) -> txpostgres.Connection:
+    """
+    A connection of its own, outside any pool (for LISTEN), that reconnects
+    itself with backoff like the pool's do; add recovery handlers to its
+    ``detector`` to act when it is back, and call ``detector.stop()`` before
+    closing it for good.
+
+    :param cooperator: hands NOTIFY events to the connection's observers
+        (txpostgres's default when None).
+    :param on_lost: called with the reason when the connection is lost or
+        cannot be opened.
+    """
+    return _Connection(reactor, cooperator, detector=_Detector(reactor, on_lost))
+
+
 class Pool(txpostgres.ConnectionPool):
     """
     A fixed number of connections to one database; each reconnects by itself
@@ -359,7 +378,8 @@ class DatabaseService(Service):
             d.callback(None)
 
     def _failed(self, f: Failure) -> None:
-        if f.check(CancelledError):
+        if f.check(CancelledError) or not self.running:
+            # Stopped while preparing: whatever the cancelled work raised.
             return
         if f.check(Refused):
             self.log.critical(
@@ -382,4 +402,27 @@ class DatabaseService(Service):
         super().stopService()
         if self._starting is not None:
             self._starting.cancel()
+        self.pool.close()
+
+
+class PoolService(Service):
+    """
+    Opens a pool that needs no preparing (a read replica's) when the daemon
+    starts, and closes it when it stops. Its connections keep trying in the
+    background while the database cannot be reached.
+
+    :param pool: the connections.
+    """
+
+    log = Logger()
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+
+    def startService(self) -> None:
+        super().startService()
+        self.pool.start().addErrback(lambda f: self.log.failure("cannot open the pool", f))
+
+    def stopService(self) -> None:
+        super().stopService()
         self.pool.close()

@@ -15,7 +15,7 @@ import pwd
 import shutil
 import subprocess
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
@@ -96,6 +96,13 @@ def server_user() -> Optional[pwd.struct_passwd]:
         ) from None
 
 
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
 @dataclass
 class Cluster:
     """
@@ -171,6 +178,25 @@ class Cluster:
             )
             if self.user is not None:
                 os.chown(settings, self.user.pw_uid, self.user.pw_gid)
+
+    def check_owner(self) -> None:
+        """
+        :raise EmbeddedError: when the cluster's folder exists and belongs
+            to another user than the one the server would run as (a cluster
+            made while the daemon ran as root, started now as another user,
+            or the other way round).
+        """
+        try:
+            owner = self.root.stat().st_uid
+        except FileNotFoundError:
+            return
+        runner = self.user.pw_uid if self.user is not None else os.geteuid()
+        if owner != runner:
+            raise EmbeddedError(
+                f"{self.root} belongs to user {_user_name(owner)}, but the database"
+                f" server would run as {_user_name(runner)}: give it to that user"
+                f" (chown -R {_user_name(runner)} {self.root})"
+            )
 
     def initdb_argv(self) -> list[str]:
         """The command that creates the cluster."""
@@ -302,7 +328,10 @@ class EmbeddedPostgres(Service):
         self._starting.addErrback(self._failed)
 
     async def _start(self) -> None:
-        cluster = self.cluster
+        # Who runs the server is decided now, not when the daemon was built:
+        # twistd --uid/--gid may have made the daemon another user since.
+        cluster = self.cluster = replace(self.cluster, user=server_user())
+        cluster.check_owner()
         cluster.prepare_folders()
         if not cluster.initialized:
             self.log.info("creating the embedded database in {data}", data=cluster.data)

@@ -107,6 +107,12 @@ class Hub:
         """
         return self._last.get(meter)
 
+    def newest_stamps(self) -> dict[int, int]:
+        """
+        :return: the stamp of the newest point known here, by meter.
+        """
+        return {meter: point.stamp for meter, point in self._last.items()}
+
     def remember(self, point: Point) -> None:
         """
         Record ``point`` as the meter's last one unless a newer one is known

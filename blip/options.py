@@ -5,7 +5,9 @@ at start.
 """
 
 import os
+import pwd
 import socket
+import stat
 from pathlib import Path
 from typing import Any, Optional
 
@@ -13,6 +15,7 @@ import psycopg2.extensions
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
+from blip import access
 from blip.embedded import EmbeddedError, server_bindir, server_user
 from blip.meters import Meters, MetersError
 from blip.mqtt import Broker, BrokerError, parse_broker
@@ -69,10 +72,19 @@ class Options(usage.Options):
          "MQTT broker to publish power and energy to, with Home Assistant discovery:"
          " mqtt://[user:password@]host[:port][/prefix], or mqtts:// for TLS."],
         ["mqtt-interval", None, "5", "Seconds between MQTT power messages of a meter (0: every blip)."],
+        ["db-read", None, None,
+         "libpq connection string or URI of a read replica for the HTTP side's queries"
+         " (live points still come from --db) [default: --db]."],
     ]
+
+    #: Options that may be given several times; in the environment, a list
+    #: separated by spaces or commas.
+    lists = ("allow", "trusted-proxy")
 
     def __init__(self) -> None:
         super().__init__()
+        for name in self.lists:
+            self[name] = []
         for name, _, _, _ in self.optParameters:
             value = os.environ.get(env_name(name))
             if value is not None:
@@ -80,6 +92,21 @@ class Options(usage.Options):
         flag = os.environ.get(env_name("simulate"))
         if flag is not None:
             self["simulate"] = flag
+
+    def opt_allow(self, network: str) -> None:
+        """
+        Serve only clients in this network (an address or CIDR; repeat for
+        several); everyone else gets 403 [default: everyone].
+        """
+        self["allow"].append(network)
+
+    def opt_trusted_proxy(self, network: str) -> None:
+        """
+        Take the client's address from the X-Forwarded-For and Forwarded
+        headers of requests from this network (an address or CIDR; repeat
+        for several): the reverse proxy's.
+        """
+        self["trusted-proxy"].append(network)
 
     def postOptions(self) -> None:
         flag = self["simulate"]
@@ -100,28 +127,51 @@ class Options(usage.Options):
             self["serial"] = None
         if self["serial"] and self["simulate"]:
             raise usage.UsageError("--serial and --simulate: choose one source of blips")
-        self["state-dir"] = Path(self["state-dir"] or "./var")
+        self["state-dir"] = state = Path(self["state-dir"] or "./var")
+        run_as = _run_as(self.parent)
         try:
-            self["state-dir"].mkdir(parents=True, exist_ok=True)
+            created = not state.exists()
+            state.mkdir(parents=True, exist_ok=True)
+            if created and run_as is not None:
+                os.chown(state, *run_as)
         except OSError as e:
-            raise usage.UsageError(f"--state-dir: cannot create {self['state-dir']}: {e.strerror}")
-        if not os.access(self["state-dir"], os.W_OK | os.X_OK):
-            raise usage.UsageError(f"--state-dir: cannot write in {self['state-dir']}")
+            raise usage.UsageError(f"--state-dir: cannot create {state}: {e.strerror}")
+        if run_as is not None:
+            if not _writable_by(state, *run_as):
+                user = _user_name(run_as[0])
+                raise usage.UsageError(
+                    f"--state-dir: {user}, whom --uid/--gid make the daemon run as, cannot"
+                    f" write in {state}: give it to that user (chown {user} {state})"
+                )
+        elif not os.access(state, os.W_OK | os.X_OK):
+            raise usage.UsageError(f"--state-dir: cannot write in {state}")
         self["node-name"] = (self["node-name"] or socket.gethostname()).strip()
         if not self["node-name"] or len(self["node-name"]) > 200:
             raise usage.UsageError("--node-name: must be 1 to 200 characters")
         self["db"] = self["db"] or None
         if self["db"] is not None:
-            try:
-                psycopg2.extensions.parse_dsn(self["db"])
-            except psycopg2.ProgrammingError as e:
-                raise usage.UsageError(f"--db: not a connection string or URI: {str(e).strip()}")
+            _check_dsn(self["db"], "--db")
         else:
             try:
                 server_bindir()
-                server_user()
+                if run_as is None or run_as[0] == 0:
+                    # (Otherwise the server runs as the user twistd switches to.)
+                    server_user()
             except EmbeddedError as e:
                 raise usage.UsageError(f"embedded database: {e}")
+        self["db-read"] = self["db-read"] or None
+        if self["db-read"] is not None:
+            if self["db"] is None:
+                raise usage.UsageError("--db-read: needs --db (the embedded database has no replica)")
+            if self["role"] == "ingest":
+                raise usage.UsageError("--db-read: an ingest node serves no queries")
+            _check_dsn(self["db-read"], "--db-read")
+        for name in self.lists:
+            values = self[name] or _env_list(name)
+            try:
+                self[name] = tuple(access.network(value) for value in values)
+            except ValueError as e:
+                raise usage.UsageError(f"--{name}: {e}") from None
         self["meters"] = _meters(self["meters"])
         _check_endpoint(self["listen"])
         self["mqtt"] = _broker(self["mqtt"], self["role"])
@@ -176,3 +226,65 @@ def _broker(url: Optional[str], role: str) -> Optional[Broker]:
     if role == "web":
         raise usage.UsageError("--mqtt: publish from the node that reads the meter (--role all or ingest)")
     return broker
+
+
+def _check_dsn(dsn: str, option: str) -> None:
+    try:
+        psycopg2.extensions.parse_dsn(dsn)
+    except psycopg2.ProgrammingError:
+        # psycopg2's message quotes the string, password and all.
+        raise usage.UsageError(
+            f"{option}: not a connection string or URI (key=value ... or postgresql://...)"
+        ) from None
+
+
+def _env_list(name: str) -> list[str]:
+    return os.environ.get(env_name(name), "").replace(",", " ").split()
+
+
+def _run_as(parent: Optional[usage.Options]) -> Optional[tuple[int, int]]:
+    """
+    :return: the user and group twistd's ``--uid``/``--gid`` make the
+        daemon run as after it started as root, or None.
+    """
+    if parent is None or os.geteuid() != 0:
+        return None
+    try:
+        uid, gid = parent["uid"], parent["gid"]
+    except KeyError:
+        return None
+    if uid is None and gid is None:
+        return None
+    if uid is None:
+        uid = os.getuid()
+    if gid is None:
+        gid = pwd.getpwuid(uid).pw_gid
+    return uid, gid
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _writable_by(path: Path, uid: int, gid: int) -> bool:
+    """
+    :return: whether the user ``uid`` with group ``gid`` (and that user's
+        other groups) may create files in ``path``, by its mode bits.
+    """
+    if uid == 0:
+        return True
+    info = path.stat()
+    try:
+        groups = set(os.getgrouplist(pwd.getpwuid(uid).pw_name, gid))
+    except KeyError:
+        groups = {gid}
+    if info.st_uid == uid:
+        wanted = stat.S_IWUSR | stat.S_IXUSR
+    elif info.st_gid in groups:
+        wanted = stat.S_IWGRP | stat.S_IXGRP
+    else:
+        wanted = stat.S_IWOTH | stat.S_IXOTH
+    return info.st_mode & wanted == wanted

@@ -4,6 +4,10 @@ service tree. No logic lives here.
 """
 
 import atexit
+# Loaded now, not on the first request: werkzeug's routing encodes each
+# request's host name as IDNA, and once twistd --uid/--gid has made the
+# daemon another user, Python's library may be out of its reach.
+import encodings.idna  # noqa: F401
 import gc
 import os
 import signal
@@ -20,10 +24,11 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.server import Site
 
+from blip.access import Rules, protect
 from blip.api import ApiV1
 from blip.arduino import MeterFactory, SerialEndpoint, SerialService, Stamps
 from blip.counters import Counters, CountersLog
-from blip.database import DatabaseService, Pool
+from blip.database import DatabaseService, Pool, PoolService
 from blip.embedded import Cluster, EmbeddedPostgres
 from blip.front import Channel
 from blip.hub import Hub, HubService
@@ -31,8 +36,9 @@ from blip.ingest import Ingest, IngestService
 from blip.live import Live, LiveService
 from blip.meter_table import MeterTable
 from blip.metrics import RequestMetrics, StateCollector
-from blip.ops import Health, Operations
 from blip.mqtt import mqtt_service
+from blip.notifications import Listener, ListenerService
+from blip.ops import Health, Operations
 from blip.options import Options
 from blip.periods import Periods, PeriodsService
 from blip.simulate import SimulatedHistory, SimulatorService
@@ -195,22 +201,33 @@ def make_service(options: Options, reactor: Any = None, clock: Optional[IReactor
     CountersLog(counters, clock).setServiceParent(top)
     HubService(hub).setServiceParent(top)
     if options["role"] in ("all", "web"):
+        # Live points of every ingest node (an all node's own are published
+        # on arrival, and not again: see blip.notifications).
+        listener = Listener(dsn, store, hub, reactor, counters, options["node-name"])
+        ListenerService(listener, database.when_ready).setServiceParent(top)
+        read_store = store
+        if options["db-read"] is not None:
+            read_pool = Pool(options["db-read"], POOL_SIZE, reactor, counters)
+            PoolService(read_pool).setServiceParent(top)
+            read_store = Store(read_pool)
+        # Live replays come from the primary: a replica may lag behind the
+        # notifications.
         live = Live(hub, store, meters, clock, max_clients=options["max-waiters"])
         LiveService(live).setServiceParent(top)
-        api = LegacyApi(store, hub, meters, clock, options["longpoll-timeout"], STATIC)
+        api = LegacyApi(read_store, hub, meters, clock, options["longpoll-timeout"], STATIC)
         registry = CollectorRegistry()
         registry.register(StateCollector(counters, hub, live, pool))
         has_source = options["role"] == "all" and bool(options["serial"] or options["simulate"])
         health = Health(hub, store, clock, options["health-window"], has_source)
-        site = QuietSite(
-            site_root(
-                api,
-                ApiV1(store, hub, live, meters, clock),
-                Operations(health, registry),
-                RequestMetrics(registry),
-                reactor,
-            )
+        root = site_root(
+            api,
+            ApiV1(read_store, hub, live, meters, clock),
+            Operations(health, registry),
+            RequestMetrics(registry),
+            reactor,
         )
+        rules = Rules(options["allow"], options["trusted-proxy"])
+        site = QuietSite(protect(root, rules, counters, clock))
         site.noisy = False
         strports.service(options["listen"], site).setServiceParent(top)
     return top

@@ -12,8 +12,8 @@ both run.
 
 import io
 from dataclasses import dataclass
-from importlib.resources import files
-from typing import IO, Any, Generator, Optional, Sequence, TypeVar, Union
+from pathlib import Path
+from typing import IO, Any, Generator, Mapping, Optional, Sequence, TypeVar, Union
 
 from psycopg2 import sql
 from twisted.internet.defer import Deferred
@@ -36,6 +36,49 @@ MINUTE, HOUR = 60_000, 3_600_000
 WIDTHS = {"readings_minutely": MINUTE, "readings_hourly": HOUR}
 #: Bounds of a BIGINT stamp.
 STAMP_MIN, STAMP_MAX = -(2**63 - 1), 2**63 - 1
+
+#: The channel on which every batch of new points is announced (NOTIFY).
+CHANNEL = "blip_points"
+#: Most points in one notification. The longest point takes 43 bytes (a
+#: 10-digit meter, a 20-character stamp, a 10-digit ms and separators),
+#: so a notification stays under PostgreSQL's 8000-byte payload limit.
+NOTIFY_POINTS = 180
+
+# The ingest write: insert the points (the rollup trigger counts them) and
+# announce those that were new, in the same statement and so the same
+# transaction: a notification is delivered when, and only if, its points are
+# committed, and points skipped as duplicates (a spool written again) are
+# not announced twice. Only this write notifies, not the trigger: history
+# loaded with `blip import` or psql is not live and must not reach live
+# clients as if the meter had just blinked.
+#
+# Payload (see blip.notifications.decode): groups separated by ";", one per
+# meter, "<meter>:<stamp>,<ms> <step>,<ms> ..." where each step is the
+# stamp's increase over the previous point of the group. Stamps of a meter
+# strictly increase, so a step is a small positive number.
+_INSERT = (
+    "WITH new AS ("
+    " INSERT INTO readings (id, stamp, ms)"
+    " SELECT * FROM unnest(%s::integer[], %s::bigint[], %s::integer[])"
+    " ORDER BY 1, 2"
+    " ON CONFLICT DO NOTHING RETURNING id, stamp, ms),"
+    " chunked AS ("
+    " SELECT id, stamp, ms,"
+    f"       (row_number() OVER (ORDER BY id, stamp) - 1) / {NOTIFY_POINTS} AS chunk"
+    "  FROM new),"
+    " stepped AS ("
+    " SELECT chunk, id, stamp, ms,"
+    "        stamp - lag(stamp) OVER (PARTITION BY chunk, id ORDER BY stamp) AS step"
+    "  FROM chunked),"
+    " groups AS ("
+    " SELECT chunk, id,"
+    "        id || ':' || string_agg(coalesce(step, stamp) || ',' || ms, ' ' ORDER BY stamp) AS text"
+    "  FROM stepped GROUP BY chunk, id),"
+    " payloads AS ("
+    " SELECT string_agg(text, ';' ORDER BY id) AS payload FROM groups GROUP BY chunk)"
+    " SELECT (SELECT count(*) FROM new),"
+    f"       (SELECT count(pg_notify('{CHANNEL}', payload)) FROM payloads)"
+)
 
 
 def _array(numbers: list[int]) -> str:
@@ -75,7 +118,10 @@ def schema_sql() -> str:
     """
     :return: the text of ``schema.sql``.
     """
-    return files("blip").joinpath("schema.sql").read_text(encoding="utf-8")
+    # Read beside this module rather than through importlib.resources, which
+    # loads more of Python's library on first use: a daemon that twistd
+    # --uid/--gid has made another user may not be able to read it any more.
+    return Path(__file__).with_name("schema.sql").read_text(encoding="utf-8")
 
 
 class Store:
@@ -117,17 +163,14 @@ class Store:
         """
         Store points in one statement; the rollup trigger updates the
         minute and hour rollups in the same transaction. Points already
-        stored are skipped.
+        stored are skipped. The new points are announced on
+        :data:`CHANNEL` (see :data:`_INSERT`), delivered when the
+        transaction commits.
 
         :return: how many points were new.
         """
         rows = await self.pool.runQuery(
-            "WITH new AS ("
-            " INSERT INTO readings (id, stamp, ms)"
-            " SELECT * FROM unnest(%s::integer[], %s::bigint[], %s::integer[])"
-            " ORDER BY 1, 2"
-            " ON CONFLICT DO NOTHING RETURNING 1)"
-            " SELECT count(*) FROM new",
+            _INSERT,
             (
                 _array([p.meter for p in points]),
                 _array([p.stamp for p in points]),
@@ -299,6 +342,43 @@ class Store:
             " ORDER BY h.id"
         )
         return [(int(meter), int(events), last) for meter, events, last in rows]
+
+    async def catch_up(self, after: Mapping[int, int], limit: int) -> list[Point]:
+        """
+        Points newer than those a node knows, to catch up on notifications
+        it missed: for each meter of ``after``, its points with a stamp
+        above ``after[meter]``; for each other meter with readings, all of
+        its points.
+
+        :param after: the newest stamp known of each meter.
+        :param limit: the most points returned; ask again from the last
+            ones for more.
+        :return: the oldest ``limit`` of those points, by meter and stamp.
+        """
+        ids = list(after)
+        rows = await self.pool.runQuery(
+            # The meters with readings, by skipping through the primary key.
+            "WITH RECURSIVE m AS ("
+            "   (SELECT id FROM readings ORDER BY id LIMIT 1)"
+            "   UNION ALL"
+            "   SELECT (SELECT id FROM readings WHERE id > m.id ORDER BY id LIMIT 1)"
+            "     FROM m WHERE m.id IS NOT NULL)"
+            " SELECT r.id, r.stamp, r.ms"
+            "  FROM m LEFT JOIN unnest(%(ids)s::integer[], %(first)s::bigint[]) AS k (id, first)"
+            "    ON k.id = m.id"
+            " CROSS JOIN LATERAL (SELECT id, stamp, ms FROM readings"
+            "                      WHERE id = m.id"
+            "                        AND stamp >= coalesce(k.first, %(min)s::bigint)"
+            "                      ORDER BY stamp LIMIT %(limit)s) r"
+            " ORDER BY r.id, r.stamp LIMIT %(limit)s",
+            {
+                "ids": ids,
+                "first": [min(after[i] + 1, STAMP_MAX) for i in ids],
+                "min": STAMP_MIN,
+                "limit": limit,
+            },
+        )
+        return [Point(*row) for row in rows]
 
     async def ingest_periods(self, first: int, last: int) -> list[Row]:
         """
@@ -631,6 +711,16 @@ SELECT p.lo, p.hi, coalesce(sum(r.events), 0),
  ORDER BY p.lo
  LIMIT %(n)s
 """
+
+
+async def listen(connection: Any) -> None:
+    """
+    Subscribe ``connection`` to :data:`CHANNEL`. It must be a connection of
+    its own, never a pool's: a subscription belongs to its connection.
+
+    :param connection: an open :class:`txpostgres.txpostgres.Connection`.
+    """
+    await connection.runOperation(f"LISTEN {CHANNEL}")
 
 
 # --- Preparing the database: detect its layout, upgrade, apply schema.sql ---

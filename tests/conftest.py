@@ -308,6 +308,11 @@ class Daemon:
     args: list[str]
     env: dict[str, str]
     port: int = 0
+    #: What the daemon logs once it is ready, when that is not that it
+    #: serves HTTP (a node that does not).
+    ready: Optional[str] = None
+    #: Options of twistd itself (before ``blip``).
+    twistd_args: list[str] = field(default_factory=list)
     process: Optional[subprocess.Popen[bytes]] = None
     output: list[str] = field(default_factory=list)
     _changed: threading.Condition = field(default_factory=threading.Condition)
@@ -317,7 +322,7 @@ class Daemon:
     def start(self) -> "Daemon":
         """Start it; return once it serves HTTP."""
         twistd = str(Path(sys.executable).parent / "twistd")
-        argv = [twistd, "--nodaemon", "--pidfile=", "blip", *self.args]
+        argv = [twistd, "--nodaemon", "--pidfile=", *self.twistd_args, "blip", *self.args]
         self.process = subprocess.Popen(
             argv, cwd=ROOT, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
         )
@@ -325,11 +330,18 @@ class Daemon:
         self._ended = False
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
-        found = self.wait_for(r"starting on (\d+)|Server Shut Down")
+        found = self.wait_for((self.ready or r"starting on (\d+)") + "|Server Shut Down")
         if "Shut Down" in found.group(0):
             raise AssertionError("daemon did not start:\n" + "\n".join(self.output))
-        self.port = int(found.group(1))
+        if self.ready is None:
+            self.port = int(found.group(1))
         return self
+
+    @property
+    def pid(self) -> int:
+        """The daemon's process id."""
+        assert self.process is not None
+        return self.process.pid
 
     def _read(self) -> None:
         assert self.process is not None and self.process.stdout is not None
@@ -404,17 +416,26 @@ def daemon_env() -> dict[str, str]:
 def start_daemon(daemon_env: dict[str, str]) -> Iterator:
     """
     A function that starts ``twistd -n blip`` with the given arguments (plus
-    a free port and a private state dir); every daemon is stopped after the
-    test.
+    a free port and a private state dir, shared by the test's daemons
+    unless ``state_dir`` gives one; ``ready`` is what a daemon without a
+    listener logs when it is ready; ``env`` adds to its environment;
+    ``twistd`` are options of twistd itself); every daemon is stopped after
+    the test.
     """
     started: list[Daemon] = []
     state = shared_tempdir("blip-test-state-")
 
-    def start(*args: str, listen: bool = True) -> Daemon:
-        extra = ["--state-dir", str(state)]
+    def start(
+        *args: str, listen: bool = True, state_dir: Optional[Path] = None,
+        ready: Optional[str] = None, env: Optional[dict[str, str]] = None,
+        twistd: tuple[str, ...] = (),
+    ) -> Daemon:
+        extra = ["--state-dir", str(state_dir or state)]
         if listen:
             extra += ["--listen", f"tcp:{free_port()}:interface=127.0.0.1"]
-        daemon = Daemon([*extra, *args], daemon_env)
+        daemon = Daemon(
+            [*extra, *args], {**daemon_env, **(env or {})}, ready=ready, twistd_args=list(twistd)
+        )
         started.append(daemon)
         return daemon.start()
 

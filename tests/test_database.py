@@ -11,11 +11,12 @@ import socket
 
 import pytest_twisted
 from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 
 from blip.counters import Counters
 from blip.database import DatabaseService, Pool
-from blip.store import Store
+from blip.store import SCHEMA_LOCK, Store
 from tests import originals
 from tests.conftest import TIMEOUT
 from tests.test_web import wait_until
@@ -98,3 +99,37 @@ async def test_a_refused_database_is_fatal(database, log_events) -> None:
     assert critical[0]["log_format"].startswith("refusing to use the database")
     assert "no readings table" in critical[0]["why"]
     assert not service.ready
+
+
+@pytest_twisted.ensureDeferred
+async def test_stopping_while_preparing_is_not_a_failure(database, log_events) -> None:
+    """
+    A daemon stopped while the schema is being prepared (here: waiting for
+    another node's schema lock) is not failing: nothing critical is logged
+    and ``fatal`` is not called, so it exits with status 0. (txpostgres
+    still logs its failed rollback of the cancelled transaction.)
+    """
+    import psycopg2
+
+    from twisted.internet import reactor
+
+    holder = psycopg2.connect(database.dsn)
+    try:
+        with holder.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+            pool = Pool(database.dsn, 1, reactor)
+            fatal: list[None] = []
+            service = DatabaseService(pool, Store(pool).apply_schema, fatal=lambda: fatal.append(None))
+            service.startService()
+            await wait_until(
+                lambda: database.sql(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                )[0][0] == 1
+            )
+            service.stopService()
+            await deferLater(reactor, 0.1, lambda: None)
+    finally:
+        holder.close()
+    assert fatal == []
+    ours = [e for e in log_events if e.get("log_namespace", "").startswith("blip.")]
+    assert not [e for e in ours if e["log_level"].name == "critical"]

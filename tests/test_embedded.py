@@ -104,3 +104,30 @@ async def test_long_state_path_puts_the_socket_elsewhere(state: Path) -> None:
     await service.when_ready()
     assert sql(service.dsn, "SELECT 2") == [(2,)]
     await service.stopService()
+
+
+def test_a_cluster_of_another_user_is_refused_with_the_fix(state: Path) -> None:
+    """
+    A cluster folder that belongs to another user than the one the server
+    would run as (made while the daemon ran as root, say, and started now
+    as the user twistd --uid switches to) is refused with the chown that
+    fixes it, before anything is run in it.
+    """
+    import os
+
+    from blip.embedded import EmbeddedError
+
+    cluster = Cluster.at(state / "pg")
+    (state / "pg").mkdir()
+    runner = cluster.user.pw_uid if cluster.user is not None else os.geteuid()
+    if os.geteuid() != 0:
+        # Without root no folder can be given to another user: the check
+        # passes for our own.
+        cluster.check_owner()
+        return
+    os.chown(state / "pg", runner, runner)
+    cluster.check_owner()
+    os.chown(state / "pg", 65534, 65534)
+    assert runner != 65534
+    with pytest.raises(EmbeddedError, match=r"belongs to user nobody.*chown -R"):
+        cluster.check_owner()

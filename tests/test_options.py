@@ -104,6 +104,11 @@ def test_simulate_from_the_environment(monkeypatch) -> None:
         (["--serial", "/dev/ttyUSB0", "--simulate"], "--serial and --simulate"),
         (["--node-name", " "], "--node-name"),
         (["--node-name", "n" * 201], "--node-name"),
+        (["--db-read", "host=x = y"], "--db-read"),
+        (["--db-read", "dbname=replica", "--role", "ingest"], "--db-read: an ingest node"),
+        (["--allow", "everyone"], "--allow: not an address or network"),
+        (["--allow", "172.16.1.0/16"], "did you mean 172.16.0.0/16"),
+        (["--trusted-proxy", "10.0.0.0/40"], "--trusted-proxy"),
     ],
 )
 def test_bad_values_are_one_clear_error(args: list[str], message: str) -> None:
@@ -176,3 +181,75 @@ def test_bad_mqtt_options(args: list[str], message: str) -> None:
     with pytest.raises(usage.UsageError, match=message) as caught:
         parse([*args, "--db", "dbname=x"])
     assert "hunter2" not in str(caught.value)
+
+
+def test_networks_and_replica(monkeypatch) -> None:
+    """
+    --allow and --trusted-proxy may be repeated, or listed in BLIP_ALLOW
+    and BLIP_TRUSTED_PROXY (the command line wins); --db-read needs --db.
+    """
+    from ipaddress import ip_network
+
+    options = parse(["--db", "dbname=x", "--allow", "10.0.0.0/8", "--allow", "192.0.2.7"])
+    assert options["allow"] == (ip_network("10.0.0.0/8"), ip_network("192.0.2.7/32"))
+    assert options["trusted-proxy"] == ()
+    assert options["db-read"] is None
+    monkeypatch.setenv("BLIP_ALLOW", "10.0.0.0/8, 2001:db8::/32")
+    monkeypatch.setenv("BLIP_TRUSTED_PROXY", "127.0.0.1")
+    options = parse(["--db", "dbname=x", "--db-read", "dbname=replica"])
+    assert options["allow"] == (ip_network("10.0.0.0/8"), ip_network("2001:db8::/32"))
+    assert options["trusted-proxy"] == (ip_network("127.0.0.1/32"),)
+    assert options["db-read"] == "dbname=replica"
+    assert parse(["--db", "dbname=x", "--allow", "192.0.2.0/24"])["allow"] == (
+        ip_network("192.0.2.0/24"),
+    )
+    with pytest.raises(usage.UsageError, match="--db-read: needs --db"):
+        parse(["--db-read", "dbname=replica"])
+
+
+def test_a_password_in_a_bad_connection_string_is_not_repeated() -> None:
+    """
+    A connection string that cannot be read is refused without quoting
+    it: it may hold a password.
+    """
+    for option in ("--db", "--db-read"):
+        args = ["--db", "dbname=x", option, "host=db password=s3cr3t user"]
+        with pytest.raises(usage.UsageError) as refused:
+            parse(args)
+        assert "s3cr3t" not in str(refused.value)
+        assert str(refused.value).startswith(option)
+
+
+def twistd_options(args: list[str]):
+    """:return: the blip options as twistd parses them, with its own."""
+    from twisted.scripts.twistd import ServerOptions
+
+    options = ServerOptions()
+    options.parseOptions(args)
+    return options.subOptions
+
+
+def test_state_dir_belongs_to_the_user_twistd_switches_to(tmp_path) -> None:
+    """
+    Started as root with twistd's --uid/--gid, a state dir blipserver
+    creates is given to that user, and one that user cannot write in is
+    refused at start, saying how to fix it. (Without root there is no
+    switch, and the state dir is only checked for ourselves.)
+    """
+    import os
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    fresh = tmp_path / "fresh" / "state"
+    twistd_options(["--uid", "nobody", "blip", "--db", "dbname=x", "--state-dir", str(fresh)])
+    if os.geteuid() != 0:
+        assert fresh.stat().st_uid == os.geteuid()
+        return
+    assert (fresh.stat().st_uid, fresh.stat().st_gid) == (nobody.pw_uid, nobody.pw_gid)
+    assert fresh.parent.stat().st_uid == 0
+    root_only = tmp_path / "root-only"
+    root_only.mkdir(mode=0o755)
+    with pytest.raises(usage.UsageError, match=f"nobody.*chown nobody {root_only}"):
+        twistd_options(["--uid", "nobody", "blip", "--db", "dbname=x", "--state-dir", str(root_only)])
+    os.chmod(root_only, 0o1777)
+    twistd_options(["--uid", "nobody", "blip", "--db", "dbname=x", "--state-dir", str(root_only)])

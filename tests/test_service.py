@@ -4,16 +4,22 @@ writing to a real database, answering over a real port.
 """
 
 import json
+import os
+import pwd
 import select
+import shutil
 import signal
 import socket
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 
-from tests.conftest import TIMEOUT
+from tests.conftest import TIMEOUT, free_port, shared_tempdir
 
 HOUR = 3_600_000
 
@@ -133,3 +139,68 @@ def test_demo_serves_a_point_quickly(start_daemon) -> None:
     daemon.wait_for("database ready")
     assert daemon.stop() == 0
     assert any("embedded database stopped" in line for line in daemon.output)
+
+
+def test_drops_privileges_after_opening_the_serial_device(start_daemon, pty_meter) -> None:
+    """
+    Started as root with twistd's --uid/--gid, the daemon opens a serial
+    device only root may open, then runs as that user: it reads the device
+    all the same, and runs its embedded database as that user in a state
+    dir it owns.
+    """
+    if os.geteuid() != 0:
+        pytest.fail("this test needs root (twistd --uid/--gid): run the tests as root")
+    nobody = pwd.getpwnam("nobody")
+    assert os.stat(pty_meter.path).st_mode & 0o077 == 0
+    state = shared_tempdir("blip-test-nobody-")
+    try:
+        os.chown(state, nobody.pw_uid, nobody.pw_gid)
+        daemon = start_daemon(
+            "--serial", pty_meter.path, state_dir=state,
+            twistd=("--uid", "nobody", "--gid", str(nobody.pw_gid)),
+        )
+        daemon.wait_for(r"\] database ready")
+        status = Path(f"/proc/{daemon.pid}/status").read_text()
+        uids = next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1:]
+        assert uids == [str(nobody.pw_uid)] * 4
+        assert (state / "pg").stat().st_uid == nobody.pw_uid
+        pty_meter.write(b"partial\n1234\n")
+        assert eventually(lambda: get(daemon, "/last/1")[0] == 200), daemon.output
+        assert json.loads(get(daemon, "/last/1")[1])[1] == 1234
+        assert daemon.stop() == 0, "\n".join(daemon.output)
+        assert any("embedded database stopped" in line for line in daemon.output)
+        assert not any("Traceback" in line for line in daemon.output), "\n".join(daemon.output)
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def test_the_database_password_is_never_logged(start_daemon, database) -> None:
+    """
+    Passwords in --db and --db-read (the test cluster trusts everyone, so
+    any password works) appear nowhere in the daemon's output: not when it
+    connects, nor while the replica cannot be reached, nor when the
+    LISTEN connection is cut, nor when a bad connection string is refused.
+    """
+    secret = "s3cr3t-blip-pw"
+    cluster = database.cluster.cluster
+    dsn = f"postgresql://blip:{secret}@/{database.name}?host={cluster.sockets}&port=5432"
+    replica = f"host=127.0.0.1 port={free_port()} dbname=x password={secret} connect_timeout=1"
+    daemon = start_daemon("--db", dsn, "--db-read", replica, "--node-name", "pw")
+    daemon.wait_for("receiving live points from the database")
+    database.cluster.sql(
+        "postgres",
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+        " WHERE application_name = 'blipserver listen pw'",
+    )
+    daemon.wait_for("live points from the database are back")
+    assert get(daemon, "/last/1")[0] == 503
+    daemon.wait_for("database unreachable: Connection refused")
+    assert daemon.stop() == 0
+    twistd = Path(sys.executable).parent / "twistd"
+    refused = subprocess.run(
+        [str(twistd), "--nodaemon", "--pidfile=", "blip", "--db", f"host=x password {secret}"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert refused.returncode == 1
+    assert "--db: not a connection string" in refused.stdout + refused.stderr
+    assert secret not in "\n".join(daemon.output) + refused.stdout + refused.stderr
