@@ -12,6 +12,7 @@ from functools import wraps
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Optional
 
+import psycopg2.errors
 from klein import Klein
 from twisted.internet.defer import CancelledError
 from twisted.internet.interfaces import IReactorTime
@@ -76,6 +77,10 @@ def describe_error(failure: Failure) -> tuple[int, str]:
         return 503, "too many long-poll clients; try again later"
     if isinstance(error, RETRIABLE):
         return 503, "database unavailable; try again later"
+    if isinstance(error, psycopg2.errors.UndefinedTable):
+        # A node serving a database whose schema another node (or this
+        # one, still starting) has yet to create.
+        return 503, "database not prepared yet; try again later"
     if isinstance(error, CancelledError):
         return 503, "shutting down"
     return 500, "internal error"

@@ -565,3 +565,31 @@ async def test_long_poll_over_http_1_0_and_head(api: Api) -> None:
     answer = await head
     assert answer.startswith(b"HTTP/1.1 200 OK")
     assert b"Content-Length: " in answer and answer.endswith(b"\r\n\r\n")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_database_without_the_schema_is_503(database) -> None:
+    """
+    Before the schema exists (a web node on a database no node has
+    prepared yet), the routes that read the database answer 503 JSON,
+    not 500.
+    """
+    from twisted.internet import reactor
+
+    from blip.database import Pool
+
+    pool = Pool(database.dsn, 1, reactor)
+    await pool.start()
+    try:
+        app = LegacyApi(Store(pool), Hub(), Meters(), Clock(), 0, STATIC)
+        port = reactor.listenTCP(0, QuietSite(root(app, reactor)), interface="127.0.0.1")
+        try:
+            api = Api(f"http://127.0.0.1:{port.getHost().port}", app.hub, app.clock, app.store, port)
+            for path in ("/since/1/0", "/last/1", "/hourly/1/0/5"):
+                code, _, content = await api.get(path)
+                assert code == 503, path
+                assert b"not prepared" in content
+        finally:
+            await port.stopListening()
+    finally:
+        pool.close()
