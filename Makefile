@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test postgres mosquitto chromium test-tools venv clean bench bench-ingest bench-fanout bench-queries bench-disk
+.PHONY: demo test postgres mosquitto chromium proxies venv clean bench bench-ingest bench-fanout bench-queries bench-disk
 
 $(STAMP): setup.cfg pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -22,26 +22,26 @@ venv: $(STAMP)
 # PostgreSQL's server programs: present on the machines blipserver targets;
 # elsewhere installed from Debian's packages when possible.
 postgres:
-	@./tools/need-postgres
+	@./tools/need postgres
 
 # The Mosquitto MQTT broker, for the tests of MQTT publishing: installed from
 # Debian's package when missing and possible.
 mosquitto:
-	@./tools/need-mosquitto
+	@./tools/need mosquitto
 
 # Chromium, for the tests of the page in a real browser.
 chromium:
-	@./tools/need-chromium
+	@./tools/need chromium
 
 # What the tests of contrib/ check the deployment files with (nginx,
 # Apache, systemd-analyze, udevadm).
-test-tools:
-	@./tools/need-test-tools
+proxies:
+	@./tools/need proxies
 
 demo: venv postgres
 	$(BIN)/twistd --nodaemon --pidfile= blip --simulate
 
-test: venv postgres mosquitto chromium test-tools
+test: venv postgres mosquitto chromium proxies
 	$(BIN)/pytest
 
 # Benchmarks: each prints one JSON object (see bench/README.md).

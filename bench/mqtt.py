@@ -8,7 +8,7 @@ Benchmark of MQTT publishing; prints JSON.
   meanwhile.
 - ``hub_publish``: microseconds per point through ``Hub.publish`` with the
   MQTT publisher listening and connected to a local Mosquitto (which must
-  be installed: ``tools/need-mosquitto``), against no listener, for 10
+  be installed: ``tools/need mosquitto``), against no listener, for 10
   meters at the default 5 s interval and at 0 (every blip published).
 
 Run: ``.venv/bin/python bench/mqtt.py``

@@ -575,7 +575,7 @@ def _mosquitto_program(name: str) -> str:
     if path is None:
         pytest.fail(
             f"the tests need the Mosquitto MQTT broker ({name} not found);"
-            " run ./tools/need-mosquitto or: sudo apt-get install mosquitto",
+            " run ./tools/need mosquitto or: sudo apt-get install mosquitto",
             pytrace=False,
         )
     return path
