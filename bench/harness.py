@@ -406,14 +406,33 @@ def http_get(sock: socket.socket, host_port: str, path: str) -> tuple[int, bytes
         buffer += chunk
     head = buffer[:head_end]
     status = int(head.split(b" ", 2)[1])
-    match = re.search(rb"\r\ncontent-length:\s*(\d+)", head, re.IGNORECASE)
-    length = int(match.group(1)) if match else 0
-    body = buffer[head_end + 4:]
-    while len(body) < length:
-        chunk = sock.recv(max(65536, length - len(body)))
+    rest = buffer[head_end + 4:]
+
+    def more() -> bytes:
+        chunk = sock.recv(65536)
         if not chunk:
             raise ConnectionError("connection closed")
-        body += chunk
+        return chunk
+
+    if re.search(rb"\r\ntransfer-encoding:\s*chunked", head, re.IGNORECASE):
+        # A streamed answer: chunks until the empty one.
+        body = b""
+        while True:
+            while b"\r\n" not in rest:
+                rest += more()
+            size_line, rest = rest.split(b"\r\n", 1)
+            size = int(size_line.split(b";")[0], 16)
+            while len(rest) < size + 2:
+                rest += more()
+            body += rest[:size]
+            rest = rest[size + 2:]
+            if size == 0:
+                return status, body
+    match = re.search(rb"\r\ncontent-length:\s*(\d+)", head, re.IGNORECASE)
+    length = int(match.group(1)) if match else 0
+    body = rest
+    while len(body) < length:
+        body += more()
     return status, body
 
 

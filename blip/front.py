@@ -79,6 +79,7 @@ class HotRoutes:
         self.longpoll_timeout = longpoll_timeout
         self.reactor = reactor
         self._point: Optional[Point] = None
+        self._second = 0
         self._response = b""
         self._unfinished: list[_Parked] = []
 
@@ -106,6 +107,11 @@ class HotRoutes:
             point = self.hub.last(meter)
             if point is None:
                 return None
+            if _plain(request):
+                request.startedWriting = 1
+                request.channel.transport.write(self.response(point))
+                request.finish()
+                return NOT_DONE_YET
             api_headers(request)
             return _body(request, encode_point(point.stamp, point.ms))
         return self._park(request, meter)
@@ -125,17 +131,18 @@ class HotRoutes:
 
     def response(self, point: Point) -> bytes:
         """
-        :return: the whole HTTP/1.1 answer of a long-poll for ``point``,
-            rendered once per point.
+        :return: the whole HTTP/1.1 answer with ``point`` (of a long-poll,
+            or of /last), rendered once per point and second.
         """
-        if point is not self._point:
+        now = int(self.clock.seconds())
+        if point is not self._point or now != self._second:
             body = encode_point(point.stamp, point.ms)
             self._response = (
                 b"HTTP/1.1 200 OK\r\nServer: %s\r\nDate: %s\r\n%s"
                 b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
-                % (version, datetimeToString(self.clock.seconds()), _HEADERS, len(body), body)
+                % (version, datetimeToString(now), _HEADERS, len(body), body)
             )
-            self._point = point
+            self._point, self._second = point, now
         return self._response
 
 
@@ -157,6 +164,19 @@ class HotRoutes:
 
 def _no_point(result: object, timeout: float) -> Any:
     return _NO_POINT
+
+
+def _plain(request: IRequest) -> bool:
+    """
+    :return: whether the answer to ``request`` may be a pre-rendered one: a
+        GET on a persistent HTTP/1.1 connection (no ``Connection: close``
+        to add, a body to send).
+    """
+    return (
+        request.method == b"GET"
+        and request.clientproto == b"HTTP/1.1"
+        and getattr(request.channel, "persistent", False)
+    )
 
 
 def _body(request: IRequest, body: bytes) -> bytes:
@@ -197,11 +217,7 @@ class _Parked:
         if point is _NO_POINT:
             request.setResponseCode(204)
             request.finish()
-        elif (
-            request.method == b"GET"
-            and request.clientproto == b"HTTP/1.1"
-            and getattr(request.channel, "persistent", False)
-        ):
+        elif _plain(request):
             request.startedWriting = 1
             transport = request.channel.transport
             transport.write(self.routes.response(point))
@@ -284,6 +300,14 @@ class Channel(HTTPChannel):
     totalHeadersSize = 32768
     _drained: Optional[int] = None
     _tail = b""
+    _host: Any = None
+
+    def getHost(self) -> Any:
+        # Every request asks for its connection's local address: one
+        # system call per request, for an address that does not change.
+        if self._host is None:
+            self._host = super().getHost()
+        return self._host
 
     def dataReceived(self, data: bytes) -> None:
         if self._drained is None:

@@ -13,6 +13,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
+from twisted.web.server import NOT_DONE_YET
 from werkzeug.exceptions import HTTPException
 
 from blip.counters import Counters
@@ -179,9 +180,14 @@ class Metered(Resource):
     def render(self, request: IRequest) -> Any:
         started = self.timer()
         route = self.route(request)
+        body = self.inner.render(request)
+        if body is not NOT_DONE_YET or request.finished:
+            # Answered at once (what remains is sending it).
+            self.metrics.observe(route, request.method, request.code, self.timer() - started)
+            return body
 
         def done(_: object) -> None:
             self.metrics.observe(route, request.method, request.code, self.timer() - started)
 
         request.notifyFinish().addBoth(done)
-        return self.inner.render(request)
+        return body
