@@ -93,12 +93,16 @@ def _array(numbers: list[int]) -> str:
 def _pairs(select: str) -> str:
     """
     :return: a statement answering one text: the rows of ``select`` (two
-        columns, the first a key) as the original's JSON, ``[[a,b],...]``,
-        ordered by the key. PostgreSQL writes the numbers (as the original
-        sent them: its own text of each value), so no row reaches Python.
+        columns, ordered) as the original's JSON, ``[[a,b],...]``.
+        PostgreSQL writes the numbers (as the original sent them: its own
+        text of each value), so no row reaches Python. The rows are
+        aggregated in the order ``select`` gives them, as PostgreSQL does
+        for a sorted subquery under a plain aggregate (its documentation on
+        aggregate expressions): an ORDER BY inside string_agg would sort
+        them again.
     """
     return (
-        "SELECT '[' || coalesce(string_agg('[' || a || ',' || b || ']', ',' ORDER BY a), '')"
+        "SELECT '[' || coalesce(string_agg('[' || a || ',' || b || ']', ','), '')"
         f" || ']' FROM ({select}) AS r (a, b)"
     )
 
@@ -108,9 +112,8 @@ def _usage(select: str) -> str:
     :return: like :func:`_pairs`, for rows of five columns.
     """
     return (
-        "SELECT '[' || coalesce(string_agg('[' || a || ',' || b || ',' || c || ',' || d"
-        " || ',' || e || ']', ',' ORDER BY a), '') || ']'"
-        f" FROM ({select}) AS r (a, b, c, d, e)"
+        "SELECT '[' || coalesce(string_agg('[' || concat_ws(',', a, b, c, d, e) || ']', ','), '')"
+        f" || ']' FROM ({select}) AS r (a, b, c, d, e)"
     )
 
 
@@ -261,7 +264,7 @@ class Store:
                 "  FROM {}"
                 " WHERE id = %(m)s AND stamp >= %(s)s::bigint"
                 "   AND stamp < %(s)s::bigint + %(w)s::bigint * %(c)s::bigint"
-                " GROUP BY o".format(*counted)
+                " GROUP BY o ORDER BY o".format(*counted)
             ),
             {"m": meter, "s": start, "w": width, "c": count},
         )
@@ -278,7 +281,7 @@ class Store:
                 "  FROM usage_hourly"
                 " WHERE id = %(m)s AND stamp >= %(s)s::bigint"
                 "   AND stamp < %(s)s::bigint + %(w)s::bigint * %(c)s::bigint"
-                " GROUP BY o"
+                " GROUP BY o ORDER BY o"
             ),
             {"m": meter, "s": start, "w": width, "c": count},
         )
@@ -292,6 +295,7 @@ class Store:
             _usage(
                 "SELECT stamp, events, wh, min_ms, max_ms FROM usage_hourly"
                 " WHERE id = %s AND stamp >= %s::bigint AND stamp <= %s::bigint"
+                " ORDER BY stamp"
             ),
             (meter, first, last),
         )
