@@ -3,18 +3,22 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+RUN_STAMP := $(VENV)/.installed-run
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test postgres mosquitto chromium proxies venv clean bench bench-ingest bench-fanout bench-queries bench-disk
-
-$(STAMP): setup.cfg pyproject.toml
+# The daemon and its dependencies (what `make demo` needs) ...
+$(RUN_STAMP): setup.cfg pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 		{ echo "blipserver needs Python 3.11 or newer (found $$($(PYTHON) --version))"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e .
 	@# Twisted finds the twistd plugin by scanning sys.path for twisted/plugins.
 	$(BIN)/python -c 'import pathlib, sysconfig; pathlib.Path(sysconfig.get_path("purelib"), "blipserver-source.pth").write_text(str(pathlib.Path.cwd()) + "\n")'
+	touch $@
+
+# ... and what the tests and benchmarks need too.
+$(STAMP): $(RUN_STAMP)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $@
 
 venv: $(STAMP)
@@ -38,7 +42,7 @@ chromium:
 proxies:
 	@./tools/need proxies
 
-demo: venv postgres
+demo: $(RUN_STAMP) postgres
 	$(BIN)/twistd --nodaemon --pidfile= blip --simulate
 
 test: venv postgres mosquitto chromium proxies
