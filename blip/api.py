@@ -22,6 +22,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
+from twisted.web.server import Request
 from werkzeug.exceptions import MethodNotAllowed
 
 from blip.hub import Hub
@@ -180,14 +181,15 @@ class ApiV1:
         status, message = describe_error(failure)
         if status == 500:
             self.log.failure("error answering {uri}", failure, uri=request.uri)
-        if request.startedWriting:
+        if isinstance(request, Request) and request.startedWriting:
             # Too late for an error answer: cut the connection, so that the
             # client sees a truncated answer, not a complete one.
             if status != 500:
                 self.log.warn(
                     "answer to {uri} cut short: {why}", uri=request.uri, why=message
                 )
-            request.transport.abortConnection()
+            # A TCP or TLS connection, though ITransport names no abortConnection.
+            request.transport.abortConnection()  # type: ignore[union-attr]
             return None
         request.setResponseCode(status)
         _headers(request)
@@ -303,7 +305,7 @@ class ApiV1:
         }
 
     @route(app, "/meters/<meter>/readings")
-    async def readings(self, request: IRequest, meter: str) -> Optional[bytes]:
+    async def readings(self, request: Request, meter: str) -> Optional[bytes]:
         settings = await self.meter(meter)
         query = Query(request)
         first, last = self.span(query, settings)
@@ -322,7 +324,7 @@ class ApiV1:
         return None
 
     @route(app, "/live")
-    async def live_points(self, request: IRequest) -> Any:
+    async def live_points(self, request: Request) -> Any:
         query = Query(request)
         meters = query.meters("meters")
         last_id = _last_event_id(request)

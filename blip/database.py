@@ -7,12 +7,12 @@ connections open.
 """
 
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterator, Optional
 
 import psycopg2
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, fail, succeed
-from twisted.internet.interfaces import IReactorCore
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -47,10 +47,11 @@ def reconnect_delays() -> Iterator[float]:
     :return: the delays between attempts to reach the database: at once,
         then growing from half a second to :data:`MAX_RECONNECT_DELAY`.
     """
-    return retrying.simpleBackoffIterator(
+    delays: Iterator[float] = retrying.simpleBackoffIterator(
         initialDelay=0.25, maxDelay=MAX_RECONNECT_DELAY, factor=2.0,
         maxRetries=0, now=True,
     )
+    return delays
 
 
 class _Detector(reconnection.DeadConnectionDetector):
@@ -66,7 +67,7 @@ class _Detector(reconnection.DeadConnectionDetector):
 
     def __init__(
         self,
-        reactor: IReactorCore,
+        reactor: IReactorTime,
         on_lost: Callable[[str], None] = lambda why: None,
         on_alive: Callable[[], None] = lambda: None,
     ) -> None:
@@ -98,7 +99,7 @@ class _Detector(reconnection.DeadConnectionDetector):
         self.alive = True
         # Clears txpostgres's own dead flag first: queries started by
         # on_alive would fail while it is set.
-        recovered = super().connectionRecovered()
+        recovered: Deferred[Any] = super().connectionRecovered()
         self.on_alive()
         return recovered
 
@@ -153,7 +154,7 @@ class PoolState:
 
 
 def own_connection(
-    reactor: IReactorCore,
+    reactor: IReactorTime,
     cooperator: Any = None,
     on_lost: Callable[[str], None] = lambda why: None,
 ) -> txpostgres.Connection:
@@ -179,13 +180,25 @@ class Pool(txpostgres.ConnectionPool):
 
     :param dsn: a libpq connection string or URI.
     :param size: how many connections (and so concurrent queries).
+    :param reactor: times the reconnections, and watches the connections'
+        sockets (so it is a whole reactor, not only a clock).
     :param counters: where reconnections are counted, if anywhere.
     """
 
     log = Logger()
 
+    if TYPE_CHECKING:
+        # txpostgres has no type hints; this is what its pool's runQuery
+        # gives: the rows of psycopg2's default cursor.
+        def runQuery(self, *args: Any, **kwargs: Any) -> "Deferred[list[tuple[Any, ...]]]":
+            """
+            Run one query on a free connection.
+
+            :return: its rows.
+            """
+
     def __init__(
-        self, dsn: str, size: int, reactor: IReactorCore, counters: Optional[Counters] = None
+        self, dsn: str, size: int, reactor: IReactorTime, counters: Optional[Counters] = None
     ) -> None:
         self.reactor = reactor
         self.counters = counters
@@ -195,7 +208,7 @@ class Pool(txpostgres.ConnectionPool):
         super().__init__(None, dsn, min=size, connect_timeout=10)
         self._all = list(self.connections)
 
-    def connectionFactory(self, reactor: IReactorCore, cooperator: Any) -> txpostgres.Connection:
+    def connectionFactory(self, reactor: IReactorTime, cooperator: Any) -> txpostgres.Connection:
         detector = _Detector(reactor, self._lost, self._reconnected)
         return _Connection(reactor, cooperator, detector=detector)
 

@@ -267,7 +267,7 @@ class _Collect(ProcessProtocol):
     errReceived = outReceived
 
     def processEnded(self, reason: Failure) -> None:
-        code = 0 if reason.check(ProcessDone) else (reason.value.exitCode or 1)
+        code = 0 if reason.check(ProcessDone) else (getattr(reason.value, "exitCode", None) or 1)
         self.done.callback((code, self.output.decode("utf-8", "replace")))
 
 

@@ -20,12 +20,12 @@ request) runs after every answer is out.
 from typing import Any, Optional
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IReactorTime, ITransport
 from twisted.python.failure import Failure
 from twisted.web.http import RESPONSES, HTTPChannel, datetimeToString
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
-from twisted.web.server import NOT_DONE_YET, version
+from twisted.web.server import NOT_DONE_YET, Request, version
 
 from blip.hub import Hub, TooManyWaiters
 from blip.meters import Meters
@@ -83,7 +83,7 @@ class HotRoutes:
         self._response = b""
         self._unfinished: list[_Parked] = []
 
-    def render(self, request: IRequest) -> Any:
+    def render(self, request: Request) -> Any:
         """
         Answer ``request`` if it is one of the hot routes.
 
@@ -91,6 +91,7 @@ class HotRoutes:
             router answer.
         """
         path = request.postpath
+        assert path is not None  # set by the site before any resource renders
         if (
             request.method not in (b"GET", b"HEAD")
             or not 1 <= len(path) <= 2
@@ -108,15 +109,17 @@ class HotRoutes:
             if point is None:
                 return None
             if _plain(request):
+                transport = request.channel.transport
+                assert transport is not None  # set while the request is answered
                 request.startedWriting = 1
-                request.channel.transport.write(self.response(point))
+                transport.write(self.response(point))
                 request.finish()
                 return NOT_DONE_YET
             api_headers(request)
             return _body(request, encode_point(point.stamp, point.ms))
         return self._park(request, meter)
 
-    def _park(self, request: IRequest, meter: int) -> Any:
+    def _park(self, request: Request, meter: int) -> Any:
         api_headers(request)
         if meter not in self.meters and self.hub.last(meter) is None:
             return refuse(request, 404, f"unknown meter {meter}")
@@ -166,7 +169,7 @@ def _no_point(result: object, timeout: float) -> Any:
     return _NO_POINT
 
 
-def _plain(request: IRequest) -> bool:
+def _plain(request: Request) -> bool:
     """
     :return: whether the answer to ``request`` may be a pre-rendered one: a
         GET on a persistent HTTP/1.1 connection (no ``Connection: close``
@@ -192,7 +195,7 @@ class _Parked:
 
     __slots__ = ("routes", "request", "waiter", "gone")
 
-    def __init__(self, routes: HotRoutes, request: IRequest, waiter: "Deferred[Point]") -> None:
+    def __init__(self, routes: HotRoutes, request: Request, waiter: "Deferred[Point]") -> None:
         self.routes = routes
         self.request = request
         self.waiter = waiter
@@ -220,6 +223,7 @@ class _Parked:
         elif _plain(request):
             request.startedWriting = 1
             transport = request.channel.transport
+            assert transport is not None  # set while the request is answered
             transport.write(self.routes.response(point))
             # Send now, rather than when the reactor next looks at the
             # connection: the first clients need not wait for the last.
@@ -259,11 +263,12 @@ class Guard(Resource):
         self.hot = hot
         self.router = router
 
-    def render(self, request: IRequest) -> Any:
+    def render(self, request: Request) -> Any:
         if len(request.uri) > MAX_URI:
             return refuse(request, 414, f"request target longer than {MAX_URI} bytes")
         if request.method != request.method.upper():
             return refuse(request, 405, "method not allowed")
+        assert request.postpath is not None  # set by the site before it renders
         try:
             b"/".join(request.postpath).decode("utf-8")
         except UnicodeDecodeError:
@@ -298,6 +303,8 @@ class Channel(HTTPChannel):
     #: Request line plus headers; above Twisted's 16 KiB so that a request
     #: whose line alone is under the line limit reaches Guard (414).
     totalHeadersSize = 32768
+    #: The client's connection: set before any of it is read.
+    transport: ITransport
     _drained: Optional[int] = None
     _tail = b""
     _host: Any = None
@@ -329,7 +336,8 @@ class Channel(HTTPChannel):
 
     def _drain(self, data: bytes) -> None:
         assert self._drained is not None
-        if self.transport.disconnecting:
+        # TCP and TLS transports have it; ITransport does not declare it.
+        if getattr(self.transport, "disconnecting", False):
             return
         self._drained += len(data)
         seen = self._tail + data

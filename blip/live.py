@@ -25,6 +25,7 @@ from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
+from twisted.web.server import Request
 from zope.interface import implementer
 
 from blip.hub import Hub
@@ -57,7 +58,7 @@ class Stream:
 
     log = Logger()
 
-    def __init__(self, live: "Live", request: IRequest, meters: Optional[frozenset[int]]) -> None:
+    def __init__(self, live: "Live", request: Request, meters: Optional[frozenset[int]]) -> None:
         self.live = live
         self.request = request
         self.meters = meters
@@ -250,7 +251,7 @@ class Live:
         )
         return b"id: %d\nevent: point\ndata: %s\n\n" % (point.stamp, data.encode())
 
-    def open(self, request: IRequest, meters: Optional[Iterable[int]]) -> Stream:
+    def open(self, request: Request, meters: Optional[Iterable[int]]) -> Stream:
         """
         Start a stream on ``request`` (whose status and headers are set).
         """

@@ -150,7 +150,7 @@ def _hours(value: Any, where: str) -> str:
         raise MetersError(f"{where}: hours {value!r}: a start from 00 to 23, an end from 01 to 24")
     if start == end:
         raise MetersError(f"{where}: hours {value!r} is empty; all day is \"00-24\"")
-    return value
+    return str(value)
 
 
 def _tariff(entries: Any, where: str) -> tuple[TariffRule, ...]:

@@ -13,7 +13,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
-from twisted.web.server import NOT_DONE_YET
+from twisted.web.server import NOT_DONE_YET, Request
 from werkzeug.exceptions import HTTPException
 
 from blip.counters import Counters
@@ -177,7 +177,7 @@ class Metered(Resource):
         self.metrics = metrics
         self.timer = timer
 
-    def render(self, request: IRequest) -> Any:
+    def render(self, request: Request) -> Any:
         started = self.timer()
         route = self.route(request)
         body = self.inner.render(request)

@@ -44,7 +44,12 @@ from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IReactorTime,
+    IStreamClientEndpoint,
+    ITCPTransport,
+)
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.ssl import optionsForClientTLS
 from twisted.internet.task import LoopingCall, deferLater
@@ -517,6 +522,9 @@ class MqttProtocol(Protocol):
     """
 
     log = Logger()
+    #: The connection to the broker, over TCP or TLS: set before any of
+    #: this protocol's methods runs.
+    transport: ITCPTransport
 
     def __init__(self, link: "Link") -> None:
         self.link = link
@@ -528,7 +536,9 @@ class MqttProtocol(Protocol):
 
     def connectionMade(self) -> None:
         broker = self.link.broker
-        self.transport.registerProducer(self, True)
+        # A consumer, like every stream transport, though neither
+        # ITransport nor ITCPTransport says so.
+        self.transport.registerProducer(self, True)  # type: ignore[attr-defined]
         self._bridge = _Bridge(self)
         client = _Client(
             CallbackAPIVersion.VERSION2,

@@ -25,7 +25,7 @@ from typing import Any, Optional
 import psycopg2.extensions
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IReactorCore
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -141,7 +141,7 @@ class Listener:
         dsn: str,
         store: Store,
         hub: Hub,
-        reactor: IReactorCore,
+        reactor: IReactorTime,
         counters: Counters,
         node: str = "",
     ) -> None:

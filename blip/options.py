@@ -49,7 +49,7 @@ class Options(usage.Options):
         ["simulate", None, "Feed built-in simulated meters through the same ingest path."],
     ]
 
-    optParameters = [
+    optParameters: list[list[Any]] = [
         ["serial", None, None, "Serial device of the Arduino (a path; a pty works)."],
         ["baudrate", None, "9600", "Serial speed."],
         ["db", None, None,

@@ -67,7 +67,10 @@ class QuietSite(Site):
     line per answered long-poll would drown everything else.
     """
 
-    protocol = Channel
+    # Twisted takes any HTTP channel class here, though its type names only
+    # its default, a wrapper that can switch to HTTP/2 (blipserver speaks
+    # HTTP/1.1).
+    protocol = Channel  # type: ignore[assignment]
 
     def log(self, request: Any) -> None:
         pass

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, Optional
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -29,6 +29,7 @@ from blip.meters import Meter
 from blip.model import DEFAULT_METER, Point
 
 if TYPE_CHECKING:
+    from blip.arduino import MeterFactory
     from blip.store import Store
 
 #: Appliances switched on at random: (name, watts, shortest, longest run in s).
@@ -178,7 +179,7 @@ class SimulatorService(Service):
 
     log = Logger()
 
-    def __init__(self, meters: list[Meter], factory: Factory, clock: IReactorTime) -> None:
+    def __init__(self, meters: list[Meter], factory: "MeterFactory", clock: IReactorTime) -> None:
         self.meters = meters
         self.factory = factory
         self.clock = clock

@@ -10,7 +10,7 @@ from typing import Optional
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
-from twisted.web.iweb import IRequest
+from twisted.web.server import Request
 from zope.interface import implementer
 
 from blip.store import Store
@@ -60,7 +60,7 @@ class Pausable:
             await self._resumed
 
 
-def unregister(request: IRequest) -> None:
+def unregister(request: Request) -> None:
     """
     Unregister the request's producer, unless its connection is gone (and
     the producer with it).
@@ -99,7 +99,7 @@ class Export:
     def _tail(self) -> bytes:
         return b"" if self.csv else b"]}"
 
-    async def write_to(self, request: IRequest) -> None:
+    async def write_to(self, request: Request) -> None:
         """
         Write the whole answer body, a page at a time, pausing while the
         client's connection does not take more.

@@ -21,6 +21,7 @@ from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
+from twisted.web.server import Request
 from twisted.web.static import File, getTypeAndEncoding
 from werkzeug.exceptions import HTTPException
 
@@ -183,7 +184,7 @@ def legacy(app: Klein, *paths: str) -> Callable[[Handler], Handler]:
 
     def register(f: Handler) -> Handler:
         @wraps(f)
-        async def handler(self: Any, request: IRequest, **kwargs: str) -> bytes:
+        async def handler(self: Any, request: Request, **kwargs: str) -> bytes:
             api_headers(request)
             if request.method == b"OPTIONS":
                 return b""
@@ -226,8 +227,10 @@ class StaticFiles(File):
     clients that accept it.
     """
 
-    childNotFound = JSONNotFound()
-    forbidden = JSONNotFound()
+    # Twisted takes any resource here, though their types are inferred from
+    # its defaults.
+    childNotFound = JSONNotFound()  # type: ignore[assignment]
+    forbidden = JSONNotFound()  # type: ignore[assignment]
 
     def directoryListing(self) -> Resource:
         return self.childNotFound
