@@ -291,7 +291,9 @@ def document() -> dict[str, Any]:
             "getEnergy", "Energy and cost per calendar period",
             (
                 "kWh and cost of every period of the meter's calendar (its time zone; weeks"
-                " start on Monday) that overlaps the range, whole, empty ones as zero rows."
+                " start on Monday) that overlaps the range, empty ones as zero rows. Only"
+                " blips inside the range count, to the minute: the first and last period may"
+                " be partial, and the total is the energy of the range."
                 " A day across a daylight-saving change has 23 or 25 hours. Cost follows the"
                 " meter's time-of-use tariff, or its `price_per_kwh`. At most 10000 rows; `next`"
                 " is the `from` of the rest."

@@ -207,7 +207,9 @@ class Series:
     async def energy(self, meter: Meter, period: str, first: int, last: int) -> Energy:
         """
         Energy and cost per ``period`` of the meter's calendar, for every
-        period that overlaps ``[first, last)``, whole.
+        period that overlaps ``[first, last)``; only the blips inside the
+        range count (to the minute), so the first and last periods may be
+        partial and the total is the energy of the range.
         """
         if last <= first:
             return Energy([], None)
@@ -219,7 +221,7 @@ class Series:
         end = min(last, start + (ENERGY_ROWS + 2) * LONGEST[period])
         rows = await self.store.energy(
             meter.id, period, zone, start, end, meter.week_prices(), whole_hours(zone),
-            ENERGY_ROWS + 1,
+            ENERGY_ROWS + 1, first,
         )
         following = None
         if len(rows) > ENERGY_ROWS:

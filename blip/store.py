@@ -545,6 +545,7 @@ class Store:
         week_prices: list[float],
         hourly: bool,
         limit: int,
+        since: int,
     ) -> list[Row]:
         """
         Blips per calendar period in a time zone, from the rollups.
@@ -553,11 +554,15 @@ class Store:
         :param zone: the IANA zone of the calendar.
         :param first: an instant in the first period; for hours, the start
             of the first (local hours need not start on UTC hours).
-        :param last: periods that start before this are counted.
+        :param last: periods that start before this are counted; blips
+            after its minute are not.
         :param week_prices: the price of a kWh in each hour of the week,
             Monday 00-01 first, in local time.
-        :param hourly: sum the hourly rollups (right when every offset of
-            the zone is a whole number of hours), else the minutely.
+        :param hourly: sum the hourly rollups for the whole hours of the
+            range (right when every offset of the zone is a whole number of
+            hours) and the minutely for the partial ones at its ends, else
+            the minutely throughout.
+        :param since: blips before its minute are not counted.
         :return: ``(start, end, blips, blips weighted by price)`` of each of
             the first ``limit`` periods, empty ones included.
         """
@@ -573,11 +578,17 @@ class Store:
                 "         (to_timestamp(%(l)s / 1000.0) AT TIME ZONE %(tz)s) + %(step)s::interval,"
                 "         %(step)s::interval) AS local"
             )
+        since -= since % 60_000
+        whole_from = -(-since // 3_600_000) * 3_600_000
+        whole_to = last - last % 3_600_000
+        if not hourly:
+            whole_from = whole_to = since
         return await self.pool.runQuery(
-            _ENERGY.format(series=series, rollup=_ROLLUP_TABLE[hourly]),
+            _ENERGY.format(series=series),
             {
                 "m": meter, "tz": zone, "f": first, "l": last, "unit": period,
                 "step": f"1 {period}", "prices": week_prices, "n": limit,
+                "s": since, "hf": whole_from, "ht": whole_to,
             },
         )
 
@@ -709,7 +720,14 @@ SELECT p.lo, p.hi, coalesce(sum(r.events), 0),
            extract(isodow FROM to_timestamp(r.stamp / 1000.0) AT TIME ZONE %(tz)s)::integer * 24 - 23
            + extract(hour FROM to_timestamp(r.stamp / 1000.0) AT TIME ZONE %(tz)s)::integer]), 0)
   FROM periods p
-  LEFT JOIN {rollup} r ON r.id = %(m)s AND r.stamp >= p.lo AND r.stamp < p.hi
+  LEFT JOIN (
+      SELECT stamp, events FROM readings_hourly
+       WHERE id = %(m)s AND stamp >= %(hf)s::bigint AND stamp < %(ht)s::bigint
+      UNION ALL
+      SELECT stamp, events FROM readings_minutely
+       WHERE id = %(m)s AND stamp >= %(s)s::bigint AND stamp < %(l)s::bigint
+         AND (stamp < %(hf)s::bigint OR stamp >= %(ht)s::bigint)
+  ) r ON r.stamp >= p.lo AND r.stamp < p.hi
  WHERE p.hi IS NOT NULL AND p.lo < %(l)s::bigint
  GROUP BY p.lo, p.hi
  ORDER BY p.lo

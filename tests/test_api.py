@@ -173,7 +173,7 @@ async def test_energy_and_gaps(house: Served, database) -> None:
     database.sql(
         "INSERT INTO ingest_periods VALUES ('n', %s, %s, %s, 'stop')", (T0 - HOUR, T0 + 10 * 60_000, T0 + 10 * 60_000),
     )
-    code, _, energy = await fetch(house, f"/meters/1/energy?from={T0}&to={T0 + 1}&period=hour")
+    code, _, energy = await fetch(house, f"/meters/1/energy?from={T0}&to={T0 + HOUR}&period=hour")
     assert code == 200
     assert energy["rows"] == [{"start": T0, "end": T0 + HOUR, "kwh": pytest.approx(4 / 150),
                                "cost": energy["rows"][0]["cost"]}]

@@ -128,7 +128,7 @@ async def test_energy_days_across_daylight_saving(store: Store) -> None:
     assert (energy.kwh, energy.cost) == (pytest.approx(0.003), pytest.approx(0.003))
     assert energy.next is None
 
-    autumn_day = await series.energy(meter, "day", autumn, autumn + 1)
+    autumn_day = await series.energy(meter, "day", autumn, autumn + 25 * HOUR)
     (row,) = autumn_day.rows
     assert (row.start, row.end - row.start) == (autumn, 25 * HOUR)
     assert (row.kwh, row.cost) == (pytest.approx(0.002), pytest.approx(0.003))
@@ -170,7 +170,7 @@ async def test_energy_in_a_half_hour_zone(store: Store) -> None:
     midnight = ms(zone, 2024, 5, 2)
     await store.insert([Point(1, midnight - 1, 10), Point(1, midnight, 10), Point(1, midnight + HOUR, 10)])
     series = Series(store)
-    days = await series.energy(meter, "day", midnight - 1, midnight + 1)
+    days = await series.energy(meter, "day", midnight - 1, midnight + 2 * HOUR)
     assert [(r.start, r.kwh, r.cost) for r in days.rows] == [
         (midnight - 24 * HOUR, 0.001, pytest.approx(0.001)),
         (midnight, 0.002, pytest.approx(0.006)),
@@ -178,6 +178,42 @@ async def test_energy_in_a_half_hour_zone(store: Store) -> None:
     hours = await series.energy(meter, "hour", midnight - 1, midnight + 2 * HOUR)
     assert [r.start for r in hours.rows] == [midnight - HOUR, midnight, midnight + HOUR]
     assert [r.kwh for r in hours.rows] == [0.001, 0.001, 0.001]
+
+
+@pytest_twisted.ensureDeferred
+@pytest.mark.parametrize("zone", ["Europe/Copenhagen", "Asia/Kolkata"])
+async def test_energy_counts_only_the_range_to_the_minute(store: Store, zone: str) -> None:
+    """
+    A rolling range that starts and ends inside hours (last 24 hours, or
+    20 minutes within one hour) counts exactly the blips of its minutes:
+    partial first and last periods, a total equal to a count of the
+    points, in a whole-hour zone (hourly rollups inside, minutely at the
+    ends) and a half-hour one (minutely throughout).
+    """
+    meter = Meter(1, timezone=zone, pulses_per_kwh=1000.0, price_per_kwh=1.0)
+    start = T0 + 5 * MINUTE
+    points = [Point(1, start + i * 7 * MINUTE + i % 5, 1000) for i in range(600)]
+    await store.insert(points)
+    series = Series(store)
+
+    def count(first: int, last: int) -> int:
+        last += -last % MINUTE
+        return sum(first - first % MINUTE <= p.stamp < last for p in points)
+
+    for first, last in [
+        (T0 + 10 * HOUR + 17 * MINUTE + 30_000, T0 + 34 * HOUR + 17 * MINUTE + 30_000),
+        (T0 + 3 * HOUR + 10 * MINUTE, T0 + 3 * HOUR + 30 * MINUTE),
+        (T0 + 3 * HOUR + 50 * MINUTE, T0 + 4 * HOUR + 10 * MINUTE),
+    ]:
+        expected = count(first, last)
+        for period in ("hour", "day", "year"):
+            energy = await series.energy(meter, period, first, last)
+            assert energy.kwh == pytest.approx(expected / 1000), (first, last, period)
+            assert energy.cost == pytest.approx(expected / 1000)
+        hours = await series.energy(meter, "hour", first, last)
+        for row in hours.rows:
+            inside = count(max(row.start, first), min(row.end, last))
+            assert row.kwh == pytest.approx(inside / 1000)
 
 
 @pytest_twisted.ensureDeferred
