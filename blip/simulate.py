@@ -290,7 +290,7 @@ class SimulatedHistory(Service):
             for chunk in history(meter, end - self.days * 86400, end, random.Random(meter.id)):
                 if not self.running:
                     return
-                written += await self.store.insert(chunk)
+                written += await self.store.insert(chunk, announce=False)
             self.log.info(
                 "wrote {count} points of simulated history of meter {meter}",
                 count=written, meter=meter.id,

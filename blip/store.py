@@ -79,6 +79,15 @@ _INSERT = (
     " SELECT (SELECT count(*) FROM new),"
     f"       (SELECT count(pg_notify('{CHANNEL}', payload)) FROM payloads)"
 )
+# The same without the announcement, for history that is not live.
+_INSERT_QUIETLY = (
+    "WITH new AS ("
+    " INSERT INTO readings (id, stamp, ms)"
+    " SELECT * FROM unnest(%s::integer[], %s::bigint[], %s::integer[])"
+    " ORDER BY 1, 2"
+    " ON CONFLICT DO NOTHING RETURNING 1)"
+    " SELECT count(*) FROM new"
+)
 
 
 def _array(numbers: list[int]) -> str:
@@ -162,7 +171,7 @@ class Store:
         )
         return outcome
 
-    async def insert(self, points: Sequence[Point]) -> int:
+    async def insert(self, points: Sequence[Point], announce: bool = True) -> int:
         """
         Store points in one statement; the rollup trigger updates the
         minute and hour rollups in the same transaction. Points already
@@ -170,10 +179,11 @@ class Store:
         :data:`CHANNEL` (see :data:`_INSERT`), delivered when the
         transaction commits.
 
+        :param announce: False for history, which no live client wants.
         :return: how many points were new.
         """
         rows = await self.pool.runQuery(
-            _INSERT,
+            _INSERT if announce else _INSERT_QUIETLY,
             (
                 _array([p.meter for p in points]),
                 _array([p.stamp for p in points]),

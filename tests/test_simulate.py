@@ -14,6 +14,8 @@ from blip.counters import Counters
 from blip.meters import Meter
 from blip.model import Point
 from blip.simulate import House, SimulatedHistory, SimulatorService, history
+from tests.test_notifications import announcements  # noqa: F401 (a fixture)
+from tests.test_web import wait_until
 
 #: A morning in local time, when the household is up.
 NOON = time.mktime((2026, 6, 1, 9, 0, 0, 0, 0, -1))
@@ -94,10 +96,11 @@ def test_history_is_a_plausible_year() -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_history_fills_an_empty_database_once(store, database) -> None:
+async def test_history_fills_an_empty_database_once(store, database, announcements) -> None:
     """
     A simulated meter without readings from before the start gets its
-    history written, rollups included; one that has them is left alone.
+    history written, rollups included, and not announced as live points;
+    one that has them is left alone.
     """
     from twisted.internet.defer import succeed
 
@@ -115,3 +118,6 @@ async def test_history_fills_an_empty_database_once(store, database) -> None:
     assert 2 * 2000 < counts[1] < 2 * 40000
     assert database.sql("SELECT max(stamp) FROM readings WHERE id = 1")[0][0] < NOON * 1000
     assert database.sql("SELECT sum(events) FROM readings_hourly WHERE id = 1")[0][0] == counts[1]
+    await store.insert([Point(3, int(NOON * 1000), 1000)])
+    await wait_until(lambda: any(p.meter == 3 for p in announcements.points()))
+    assert announcements.points() == [Point(2, int(NOON * 1000) - 5000, 1000), Point(3, int(NOON * 1000), 1000)]
