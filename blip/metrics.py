@@ -16,7 +16,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request
 from werkzeug.exceptions import HTTPException
 
-from blip.counters import Counters
+from blip.counters import GAUGES, Counters
 from blip.database import Pool
 from blip.hub import Hub
 from blip.live import Live
@@ -48,7 +48,10 @@ class StateCollector(Collector):
 
     def collect(self) -> Iterable[Any]:
         for name, value in self.counters.as_dict().items():
-            yield CounterMetricFamily(f"blip_{name}", f"blipserver's {name} counter.", value=value)
+            if name in GAUGES:
+                yield GaugeMetricFamily(f"blip_{name}", f"blipserver's {name} now.", value=value)
+            else:
+                yield CounterMetricFamily(f"blip_{name}", f"blipserver's {name} counter.", value=value)
         yield GaugeMetricFamily(
             "blip_longpoll_waiters", "Long-poll clients parked now.", value=self.hub.waiting
         )

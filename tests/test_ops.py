@@ -10,7 +10,7 @@ from typing import Callable
 import pytest_twisted
 from prometheus_client.parser import text_string_to_metric_families
 
-from blip.counters import Counters
+from blip.counters import GAUGES, Counters
 from blip.meters import Meters
 from blip.model import Point
 from tests.conftest import Served
@@ -74,7 +74,8 @@ async def test_unhealthy_without_the_database(serve: Callable[..., Served]) -> N
 @pytest_twisted.ensureDeferred
 async def test_metrics(serve: Callable[..., Served]) -> None:
     """
-    /metrics serves the counters (read by name), parked long-polls, live
+    /metrics serves the counters (read by name; the current values as
+    gauges, the running totals as counters), parked long-polls, live
     clients, database pool state, and requests and latencies by route,
     in Prometheus's text format.
     """
@@ -97,8 +98,12 @@ async def test_metrics(serve: Callable[..., Served]) -> None:
         for family in text_string_to_metric_families(body.decode())
         for s in family.samples
     }
+    types = {family.name: family.type for family in text_string_to_metric_families(body.decode())}
     for name, value in counters.as_dict().items():
-        assert samples[(f"blip_{name}_total", ())] == value
+        if name in GAUGES:
+            assert (samples[(f"blip_{name}", ())], types[f"blip_{name}"]) == (value, "gauge")
+        else:
+            assert (samples[(f"blip_{name}_total", ())], types[f"blip_{name}"]) == (value, "counter")
     assert samples[("blip_live_clients", ())] == 1
     assert samples[("blip_longpoll_waiters", ())] == 0
     assert samples[("blip_live_dropped_total", ())] == 0
