@@ -7,7 +7,8 @@ meters (the ``--meters`` file wins over what the table held) and adds to the
 registry the meters only the table knows (seen on the serial line before, or
 configured on another node). While running, a description from an ``INFO``
 line and a meter first seen on the serial line go to the registry at once
-and to the table as soon as the database takes them.
+and to the table as soon as the database takes them. Every minute the
+registry takes what other nodes wrote to the table (:meth:`MeterTable.refresh`).
 """
 
 from dataclasses import replace
@@ -73,6 +74,35 @@ class MeterTable:
             meters=", ".join(f"{m.id} ({m.label})" for m in self.meters),
         )
         self._flush()
+
+    async def refresh(self) -> None:
+        """
+        Take what other nodes wrote to the table: every meter not configured
+        here follows it (settings from a meters file given to another node,
+        a meter first seen or imported elsewhere). Meters with a change of
+        ours still to be written keep theirs.
+        """
+        if not self._loaded:
+            return
+        configured = {m.id for m in self._configured}
+        for stored in await self.store.meters():
+            if stored.id in configured or stored.id in self._dirty:
+                continue
+            if stored.id not in self.meters or self.meters.get(stored.id) != stored:
+                self.meters.add(stored)
+                self.log.info(
+                    "meter {meter} ({label}) now has the settings of the meters table",
+                    meter=stored.id, label=stored.label,
+                )
+
+    def refreshing(self) -> Deferred[None]:
+        """
+        :meth:`refresh`, for a timer: a database away is left for the next
+        time, quietly; anything else is logged. Never fails.
+        """
+        done = Deferred.fromCoroutine(self.refresh())
+        done.addErrback(lambda f: None if f.check(*RETRIABLE) else self.log.failure("reading meters failed", f))
+        return done
 
     def describe(self, meter_id: int, description: str) -> None:
         """

@@ -17,6 +17,7 @@ from typing import Any, Optional
 
 from prometheus_client import CollectorRegistry
 from twisted.application import strports
+from twisted.application.internet import TimerService
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.error import ReactorNotRunning
@@ -57,6 +58,8 @@ GC_THRESHOLDS = (50_000, 20, 100)
 POOL_SIZE = 4
 #: The ingest spool's file name in the state dir.
 SPOOL = "spool"
+#: Seconds between readings of the meters table, for what other nodes wrote.
+METERS_REFRESH = 60.0
 #: Where ingest periods not yet recorded wait over a restart, in the state dir.
 PERIODS = "ingest-periods.json"
 
@@ -176,6 +179,7 @@ def make_service(options: Options, reactor: Any = None, clock: Optional[IReactor
 
     database = DatabaseService(pool, prepare, before, fatal=clean_exit.fail)
     database.setServiceParent(top)
+    TimerService(METERS_REFRESH, meter_table.refreshing).setServiceParent(top)
 
     if options["role"] in ("all", "ingest"):
         stamps = Stamps()

@@ -135,3 +135,34 @@ async def test_a_write_the_database_refuses_is_retried(store, database) -> None:
         await wait_until(lambda: [r[:3] for r in rows(database)] == [(1, "Meter 1", ""), (3, "Meter 3", "Sauna")])
     finally:
         away.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_node_follows_what_other_nodes_write_to_the_table(store, database, log_events) -> None:
+    """
+    A node started before another wrote its meters file to the table (or
+    imported a new meter) takes those settings at its next refresh; meters
+    configured by its own file keep theirs; a database away is no error.
+    """
+    web = Meters()
+    table = MeterTable(store, web, Clock())
+    await table.load()
+    assert web.get(1).pulses_per_kwh == 1000.0
+
+    await store.save_meters([HOUSE])
+    await store.note_meter(Meter(7, "Meter 7", "", 800.0, 1.0, 0.0, "", "UTC"))
+    await table.refreshing()
+    assert web.get(1) == HOUSE
+    assert web.get(7).pulses_per_kwh == 800.0
+
+    own = Meters([WORKSHOP])
+    mine = MeterTable(store, own, Clock())
+    await mine.load()
+    await store.save_meters([Meter(2, "Other", "", 500.0, 1.0, 1.0, "EUR", "UTC")])
+    await mine.refreshing()
+    assert own.get(2) == WORKSHOP
+
+    store.pool.close()
+    await table.refreshing()
+    assert web.get(1) == HOUSE
+    assert not [e for e in log_events if e.get("log_failure")]
