@@ -9,7 +9,7 @@ import pwd
 import socket
 import stat
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import psycopg2.extensions
 from twisted.internet.endpoints import serverFromString
@@ -108,6 +108,11 @@ class Options(usage.Options):
         """
         self["trusted-proxy"].append(network)
 
+    # --help prints an option's docstring as it is written: one line each.
+    for _method in (opt_allow, opt_trusted_proxy):
+        _method.__doc__ = " ".join((_method.__doc__ or "").split())
+    del _method
+
     def postOptions(self) -> None:
         flag = self["simulate"]
         if isinstance(flag, str):
@@ -176,6 +181,20 @@ class Options(usage.Options):
         _check_endpoint(self["listen"])
         self["mqtt"] = _broker(self["mqtt"], self["role"])
         self["mqtt-interval"] = _seconds(self["mqtt-interval"], "--mqtt-interval")
+
+
+class TwistdOptions(Options):
+    """
+    The options as ``twistd blip`` reads them: a bad one ends the process
+    with status 1 and one line saying what is wrong, instead of twistd's
+    whole usage text before it.
+    """
+
+    def parseOptions(self, options: Optional[Sequence[str]] = None) -> None:
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            raise SystemExit(f"twistd blip: {e}") from None
 
 
 def _integer(value: Any, option: str, low: int, high: int) -> int:

@@ -40,7 +40,7 @@ from blip.metrics import RequestMetrics, StateCollector
 from blip.mqtt import mqtt_service
 from blip.notifications import Listener, ListenerService
 from blip.ops import Health, Operations
-from blip.options import Options
+from blip.options import TwistdOptions as Options
 from blip.periods import Periods, PeriodsService
 from blip.simulate import SimulatedHistory, SimulatorService
 from blip.site import site_root
