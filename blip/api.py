@@ -13,7 +13,6 @@ Times are unix ms; ranges are half-open, ``from <= t < to``. Every error is
 import json
 import re
 from functools import wraps
-from http import HTTPStatus
 from typing import Any, Awaitable, Callable, Optional
 
 from klein import Klein
@@ -34,9 +33,9 @@ from blip.query import EARLIEST, BadParameter, Query
 from blip.series import Series
 from blip.store import Store
 from blip.streaming import Export
-from blip.web import ApiError, NotFound, describe_error, meter_id
+from blip.web import MODERN_PREFIX, ApiError, NotFound, describe_error, meter_id, no_content, problem
 
-PREFIX = "/api/v1"
+PREFIX = MODERN_PREFIX.decode()
 #: Rows of a power series unless asked otherwise, and at most.
 MAX_POINTS = 2000
 MAX_POINTS_CAP = 20_000
@@ -52,19 +51,6 @@ class Busy(ApiError):
     """Too many clients of some kind; try again later."""
 
     status = 503
-
-
-def problem(status: int, message: str) -> bytes:
-    """
-    :return: an ``application/problem+json`` body.
-    """
-    try:
-        title = HTTPStatus(status).phrase
-    except ValueError:
-        title = "Error"
-    return _json(
-        {"type": "about:blank", "title": title, "status": status, "detail": message, "error": message}
-    )
 
 
 def _json(data: Any) -> bytes:
@@ -97,7 +83,7 @@ def route(app: Klein, path: str) -> Callable[[Handler], Handler]:
             _headers(request)
             if request.method == b"OPTIONS":
                 request.setHeader(b"Allow", ALLOW)
-                return b""
+                return no_content(request)
             result = await f(self, request, **kwargs)
             if result is None or isinstance(result, bytes):
                 return result

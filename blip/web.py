@@ -9,6 +9,7 @@ The legacy routes answer byte for byte like the original: points as
 import gzip
 import json
 from functools import wraps
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Optional
 
@@ -33,6 +34,8 @@ from blip.store import Store
 
 #: Most digits a number in a path may have.
 MAX_DIGITS = 15
+#: Where the modern API lives; its errors are problem documents.
+MODERN_PREFIX = b"/api/v1"
 
 
 class ApiError(Exception):
@@ -94,16 +97,35 @@ def error_body(message: str) -> bytes:
     return json.dumps({"error": message}, separators=(",", ":")).encode()
 
 
+def problem(status: int, message: str) -> bytes:
+    """
+    :return: the ``application/problem+json`` body (RFC 9457) of an error
+        of the modern API; ``error`` repeats ``detail``, as the legacy
+        routes name it.
+    """
+    try:
+        title = HTTPStatus(status).phrase
+    except ValueError:
+        title = "Error"
+    document = {"type": "about:blank", "title": title, "status": status, "detail": message, "error": message}
+    return json.dumps(document, separators=(",", ":")).encode()
+
+
 def refuse(request: IRequest, status: int, message: str) -> bytes:
     """
-    Answer a request that never reaches a route with a JSON error.
+    Answer a request that never reaches a route with a JSON error: a
+    problem document under the modern API's prefix.
 
     :return: the body to render: empty for HEAD (whose Content-Length still
         gives the length), as Twisted otherwise logs a warning for each one.
     """
-    body = error_body(message)
     request.setResponseCode(status)
-    request.setHeader(b"Content-Type", b"application/json")
+    if (getattr(request, "path", None) or b"").startswith(MODERN_PREFIX):
+        body = problem(status, message)
+        request.setHeader(b"Content-Type", b"application/problem+json")
+    else:
+        body = error_body(message)
+        request.setHeader(b"Content-Type", b"application/json")
     request.setHeader(b"Content-Length", b"%d" % len(body))
     return b"" if request.method == b"HEAD" else body
 
@@ -173,6 +195,16 @@ def api_headers(request: IRequest) -> None:
         request.setHeader(name, value)
 
 
+def no_content(request: IRequest) -> bytes:
+    """
+    :return: the empty body of an OPTIONS answer, said to be empty (no
+        chunked encoding) and without the default text/html type.
+    """
+    request.setHeader(b"Content-Length", b"0")
+    request.defaultContentType = None  # type: ignore[attr-defined]  # server.Request's
+    return b""
+
+
 Handler = Callable[..., Awaitable[bytes]]
 
 
@@ -187,7 +219,7 @@ def legacy(app: Klein, *paths: str) -> Callable[[Handler], Handler]:
         async def handler(self: Any, request: Request, **kwargs: str) -> bytes:
             api_headers(request)
             if request.method == b"OPTIONS":
-                return b""
+                return no_content(request)
             request.setHeader(b"Content-Type", b"application/json")
             body = await f(self, request, **kwargs)
             if request.code != 204:
@@ -321,7 +353,7 @@ class LegacyApi:
         answers.
         """
         api_headers(request)
-        return b""
+        return no_content(request)
 
     @legacy(app, "/last", "/last/<meter>")
     async def last(self, request: IRequest, meter: Optional[str] = None) -> bytes:

@@ -176,8 +176,9 @@ async def request(url: str, headers: dict[bytes, list[bytes]], method: bytes = b
 async def test_allowed_clients_are_served_and_others_get_403_json(guarded) -> None:
     """
     Through the trusted proxy, an allowed client is served and any other
-    gets 403 with a JSON body naming its address, also for HEAD (without
-    a body) and for routes that do not exist; every refusal is counted.
+    gets 403 with a JSON body naming its address (a problem document
+    under /api/v1), also for HEAD (without a body) and for routes that do
+    not exist; every refusal is counted.
     """
     url, counters = guarded
     code, _, content = await request(url + "/last/1", {b"X-Forwarded-For": [b"192.0.2.44"]})
@@ -200,7 +201,14 @@ async def test_allowed_clients_are_served_and_others_get_403_json(guarded) -> No
     assert (code, content) == (403, b"")
     code, _, content = await request(url + "/static/none", {b"X-Forwarded-For": [b"garbage"]})
     assert json.loads(content) == {"error": "access from an unknown address is not allowed"}
-    assert counters.forbidden == 4
+    code, headers, content = await request(url + "/api/v1/meters", {b"X-Forwarded-For": [b"203.0.113.9"]})
+    assert code == 403
+    assert headers.getRawHeaders(b"Content-Type") == [b"application/problem+json"]
+    assert json.loads(content) == {
+        "type": "about:blank", "title": "Forbidden", "status": 403,
+        "detail": "access from 203.0.113.9 is not allowed", "error": "access from 203.0.113.9 is not allowed",
+    }
+    assert counters.forbidden == 5
 
 
 def test_daemon_serves_only_allowed_networks(start_daemon, database) -> None:

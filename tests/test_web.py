@@ -173,6 +173,8 @@ async def test_headers_and_options(api: Api, path: str) -> None:
     """
     code, headers, content = await api.get(path, "OPTIONS")
     assert (code, content) == (200, b"")
+    assert headers.getRawHeaders(b"Content-Length") == [b"0"]
+    assert not headers.hasHeader(b"Content-Type") and not headers.hasHeader(b"Transfer-Encoding")
     expected = {
         b"Access-Control-Allow-Origin": [b"*"],
         b"Access-Control-Allow-Methods": [b"GET"],
