@@ -662,9 +662,12 @@ class Link:
         self._unanswered = 0
         self._up = False
         self._delay = backoffPolicy(initialDelay=0.25, maxDelay=30.0, factor=2.0)
+        factory = Factory.forProtocol(lambda: MqttProtocol(self))
+        # The link logs its own connections, by what they mean.
+        factory.noisy = False
         self.service = ClientService(
             endpoint,
-            Factory.forProtocol(lambda: MqttProtocol(self)),
+            factory,
             retryPolicy=lambda attempt: self._delay(attempt + self._unanswered),
             clock=clock,
         )
