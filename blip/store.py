@@ -588,11 +588,13 @@ class Store:
                 "         (to_timestamp(%(l)s / 1000.0) AT TIME ZONE %(tz)s) + %(step)s::interval,"
                 "         %(step)s::interval) AS local"
             )
+        # Minutes from since to the first whole hour, hours up to the last,
+        # minutes from there; minutes throughout without whole hours.
         since -= since % 60_000
         whole_from = -(-since // 3_600_000) * 3_600_000
         whole_to = last - last % 3_600_000
-        if not hourly:
-            whole_from = whole_to = since
+        if not hourly or whole_from >= whole_to:
+            whole_from = whole_to = last
         return await self.pool.runQuery(
             _ENERGY.format(series=series),
             {
@@ -730,14 +732,16 @@ SELECT p.lo, p.hi, coalesce(sum(r.events), 0),
            extract(isodow FROM to_timestamp(r.stamp / 1000.0) AT TIME ZONE %(tz)s)::integer * 24 - 23
            + extract(hour FROM to_timestamp(r.stamp / 1000.0) AT TIME ZONE %(tz)s)::integer]), 0)
   FROM periods p
-  LEFT JOIN (
+  LEFT JOIN LATERAL (
+      SELECT stamp, events FROM readings_minutely
+       WHERE id = %(m)s AND stamp >= greatest(p.lo, %(s)s::bigint) AND stamp < least(p.hi, %(hf)s::bigint)
+      UNION ALL
       SELECT stamp, events FROM readings_hourly
-       WHERE id = %(m)s AND stamp >= %(hf)s::bigint AND stamp < %(ht)s::bigint
+       WHERE id = %(m)s AND stamp >= greatest(p.lo, %(hf)s::bigint) AND stamp < least(p.hi, %(ht)s::bigint)
       UNION ALL
       SELECT stamp, events FROM readings_minutely
-       WHERE id = %(m)s AND stamp >= %(s)s::bigint AND stamp < %(l)s::bigint
-         AND (stamp < %(hf)s::bigint OR stamp >= %(ht)s::bigint)
-  ) r ON r.stamp >= p.lo AND r.stamp < p.hi
+       WHERE id = %(m)s AND stamp >= greatest(p.lo, %(ht)s::bigint) AND stamp < least(p.hi, %(l)s::bigint)
+  ) r ON true
  WHERE p.hi IS NOT NULL AND p.lo < %(l)s::bigint
  GROUP BY p.lo, p.hi
  ORDER BY p.lo

@@ -133,3 +133,22 @@ async def test_stopping_while_preparing_is_not_a_failure(database, log_events) -
     assert fatal == []
     ours = [e for e in log_events if e.get("log_namespace", "").startswith("blip.")]
     assert not [e for e in ours if e["log_level"].name == "critical"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_sessions_compile_no_queries_and_keep_the_dsns_options(database) -> None:
+    """
+    The pool's sessions run without JIT compilation (it cost more than the
+    short queries it compiled), and settings the connection string gives
+    in ``options`` still apply.
+    """
+    from twisted.internet import reactor
+
+    pool = Pool(f"{database.dsn} options='-c work_mem=7MB'", 1, reactor)
+    await pool.start()
+    try:
+        assert await pool.runQuery("SELECT current_setting('jit'), current_setting('work_mem')") == [
+            ("off", "7MB")
+        ]
+    finally:
+        pool.close()
