@@ -173,7 +173,9 @@ def open_page(browser, url: str, width: int, height: int, scheme: str = "light")
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     page.goto(url)
     try:
-        page.wait_for_selector("section.meter:not([hidden]) [data-role=summary] tr", timeout=TIMEOUT * 1000)
+        page.wait_for_selector(
+            "section.meter:not([hidden]) [data-role=summary] tr", timeout=TIMEOUT * 1000
+        )
         page.wait_for_selector(
             "section.meter:not([hidden]) [data-role=power-chart][data-points]", timeout=TIMEOUT * 1000
         )
@@ -231,7 +233,8 @@ def test_live_view_moves_on_every_blip(browser, site, artifacts) -> None:
     chart = page.locator(visible("[data-role=live-chart]"))
     before = int(chart.get_attribute("data-points"))
     site["pty"].write(b"1 2000\n")
-    wait_for(page, f"n => document.querySelector('{visible('[data-role=live-chart]')}').dataset.points > n", before)
+    live = visible("[data-role=live-chart]")
+    wait_for(page, f"n => document.querySelector('{live}').dataset.points > n", before)
     assert page.locator(visible("[data-role=watts]")).text_content() == "1,800"
     assert "last blip" in page.locator(visible("[data-role=last]")).text_content()
     assert page.locator("#connection").get_attribute("data-state") == "live"
@@ -275,7 +278,10 @@ def test_history_zooms_pans_and_resets(browser, site, artifacts) -> None:
     """
     page = open_page(browser, site["daemon"].url("/"), 1280, 900)
     chart = page.locator("#meter-1 [data-role=power-chart]")
-    script = "f => {{ const c = document.querySelector('#meter-1 [data-role=power-chart]'); return {}; }}"
+    script = (
+        "f => {{ const c = document.querySelector('#meter-1 [data-role=power-chart]');"
+        " return {}; }}"
+    )
 
     def span() -> tuple[int, int]:
         return int(chart.get_attribute("data-from")), int(chart.get_attribute("data-to"))
@@ -303,7 +309,8 @@ def test_history_zooms_pans_and_resets(browser, site, artifacts) -> None:
     wait_for(page, script.format("c.dataset.from == f"), whole[0])
     for view, days in (("week", 7), ("month", 30), ("year", 365)):
         page.locator(f"#meter-1 [data-view={view}]").click()
-        wait_for(page, script.format("Math.abs(c.dataset.to - c.dataset.from - f * 86400000) < 3600000"), days)
+        spans = "Math.abs(c.dataset.to - c.dataset.from - f * 86400000) < 3600000"
+        wait_for(page, script.format(spans), days)
         points = int(chart.get_attribute("data-points"))
         assert 0 < points <= 4000
         if view == "week":
@@ -416,8 +423,8 @@ def test_overview_shows_every_meter_and_the_total(browser, site, artifacts) -> N
             blips(site["database"], 1, midnight, now) / 1000,
             blips(site["database"], 2, midnight, now) * 4 / 600,
         ]
-        shown = [float(page.locator(f"#overview .card[data-meter='{m}']").get_attribute("data-today-kwh"))
-                 for m in (1, 2)]
+        cards = [page.locator(f"#overview .card[data-meter='{m}']") for m in (1, 2)]
+        shown = [float(card.get_attribute("data-today-kwh")) for card in cards]
         if shown == pytest.approx(today, abs=1e-9):
             break
         assert time.monotonic() < deadline, (shown, today)
