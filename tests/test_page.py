@@ -493,7 +493,8 @@ def test_phone_layout(browser, site, artifacts) -> None:
 def test_behind_a_reverse_proxy_under_a_prefix(browser, site) -> None:
     """
     Served by a reverse proxy under /power/, the page loads its files and
-    data through the prefix and still updates live.
+    data through the prefix and still updates live; when the daemon behind
+    the proxy goes away, the page says so in one calm message.
     """
     port = free_port()
     proxy = subprocess.Popen(
@@ -510,6 +511,10 @@ def test_behind_a_reverse_proxy_under_a_prefix(browser, site) -> None:
         page.wait_for_timeout(500)
         assert requests and all(f"127.0.0.1:{port}/power/" in url for url in requests)
         assert page.errors == []  # type: ignore[attr-defined]
+        site["daemon"].stop()
+        page.locator("#meter-1 [data-view=month]").click()
+        wait_for(page, "() => !document.getElementById('problem').hidden")
+        assert page.locator("#problem").text_content() == "server unreachable, retrying…"
     finally:
         proxy.terminate()
         proxy.wait(TIMEOUT)

@@ -18,17 +18,17 @@ export async function getJSON(path) {
   } catch (error) {
     throw new Unreachable();
   }
-  if (answer.status === 502 || answer.status === 503 || answer.status === 504) {
-    throw new Unreachable();
-  }
   if (!answer.ok) {
-    let why = answer.statusText;
+    let why = null;
     try {
-      why = (await answer.json()).error || why;
+      why = (await answer.json()).error || null;
     } catch (ignored) {
-      // not JSON: keep the status text
+      // not blipserver's JSON: a proxy's page
     }
-    throw new ApiError(`${path.split("?")[0]}: ${answer.status} ${why}`);
+    // A proxy answering for a server that is away, or the server itself
+    // without its database.
+    if (answer.status >= 500) throw why ? new ApiError(`${why}; retrying…`) : new Unreachable();
+    throw new ApiError(`${path.split("?")[0]}: ${answer.status} ${why || answer.statusText}`);
   }
   return answer.json();
 }
