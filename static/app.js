@@ -1,8 +1,10 @@
-// The power page: one view per meter, fed by the live stream.
+// The power page: every meter side by side, and one meter's views at a
+// time, fed by the live stream.
 
 import * as api from "./js/api.js";
 import { LiveStream } from "./js/live.js";
 import { MeterView } from "./js/meter.js";
+import { Overview } from "./js/overview.js";
 import * as t from "./js/time.js";
 
 const problem = document.getElementById("problem");
@@ -17,8 +19,11 @@ function report(message) {
 function choose(views, id) {
   for (const view of views.values()) {
     const chosen = view.meter.id === id;
-    view.section.hidden = !chosen;
+    view.setActive(chosen);
     view.tab.setAttribute("aria-pressed", String(chosen));
+  }
+  for (const card of document.querySelectorAll("#overview .card[data-meter]")) {
+    card.setAttribute("aria-current", String(card.dataset.meter === String(id)));
   }
   history.replaceState(null, "", `#meter-${id}`);
 }
@@ -30,7 +35,7 @@ async function start() {
       meters = await api.meters();
       break;
     } catch (error) {
-      report(`${error.message}; trying again`);
+      report(error instanceof api.Unreachable ? error.message : `${error.message}; trying again`);
       await new Promise((resolve) => setTimeout(resolve, delay));
     }
   }
@@ -42,10 +47,12 @@ async function start() {
   const template = document.getElementById("meter-template");
   const main = document.getElementById("main");
   const views = new Map();
+  const overview = new Overview(meters, document.getElementById("overview"), report, (id) => choose(views, id));
   for (const meter of meters) {
     const section = template.content.firstElementChild.cloneNode(true);
     section.id = `meter-${meter.id}`;
     section.dataset.meter = String(meter.id);
+    section.hidden = true;
     main.appendChild(section);
     const view = new MeterView(meter, section, report);
     const tab = document.createElement("button");
@@ -56,7 +63,11 @@ async function start() {
     tab.appendChild(live);
     tab.addEventListener("click", () => choose(views, meter.id));
     view.tab = tab;
-    view.onWatts = (watts) => { live.textContent = `${t.watts(watts)} W`; };
+    view.onWatts = (point) => {
+      live.textContent = `${t.watts(point.watts)} W`;
+      overview.watts(meter.id, point);
+    };
+    if (meter.last) view.onWatts(meter.last);
     nav.appendChild(tab);
     views.set(meter.id, view);
   }
@@ -66,15 +77,20 @@ async function start() {
   document.title = meters.length === 1 ? `Power · ${meters[0].label}` : "Power";
 
   const stream = new LiveStream([...views.keys()], {
-    onPoint: (point) => views.get(point.meter)?.add(point),
+    onPoint: (point) => {
+      views.get(point.meter)?.add(point);
+      overview.add(point);
+    },
     onState: (state) => {
       connection.dataset.state = state;
       connection.textContent = { live: "live", connecting: "connecting…", down: "reconnecting…" }[state];
     },
-    onResync: () => views.forEach((view) => view.reload()),
+    onResync: () => {
+      views.forEach((view) => { if (view.started) view.reload(); });
+      overview.refresh(true);
+    },
   });
   stream.start();
-  await Promise.all([...views.values()].map((view) => view.start()));
 }
 
 start();

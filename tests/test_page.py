@@ -1,9 +1,13 @@
 """
 The power page in a real headless Chromium, against ``twistd -n blip`` fed
 through a pty, with a year of history in the database: the live graph
-moves on every blip, the history zooms, pans and resets, the summary
-matches the database, and the page works on a phone and behind a reverse
-proxy under a path prefix.
+moves on every blip, the history zooms, pans and resets and shows where
+the logger was down, the summary, overview and heatmap match the
+database, and the page works on a phone and behind a reverse proxy under a
+path prefix.
+
+Screenshots are saved in ``$BLIP_ARTIFACTS`` (by default
+``test-artifacts/`` in the repository).
 """
 
 import io
@@ -15,14 +19,18 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import psycopg2
 import pytest
 
 from tests.conftest import ROOT, TIMEOUT, free_port
 
-DAY = 86_400_000
+HOUR = 3_600_000
+DAY = 24 * HOUR
+ZONE = ZoneInfo("Europe/Copenhagen")
 METERS = """
 [[meter]]
 id = 1
@@ -78,29 +86,58 @@ def browser() -> Iterator:
             browser.close()
 
 
-def fill_history(dsn: str, now_ms: int) -> None:
+def fill_history(dsn: str, now_ms: int) -> dict[str, tuple[int, int]]:
     """
     A year and a bit of history: meter 1 blinks every 5 minutes at night
-    and every minute by day (in UTC), meter 2 every 10 minutes.
+    and every minute by day (in UTC), meter 2 every 10 minutes; the logger
+    was down from 10 to 7 hours ago (no blips, no ingest period), and
+    meter 1 was idle (listened to, silent) from 5 to 4 hours ago, its next
+    blip an hour after the one before.
+
+    :return: the ``down`` and ``idle`` stretches, unix ms.
     """
+    minute = now_ms - now_ms % 60_000
+    down = (minute - 10 * HOUR, minute - 7 * HOUR)
+    idle = (minute - 5 * HOUR, minute - 4 * HOUR)
     rows = io.StringIO()
     start = now_ms - 400 * DAY
     start -= start % 60_000
     stamp = start
     while stamp < now_ms - 60_000:
-        hour = (stamp // 3_600_000) % 24
+        hour = (stamp // HOUR) % 24
         ms = 60_000 if 7 <= hour < 22 else 300_000
-        rows.write(f"1\t{stamp}\t{ms}\n")
+        if stamp == idle[1]:
+            rows.write(f"1\t{stamp}\t{HOUR}\n")
+        elif not (down[0] <= stamp < down[1] or idle[0] <= stamp < idle[1]):
+            rows.write(f"1\t{stamp}\t{ms}\n")
         stamp += ms
     for stamp in range(start, now_ms - 600_000, 600_000):
-        rows.write(f"2\t{stamp}\t600000\n")
+        if not down[0] <= stamp < down[1]:
+            rows.write(f"2\t{stamp}\t600000\n")
     rows.seek(0)
     connection = psycopg2.connect(dsn)
     try:
         with connection, connection.cursor() as cursor:
             cursor.copy_expert("COPY readings (id, stamp, ms) FROM STDIN", rows)
+            cursor.executemany(
+                "INSERT INTO ingest_periods (node, started, alive_at, ended, end_reason)"
+                " VALUES ('history', %s, %s, %s, %s)",
+                [(start, down[0], down[0], "device lost"), (down[1], now_ms, now_ms, "stop")],
+            )
     finally:
         connection.close()
+    return {"down": down, "idle": idle}
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
+    """
+    Where screenshots are kept after the tests: ``$BLIP_ARTIFACTS``, or
+    ``test-artifacts/`` in the repository.
+    """
+    path = Path(os.environ.get("BLIP_ARTIFACTS") or ROOT / "test-artifacts")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 @pytest.fixture
@@ -114,9 +151,9 @@ def site(start_daemon, pty_meter, database, tmp_path) -> Iterator[dict]:
     daemon = start_daemon("--serial", pty_meter.path, "--db", database.dsn, "--meters", str(meters))
     daemon.wait_for("database ready")
     daemon.wait_for("reading serial device")
-    fill_history(database.dsn, int(time.time() * 1000))
+    stretches = fill_history(database.dsn, int(time.time() * 1000))
     pty_meter.write(b"partial\n")
-    yield {"daemon": daemon, "pty": pty_meter, "database": database}
+    yield {"daemon": daemon, "pty": pty_meter, "database": database, **stretches}
 
 
 def api(daemon, path: str) -> dict:
@@ -125,18 +162,25 @@ def api(daemon, path: str) -> dict:
         return json.loads(answer.read())
 
 
-def open_page(browser, url: str, width: int, height: int):
+def open_page(browser, url: str, width: int, height: int, scheme: str = "light"):
     """:return: a page at ``url`` once the first meter's views are drawn."""
-    context = browser.new_context(viewport={"width": width, "height": height}, locale="en-US")
+    context = browser.new_context(
+        viewport={"width": width, "height": height}, locale="en-US", color_scheme=scheme
+    )
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     page.goto(url)
-    page.wait_for_selector("section.meter:not([hidden]) [data-role=summary] tr", timeout=TIMEOUT * 1000)
-    page.wait_for_selector(
-        "section.meter:not([hidden]) [data-role=power-chart][data-points]", timeout=TIMEOUT * 1000
-    )
+    try:
+        page.wait_for_selector(
+            "section.meter:not([hidden]) [data-role=summary] tr", timeout=TIMEOUT * 1000
+        )
+        page.wait_for_selector(
+            "section.meter:not([hidden]) [data-role=power-chart][data-points]", timeout=TIMEOUT * 1000
+        )
+    except Exception:
+        pytest.fail(f"the page was not drawn; its errors: {errors}")
     page.errors = errors  # type: ignore[attr-defined]
     return page
 
@@ -154,24 +198,56 @@ def blip_until_shown(page, pty, line: bytes, expected_watts: str) -> None:
         page.wait_for_timeout(200)
 
 
-def test_live_view_moves_on_every_blip(browser, site, tmp_path) -> None:
+def visible(selector: str) -> str:
+    """:return: ``selector`` inside the meter on show."""
+    return f"section.meter:not([hidden]) {selector}"
+
+
+def wait_for(page, script: str, arg=None) -> None:
+    """Wait until ``script`` (a function of ``arg``) is true in the page."""
+    page.wait_for_function(script, arg=arg, timeout=TIMEOUT * 1000)
+
+
+def local_ms(day: datetime, hour: int = 0) -> int:
+    """:return: unix ms of ``hour`` o'clock on ``day``'s date in the meters' zone."""
+    moment = datetime(day.year, day.month, day.day, hour, tzinfo=ZONE)
+    return int(moment.timestamp() * 1000)
+
+
+def blips(database, meter: int, first: int, last: int) -> int:
+    """:return: the blips of ``meter`` in ``[first, last)``, counted in the database."""
+    return database.sql(
+        "SELECT count(*) FROM readings WHERE id = %s AND stamp >= %s AND stamp < %s",
+        (meter, first, last),
+    )[0][0]
+
+
+def test_live_view_moves_on_every_blip(browser, site, artifacts) -> None:
     """
     On a desktop screen the live view shows each blip as it arrives: the
-    power, the time of the last blip, and one more point on the chart.
+    power, the time of the last blip, and one more point on the chart; the
+    points loaded with the page have their own times in the tooltip.
     """
     page = open_page(browser, site["daemon"].url("/"), 1280, 900)
     blip_until_shown(page, site["pty"], b"1 1000\n", "3,600")
-    chart = page.locator("section.meter:not([hidden]) [data-role=live-chart]")
+    chart = page.locator(visible("[data-role=live-chart]"))
     before = int(chart.get_attribute("data-points"))
     site["pty"].write(b"1 2000\n")
-    page.wait_for_function(
-        "n => document.querySelector('section.meter:not([hidden]) [data-role=live-chart]')"
-        ".dataset.points > n", arg=before, timeout=TIMEOUT * 1000,
-    )
-    assert page.locator("section.meter:not([hidden]) [data-role=watts]").text_content() == "1,800"
-    assert "last blip" in page.locator("section.meter:not([hidden]) [data-role=last]").text_content()
+    live = visible("[data-role=live-chart]")
+    wait_for(page, f"n => document.querySelector('{live}').dataset.points > n", before)
+    assert page.locator(visible("[data-role=watts]")).text_content() == "1,800"
+    assert "last blip" in page.locator(visible("[data-role=last]")).text_content()
     assert page.locator("#connection").get_attribute("data-state") == "live"
-    page.screenshot(path=str(tmp_path / "desktop.png"), full_page=True)
+    # A point of history loaded at the start, a third of the way along.
+    box = page.locator(visible("[data-role=live-chart] .u-over")).bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 3, box["y"] + box["height"] / 2)
+    tip = page.locator(visible("[data-role=live-chart] .tooltip"))
+    tip.wait_for(state="visible", timeout=TIMEOUT * 1000)
+    shown = datetime.strptime(tip.text_content().split(": ")[0], "%I:%M:%S %p")
+    now = datetime.now(ZONE)
+    minutes = (now.hour * 60 + now.minute - shown.hour * 60 - shown.minute) % (24 * 60)
+    assert 3 <= minutes <= 17, tip.text_content()
+    page.screenshot(path=str(artifacts / "live.png"), full_page=True)
     assert page.errors == []  # type: ignore[attr-defined]
 
 
@@ -182,6 +258,7 @@ def test_meters_are_named_and_each_has_its_view(browser, site) -> None:
     """
     page = open_page(browser, site["daemon"].url("/"), 1280, 900)
     tabs = page.locator("nav#meters button")
+    assert page.locator("nav#meters").is_visible()
     assert tabs.count() == 2
     assert "House" in tabs.nth(0).text_content()
     tabs.nth(1).click()
@@ -189,22 +266,29 @@ def test_meters_are_named_and_each_has_its_view(browser, site) -> None:
     assert not page.locator("#meter-1").is_visible()
     # 600 pulses/kWh behind a x4 transformer: 3.6e9 * 4 / (600 * 6000) = 4000 W.
     blip_until_shown(page, site["pty"], b"2 6000\n", "4,000")
+    assert page.errors == []  # type: ignore[attr-defined]
 
 
-def test_history_zooms_pans_and_resets(browser, site) -> None:
+def test_history_zooms_pans_and_resets(browser, site, artifacts) -> None:
     """
-    Dragging across the power chart zooms in (and fetches finer data),
-    the pan buttons move the range, double-click goes back to the view,
-    and the week/month/year views cover their spans.
+    Dragging across the power chart zooms in (and fetches finer data), the
+    zoom and pan buttons move the range, double-click goes back to the
+    view; the day is drawn from every blip or minute, and the week, month
+    and year views cover their spans in at most a few thousand rows.
     """
     page = open_page(browser, site["daemon"].url("/"), 1280, 900)
     chart = page.locator("#meter-1 [data-role=power-chart]")
+    script = (
+        "f => {{ const c = document.querySelector('#meter-1 [data-role=power-chart]');"
+        " return {}; }}"
+    )
 
     def span() -> tuple[int, int]:
         return int(chart.get_attribute("data-from")), int(chart.get_attribute("data-to"))
 
     whole = span()
     assert abs((whole[1] - whole[0]) - DAY) < 60_000
+    assert int(chart.get_attribute("data-resolution")) in (0, 60_000)
     over = page.locator("#meter-1 [data-role=power-chart] .u-over")
     over.scroll_into_view_if_needed()
     box = over.bounding_box()
@@ -213,81 +297,204 @@ def test_history_zooms_pans_and_resets(browser, site) -> None:
     page.mouse.down()
     page.mouse.move(box["x"] + box["width"] * 0.5, y, steps=5)
     page.mouse.up()
-    page.wait_for_function(
-        "w => { const c = document.querySelector('#meter-1 [data-role=power-chart]');"
-        " return c.dataset.to - c.dataset.from < w / 2; }",
-        arg=whole[1] - whole[0], timeout=TIMEOUT * 1000,
-    )
+    wait_for(page, script.format("c.dataset.to - c.dataset.from < f / 2"), whole[1] - whole[0])
     zoomed = span()
     assert zoomed[0] > whole[0] and zoomed[1] < whole[1]
     page.locator("#meter-1 [data-pan='-1']").click()
-    page.wait_for_function(
-        "f => document.querySelector('#meter-1 [data-role=power-chart]').dataset.from < f",
-        arg=zoomed[0], timeout=TIMEOUT * 1000,
-    )
+    wait_for(page, script.format("c.dataset.from < f"), zoomed[0])
+    panned = span()
+    page.locator("#meter-1 [data-zoom='1']").click()
+    wait_for(page, script.format("c.dataset.to - c.dataset.from < f * 0.6"), panned[1] - panned[0])
     page.locator("#meter-1 [data-role=power-chart] .u-over").dblclick()
-    page.wait_for_function(
-        "f => document.querySelector('#meter-1 [data-role=power-chart]').dataset.from == f",
-        arg=whole[0], timeout=TIMEOUT * 1000,
-    )
+    wait_for(page, script.format("c.dataset.from == f"), whole[0])
     for view, days in (("week", 7), ("month", 30), ("year", 365)):
         page.locator(f"#meter-1 [data-view={view}]").click()
-        page.wait_for_function(
-            "d => { const c = document.querySelector('#meter-1 [data-role=power-chart]');"
-            " return Math.abs(c.dataset.to - c.dataset.from - d * 86400000) < 3600000; }",
-            arg=days, timeout=TIMEOUT * 1000,
-        )
+        spans = "Math.abs(c.dataset.to - c.dataset.from - f * 86400000) < 3600000"
+        wait_for(page, script.format(spans), days)
         points = int(chart.get_attribute("data-points"))
-        assert 0 < points <= 2600
+        assert 0 < points <= 4000
+        if view == "week":
+            page.screenshot(path=str(artifacts / "week.png"), full_page=True)
     bars = int(page.locator("#meter-1 [data-role=energy-chart]").get_attribute("data-bars"))
     assert 12 <= bars <= 14
     assert page.errors == []  # type: ignore[attr-defined]
 
 
+def column_colours(page, selector: str, at: int) -> list[list[int]]:
+    """
+    :return: the RGB of each pixel down a chart's canvas at time ``at``
+        (unix ms) on its time axis.
+    """
+    return page.evaluate(
+        """([selector, at]) => {
+            const box = document.querySelector(selector);
+            const over = box.querySelector('.u-over').getBoundingClientRect();
+            const canvas = box.querySelector('canvas');
+            const frame = canvas.getBoundingClientRect();
+            const share = (at - box.dataset.from) / (box.dataset.to - box.dataset.from);
+            const ratio = canvas.width / frame.width;
+            const x = Math.round((over.left - frame.left + share * over.width) * ratio);
+            const top = Math.round((over.top - frame.top) * ratio);
+            const height = Math.round(over.height * ratio);
+            const data = canvas.getContext('2d').getImageData(x, top, 1, height).data;
+            const out = [];
+            for (let i = 0; i < data.length; i += 4) out.push([data[i], data[i + 1], data[i + 2]]);
+            return out;
+        }""",
+        [selector, at],
+    )
+
+
+def line_pixels(colours: list[list[int]]) -> int:
+    """:return: how many pixels have the power line's colour (light scheme)."""
+    return sum(1 for r, g, b in colours if r > 150 and g < 140 and b < 100)
+
+
+def test_history_shows_where_the_logger_was_down(browser, site) -> None:
+    """
+    Where the logger was down, the history's power chart leaves a shaded
+    gap (named in its data-gaps) with no line across it; where the meter
+    was merely idle it draws low power, not a gap.
+    """
+    page = open_page(browser, site["daemon"].url("/"), 1280, 900)
+    selector = "#meter-1 [data-role=power-chart]"
+    chart = page.locator(selector)
+    wait_for(page, f"() => document.querySelector('{selector}').dataset.gaps !== '[]'")
+    down, idle = site["down"], site["idle"]
+    assert json.loads(chart.get_attribute("data-gaps")) == [list(down)]
+    chart.scroll_into_view_if_needed()
+    inside = column_colours(page, selector, (down[0] + down[1]) // 2)
+    assert line_pixels(inside) == 0
+    # The band is shaded: darker than the white around it.
+    assert min(sum(c) for c in inside) < 3 * 250
+    # The line is drawn on either side of the outage, and through the idle hour.
+    for at in (down[0] - 20 * 60_000, down[1] + 20 * 60_000, (idle[0] + idle[1]) // 2):
+        assert line_pixels(column_colours(page, selector, at)) > 0, at
+    assert page.errors == []  # type: ignore[attr-defined]
+
+
 def test_summary_matches_the_database(browser, site) -> None:
     """
-    The summary's kWh and cost agree with the blips counted in the
-    database and the meter's price.
+    The summary's kWh and cost for the rolling ranges equal the blips in
+    exactly those ranges, counted in the database, at the meter's price.
     """
     page = open_page(browser, site["daemon"].url("/"), 1280, 900)
     page.wait_for_selector("#meter-1 [data-role=summary][data-updated]", timeout=TIMEOUT * 1000)
     rows = page.locator("#meter-1 [data-role=summary] tr")
     labels = [rows.nth(i).locator("td").first.text_content() for i in range(rows.count())]
-    assert labels[:5] == ["Today", "Last 24 hours", "Last 7 days", "This month", "Last 365 days"]
-    now = int(time.time() * 1000)
-    for label, span in (("Last 7 days", 7 * DAY), ("Last 365 days", 365 * DAY)):
+    assert labels == [
+        "Today", "Last 24 hours", "Last 7 days", "This week", "a year earlier",
+        "This month", "a year earlier", "Last 365 days",
+    ]
+    for label, span in (("Last 24 hours", DAY), ("Last 7 days", 7 * DAY), ("Last 365 days", 365 * DAY)):
         row = rows.nth(labels.index(label))
+        first, last = int(row.get_attribute("data-from")), int(row.get_attribute("data-to"))
+        assert last - first == span and last % 60_000 == 0
+        assert abs(last - time.time() * 1000) < 5 * 60_000
         shown = float(row.get_attribute("data-kwh"))
-        counted = site["database"].sql(
-            "SELECT count(*) FROM readings WHERE id = 1 AND stamp > %s AND stamp <= %s",
-            (now - span, now),
-        )[0][0] / 1000
-        # Whole hours at each end may be counted or not.
-        assert abs(shown - counted) <= 2 * 60 / 1000 + 1e-9, label
+        assert shown == pytest.approx(blips(site["database"], 1, first, last) / 1000, abs=1e-9), label
         cost = row.locator("td").nth(2).text_content()
-        assert cost.endswith("kr")
-        assert float(cost.split()[0].replace(",", "")) == pytest.approx(shown * 2.5, abs=0.01)
+        assert float(cost.replace(",", "")) == pytest.approx(shown * 2.5, abs=0.006)
+    assert page.locator("#meter-1 [data-role=currency]").text_content() == "kr"
     diffs = page.locator("#meter-1 td.diff").all_text_contents()
     assert [d for d in diffs if d] and all(d.endswith("%") for d in diffs if d)
+    assert page.errors == []  # type: ignore[attr-defined]
 
 
-def test_phone_layout(browser, site, tmp_path) -> None:
+def test_overview_shows_every_meter_and_the_total(browser, site, artifacts) -> None:
     """
-    On a phone-sized screen nothing is wider than the screen and the live
-    view and history are there.
+    The overview shows each meter's power now and energy today side by
+    side, and a total equal to their sum computed from what was written and
+    the database; on a wall screen the live view, summary and both history
+    charts fit on the first screen.
     """
-    page = open_page(browser, site["daemon"].url("/"), 390, 844)
-    blip_until_shown(page, site["pty"], b"1 1200\n", "3,000")
-    overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
-    assert overflow <= 0
-    assert page.locator("#meter-1 [data-role=power-chart] canvas").bounding_box()["width"] <= 390
-    page.screenshot(path=str(tmp_path / "phone.png"), full_page=True)
+    page = open_page(browser, site["daemon"].url("/"), 1920, 1080, "dark")
+    blip_until_shown(page, site["pty"], b"1 1000\n", "3,600")
+    site["pty"].write(b"2 6000\n")
+    total = page.locator("#overview .card.total")
+    # 3600 W for meter 1, 4000 W for meter 2.
+    wait_for(page, "() => document.querySelector('#overview .card.total').dataset.watts == 7600")
+    assert total.locator("[data-role=watts]").text_content() == "7,600"
+    midnight = local_ms(datetime.now(ZONE))
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        now = int(time.time() * 1000) + 60_000
+        today = [
+            blips(site["database"], 1, midnight, now) / 1000,
+            blips(site["database"], 2, midnight, now) * 4 / 600,
+        ]
+        cards = [page.locator(f"#overview .card[data-meter='{m}']") for m in (1, 2)]
+        shown = [float(card.get_attribute("data-today-kwh")) for card in cards]
+        if shown == pytest.approx(today, abs=1e-9):
+            break
+        assert time.monotonic() < deadline, (shown, today)
+        page.wait_for_timeout(200)
+    assert float(total.get_attribute("data-today-kwh")) == pytest.approx(sum(today), abs=1e-9)
+    assert "kr" in total.locator("[data-role=today] .cost").text_content()
+    for role in ("energy-chart", "live-chart"):
+        assert page.locator(f"#meter-1 [data-role={role}]").bounding_box()["y"] < 1080 - 180
+    assert page.evaluate("document.documentElement.scrollWidth - window.innerWidth") <= 0
+    page.screenshot(path=str(artifacts / "wall-dark.png"))
+    assert page.errors == []  # type: ignore[attr-defined]
+
+
+def test_heatmap_counts_each_hour(browser, site, artifacts) -> None:
+    """
+    The heatmap has a row or column for each of the last 56 local days and
+    each hour of the day, and a cell's kWh equals the blips of that local
+    hour counted in the database; its tooltip says which hour and how much.
+    """
+    page = open_page(browser, site["daemon"].url("/"), 1920, 1080)
+    heatmap = page.locator("#meter-1 [data-role=heatmap]")
+    wait_for(page, "() => document.querySelector('#meter-1 [data-role=heatmap]').dataset.days")
+    assert heatmap.get_attribute("data-days") == "56"
+    assert heatmap.get_attribute("data-hours") == "24"
+    assert heatmap.locator(".cell").count() == 56 * 24
+    yesterday = datetime.now(ZONE) - timedelta(days=1)
+    cell = heatmap.locator(f".cell[data-date='{yesterday:%Y-%m-%d}'][data-hour='12']")
+    expected = blips(site["database"], 1, local_ms(yesterday, 12), local_ms(yesterday, 13)) / 1000
+    assert float(cell.get_attribute("data-kwh")) == pytest.approx(expected, abs=1e-9)
+    cell.scroll_into_view_if_needed()
+    cell.hover()
+    tip = heatmap.locator(".tooltip")
+    tip.wait_for(state="visible", timeout=TIMEOUT * 1000)
+    assert "12:00" in tip.text_content() and tip.text_content().endswith("kWh")
+    assert heatmap.locator("[data-role=top]").text_content().endswith("kWh")
+    page.locator("#meter-1 .heat").screenshot(path=str(artifacts / "heatmap.png"))
+    page.screenshot(path=str(artifacts / "wall-light.png"), full_page=True)
+    assert page.errors == []  # type: ignore[attr-defined]
+
+
+def test_phone_layout(browser, site, artifacts) -> None:
+    """
+    On a 360 px phone screen nothing is wider than the screen, the summary's
+    figures stay on one line each, the heatmap fits, and the live view and
+    history are there, in light and dark.
+    """
+    for scheme in ("light", "dark"):
+        page = open_page(browser, site["daemon"].url("/"), 360, 800, scheme)
+        blip_until_shown(page, site["pty"], b"1 1200\n", "3,000")
+        page.wait_for_selector("#meter-1 [data-role=summary][data-updated]", timeout=TIMEOUT * 1000)
+        wait_for(page, "() => document.querySelector('#meter-1 [data-role=heatmap]').dataset.days")
+        overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 0
+        assert page.locator("#meter-1 [data-role=power-chart] canvas").bounding_box()["width"] <= 360
+        assert page.locator("#meter-1 .heat-grid").bounding_box()["width"] <= 360
+        heights = page.evaluate(
+            "[...document.querySelectorAll('#meter-1 [data-role=summary] td')]"
+            ".map((td) => td.getBoundingClientRect().height)"
+        )
+        assert max(heights) < 2 * min(heights)
+        page.screenshot(path=str(artifacts / f"phone-{scheme}.png"), full_page=True)
+        assert page.errors == []  # type: ignore[attr-defined]
+        page.context.close()
 
 
 def test_behind_a_reverse_proxy_under_a_prefix(browser, site) -> None:
     """
     Served by a reverse proxy under /power/, the page loads its files and
-    data through the prefix and still updates live.
+    data through the prefix and still updates live; when the daemon behind
+    the proxy goes away, the page says so in one calm message.
     """
     port = free_port()
     proxy = subprocess.Popen(
@@ -304,6 +511,10 @@ def test_behind_a_reverse_proxy_under_a_prefix(browser, site) -> None:
         page.wait_for_timeout(500)
         assert requests and all(f"127.0.0.1:{port}/power/" in url for url in requests)
         assert page.errors == []  # type: ignore[attr-defined]
+        site["daemon"].stop()
+        page.locator("#meter-1 [data-view=month]").click()
+        wait_for(page, "() => !document.getElementById('problem').hidden")
+        assert page.locator("#problem").text_content() == "server unreachable, retrying…"
     finally:
         proxy.terminate()
         proxy.wait(TIMEOUT)

@@ -3,21 +3,32 @@
 
 export class ApiError extends Error {}
 
+// The server (or the proxy in front of it) cannot be reached: one calm
+// message, whichever request found out.
+export class Unreachable extends ApiError {
+  constructor() {
+    super("server unreachable, retrying…");
+  }
+}
+
 export async function getJSON(path) {
   let answer;
   try {
     answer = await fetch(path, { headers: { accept: "application/json" } });
   } catch (error) {
-    throw new ApiError(`cannot reach the server (${error.message})`);
+    throw new Unreachable();
   }
   if (!answer.ok) {
-    let why = answer.statusText;
+    let why = null;
     try {
-      why = (await answer.json()).error || why;
+      why = (await answer.json()).error || null;
     } catch (ignored) {
-      // not JSON: keep the status text
+      // not blipserver's JSON: a proxy's page
     }
-    throw new ApiError(`${path.split("?")[0]}: ${answer.status} ${why}`);
+    // A proxy answering for a server that is away, or the server itself
+    // without its database.
+    if (answer.status >= 500) throw why ? new ApiError(`${why}; retrying…`) : new Unreachable();
+    throw new ApiError(`${path.split("?")[0]}: ${answer.status} ${why || answer.statusText}`);
   }
   return answer.json();
 }
@@ -26,7 +37,12 @@ export function meters() {
   return getJSON("api/v1/meters").then((body) => body.meters);
 }
 
-// A time for a query: unix ms as a whole number, or an ISO 8601 text.
+export function meter(id) {
+  return getJSON(`api/v1/meters/${id}`);
+}
+
+// A time for a query: unix ms as a whole number, or an ISO 8601 text (local
+// to the meter when it has no offset).
 function time(value) {
   return typeof value === "number" ? String(Math.round(value)) : value;
 }
@@ -41,4 +57,12 @@ export function power(meter, from, to, maxPoints) {
 export function energy(meter, from, to, period) {
   const query = new URLSearchParams({ from: time(from), to: time(to), period });
   return getJSON(`api/v1/meters/${meter}/energy?${query}`);
+}
+
+// The stretches when the logger was down (those when the meter was merely
+// idle are drawn as low power, so they are left out).
+export async function outages(meter, from, to) {
+  const query = new URLSearchParams({ from: time(from), to: time(to) });
+  const answer = await getJSON(`api/v1/meters/${meter}/gaps?${query}`);
+  return answer.gaps.filter((gap) => gap.kind === "logger_down").map((gap) => ({ from: gap.from, to: gap.to }));
 }

@@ -4,6 +4,8 @@
 
 /* global uPlot */
 
+import { outageBands } from "./gaps.js";
+
 function css(name) {
   return getComputedStyle(document.documentElement).getPropertyValue(name).trim();
 }
@@ -12,6 +14,7 @@ export function colours() {
   return {
     ink: css("--ink"), muted: css("--muted"), line: css("--line"),
     accent: css("--accent"), accentSoft: css("--accent-soft"), energy: css("--energy"),
+    gap: css("--gap"),
   };
 }
 
@@ -64,8 +67,63 @@ function followWidth(u, element, height) {
   observer.observe(element);
 }
 
-// The live chart: power over the last minutes, a point per blip.
-export function liveChart(element, timeZone, describe) {
+// Drag across the chart with a finger to select a range, as a mouse does:
+// horizontal moves select, vertical ones scroll the page.
+function touchSelect(onSelect) {
+  return {
+    hooks: {
+      init: (u) => {
+        const over = u.over;
+        let start = null;
+        const x = (touch) => {
+          const rect = over.getBoundingClientRect();
+          return Math.min(Math.max(touch.clientX - rect.left, 0), rect.width);
+        };
+        over.addEventListener("touchstart", (event) => {
+          start = event.touches.length === 1
+            ? { x: event.touches[0].clientX, y: event.touches[0].clientY, left: x(event.touches[0]), moved: false }
+            : null;
+        }, { passive: true });
+        over.addEventListener("touchmove", (event) => {
+          if (!start) return;
+          const touch = event.touches[0];
+          const dx = touch.clientX - start.x;
+          const dy = touch.clientY - start.y;
+          if (!start.moved) {
+            if (Math.abs(dy) > Math.abs(dx)) {
+              start = null;
+              return;
+            }
+            if (Math.abs(dx) < 8) return;
+            start.moved = true;
+          }
+          const here = x(touch);
+          u.setSelect({
+            left: Math.min(start.left, here), width: Math.abs(here - start.left),
+            top: 0, height: over.clientHeight,
+          }, false);
+        }, { passive: true });
+        const end = () => {
+          if (start && start.moved) {
+            const { left, width } = u.select;
+            u.setSelect({ left: 0, width: 0, top: 0, height: 0 }, false);
+            if (width >= 8) onSelect(u.posToVal(left, "x") * 1000, u.posToVal(left + width, "x") * 1000);
+          }
+          start = null;
+        };
+        over.addEventListener("touchend", end);
+        over.addEventListener("touchcancel", () => {
+          u.setSelect({ left: 0, width: 0, top: 0, height: 0 }, false);
+          start = null;
+        });
+      },
+    },
+  };
+}
+
+// The live chart: power over the last minutes, a point per blip; the
+// outages of `outages()` (ms) are shaded and labelled.
+export function liveChart(element, timeZone, describe, outages) {
   const c = colours();
   const height = 200;
   const u = new uPlot({
@@ -74,22 +132,25 @@ export function liveChart(element, timeZone, describe) {
     tzDate: (ts) => uPlot.tzDate(new Date(ts * 1e3), timeZone),
     legend: { show: false },
     cursor: { drag: { x: false, y: false } },
-    scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(10, max * 1.1)] } },
+    scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(10, (max || 0) * 1.1)] } },
     series: [
       {},
-      { label: "W", stroke: c.accent, width: 2, fill: c.accentSoft, points: { show: true, size: 4 } },
+      {
+        label: "W", stroke: c.accent, width: 2, fill: c.accentSoft, spanGaps: false,
+        points: { show: true, size: 4 },
+      },
     ],
     axes: axes(c, ""),
-    plugins: [tooltip(describe)],
+    plugins: [tooltip(describe), outageBands(outages, c)],
   }, [[], []], element);
   followWidth(u, element, height);
   return u;
 }
 
 // The history of power: the mean as a line inside the band from the lowest
-// to the highest power of each row. Dragging selects a range to zoom to;
-// double-clicking resets.
-export function powerChart(element, timeZone, { onZoom, onReset, describe }) {
+// to the highest power of each row. Dragging (with a mouse or a finger)
+// selects a range to zoom to; double-clicking resets.
+export function powerChart(element, timeZone, { onZoom, onReset, describe, outages }) {
   const c = colours();
   const height = 260;
   const u = new uPlot({
@@ -101,12 +162,12 @@ export function powerChart(element, timeZone, { onZoom, onReset, describe }) {
       drag: { x: true, y: false, setScale: false },
       bind: { dblclick: () => () => { onReset(); return null; } },
     },
-    scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(10, max * 1.05)] } },
+    scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(10, (max || 0) * 1.05)] } },
     series: [
       {},
-      { label: "mean W", stroke: c.accent, width: 1.5, points: { show: false } },
-      { label: "min W", stroke: "transparent", points: { show: false } },
-      { label: "max W", stroke: "transparent", points: { show: false } },
+      { label: "mean W", stroke: c.accent, width: 1.5, spanGaps: false, points: { show: false } },
+      { label: "min W", stroke: "transparent", spanGaps: false, points: { show: false } },
+      { label: "max W", stroke: "transparent", spanGaps: false, points: { show: false } },
     ],
     bands: [{ series: [3, 2], fill: c.accentSoft }],
     axes: axes(c, ""),
@@ -120,13 +181,14 @@ export function powerChart(element, timeZone, { onZoom, onReset, describe }) {
         onZoom(from, to);
       }],
     },
-    plugins: [tooltip(describe)],
+    plugins: [tooltip(describe), outageBands(outages, c), touchSelect(onZoom)],
   }, [[], [], [], []], element);
   followWidth(u, element, height);
   return u;
 }
 
-// Energy per calendar period, as bars.
+// Energy per calendar period, as bars as wide as their period (set
+// `u.period` to its length in s; months count as 28 days).
 export function energyChart(element, timeZone, describe) {
   const c = colours();
   const height = 180;
@@ -136,17 +198,24 @@ export function energyChart(element, timeZone, describe) {
     tzDate: (ts) => uPlot.tzDate(new Date(ts * 1e3), timeZone),
     legend: { show: false },
     cursor: { drag: { x: false, y: false } },
-    scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(0.01, max * 1.1)] } },
+    scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(0.01, (max || 0) * 1.1)] } },
     series: [
       {},
       {
-        label: "kWh", stroke: c.energy, fill: c.energy, width: 0,
-        paths: uPlot.paths.bars({ size: [0.8, 80], align: 1 }), points: { show: false },
+        label: "kWh", stroke: c.energy, fill: c.energy, width: 0, points: { show: false },
+        paths: uPlot.paths.bars({
+          size: [1, Infinity, 1],
+          disp: {
+            x0: { unit: 1, values: (u) => u.data[0].map((x) => x + u.period * 0.06) },
+            size: { unit: 1, values: (u) => [u.period * 0.88] },
+          },
+        }),
       },
     ],
     axes: axes(c, ""),
     plugins: [tooltip(describe)],
   }, [[], []], element);
+  u.period = 3600;
   followWidth(u, element, height);
   return u;
 }

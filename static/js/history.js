@@ -1,12 +1,18 @@
 // The history of one meter: power over a day, week, month, year or chosen
 // dates, with zoom and pan, and the energy per hour, day or month beneath.
+// Where the logger was down, both charts show it.
 
 import * as api from "./api.js";
 import { energyChart, powerChart } from "./charts.js";
+import { breakAtOutages, describeOutages } from "./gaps.js";
 import * as t from "./time.js";
 
-const DAY = 86400000;
+const MINUTE = 60000;
+const HOUR = 3600000;
+const DAY = 24 * HOUR;
 const SPANS = { day: DAY, week: 7 * DAY, month: 30 * DAY, year: 365 * DAY };
+// Length of each bar period, in s (months as 28 days, so bars never touch).
+const BAR = { hour: 3600, day: 86400, month: 28 * 86400, year: 365 * 86400 };
 
 // The calendar period of the energy bars for a span of time.
 function periodFor(span) {
@@ -14,6 +20,17 @@ function periodFor(span) {
   if (span <= 93 * DAY) return "day";
   if (span <= 3 * 366 * DAY) return "month";
   return "year";
+}
+
+// Rows of power to ask for: enough for minute resolution over a day or two
+// on any screen (the server answers with raw points, minutes, hours or
+// wider buckets, whichever fits), a few thousand at most.
+function maxPoints(width) {
+  return Math.min(4000, Math.max(3000, width * 2));
+}
+
+function ms(value) {
+  return typeof value === "number" ? value : Date.parse(value);
 }
 
 export class History {
@@ -28,8 +45,13 @@ export class History {
     this.whole = null;
     this.range = null;
     this.rows = [];
+    this.rowOf = [];
+    this.raw = false;
+    this.outages = [];
     this.bars = [];
     this.barPeriod = "day";
+    this.active = false;
+    this.loadedAt = 0;
 
     const tz = meter.timezone;
     this.powerBox = section.querySelector("[data-role=power-chart]");
@@ -37,18 +59,20 @@ export class History {
     this.power = powerChart(this.powerBox, tz, {
       onZoom: (from, to) => this.load(from, to),
       onReset: () => this.reset(),
+      outages: () => this.outages,
       describe: (u, idx) => {
-        const row = this.rows[idx];
+        const row = this.rows[this.rowOf[idx]];
         if (!row) return null;
         const [time, mean, min, max] = row;
         const spread = min === max ? "" : ` (${t.watts(min)}–${t.watts(max)})`;
-        return `${t.dateTime(time, tz)}: ${t.watts(mean)} W${spread}`;
+        return `${t.dateTime(time, tz, this.raw)}: ${t.watts(mean)} W${spread}`;
       },
     });
-    this.energy = energyChart(this.energyBox, tz, (u, idx) => {
-      const row = this.bars[idx];
+    this.energy = energyChart(this.energyBox, tz, (u) => {
+      const at = u.posToVal(u.cursor.left, "x") * 1000;
+      const row = this.bars.find((r) => r.start <= at && at < r.end);
       if (!row) return null;
-      const cost = meter.currency || meter.price_per_kwh ? `, ${t.number(row.cost, 2)} ${meter.currency}` : "";
+      const cost = meter.price_per_kwh || meter.tariff ? `, ${t.number(row.cost, 2)} ${meter.currency}` : "";
       return `${t.periodLabel(row.start, this.barPeriod, tz)}: ${t.number(row.kwh, 2)} kWh${cost}`;
     });
 
@@ -58,6 +82,9 @@ export class History {
     for (const button of section.querySelectorAll("[data-pan]")) {
       button.addEventListener("click", () => this.pan(Number(button.dataset.pan)));
     }
+    for (const button of section.querySelectorAll("[data-zoom]")) {
+      button.addEventListener("click", () => this.zoom(Number(button.dataset.zoom)));
+    }
     section.querySelector("[data-role=reset]").addEventListener("click", () => this.reset());
     const form = section.querySelector("[data-role=custom]");
     form.addEventListener("submit", (event) => {
@@ -65,12 +92,22 @@ export class History {
       this.custom(form.elements.from.value, form.elements.to.value);
     });
     this.form = form;
-    // Slide a view that ends now along with time.
-    setInterval(() => {
-      if (this.range && this.whole && this.range === this.whole && Date.now() - this.whole.to < 10 * 60000) {
-        this.show(this.view);
-      }
-    }, 60000);
+    // Slide a view that ends now along with time, less often the longer it
+    // is: every 1.5 min for a day, 10 min for a week.
+    setInterval(() => this.slide(), MINUTE);
+  }
+
+  // Show or hide: a hidden history asks the server for nothing.
+  setActive(active) {
+    this.active = active;
+    if (active && !this.whole) this.show(this.view);
+    else if (active) this.slide();
+  }
+
+  slide() {
+    if (!this.active || !this.whole || this.range !== this.whole || this.view === "custom") return;
+    const span = this.whole.to - this.whole.from;
+    if (Date.now() - this.loadedAt >= Math.max(MINUTE, span / 1000)) this.show(this.view);
   }
 
   show(view) {
@@ -91,7 +128,7 @@ export class History {
     for (const button of this.viewButtons) button.setAttribute("aria-pressed", "false");
     this.view = "custom";
     // A date without a zone means midnight in the meter's zone.
-    this.load(`${fromDate}T00:00:00`, `${toDate}T23:59:59`, true);
+    this.load(`${fromDate}T00:00:00`, `${t.addDays(toDate, 1)}T00:00:00`, true);
   }
 
   reset() {
@@ -104,45 +141,61 @@ export class History {
     this.load(this.range.from + shift, this.range.to + shift);
   }
 
+  // Zoom in (1) to the middle half, or out (-1) to twice the span.
+  zoom(direction) {
+    if (!this.range) return;
+    const middle = (this.range.from + this.range.to) / 2;
+    const half = (this.range.to - this.range.from) / 2 * (direction > 0 ? 0.5 : 2);
+    if (direction > 0 && half < 5 * MINUTE) return;
+    this.load(middle - half, Math.min(middle + half, Date.now() + half / 10));
+  }
+
   async load(from, to, isWhole = false) {
     const ticket = ++this.loading;
     const width = this.power.width || 600;
     // Dates from the form are local to the meter; their span is near enough
     // to choose the bars' period.
-    const span = (typeof to === "number" ? to : Date.parse(to)) - (typeof from === "number" ? from : Date.parse(from));
-    const period = periodFor(span);
+    const period = periodFor(ms(to) - ms(from));
     try {
-      const [power, energy] = await Promise.all([
-        api.power(this.meter.id, from, to, Math.min(2000, width * 2)),
+      const [power, energy, outages] = await Promise.all([
+        api.power(this.meter.id, from, to, maxPoints(width)),
         api.energy(this.meter.id, from, to, period),
+        api.outages(this.meter.id, from, to),
       ]);
       if (ticket !== this.loading) return;
+      this.loadedAt = Date.now();
       const range = { from: power.from, to: power.to };
       if (isWhole) this.whole = range;
       this.range = isWhole ? this.whole : range;
       this.rows = power.points;
-      this.power.setData([
+      this.raw = power.resolution_ms === 0;
+      this.outages = outages;
+      const { data, rows } = breakAtOutages([
         power.points.map((p) => p[0] / 1000),
         power.points.map((p) => p[1]),
         power.points.map((p) => p[2]),
         power.points.map((p) => p[3]),
-      ], false);
+      ], outages);
+      this.rowOf = rows;
+      this.power.setData(data, false);
       this.power.setScale("x", { min: range.from / 1000, max: range.to / 1000 });
       const tz = this.meter.timezone;
-      const resolution = power.resolution_ms ? ` · one value per ${t.duration(power.resolution_ms)}` : "";
+      const resolution = this.raw ? " · every blip" : ` · one value per ${t.duration(power.resolution_ms)}`;
       this.rangeLabel.textContent = `${t.dateTime(range.from, tz)} – ${t.dateTime(range.to, tz)}${resolution}`;
       this.form.elements.from.value = t.isoDate(range.from, tz);
-      this.form.elements.to.value = t.isoDate(range.to, tz);
+      this.form.elements.to.value = t.isoDate(range.to - 1, tz);
 
       this.barPeriod = period;
       this.periodLabel.textContent = period;
       this.bars = energy.rows;
+      this.energy.period = BAR[period];
       this.energy.setData([energy.rows.map((r) => r.start / 1000), energy.rows.map((r) => r.kwh)], false);
       this.energy.setScale("x", { min: range.from / 1000, max: range.to / 1000 });
       // Both charts change together; the figures tell tests what is shown.
       this.energyBox.dataset.bars = String(energy.rows.length);
       Object.assign(this.powerBox.dataset, {
         points: String(power.points.length), from: String(range.from), to: String(range.to),
+        resolution: String(power.resolution_ms), gaps: describeOutages(outages),
       });
       this.report(null);
     } catch (error) {

@@ -1,13 +1,18 @@
 // One meter on the page: its power now, the last 20 minutes live, its
-// energy summary and its history.
+// energy summary, its history and its heatmap. Only the meter on show asks
+// the server for its summary, history and heatmap.
 
 import * as api from "./api.js";
 import { liveChart } from "./charts.js";
+import { breakAtOutages, describeOutages } from "./gaps.js";
+import { Heatmap } from "./heatmap.js";
 import { History } from "./history.js";
 import { Summary } from "./summary.js";
 import * as t from "./time.js";
 
 const WINDOW = 20 * 60000;
+// A blip this long after the one before may end an outage.
+const LONG_BLIP = 2 * 60000;
 
 export class MeterView {
   constructor(meter, section, report) {
@@ -15,41 +20,73 @@ export class MeterView {
     this.section = section;
     this.report = report;
     this.points = [];
+    this.outages = [];
+    this.rowOf = [];
     this.last = null;
+    this.started = false;
     this.wattsText = section.querySelector("[data-role=watts]");
     this.lastText = section.querySelector("[data-role=last]");
     this.silentText = section.querySelector("[data-role=silent]");
     section.querySelector("[data-role=currency]").textContent = meter.currency || "cost";
     const tz = meter.timezone;
+    // Watts of one blip per ms between blips: to tell a raw point's blip time.
+    this.factor = 3.6e9 * meter.multiplier / meter.pulses_per_kwh;
     this.chartBox = section.querySelector("[data-role=live-chart]");
     this.chart = liveChart(this.chartBox, tz, (u, idx) => {
-      const point = this.points[idx];
-      return point ? `${t.clock(point.stamp, tz)}: ${t.watts(point.watts)} W` : null;
-    });
+      const point = this.points[this.rowOf[idx]];
+      if (!point) return null;
+      const when = point.stamp == null ? `${t.clock(point.time, tz)} (mean of a minute)` : t.clock(point.stamp, tz);
+      return `${when}: ${t.watts(point.watts)} W`;
+    }, () => this.outages);
     this.summary = new Summary(meter, section.querySelector("[data-role=summary]"), report);
     this.history = new History(meter, section, report);
+    this.heatmap = new Heatmap(meter, section.querySelector("[data-role=heatmap]"), report);
     this.onWatts = () => {};
-  }
-
-  async start() {
-    if (this.meter.last) this.show(this.meter.last);
-    await this.reload();
-    this.history.show("day");
-    this.summary.refresh();
-    setInterval(() => this.summary.refresh(), 60000);
+    if (meter.last) this.show(meter.last);
     setInterval(() => this.tick(), 1000);
   }
 
-  // Reload the last 20 minutes (at start, and when live points may have
-  // been missed).
+  // Show the meter (loading what it shows the first time) or hide it.
+  setActive(active) {
+    this.section.hidden = !active;
+    if (active && !this.started) {
+      this.started = true;
+      this.reload();
+    }
+    this.history.setActive(active);
+    this.summary.setActive(active);
+    this.heatmap.setActive(active);
+  }
+
+  // Reload the last 20 minutes, its outages and the last blip (at start,
+  // and when live points may have been missed).
   async reload() {
     const now = Date.now();
     try {
-      const answer = await api.power(this.meter.id, now - WINDOW, now, 5000);
+      const [answer, outages, settings] = await Promise.all([
+        api.power(this.meter.id, now - WINDOW, now, 5000),
+        api.outages(this.meter.id, now - WINDOW, now),
+        api.meter(this.meter.id),
+      ]);
       const raw = answer.resolution_ms === 0;
-      this.points = answer.points.map(([time, mean]) => ({
-        time, watts: mean, stamp: raw ? null : time,
+      const loaded = answer.points.map(([time, mean]) => ({
+        time, watts: mean, stamp: raw ? Math.round(time + this.factor / mean / 2) : null,
       }));
+      // Live points that came while this was asked for stay.
+      const newest = loaded.length ? loaded[loaded.length - 1].time : -Infinity;
+      this.points = loaded.concat(this.points.filter((p) => p.time > newest));
+      this.outages = outages;
+      if (settings.last && (!this.last || settings.last.stamp > this.last.stamp)) this.show(settings.last);
+      this.redraw();
+    } catch (error) {
+      this.report(error.message);
+    }
+  }
+
+  async reloadOutages() {
+    const now = Date.now();
+    try {
+      this.outages = await api.outages(this.meter.id, now - WINDOW, now);
       this.redraw();
     } catch (error) {
       this.report(error.message);
@@ -58,32 +95,41 @@ export class MeterView {
 
   // A new point from the live stream.
   add(point) {
-    this.points.push({ time: point.stamp - point.ms / 2, watts: point.watts, stamp: point.stamp });
     this.show(point);
+    if (!this.started) return;
+    this.points.push({ time: point.stamp - point.ms / 2, watts: point.watts, stamp: point.stamp });
     this.redraw();
+    if (point.ms > LONG_BLIP) this.reloadOutages();
   }
 
   show(point) {
+    if (this.last && point.stamp < this.last.stamp) return;
     this.last = point;
     this.wattsText.textContent = t.watts(point.watts);
     this.lastText.textContent =
       `last blip ${t.clock(point.stamp, this.meter.timezone)}, ${t.duration(point.ms)} after the one before`;
-    this.onWatts(point.watts);
+    this.onWatts(point);
     this.tick();
   }
 
   redraw() {
     const start = Date.now() - WINDOW - 60000;
     while (this.points.length && this.points[0].time < start) this.points.shift();
-    this.chart.setData([this.points.map((p) => p.time / 1000), this.points.map((p) => p.watts)], false);
+    this.outages = this.outages.filter((o) => o.to >= start);
+    const { data, rows } = breakAtOutages(
+      [this.points.map((p) => p.time / 1000), this.points.map((p) => p.watts)], this.outages,
+    );
+    this.rowOf = rows;
+    this.chart.setData(data, false);
     this.tick();
     this.chartBox.dataset.points = String(this.points.length);
+    this.chartBox.dataset.gaps = describeOutages(this.outages);
   }
 
   // Slide the window with time; say so when the meter has gone quiet.
   tick() {
     const now = Date.now();
-    this.chart.setScale("x", { min: (now - WINDOW) / 1000, max: now / 1000 });
+    if (!this.section.hidden) this.chart.setScale("x", { min: (now - WINDOW) / 1000, max: now / 1000 });
     const last = this.last;
     const quiet = last ? now - last.stamp : null;
     const expected = last ? Math.max(60000, 3 * last.ms) : 0;

@@ -1,120 +1,126 @@
 // Energy and cost of one meter over the periods people ask about, with this
-// week and this month set against the same days a year ago. Calendar
-// periods come from the server, in the meter's time zone.
+// week and this month set against the same days a year ago. Each figure is
+// the total of one energy request for exactly its range, in periods coarse
+// enough that the answer is a row or two; calendar periods start at
+// midnight in the meter's time zone.
 
 import * as api from "./api.js";
 import * as t from "./time.js";
 
-const HOUR = 3600000;
+const MINUTE = 60000;
+const HOUR = 60 * MINUTE;
 const DAY = 24 * HOUR;
-const LABELS = [
-  "Today", "Last 24 hours", "Last 7 days", "This month", "Last 365 days",
-  "This week so far", "Same days last year", "This month so far", "Same days last year",
-];
+// Refreshed this often while on show.
+const EVERY = 5 * MINUTE;
 
-// The row of an energy answer whose period holds the instant `at`.
-function rowAt(answer, at) {
-  return answer.rows.find((row) => row.start <= at && at < row.end) || null;
+// The coarsest calendar period whose rows a range of `span` ms spans only a
+// few of.
+function periodFor(span) {
+  if (span <= DAY + HOUR) return "day";
+  if (span <= 7 * DAY + HOUR) return "week";
+  if (span <= 32 * DAY) return "month";
+  return "year";
 }
+
+// The rows: a label, and the range [from, to) given the minute `now` and
+// its local date, ISO weekday and time in the meter's zone; `against` is the
+// row a "year earlier" row is compared with.
+const ROWS = [
+  { label: "Today", range: (now, { date }) => [`${date}T00:00`, now] },
+  { label: "Last 24 hours", range: (now) => [now - DAY, now] },
+  { label: "Last 7 days", range: (now) => [now - 7 * DAY, now] },
+  { label: "This week", range: (now, { date, weekday }) => [`${t.addDays(date, 1 - weekday)}T00:00`, now] },
+  {
+    label: "a year earlier", against: 3,
+    // The same weekdays 52 weeks before.
+    range: (now, { date, weekday }) => [`${t.addDays(date, 1 - weekday - 364)}T00:00`, now - 364 * DAY],
+  },
+  { label: "This month", range: (now, { date }) => [`${date.slice(0, 8)}01T00:00`, now] },
+  {
+    label: "a year earlier", against: 5,
+    range: (now, { date, time }) => [`${t.addYears(date, -1).slice(0, 8)}01T00:00`, `${t.addYears(date, -1)}T${time}`],
+  },
+  { label: "Last 365 days", range: (now) => [now - 365 * DAY, now] },
+];
 
 export class Summary {
   constructor(meter, body, report) {
     this.meter = meter;
     this.body = body;
     this.report = report;
+    this.active = false;
+    this.refreshedAt = 0;
     // The rows are there from the start, so that nothing below them moves
     // when the numbers arrive.
-    this.body.replaceChildren(...LABELS.map((label) => {
+    this.body.replaceChildren(...ROWS.map((row) => {
       const tr = document.createElement("tr");
-      for (const text of [label, "…", "…", ""]) {
+      if (row.against != null) tr.className = "against";
+      for (const text of [row.label, "…", "…", ""]) {
         const td = document.createElement("td");
         td.textContent = text;
         tr.appendChild(td);
       }
       return tr;
     }));
+    setInterval(() => this.refresh(false), MINUTE);
   }
 
-  // Energy from `from` to `to` (ms): { kwh, cost }.
-  async total(from, to) {
-    if (to <= from) return { kwh: 0, cost: 0 };
-    return (await api.energy(this.meter.id, Math.round(from), Math.round(to), "hour")).total;
+  setActive(active) {
+    this.active = active;
+    if (active) this.refresh(false);
   }
 
-  // The start of the calendar `period` holding `at`.
-  async periodStart(period, at) {
-    const answer = await api.energy(this.meter.id, Math.round(at - 40 * DAY), Math.round(at), period);
-    const row = rowAt(answer, at - 1) || answer.rows[answer.rows.length - 1];
-    return row ? row.start : at;
-  }
-
-  async refresh() {
-    const now = Date.now();
+  // Ask again when on show and the figures are older than EVERY (or now,
+  // when `force`).
+  async refresh(force = true) {
+    if (!this.active || (!force && Date.now() - this.refreshedAt < EVERY)) return;
+    this.refreshedAt = Date.now();
+    // Whole minutes, as the server counts.
+    const now = Math.floor(Date.now() / MINUTE) * MINUTE;
+    const here = t.local(now, this.meter.timezone);
+    const ranges = ROWS.map((row) => row.range(now, here));
     try {
-      const [dayStart, weekStart, monthStart] = await Promise.all([
-        this.periodStart("day", now), this.periodStart("week", now), this.periodStart("month", now),
-      ]);
-      // The same weekday a year ago, and the same date a year ago.
-      const weekAgo = now - 364 * DAY;
-      const monthAgoDate = new Date(now);
-      monthAgoDate.setFullYear(monthAgoDate.getFullYear() - 1);
-      const monthAgo = monthAgoDate.getTime();
-      const [lastYearWeekStart, lastYearMonthStart] = await Promise.all([
-        this.periodStart("week", weekAgo), this.periodStart("month", monthAgo),
-      ]);
-      const totals = await Promise.all([
-        this.total(dayStart, now),
-        this.total(now - DAY, now),
-        this.total(now - 7 * DAY, now),
-        this.total(monthStart, now),
-        this.total(now - 365 * DAY, now),
-        this.total(weekStart, now),
-        this.total(lastYearWeekStart, lastYearWeekStart + (now - weekStart)),
-        this.total(monthStart, now),
-        this.total(lastYearMonthStart, lastYearMonthStart + (now - monthStart)),
-      ]);
-      this.render(totals);
+      const totals = await Promise.all(ranges.map(([from, to]) => {
+        const span = (typeof to === "number" ? to : Date.parse(to)) - (typeof from === "number" ? from : Date.parse(from));
+        return api.energy(this.meter.id, from, to, periodFor(span)).then((answer) => answer.total);
+      }));
+      this.render(totals, ranges);
       this.body.dataset.updated = String(now);
       this.report(null);
     } catch (error) {
+      this.refreshedAt = 0;
       this.report(error.message);
     }
   }
 
-  // The rows "Same days last year" compare with the row above them.
-  render(totals) {
+  render(totals, ranges) {
     const meter = this.meter;
     const hasCost = Boolean(meter.price_per_kwh || meter.tariff);
-    this.body.replaceChildren(...totals.map((total, i) => {
-      const row = { label: LABELS[i], total, against: LABELS[i] === "Same days last year" };
-      const tr = document.createElement("tr");
-      const cells = [
-        row.label,
-        t.number(row.total.kwh, row.total.kwh < 100 ? 2 : 0),
-        hasCost ? `${t.number(row.total.cost, 2)} ${meter.currency}` : "–",
-      ];
-      for (const text of cells) {
-        const td = document.createElement("td");
-        td.textContent = text;
-        tr.appendChild(td);
-      }
-      const diff = document.createElement("td");
-      diff.className = "diff";
-      if (row.against) {
-        const now = totals[i - 1].kwh;
-        const before = row.total.kwh;
+    [...this.body.rows].forEach((tr, i) => {
+      const total = totals[i];
+      const cells = tr.cells;
+      cells[1].textContent = t.kwh(total.kwh);
+      cells[2].textContent = hasCost ? t.number(total.cost, 2) : "–";
+      const against = ROWS[i].against;
+      cells[3].className = "diff";
+      cells[3].textContent = "";
+      cells[3].title = "";
+      if (against != null) {
+        const now = totals[against].kwh;
+        const before = total.kwh;
         if (before > 0) {
           const percent = (now - before) / before * 100;
-          diff.textContent = `${percent >= 0 ? "+" : "−"}${t.number(Math.abs(percent), 1)} %`;
-          diff.classList.add(percent > 0 ? "up" : "down");
-          diff.title = "this year against the same days last year";
+          cells[3].textContent = `${percent >= 0 ? "+" : "−"}${t.number(Math.abs(percent), 1)} %`;
+          cells[3].classList.add(percent > 0 ? "up" : "down");
+          cells[3].title = `${ROWS[against].label.toLowerCase()} against the same days a year earlier`;
         } else {
-          diff.textContent = "no data";
+          cells[3].textContent = "no data";
         }
       }
-      tr.appendChild(diff);
-      tr.dataset.kwh = String(row.total.kwh);
-      return tr;
-    }));
+      Object.assign(tr.dataset, {
+        kwh: String(total.kwh), cost: String(total.cost),
+        from: String(ranges[i][0]), to: String(ranges[i][1]),
+      });
+    });
   }
 }
