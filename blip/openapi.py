@@ -190,10 +190,12 @@ def document() -> dict[str, Any]:
                 "from": _UNIX_MS,
                 "to": _UNIX_MS,
                 "kind": {
-                    "enum": ["logger_down", "idle"],
+                    "enum": ["logger_down", "idle", "unknown"],
                     "description": (
                         "`logger_down`: no ingest was listening to the serial device;"
-                        " `idle`: one was, and the meter did not blink."
+                        " `idle`: one was, and the meter did not blink; `unknown`: before"
+                        " the first recorded period of ingest (history from before"
+                        " blipserver, or imported), when nothing says which."
                     ),
                 },
             }
@@ -315,7 +317,8 @@ def document() -> dict[str, Any]:
                 "Every stretch of the range (up to now) longer than `min_gap` ms between two"
                 " blips, or between the range's edge and a blip, split into the parts when"
                 " ingest was not listening (`logger_down`) and when it was but the meter did"
-                " not blink (`idle`). At most 10000 gaps; `next` is the `from` of the rest."
+                " not blink (`idle`), or `unknown` before the first recorded period of ingest."
+                " At most 10000 gaps; `next` is the `from` of the rest."
             ),
             [
                 *meter_range,

@@ -103,7 +103,8 @@ class Gap:
     :param start: unix ms it starts.
     :param end: unix ms it ends.
     :param kind: ``logger_down`` when no ingest was listening, ``idle`` when
-        one was and the meter did not blink.
+        one was and the meter did not blink, ``unknown`` before the first
+        record of ingest.
     """
 
     start: int
@@ -245,7 +246,9 @@ class Series:
         the meter did not blink for longer than ``min_gap`` ms (by default
         :data:`GAP_FACTOR` mean blip intervals of the range, and at least
         :data:`MIN_GAP`), each split into the parts when ingest was
-        listening (``idle``) and when it was not (``logger_down``).
+        listening (``idle``) and when it was not (``logger_down``), or
+        ``unknown`` before the first recorded period of ingest (history
+        from before blipserver, or imported).
 
         Silences of two minutes or more are found from the minute rollups,
         at a cost that does not grow with the points in the range; shorter
@@ -287,8 +290,13 @@ class Series:
         if spans:
             periods = await self.store.ingest_periods(spans[0][0], spans[-1][1])
             listening = _union([(int(a), int(b)) for a, b in periods])
+            # Before the first record of ingest nothing says whether a
+            # logger ran; a listening period from before the spans is one.
+            recorded: Optional[int] = spans[0][0]
+            if not listening or listening[0][0] > spans[0][0]:
+                recorded = await self.store.first_ingest()
             for a, b in spans:
-                gaps.extend(_classify(a, b, listening))
+                gaps.extend(_unrecorded(_classify(a, b, listening), recorded))
         return Gaps(gaps, min_gap, following)
 
 
@@ -300,6 +308,22 @@ def _union(periods: list[tuple[int, int]]) -> list[tuple[int, int]]:
         else:
             merged.append((start, end))
     return merged
+
+
+def _unrecorded(parts: list[Gap], recorded: Optional[int]) -> list[Gap]:
+    """
+    :return: ``parts``, with what is ``logger_down`` before ``recorded``
+        (the first record of ingest; None: there is none) ``unknown``.
+    """
+    split: list[Gap] = []
+    for gap in parts:
+        if gap.kind != "logger_down" or (recorded is not None and gap.start >= recorded):
+            split.append(gap)
+        elif recorded is None or gap.end <= recorded:
+            split.append(Gap(gap.start, gap.end, "unknown"))
+        else:
+            split += [Gap(gap.start, recorded, "unknown"), Gap(recorded, gap.end, "logger_down")]
+    return split
 
 
 def _classify(start: int, end: int, listening: list[tuple[int, int]]) -> list[Gap]:

@@ -407,6 +407,14 @@ class Store:
             (last, first),
         )
 
+    async def first_ingest(self) -> Optional[int]:
+        """
+        :return: when the first recorded period of ingest started (any
+            node), or None: before it nothing says whether a logger ran.
+        """
+        rows = await self.pool.runQuery("SELECT min(started) FROM ingest_periods")
+        return None if rows[0][0] is None else int(rows[0][0])
+
     async def save_meters(self, meters: Sequence[Meter]) -> None:
         """
         Write the settings of configured meters, replacing those stored; a

@@ -271,6 +271,37 @@ async def test_gaps_are_classified_by_ingest_periods(store: Store, database) -> 
     assert sparse.min_gap == 90 * MINUTE and sparse.gaps == []
 
 
+@pytest_twisted.ensureDeferred
+async def test_gaps_before_the_first_record_of_ingest_are_unknown(store: Store, database) -> None:
+    """
+    History from before blipserver recorded ingest (an upgraded or
+    imported database) has no record of whether a logger ran: its gaps are
+    unknown, not logger_down, up to the first recorded period; without
+    any record, every gap is unknown.
+    """
+    await store.insert([Point(1, T0 + s * MINUTE, 1000) for s in (0, 10, 20, 40)])
+    series = Series(store)
+    gaps = await series.gaps(METER, T0, T0 + 40 * MINUTE, T0 + 40 * MINUTE, 5 * MINUTE)
+    assert {g.kind for g in gaps.gaps} == {"unknown"}
+    database.sql(
+        "INSERT INTO ingest_periods (node, started, alive_at, ended, end_reason) VALUES"
+        " ('a', %s, %s, %s, 'stop')",
+        (T0 + 15 * MINUTE, T0 + 25 * MINUTE, T0 + 25 * MINUTE),
+    )
+    gaps = await series.gaps(METER, T0, T0 + 40 * MINUTE, T0 + 40 * MINUTE, 5 * MINUTE)
+    assert [(g.start - T0, g.end - T0, g.kind) for g in gaps.gaps] == [
+        (0, 10 * MINUTE, "unknown"),
+        (10 * MINUTE, 15 * MINUTE, "unknown"),
+        (15 * MINUTE, 20 * MINUTE, "idle"),
+        (20 * MINUTE, 25 * MINUTE, "idle"),
+        (25 * MINUTE, 40 * MINUTE, "logger_down"),
+    ]
+    later = await series.gaps(METER, T0 + 20 * MINUTE, T0 + 40 * MINUTE, T0 + 40 * MINUTE, 5 * MINUTE)
+    assert [(g.start - T0, g.end - T0, g.kind) for g in later.gaps] == [
+        (20 * MINUTE, 25 * MINUTE, "idle"), (25 * MINUTE, 40 * MINUTE, "logger_down"),
+    ]
+
+
 def expected_gaps(stamps: list[int], first: int, last: int, now: int, longer: int) -> list[tuple[int, int]]:
     """
     The gaps of ``[first, last)`` in sorted ``stamps``, worked out one pair
