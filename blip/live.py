@@ -116,6 +116,12 @@ class Stream:
                 self.drop("too slow")
         else:
             self.request.write(data)
+            # Send now, rather than when the reactor next looks at the
+            # connection: the first clients need not wait for the last.
+            # (What does not fit stays buffered, and is sent as usual.)
+            send = getattr(self.request.channel.transport, "doWrite", None)
+            if send is not None:
+                send()
 
     async def pace(self) -> None:
         """
@@ -227,6 +233,8 @@ class Live:
         self.dropped = 0
         self._streams: dict[Stream, None] = {}
         self._recent: deque[Point] = deque(maxlen=KEEP)
+        # The newest point's event, written to every stream as it is.
+        self._event: tuple[Optional[Point], bytes] = (None, b"")
         self._beat = LoopingCall(self._heartbeat)
         self._beat.clock = clock
         self._unlisten: Optional[Callable[[], None]] = hub.listen(self._publish)
@@ -240,6 +248,8 @@ class Live:
         """
         :return: the Server-Sent Event of ``point``.
         """
+        if self._event[0] == point:
+            return self._event[1]
         data = json.dumps(
             {
                 "meter": point.meter,
@@ -249,7 +259,9 @@ class Live:
             },
             separators=(",", ":"),
         )
-        return b"id: %d\nevent: point\ndata: %s\n\n" % (point.stamp, data.encode())
+        event = b"id: %d\nevent: point\ndata: %s\n\n" % (point.stamp, data.encode())
+        self._event = (point, event)
+        return event
 
     def open(self, request: Request, meters: Optional[Iterable[int]]) -> Stream:
         """
