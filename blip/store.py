@@ -260,12 +260,17 @@ class Store:
             floor((stamp - start) / width)``; empty buckets are left out.
             When ``start`` and ``width`` are whole hours (or minutes), every
             bucket is a sum of hour (minute) rollups, which are read instead
-            of the points.
+            of the points; otherwise, for buckets of a minute or more, only
+            the hours and minutes that a bucket's edge cuts are read finer
+            (see :data:`_AGGREGATE_MIXED`).
         """
+        params = {"m": meter, "s": start, "w": width, "c": count}
         if start % HOUR == 0 and width % HOUR == 0:
             counted = "sum(events)", "readings_hourly"
         elif start % MINUTE == 0 and width % MINUTE == 0:
             counted = "sum(events)", "readings_minutely"
+        elif width >= MINUTE:
+            return await self._text(_pairs(_AGGREGATE_MIXED), params)
         else:
             counted = "count(*)", "readings"
         return await self._text(
@@ -276,7 +281,7 @@ class Store:
                 "   AND stamp < %(s)s::bigint + %(w)s::bigint * %(c)s::bigint"
                 " GROUP BY o ORDER BY o".format(*counted)
             ),
-            {"m": meter, "s": start, "w": width, "c": count},
+            params,
         )
 
     async def aggregate_hourly(self, meter: int, start: int, width: int, count: int) -> str:
@@ -729,6 +734,48 @@ _ROLLUPS = {
     )
     for hourly, table in _ROLLUP_TABLE.items()
 }
+
+# /aggregate of buckets of a minute or more whose edges are not on whole
+# minutes: an hour (minute) that lies inside one bucket and the range is
+# "clean" and counted from its rollup; the others each hold an edge
+# (start + k * width, k = 0..count), so they are found from the edges:
+# the minutes of a cut hour from the minute rollups when clean, and the
+# points of a cut minute one by one. Every point is counted once: a clean
+# hour's minutes are clean, and with buckets of a minute or more no minute
+# holds two edges. (OFFSET 0 keeps each lateral read an index range per
+# cut hour or minute, which the planner would otherwise flatten into a
+# scan of the whole range.)
+_AGGREGATE_MIXED = """
+WITH edges AS (
+    SELECT %(s)s::bigint + %(w)s::bigint * k AS edge FROM generate_series(0, %(c)s::bigint) AS k),
+counted AS (
+    SELECT stamp, events FROM readings_hourly
+     WHERE id = %(m)s AND stamp >= %(s)s::bigint AND stamp <= {hi} - 3600000
+       AND (stamp - %(s)s::bigint) %% %(w)s::bigint <= %(w)s::bigint - 3600000
+    UNION ALL
+    SELECT r.stamp, r.events
+      FROM (SELECT DISTINCT edge - edge %% 3600000 AS hour FROM edges) AS cut
+     CROSS JOIN LATERAL (
+           SELECT stamp, events FROM readings_minutely
+            WHERE id = %(m)s AND stamp >= greatest(hour, %(s)s::bigint) AND stamp < hour + 3600000
+              AND stamp <= {hi} - 60000
+              AND (stamp - %(s)s::bigint) %% %(w)s::bigint <= %(w)s::bigint - 60000
+           OFFSET 0) AS r
+     WHERE NOT (hour >= %(s)s::bigint AND hour <= {hi} - 3600000
+                AND (hour - %(s)s::bigint) %% %(w)s::bigint <= %(w)s::bigint - 3600000)
+    UNION ALL
+    SELECT r.stamp, 1
+      FROM (SELECT edge - edge %% 60000 AS minute FROM edges) AS cut
+     CROSS JOIN LATERAL (
+           SELECT stamp FROM readings
+            WHERE id = %(m)s AND stamp >= greatest(minute, %(s)s::bigint)
+              AND stamp < least(minute + 60000, {hi})
+           OFFSET 0) AS r
+     WHERE NOT (minute >= %(s)s::bigint AND minute <= {hi} - 60000
+                AND (minute - %(s)s::bigint) %% %(w)s::bigint <= %(w)s::bigint - 60000))
+SELECT %(w)s::bigint * ((stamp - %(s)s::bigint) / %(w)s::bigint) AS o, sum(events)
+  FROM counted GROUP BY o ORDER BY o
+""".format(hi="(%(s)s::bigint + %(w)s::bigint * %(c)s::bigint)")
 
 # Periods are the pairs of consecutive edges; each rollup bucket is priced
 # by the local day of the week and hour it starts in.

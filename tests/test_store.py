@@ -14,6 +14,7 @@ from blip.database import Pool
 from blip.model import Point
 from blip.store import Store
 
+MINUTE = 60_000
 HOUR = 3_600_000
 T0 = 1_700_000_000_000 - 1_700_000_000_000 % HOUR
 
@@ -171,15 +172,18 @@ async def test_queries(store) -> None:
 async def test_aggregate_reads_the_rollups_when_buckets_align(store, database) -> None:
     """
     /aggregate counts from the hour or minute rollups when its start and
-    bucket width are whole hours or minutes, with the same answer a count
-    of the points gives; otherwise it counts the points. (Readings deleted
-    behind the rollups' back show which source was read.)
+    bucket width are whole hours or minutes, and from the rollups with the
+    points of the minutes a bucket's edge cuts when they are not, with the
+    same answer a count of the points gives; buckets under a minute count
+    the points. (Readings deleted behind the rollups' back show which
+    source was read.)
     """
-    points = [Point(1, T0 + i * 7_000, 500) for i in range(2000)]
+    points = [Point(1, T0 + i * 7_000 + i % 3, 500) for i in range(2000)]
     await store.insert(points)
     hourly = await store.aggregate(1, T0, HOUR, 5)
     minutely = await store.aggregate(1, T0 + 60_000, 120_000, 100)
-    raw = await store.aggregate(1, T0 + 1, HOUR, 5)
+    raw = await store.aggregate(1, T0 + 1, 10_000, 500)
+    mixed = await store.aggregate(1, T0 + HOUR + 1, HOUR, 3)
 
     def counted(start: int, width: int, count: int) -> list[list[int]]:
         buckets: dict[int, int] = {}
@@ -191,8 +195,26 @@ async def test_aggregate_reads_the_rollups_when_buckets_align(store, database) -
 
     assert json.loads(hourly) == counted(T0, HOUR, 5)
     assert json.loads(minutely) == counted(T0 + 60_000, 120_000, 100)
-    assert json.loads(raw) == counted(T0 + 1, HOUR, 5)
-    database.sql("DELETE FROM readings WHERE stamp < %s", (T0 + HOUR,))
+    assert json.loads(raw) == counted(T0 + 1, 10_000, 500)
+    assert json.loads(mixed) == counted(T0 + HOUR + 1, HOUR, 3)
+    for start, width, count in [
+        (T0 + 1, HOUR, 5),
+        (T0 - 5 * MINUTE + 17, 2 * HOUR + 1, 3),
+        (T0 + 12_345, 10 * MINUTE, 30),
+        (T0 + 59_999, 90_000, 200),
+        (T0 + 30_000, MINUTE, 300),
+        (T0 + 1, 61_000, 250),
+        (T0 + 30 * MINUTE + 1, 24 * HOUR, 1),
+        (T0 + 2 * HOUR + 7, 7 * MINUTE + 3, 1000),
+    ]:
+        answer = await store.aggregate(1, start, width, count)
+        assert json.loads(answer) == counted(start, width, count), (start - T0, width, count)
+    database.sql("DELETE FROM readings WHERE stamp < %s", (T0 + 2 * HOUR,))
     assert await store.aggregate(1, T0, HOUR, 5) == hourly
     assert await store.aggregate(1, T0 + 60_000, 120_000, 100) == minutely
-    assert await store.aggregate(1, T0 + 1, HOUR, 5) != raw
+    assert await store.aggregate(1, T0 + 1, 10_000, 500) != raw
+    # The whole hour from T0 + HOUR + 1 cut by no edge came from a rollup;
+    # the minute its first edge cuts, from the points.
+    assert json.loads(await store.aggregate(1, T0 + HOUR + 1, HOUR, 3))[0][1] == (
+        json.loads(mixed)[0][1] - sum(T0 + HOUR + 1 <= p.stamp < T0 + HOUR + MINUTE for p in points)
+    )
