@@ -12,6 +12,7 @@ from functools import lru_cache
 from typing import Optional
 
 from blip.meters import Meter
+from blip.periods import ALIVE_INTERVAL
 from blip.store import Row, Store
 
 MINUTE = 60_000
@@ -35,6 +36,9 @@ GAP_ROWS = 10_000
 MIN_GAP = 2 * MINUTE
 #: A gap is this many mean blip intervals long at least.
 GAP_FACTOR = 3
+#: An open period of ingest refreshed this recently is of a node that runs:
+#: it lasts until now.
+FRESH = int(2.5 * ALIVE_INTERVAL * 1000)
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
@@ -288,7 +292,7 @@ class Series:
         spans = [(a, b) for a, b in spans if a < b]
         gaps: list[Gap] = []
         if spans:
-            periods = await self.store.ingest_periods(spans[0][0], spans[-1][1])
+            periods = await self.store.ingest_periods(spans[0][0], spans[-1][1], now, FRESH)
             listening = _union([(int(a), int(b)) for a, b in periods])
             # Before the first record of ingest nothing says whether a
             # logger ran; a listening period from before the spans is one.
@@ -334,7 +338,7 @@ def _classify(start: int, end: int, listening: list[tuple[int, int]]) -> list[Ga
     parts: list[Gap] = []
     at = start
     for lo, hi in listening:
-        if hi <= at:
+        if hi <= at or hi <= lo:
             continue
         if lo >= end:
             break

@@ -399,17 +399,24 @@ class Store:
         )
         return [Point(*row) for row in rows]
 
-    async def ingest_periods(self, first: int, last: int) -> list[Row]:
+    async def ingest_periods(
+        self, first: int, last: int, now: Optional[int] = None, fresh: int = 0
+    ) -> list[Row]:
         """
         :return: ``(started, ended)`` of every period of any node when ingest
             ran with its source open that overlaps ``[first, last]``, by
-            start; a period still open ends at its ``alive_at``.
+            start; a period still open ends at its ``alive_at``, or at
+            ``now`` if that is at most ``fresh`` ms before (its node runs).
         """
         return await self.pool.runQuery(
-            "SELECT started, coalesce(ended, alive_at) FROM ingest_periods"
-            " WHERE started <= %s::bigint AND coalesce(ended, alive_at) >= %s::bigint"
-            " ORDER BY started",
-            (last, first),
+            "SELECT started, until FROM ("
+            " SELECT started,"
+            "        CASE WHEN ended IS NULL AND alive_at >= %(now)s::bigint - %(fresh)s::bigint"
+            "             THEN greatest(alive_at, %(now)s::bigint)"
+            "             ELSE coalesce(ended, alive_at) END AS until"
+            "   FROM ingest_periods WHERE started <= %(last)s::bigint) AS p"
+            " WHERE until >= %(first)s::bigint ORDER BY started",
+            {"first": first, "last": last, "now": now, "fresh": fresh},
         )
 
     async def first_ingest(self) -> Optional[int]:

@@ -302,6 +302,35 @@ async def test_gaps_before_the_first_record_of_ingest_are_unknown(store: Store, 
     ]
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_running_node_listens_until_now(store: Store, database) -> None:
+    """
+    A period still open whose node refreshed it lately (it runs) lasts
+    until now: the silence between its start and the first blip is idle;
+    one not refreshed for long (its node was killed) ends at its last
+    refresh. A period that has only just begun (no longer than an instant)
+    gives no empty gap.
+    """
+    await store.insert([Point(1, T0, 1000), Point(1, T0 + 30 * MINUTE, 1000)])
+    now = T0 + 30 * MINUTE
+    series = Series(store)
+    database.sql(
+        "INSERT INTO ingest_periods VALUES ('a', %s, %s, NULL, NULL), ('b', %s, %s, NULL, NULL)",
+        (T0 + 10 * MINUTE, now - 5000, T0 + 5 * MINUTE, T0 + 5 * MINUTE),
+    )
+    gaps = await series.gaps(METER, T0, now, now, 5 * MINUTE)
+    assert [(g.start - T0, g.end - T0, g.kind) for g in gaps.gaps] == [
+        (0, 5 * MINUTE, "unknown"), (5 * MINUTE, 10 * MINUTE, "logger_down"),
+        (10 * MINUTE, 30 * MINUTE, "idle"),
+    ]
+    database.sql("UPDATE ingest_periods SET alive_at = %s WHERE node = 'a'", (T0 + 20 * MINUTE,))
+    gaps = await series.gaps(METER, T0, now, now, 5 * MINUTE)
+    assert [(g.start - T0, g.end - T0, g.kind) for g in gaps.gaps] == [
+        (0, 5 * MINUTE, "unknown"), (5 * MINUTE, 10 * MINUTE, "logger_down"),
+        (10 * MINUTE, 20 * MINUTE, "idle"), (20 * MINUTE, 30 * MINUTE, "logger_down"),
+    ]
+
+
 def expected_gaps(stamps: list[int], first: int, last: int, now: int, longer: int) -> list[tuple[int, int]]:
     """
     The gaps of ``[first, last)`` in sorted ``stamps``, worked out one pair
