@@ -287,10 +287,14 @@ class SimulatedHistory(Service):
                 days=self.days, meter=meter.id,
             )
             written = 0
-            for chunk in history(meter, end - self.days * 86400, end, random.Random(meter.id)):
-                if not self.running:
-                    return
-                written += await self.store.insert(chunk, announce=False)
+            # The last day first: until the first live blip, /last answers
+            # from the database, and its newest point is then recent.
+            recent = end - 86400
+            for first, last in ((recent, end), (end - self.days * 86400, recent)):
+                for chunk in history(meter, first, last, random.Random(meter.id)):
+                    if not self.running:
+                        return
+                    written += await self.store.insert(chunk, announce=False)
             self.log.info(
                 "wrote {count} points of simulated history of meter {meter}",
                 count=written, meter=meter.id,
