@@ -11,7 +11,10 @@ $(RUN_STAMP): setup.cfg pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 		{ echo "blipserver needs Python 3.11 or newer (found $$($(PYTHON) --version))"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e .
+	@# Only the dependencies (setup.cfg's install_requires): the daemon runs
+	@# from this folder, with no package to build first.
+	$(BIN)/python -c 'import configparser; c = configparser.ConfigParser(); c.read("setup.cfg"); print(c["options"]["install_requires"].strip())' > $(VENV)/requirements-run.txt
+	$(BIN)/pip install --quiet --disable-pip-version-check -r $(VENV)/requirements-run.txt
 	@# Twisted finds the twistd plugin by scanning sys.path for twisted/plugins.
 	$(BIN)/python -c 'import pathlib, sysconfig; pathlib.Path(sysconfig.get_path("purelib"), "blipserver-source.pth").write_text(str(pathlib.Path.cwd()) + "\n")'
 	touch $@
