@@ -172,22 +172,38 @@ def own_connection(
     return _Connection(reactor, cooperator, detector=_Detector(reactor, on_lost))
 
 
-#: Settings of the pool's sessions. No JIT compilation: the queries are
-#: short, and the planner's guess of the rows of generate_series priced
-#: an energy query of 4 ms high enough to spend 180 ms compiling it.
+#: Settings of the sessions. No JIT compilation: the queries are short,
+#: and the planner's guess of the rows of generate_series priced an energy
+#: query of 4 ms high enough to spend 180 ms compiling it.
 SESSION_OPTIONS = "-c jit=off"
+#: Settings of every connection unless the connection string has its own:
+#: TCP keepalives and a user timeout, so that a server that vanished
+#: without closing the connection (a network cut) is noticed within about
+#: a minute, and a query sent to it fails then, rather than after the
+#: system's retransmissions (a quarter of an hour) or never.
+CONNECTION_DEFAULTS = {
+    "connect_timeout": "10",
+    "keepalives": "1",
+    "keepalives_idle": "30",
+    "keepalives_interval": "10",
+    "keepalives_count": "3",
+    "tcp_user_timeout": "60000",
+}
 
 
-def _session_options(dsn: str) -> str:
+def connection_settings(dsn: str) -> dict[str, str]:
     """
-    :return: the ``options`` of a connection to ``dsn``: its own, if it
-        has any, then :data:`SESSION_OPTIONS`.
+    :return: the settings to connect to ``dsn`` with, besides the string
+        itself: :data:`CONNECTION_DEFAULTS` it does not set, and its own
+        ``options`` (if any) followed by :data:`SESSION_OPTIONS`.
     """
     try:
-        given = psycopg2.extensions.parse_dsn(dsn).get("options", "")
+        given = psycopg2.extensions.parse_dsn(dsn)
     except psycopg2.ProgrammingError:
-        given = ""  # connecting says what is wrong with it
-    return f"{given} {SESSION_OPTIONS}".strip()
+        given = {}  # connecting says what is wrong with it
+    settings = {k: v for k, v in CONNECTION_DEFAULTS.items() if k not in given}
+    settings["options"] = f"{given.get('options', '')} {SESSION_OPTIONS}".strip()
+    return settings
 
 
 class Pool(txpostgres.ConnectionPool):
@@ -223,7 +239,7 @@ class Pool(txpostgres.ConnectionPool):
         self._alive_waiters: list[Deferred[None]] = []
         # Whether the loss of the last open connection has been logged.
         self._down = False
-        super().__init__(None, dsn, min=size, connect_timeout=10, options=_session_options(dsn))
+        super().__init__(None, dsn, min=size, **connection_settings(dsn))
         self._all = list(self.connections)
 
     def connectionFactory(self, reactor: IReactorTime, cooperator: Any) -> txpostgres.Connection:

@@ -22,7 +22,6 @@ database that were also announced.
 
 from typing import Any, Optional
 
-import psycopg2.extensions
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -31,7 +30,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from blip.counters import Counters
-from blip.database import RETRIABLE, own_connection, reconnect_delays
+from blip.database import RETRIABLE, connection_settings, own_connection, reconnect_delays
 from blip.hub import Hub
 from blip.model import INT_MAX, Point
 from blip.store import CHANNEL, STAMP_MAX, STAMP_MIN, Store, listen
@@ -43,18 +42,6 @@ CATCH_UP_PAGE = 5000
 MAX_HELD = 200_000
 #: Seconds between two warnings about notifications that cannot be read.
 WARN_INTERVAL = 60.0
-#: Settings of the LISTEN connection unless the connection string has its
-#: own (besides its name in ``pg_stat_activity``, ``blipserver listen
-#: <node name>``): TCP keepalives,
-#: so that a server that vanished without closing the connection (a
-#: network cut) is noticed within about a minute rather than never.
-CONNECTION_DEFAULTS = {
-    "connect_timeout": "10",
-    "keepalives": "1",
-    "keepalives_idle": "30",
-    "keepalives_interval": "10",
-    "keepalives_count": "3",
-}
 
 
 class PayloadError(ValueError):
@@ -172,8 +159,7 @@ class Listener:
         connection = self.connection = own_connection(self.reactor, _InOrder(), self._lost)
         connection.addNotifyObserver(self._notified)
         connection.detector.addRecoveryHandler(self._recovered)
-        settings = psycopg2.extensions.parse_dsn(self.dsn)
-        extra = {k: v for k, v in CONNECTION_DEFAULTS.items() if k not in settings}
+        extra = connection_settings(self.dsn)
         extra["application_name"] = f"blipserver listen {self.node}".strip()
         d = connection.connect(self.dsn, **extra)
         d.addCallbacks(lambda _: self._catch_up(), self._not_opened)
