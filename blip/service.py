@@ -45,6 +45,7 @@ from blip.periods import Periods, PeriodsService
 from blip.simulate import SimulatedHistory, SimulatorService
 from blip.site import site_root
 from blip.spool import Spool
+from blip.statelock import StateDirInUse, hold
 from blip.store import Store
 from blip.web import LegacyApi
 
@@ -249,4 +250,11 @@ def makeService(options: Options) -> IService:
     # them again and again while a blip is fanned out. Collecting far less
     # often halves the CPU time per answer (see bench/fanout.py).
     gc.set_threshold(*GC_THRESHOLDS)
-    return make_service(options)
+    try:
+        lock = hold(options["state-dir"])
+    except StateDirInUse as e:
+        raise SystemExit(f"twistd blip: --state-dir: {e}") from None
+    daemon = make_service(options)
+    # Held (and so locked) as long as the daemon lives.
+    daemon.state_lock = lock  # type: ignore[attr-defined]
+    return daemon

@@ -204,3 +204,27 @@ def test_the_database_password_is_never_logged(start_daemon, database) -> None:
     assert refused.returncode == 1
     assert "--db: not a connection string" in refused.stdout + refused.stderr
     assert secret not in "\n".join(daemon.output) + refused.stdout + refused.stderr
+
+
+def test_a_second_daemon_on_the_same_state_dir_is_refused(start_daemon, database, daemon_env) -> None:
+    """
+    The state dir (spool, record of ingest periods, embedded database)
+    belongs to one daemon: a second started on it while the first runs
+    ends at once with status 1 and one line naming the first's process;
+    once the first has stopped, it starts.
+    """
+    first = start_daemon("--db", database.dsn)
+    first.wait_for("database ready")
+    twistd = Path(sys.executable).parent / "twistd"
+    second = [str(twistd), "--nodaemon", "--pidfile=", "blip", "--db", database.dsn,
+              "--state-dir", str(start_daemon.state), "--listen", f"tcp:{free_port()}:interface=127.0.0.1"]
+    done = subprocess.run(second, capture_output=True, text=True, env=daemon_env, timeout=60)
+    assert done.returncode == 1
+    assert (done.stdout, done.stderr) == (
+        "",
+        f"twistd blip: --state-dir: {start_daemon.state} is in use by blipserver process"
+        f" {first.process.pid}\n",
+    )
+    first.stop()
+    again = start_daemon("--db", database.dsn)
+    again.wait_for("database ready")
