@@ -169,14 +169,12 @@ def timed_requests(port: int, path: str, count: int, budget: float) -> tuple[lis
 def timed_floor(cluster: BenchCluster, dbname: str, statements: list[str], count: int, budget: float) -> list[float]:
     """
     :return: latencies in ms of running ``statements`` (and fetching every
-        row) ``count`` times through psycopg2, in a session set as the
-        daemon's are.
+        row) ``count`` times through psycopg2.
     """
     latencies = []
     connection = cluster.connect(dbname)
     try:
         with connection.cursor() as cursor:
-            cursor.execute("SET jit = off")  # as blip.database.SESSION_OPTIONS
             started = time.monotonic()
             for _ in range(count):
                 t0 = time.perf_counter()

@@ -172,10 +172,6 @@ def own_connection(
     return _Connection(reactor, cooperator, detector=_Detector(reactor, on_lost))
 
 
-#: Settings of the sessions. No JIT compilation: the queries are short,
-#: and the planner's guess of the rows of generate_series priced an energy
-#: query of 4 ms high enough to spend 180 ms compiling it.
-SESSION_OPTIONS = "-c jit=off"
 #: Settings of every connection unless the connection string has its own:
 #: TCP keepalives and a user timeout, so that a server that vanished
 #: without closing the connection (a network cut) is noticed within about
@@ -194,16 +190,13 @@ CONNECTION_DEFAULTS = {
 def connection_settings(dsn: str) -> dict[str, str]:
     """
     :return: the settings to connect to ``dsn`` with, besides the string
-        itself: :data:`CONNECTION_DEFAULTS` it does not set, and its own
-        ``options`` (if any) followed by :data:`SESSION_OPTIONS`.
+        itself: :data:`CONNECTION_DEFAULTS` it does not set.
     """
     try:
         given = psycopg2.extensions.parse_dsn(dsn)
     except psycopg2.ProgrammingError:
         given = {}  # connecting says what is wrong with it
-    settings = {k: v for k, v in CONNECTION_DEFAULTS.items() if k not in given}
-    settings["options"] = f"{given.get('options', '')} {SESSION_OPTIONS}".strip()
-    return settings
+    return {k: v for k, v in CONNECTION_DEFAULTS.items() if k not in given}
 
 
 class Pool(txpostgres.ConnectionPool):

@@ -218,3 +218,13 @@ async def test_aggregate_reads_the_rollups_when_buckets_align(store, database) -
     assert json.loads(await store.aggregate(1, T0 + HOUR + 1, HOUR, 3))[0][1] == (
         json.loads(mixed)[0][1] - sum(T0 + HOUR + 1 <= p.stamp < T0 + HOUR + MINUTE for p in points)
     )
+
+
+@pytest_twisted.ensureDeferred
+async def test_queries_the_planner_misprices_run_without_jit(store) -> None:
+    """
+    The statements whose cost the planner overestimates run with JIT off
+    for their own transaction; other queries keep the server's setting.
+    """
+    assert await store._uncompiled("SELECT current_setting('jit')", None) == [("off",)]
+    assert await store.pool.runQuery("SELECT current_setting('jit')") == [("on",)]
