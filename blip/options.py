@@ -133,7 +133,8 @@ class Options(usage.Options):
         if self["serial"] and self["simulate"]:
             raise usage.UsageError("--serial and --simulate: choose one source of blips")
         self["state-dir"] = state = Path(self["state-dir"] or "./var")
-        run_as = _run_as(self.parent)
+        #: The user and group twistd switches to after start (--uid/--gid).
+        self.run_as = run_as = _run_as(self.parent)
         try:
             created = not state.exists()
             state.mkdir(parents=True, exist_ok=True)

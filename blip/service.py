@@ -45,7 +45,7 @@ from blip.periods import Periods, PeriodsService
 from blip.simulate import SimulatedHistory, SimulatorService
 from blip.site import site_root
 from blip.spool import Spool
-from blip.statelock import StateDirInUse, hold
+from blip.statelock import StateDirInUse, hold, note_process
 from blip.store import Store
 from blip.web import LegacyApi
 
@@ -251,10 +251,16 @@ def makeService(options: Options) -> IService:
     # often halves the CPU time per answer (see bench/fanout.py).
     gc.set_threshold(*GC_THRESHOLDS)
     try:
-        lock = hold(options["state-dir"])
+        lock = hold(options["state-dir"], options.run_as)
     except StateDirInUse as e:
         raise SystemExit(f"twistd blip: --state-dir: {e}") from None
+    except OSError as e:
+        raise SystemExit(f"twistd blip: --state-dir: cannot lock {options['state-dir']}: {e.strerror}") from None
     daemon = make_service(options)
-    # Held (and so locked) as long as the daemon lives.
+    # Held (and so locked) as long as the daemon lives; twistd may fork
+    # into the background before the reactor runs.
     daemon.state_lock = lock  # type: ignore[attr-defined]
+    from twisted.internet import reactor
+
+    reactor.callWhenRunning(note_process, lock)
     return daemon

@@ -9,7 +9,7 @@ for whoever finds it taken.
 import fcntl
 import os
 from pathlib import Path
-from typing import TextIO
+from typing import Optional, TextIO
 
 #: The lock's file name in the state dir.
 LOCK = "lock"
@@ -21,16 +21,24 @@ class StateDirInUse(Exception):
     """
 
 
-def hold(state_dir: Path) -> TextIO:
+def hold(state_dir: Path, owner: Optional[tuple[int, int]] = None) -> TextIO:
     """
     Take the state dir for this process.
 
-    :return: the open lock file: the lock lasts as long as it stays open.
+    :param owner: the user and group the daemon will run as (twistd's
+        --uid/--gid), who is given the lock file, so that a later start as
+        that user can take it.
+    :return: the open lock file: the lock lasts as long as it stays open
+        (also across twistd's fork into the background: call
+        :func:`note_process` from the process that stays).
     :raise StateDirInUse: when another process holds it, naming that
         process.
+    :raise OSError: when the lock file cannot be opened.
     """
     path = state_dir / LOCK
     lock = open(path, "a+")
+    if owner is not None:
+        os.fchown(lock.fileno(), *owner)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -38,8 +46,15 @@ def hold(state_dir: Path) -> TextIO:
         holder = lock.read().strip() or "another process"
         lock.close()
         raise StateDirInUse(f"{state_dir} is in use by blipserver process {holder}") from None
+    note_process(lock)
+    return lock
+
+
+def note_process(lock: TextIO) -> None:
+    """
+    Write this process's id in the lock file.
+    """
     lock.seek(0)
     lock.truncate()
     lock.write(f"{os.getpid()}\n")
     lock.flush()
-    return lock

@@ -146,7 +146,7 @@ def test_drops_privileges_after_opening_the_serial_device(start_daemon, pty_mete
     Started as root with twistd's --uid/--gid, the daemon opens a serial
     device only root may open, then runs as that user: it reads the device
     all the same, and runs its embedded database as that user in a state
-    dir it owns.
+    dir it owns (its lock included, so that it may start as that user).
     """
     if os.geteuid() != 0:
         pytest.fail("this test needs root (twistd --uid/--gid): run the tests as root")
@@ -164,6 +164,7 @@ def test_drops_privileges_after_opening_the_serial_device(start_daemon, pty_mete
         uids = next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1:]
         assert uids == [str(nobody.pw_uid)] * 4
         assert (state / "pg").stat().st_uid == nobody.pw_uid
+        assert (state / "lock").stat().st_uid == nobody.pw_uid
         pty_meter.write(b"partial\n1234\n")
         assert eventually(lambda: get(daemon, "/last/1")[0] == 200), daemon.output
         assert json.loads(get(daemon, "/last/1")[1])[1] == 1234
