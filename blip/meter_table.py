@@ -47,6 +47,12 @@ class MeterTable:
         self._configured = list(meters) if meters.configured else []
         self._loaded = False
         self._dirty: dict[int, None] = {}
+        # Our changes so far, when each meter last changed (in that count),
+        # and the meter whose write is under way: what a refresh must not
+        # undo with a row read before the change was stored.
+        self._changes = 0
+        self._changed_at: dict[int, int] = {}
+        self._in_flight: Optional[int] = None
         self._writing: Optional[Deferred[None]] = None
         self._retry: Optional[IDelayedCall] = None
         self._failures = 0
@@ -85,8 +91,14 @@ class MeterTable:
         if not self._loaded:
             return
         configured = {m.id for m in self._configured}
+        began = self._changes
+        unsettled = {*self._dirty, self._in_flight}
         for stored in await self.store.meters():
-            if stored.id in configured or stored.id in self._dirty:
+            if (
+                stored.id in configured
+                or stored.id in unsettled
+                or self._changed_at.get(stored.id, 0) > began
+            ):
                 continue
             if stored.id not in self.meters or self.meters.get(stored.id) != stored:
                 self.meters.add(stored)
@@ -131,6 +143,8 @@ class MeterTable:
         return notice
 
     def _changed(self, meter_id: int) -> None:
+        self._changes += 1
+        self._changed_at[meter_id] = self._changes
         self._dirty[meter_id] = None
         self._flush()
 
@@ -149,6 +163,7 @@ class MeterTable:
         while self._dirty:
             meter_id = next(iter(self._dirty))
             del self._dirty[meter_id]
+            self._in_flight = meter_id
             try:
                 await self.store.note_meter(self.meters.get(meter_id))
             except RETRIABLE as e:
@@ -161,6 +176,8 @@ class MeterTable:
                     )
                 self._retry = self.clock.callLater(self._delay(self._failures), self._again)
                 return
+            finally:
+                self._in_flight = None
             self._failures = 0
 
     def _again(self) -> None:

@@ -166,3 +166,22 @@ async def test_a_node_follows_what_other_nodes_write_to_the_table(store, databas
     await table.refreshing()
     assert web.get(1) == HOUSE
     assert not [e for e in log_events if e.get("log_failure")]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_refresh_never_undoes_a_change_being_written(store, database) -> None:
+    """
+    A description from an INFO line (or a new meter) given while a refresh
+    reads the table, or while its write is under way, is not replaced by
+    the row the refresh read before the change was stored.
+    """
+    meters = Meters()
+    table = MeterTable(store, meters, Clock())
+    await table.load()
+    refreshing = table.refreshing()
+    table.describe(1, "Kitchen")
+    await refreshing
+    assert meters.get(1).description == "Kitchen"
+    await wait_until(lambda: rows(database)[0][2] == "Kitchen")
+    await table.refreshing()
+    assert meters.get(1).description == "Kitchen"
