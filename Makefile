@@ -13,7 +13,7 @@ $(RUN_STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	@# Only the dependencies (setup.cfg's install_requires): the daemon runs
 	@# from this folder, with no package to build first.
-	$(BIN)/python -c 'import configparser; c = configparser.ConfigParser(); c.read("setup.cfg"); print(c["options"]["install_requires"].strip())' > $(VENV)/requirements-run.txt
+	$(BIN)/python -c 'import configparser; c = configparser.RawConfigParser(); c.read("setup.cfg"); print(c["options"]["install_requires"].strip())' > $(VENV)/requirements-run.txt
 	$(BIN)/pip install --quiet --disable-pip-version-check -r $(VENV)/requirements-run.txt
 	@# Twisted finds the twistd plugin by scanning sys.path for twisted/plugins.
 	$(BIN)/python -c 'import pathlib, sysconfig; pathlib.Path(sysconfig.get_path("purelib"), "blipserver-source.pth").write_text(str(pathlib.Path.cwd()) + "\n")'

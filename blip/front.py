@@ -225,12 +225,7 @@ class _Parked:
             transport = request.channel.transport
             assert transport is not None  # set while the request is answered
             transport.write(self.routes.response(point))
-            # Send now, rather than when the reactor next looks at the
-            # connection: the first clients need not wait for the last.
-            # (What does not fit stays buffered, and is sent as usual.)
-            send = getattr(transport, "doWrite", None)
-            if send is not None:
-                send()
+            send_now(transport)
             self.routes.finish_later(self)
         else:
             request.write(_body(request, encode_point(point.stamp, point.ms)))
@@ -285,6 +280,19 @@ def root(api: LegacyApi, reactor: IReactorTime) -> IResource:
     """
     hot = HotRoutes(api.hub, api.meters, api.clock, api.longpoll_timeout, reactor)
     return Guard(hot, api.app.resource())
+
+
+def send_now(transport: Any) -> None:
+    """
+    Send what ``transport`` holds now, rather than when the reactor next
+    looks at the connection: during a fan-out the first clients need not
+    wait for the last. What does not fit stays buffered and is sent as
+    usual; a connection that this finds closing or broken is left to the
+    reactor, which closes it on its next look.
+    """
+    send = getattr(transport, "doWrite", None)
+    if send is not None and send() is not None:
+        transport.startWriting()
 
 
 class Channel(HTTPChannel):

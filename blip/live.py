@@ -28,8 +28,9 @@ from twisted.web.iweb import IRequest
 from twisted.web.server import Request
 from zope.interface import implementer
 
+from blip.front import send_now
 from blip.hub import Hub
-from blip.meters import Meters
+from blip.meters import Meter, Meters
 from blip.model import INT_MAX, Point
 from blip.store import Store
 from blip.streaming import unregister
@@ -116,12 +117,7 @@ class Stream:
                 self.drop("too slow")
         else:
             self.request.write(data)
-            # Send now, rather than when the reactor next looks at the
-            # connection: the first clients need not wait for the last.
-            # (What does not fit stays buffered, and is sent as usual.)
-            send = getattr(self.request.channel.transport, "doWrite", None)
-            if send is not None:
-                send()
+            send_now(self.request.channel.transport)
 
     async def pace(self) -> None:
         """
@@ -233,8 +229,9 @@ class Live:
         self.dropped = 0
         self._streams: dict[Stream, None] = {}
         self._recent: deque[Point] = deque(maxlen=KEEP)
-        # The newest point's event, written to every stream as it is.
-        self._event: tuple[Optional[Point], bytes] = (None, b"")
+        # The newest point's event, written to every stream as it is, with
+        # the point and the meter settings it was made from.
+        self._event: tuple[Optional[Point], Optional[Meter], bytes] = (None, None, b"")
         self._beat = LoopingCall(self._heartbeat)
         self._beat.clock = clock
         self._unlisten: Optional[Callable[[], None]] = hub.listen(self._publish)
@@ -248,19 +245,20 @@ class Live:
         """
         :return: the Server-Sent Event of ``point``.
         """
-        if self._event[0] == point:
-            return self._event[1]
+        meter = self.meters.get(point.meter)
+        if self._event[0] is point and self._event[1] is meter:
+            return self._event[2]
         data = json.dumps(
             {
                 "meter": point.meter,
                 "stamp": point.stamp,
                 "ms": point.ms,
-                "watts": self.meters.get(point.meter).watts(point.ms),
+                "watts": meter.watts(point.ms),
             },
             separators=(",", ":"),
         )
         event = b"id: %d\nevent: point\ndata: %s\n\n" % (point.stamp, data.encode())
-        self._event = (point, event)
+        self._event = (point, meter, event)
         return event
 
     def open(self, request: Request, meters: Optional[Iterable[int]]) -> Stream:
