@@ -330,6 +330,19 @@ class Channel(HTTPChannel):
         else:
             self._drain(data)
 
+    def allContentReceived(self) -> None:
+        # An absolute-form target (RFC 9112, 3.2.2: "GET http://host/last/1"),
+        # which a server must accept: the path and query are what count.
+        # (HTTPChannel keeps the target of the request line in _path.)
+        target = self._path
+        if not target.startswith(b"/"):
+            scheme, found, rest = target.partition(b"://")
+            if found and scheme.lower() in (b"http", b"https"):
+                cut = min((i for i in (rest.find(b"/"), rest.find(b"?")) if i >= 0), default=len(rest))
+                tail = rest[cut:]  # "/last/1", "?query" or nothing
+                self._path = tail if tail.startswith(b"/") else b"/" + tail
+        super().allContentReceived()
+
     def lineLengthExceeded(self, line: bytes) -> None:
         if getattr(self, "_HTTPChannel__first_line", 1):
             self._answer(414, f"request target longer than {MAX_URI} bytes")

@@ -373,6 +373,27 @@ def api_port(api: Api) -> int:
     return int(api.url.rsplit(":", 1)[1])
 
 
+@pytest_twisted.ensureDeferred
+async def test_absolute_form_targets_are_served(api: Api) -> None:
+    """
+    A request line with an absolute-form target (as a client talking to a
+    proxy sends it) is answered like its path: the route, the page, and a
+    404 for an unknown path; other schemes are not paths.
+    """
+    await api.store.insert([Point(1, 1_700_000_000_000, 1000)])
+    for target, status, body in [
+        (b"http://blip.example/last/1", 200, b"[1700000000000,1000]"),
+        (b"HTTP://blip.example:8080/last?x=1", 200, b"[1700000000000,1000]"),
+        (b"https://blip.example/nowhere", 404, b'{"error":"no such route"}'),
+        (b"ftp://blip.example/last/1", 404, None),
+    ]:
+        request = b"GET " + target + b" HTTP/1.1\r\nHost: blip.example\r\nConnection: close\r\n\r\n"
+        code, answer = await deferToThread(exchange, api_port(api), request)
+        assert code == status, target
+        if body is not None:
+            assert answer == body, target
+
+
 @pytest.mark.parametrize(
     "request_bytes, status",
     [
