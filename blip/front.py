@@ -148,7 +148,6 @@ class HotRoutes:
             self._point, self._second = point, now
         return self._response
 
-
     def finish_later(self, parked: "_Parked") -> None:
         """
         Finish an answered long-poll once every answer of this fan-out has

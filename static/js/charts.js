@@ -59,12 +59,22 @@ function tooltip(describe) {
   };
 }
 
-function followWidth(u, element, height) {
+// A chart of `height` px in `element`, as wide as it (following it), with
+// times in `timeZone` and no legend; `options` gives the rest.
+function timeChart(element, timeZone, height, options, data) {
+  const u = new uPlot({
+    width: element.clientWidth || 600,
+    height,
+    tzDate: (ts) => uPlot.tzDate(new Date(ts * 1e3), timeZone),
+    legend: { show: false },
+    ...options,
+  }, data, element);
   const observer = new ResizeObserver(() => {
     const width = element.clientWidth;
     if (width > 0 && width !== u.width) u.setSize({ width, height });
   });
   observer.observe(element);
+  return u;
 }
 
 // Drag across the chart with a finger to select a range, as a mouse does:
@@ -125,12 +135,7 @@ function touchSelect(onSelect) {
 // outages of `outages()` (ms) are shaded and labelled.
 export function liveChart(element, timeZone, describe, outages) {
   const c = colours();
-  const height = 200;
-  const u = new uPlot({
-    width: element.clientWidth || 600,
-    height,
-    tzDate: (ts) => uPlot.tzDate(new Date(ts * 1e3), timeZone),
-    legend: { show: false },
+  return timeChart(element, timeZone, 200, {
     cursor: { drag: { x: false, y: false } },
     scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(10, (max || 0) * 1.1)] } },
     series: [
@@ -142,9 +147,7 @@ export function liveChart(element, timeZone, describe, outages) {
     ],
     axes: axes(c, ""),
     plugins: [tooltip(describe), outageBands(outages, c)],
-  }, [[], []], element);
-  followWidth(u, element, height);
-  return u;
+  }, [[], []]);
 }
 
 // The history of power: the mean as a line inside the band from the lowest
@@ -152,12 +155,7 @@ export function liveChart(element, timeZone, describe, outages) {
 // selects a range to zoom to; double-clicking resets.
 export function powerChart(element, timeZone, { onZoom, onReset, describe, outages }) {
   const c = colours();
-  const height = 260;
-  const u = new uPlot({
-    width: element.clientWidth || 600,
-    height,
-    tzDate: (ts) => uPlot.tzDate(new Date(ts * 1e3), timeZone),
-    legend: { show: false },
+  return timeChart(element, timeZone, 260, {
     cursor: {
       drag: { x: true, y: false, setScale: false },
       bind: { dblclick: () => () => { onReset(); return null; } },
@@ -182,21 +180,14 @@ export function powerChart(element, timeZone, { onZoom, onReset, describe, outag
       }],
     },
     plugins: [tooltip(describe), outageBands(outages, c), touchSelect(onZoom)],
-  }, [[], [], [], []], element);
-  followWidth(u, element, height);
-  return u;
+  }, [[], [], [], []]);
 }
 
 // Energy per calendar period, as bars as wide as their period (set
 // `u.period` to its length in s; months count as 28 days).
 export function energyChart(element, timeZone, describe) {
   const c = colours();
-  const height = 180;
-  const u = new uPlot({
-    width: element.clientWidth || 600,
-    height,
-    tzDate: (ts) => uPlot.tzDate(new Date(ts * 1e3), timeZone),
-    legend: { show: false },
+  const u = timeChart(element, timeZone, 180, {
     cursor: { drag: { x: false, y: false } },
     scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(0.01, (max || 0) * 1.1)] } },
     series: [
@@ -214,8 +205,7 @@ export function energyChart(element, timeZone, describe) {
     ],
     axes: axes(c, ""),
     plugins: [tooltip(describe)],
-  }, [[], []], element);
+  }, [[], []]);
   u.period = 3600;
-  followWidth(u, element, height);
   return u;
 }

@@ -4,6 +4,7 @@
 // hour in one cell.
 
 import * as api from "./api.js";
+import { Fresh } from "./fresh.js";
 import * as t from "./time.js";
 
 const DAYS = 56;
@@ -26,9 +27,8 @@ export class Heatmap {
   constructor(meter, element, report) {
     this.meter = meter;
     this.element = element;
-    this.report = report;
     this.active = false;
-    this.refreshedAt = 0;
+    this.fresh = new Fresh(EVERY, () => this.active, () => this.load(), report);
     this.days = [];
     this.grid = element.querySelector(".heat-grid");
     this.legend = element.querySelector(".heat-legend");
@@ -52,7 +52,6 @@ export class Heatmap {
     this.grid.addEventListener("pointerover", point);
     this.grid.addEventListener("click", point);
     this.grid.addEventListener("pointerleave", () => { this.tip.hidden = true; });
-    setInterval(() => this.refresh(false), MINUTE);
   }
 
   setActive(active) {
@@ -60,34 +59,30 @@ export class Heatmap {
     if (active) this.refresh(false);
   }
 
-  async refresh(force = true) {
-    if (!this.active || (!force && Date.now() - this.refreshedAt < EVERY)) return;
-    this.refreshedAt = Date.now();
+  refresh(force = true) {
+    return this.fresh.refresh(force);
+  }
+
+  async load() {
     const tz = this.meter.timezone;
     const now = Date.now();
     const today = t.local(now, tz).date;
     const first = t.addDays(today, 1 - DAYS);
-    try {
-      const answer = await api.energy(this.meter.id, `${first}T00:00`, now, "hour");
-      const cells = new Map();
-      for (const row of answer.rows) {
-        const { date, hour } = t.local(row.start, tz);
-        const key = `${date} ${hour}`;
-        const cell = cells.get(key);
-        if (cell) cell.kwh += row.kwh;
-        else cells.set(key, { date, hour, start: row.start, kwh: row.kwh });
-      }
-      this.days = [];
-      for (let d = 0; d < DAYS; d++) {
-        const date = t.addDays(first, d);
-        this.days.push({ date, hours: Array.from({ length: 24 }, (_, h) => cells.get(`${date} ${h}`) || null) });
-      }
-      this.render();
-      this.report(null);
-    } catch (error) {
-      this.refreshedAt = 0;
-      this.report(error.message);
+    const answer = await api.energy(this.meter.id, `${first}T00:00`, now, "hour");
+    const cells = new Map();
+    for (const row of answer.rows) {
+      const { date, hour } = t.local(row.start, tz);
+      const key = `${date} ${hour}`;
+      const cell = cells.get(key);
+      if (cell) cell.kwh += row.kwh;
+      else cells.set(key, { date, hour, start: row.start, kwh: row.kwh });
     }
+    this.days = [];
+    for (let d = 0; d < DAYS; d++) {
+      const date = t.addDays(first, d);
+      this.days.push({ date, hours: Array.from({ length: 24 }, (_, h) => cells.get(`${date} ${h}`) || null) });
+    }
+    this.render();
   }
 
   render() {

@@ -3,6 +3,7 @@
 // seen live in between adds its share.
 
 import * as api from "./api.js";
+import { Fresh } from "./fresh.js";
 import * as t from "./time.js";
 
 const MINUTE = 60000;
@@ -18,9 +19,8 @@ export class Overview {
   constructor(meters, element, report, choose) {
     this.meters = meters;
     this.element = element;
-    this.report = report;
     this.cards = new Map();
-    this.refreshedAt = 0;
+    this.fresh = new Fresh(EVERY, () => !this.element.hidden, () => this.load(), report);
     const template = element.querySelector("template");
     for (const meter of meters) {
       const card = template.content.firstElementChild.cloneNode(true);
@@ -50,10 +50,7 @@ export class Overview {
     element.insertBefore(this.total, template);
     for (const meter of meters) if (meter.last) this.watts(meter.id, meter.last);
     element.hidden = meters.length < 2;
-    if (meters.length >= 2) {
-      this.refresh();
-      setInterval(() => this.refresh(), MINUTE);
-    }
+    if (meters.length >= 2) this.refresh();
   }
 
   watts(id, point) {
@@ -83,7 +80,7 @@ export class Overview {
       const same = tally === entry.today ? date === tally.date : date.slice(0, 7) === tally.date.slice(0, 7);
       if (!same) {
         // A new day or month: ask again rather than guess.
-        this.refreshedAt = 0;
+        this.fresh.stale();
         continue;
       }
       tally.kwh += kwh;
@@ -91,29 +88,25 @@ export class Overview {
     }
   }
 
-  async refresh(force = false) {
-    if (this.element.hidden || (!force && Date.now() - this.refreshedAt < EVERY)) return;
-    this.refreshedAt = Date.now();
+  refresh(force = false) {
+    return this.fresh.refresh(force);
+  }
+
+  async load() {
     const to = Math.floor(Date.now() / MINUTE) * MINUTE;
-    try {
-      await Promise.all([...this.cards.values()].map(async (entry) => {
-        const { date } = t.local(to, entry.meter.timezone);
-        const [today, month] = await Promise.all([
-          api.energy(entry.meter.id, `${date}T00:00`, to, "day"),
-          api.energy(entry.meter.id, `${date.slice(0, 8)}01T00:00`, to, "month"),
-        ]);
-        Object.assign(entry.today, { kwh: today.total.kwh, cost: today.total.cost, to, date });
-        Object.assign(entry.month, { kwh: month.total.kwh, cost: month.total.cost, to, date });
-        // Blips seen while asking and not counted in the answer.
-        for (const point of entry.recent) this.count(entry, point);
-      }));
-      this.render();
-      this.element.dataset.updated = String(to);
-      this.report(null);
-    } catch (error) {
-      this.refreshedAt = 0;
-      this.report(error.message);
-    }
+    await Promise.all([...this.cards.values()].map(async (entry) => {
+      const { date } = t.local(to, entry.meter.timezone);
+      const [today, month] = await Promise.all([
+        api.energy(entry.meter.id, `${date}T00:00`, to, "day"),
+        api.energy(entry.meter.id, `${date.slice(0, 8)}01T00:00`, to, "month"),
+      ]);
+      Object.assign(entry.today, { kwh: today.total.kwh, cost: today.total.cost, to, date });
+      Object.assign(entry.month, { kwh: month.total.kwh, cost: month.total.cost, to, date });
+      // Blips seen while asking and not counted in the answer.
+      for (const point of entry.recent) this.count(entry, point);
+    }));
+    this.render();
+    this.element.dataset.updated = String(to);
   }
 
   render() {

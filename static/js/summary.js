@@ -5,6 +5,7 @@
 // midnight in the meter's time zone.
 
 import * as api from "./api.js";
+import { Fresh } from "./fresh.js";
 import * as t from "./time.js";
 
 const MINUTE = 60000;
@@ -47,9 +48,8 @@ export class Summary {
   constructor(meter, body, report) {
     this.meter = meter;
     this.body = body;
-    this.report = report;
     this.active = false;
-    this.refreshedAt = 0;
+    this.fresh = new Fresh(EVERY, () => this.active, () => this.load(), report);
     // The rows are there from the start, so that nothing below them moves
     // when the numbers arrive.
     this.body.replaceChildren(...ROWS.map((row) => {
@@ -62,7 +62,6 @@ export class Summary {
       }
       return tr;
     }));
-    setInterval(() => this.refresh(false), MINUTE);
   }
 
   setActive(active) {
@@ -72,25 +71,21 @@ export class Summary {
 
   // Ask again when on show and the figures are older than EVERY (or now,
   // when `force`).
-  async refresh(force = true) {
-    if (!this.active || (!force && Date.now() - this.refreshedAt < EVERY)) return;
-    this.refreshedAt = Date.now();
+  refresh(force = true) {
+    return this.fresh.refresh(force);
+  }
+
+  async load() {
     // Whole minutes, as the server counts.
     const now = Math.floor(Date.now() / MINUTE) * MINUTE;
     const here = t.local(now, this.meter.timezone);
     const ranges = ROWS.map((row) => row.range(now, here));
-    try {
-      const totals = await Promise.all(ranges.map(([from, to]) => {
-        const span = (typeof to === "number" ? to : Date.parse(to)) - (typeof from === "number" ? from : Date.parse(from));
-        return api.energy(this.meter.id, from, to, periodFor(span)).then((answer) => answer.total);
-      }));
-      this.render(totals, ranges);
-      this.body.dataset.updated = String(now);
-      this.report(null);
-    } catch (error) {
-      this.refreshedAt = 0;
-      this.report(error.message);
-    }
+    const totals = await Promise.all(ranges.map(([from, to]) => {
+      const span = (typeof to === "number" ? to : Date.parse(to)) - (typeof from === "number" ? from : Date.parse(from));
+      return api.energy(this.meter.id, from, to, periodFor(span)).then((answer) => answer.total);
+    }));
+    this.render(totals, ranges);
+    this.body.dataset.updated = String(now);
   }
 
   render(totals, ranges) {
