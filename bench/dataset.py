@@ -10,7 +10,7 @@ has no counterpart in the daemon.
 
 import time
 
-from blip.store import SyncStore
+from blip.db.store import SyncStore
 from bench.harness import BenchCluster, note
 
 #: Changing how data is generated changes this, which regenerates caches.

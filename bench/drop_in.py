@@ -32,7 +32,7 @@ import psycopg2.extensions
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from blip.embedded import Cluster  # noqa: E402
+from blip.db.embedded import Cluster  # noqa: E402
 from tests import originals  # noqa: E402
 
 #: 2023-01-01 00:00 UTC.

@@ -26,7 +26,7 @@ from typing import Any, Optional, Sequence
 
 import psycopg2
 
-from blip.embedded import Cluster
+from blip.db.embedded import Cluster
 
 ROOT = Path(__file__).resolve().parent.parent
 STATE = ROOT / "bench" / "state"

@@ -31,10 +31,10 @@ from twisted.internet import reactor  # noqa: E402
 from twisted.internet.defer import ensureDeferred  # noqa: E402
 from twisted.internet.task import LoopingCall, deferLater  # noqa: E402
 
-from blip.hub import Hub  # noqa: E402
+from blip.live.hub import Hub  # noqa: E402
 from blip.meters import Meter, Meters  # noqa: E402
 from blip.model import Point  # noqa: E402
-from blip.mqtt import Link, Publisher, broker_endpoint, parse_broker  # noqa: E402
+from blip.mqtt.publish import Link, Publisher, broker_endpoint, parse_broker  # noqa: E402
 
 POINTS = 100_000
 

@@ -15,10 +15,10 @@ import psycopg2.extensions
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
-from blip import access
-from blip.embedded import EmbeddedError, server_bindir, server_user
+from blip.web import access
+from blip.db.embedded import EmbeddedError, server_bindir, server_user
 from blip.meters import Meters, MetersError
-from blip.mqtt import Broker, BrokerError, parse_broker
+from blip.mqtt.publish import Broker, BrokerError, parse_broker
 
 ROLES = ("all", "ingest", "web")
 _TRUE = ("1", "true", "yes", "on")

@@ -25,29 +25,29 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.server import Site
 
-from blip.access import Rules, protect
-from blip.api import ApiV1
-from blip.arduino import MeterFactory, SerialEndpoint, SerialService, Stamps
+from blip.web.access import Rules, protect
+from blip.web.v1.routes import ApiV1
+from blip.source.arduino import MeterFactory, SerialEndpoint, SerialService, Stamps
 from blip.counters import Counters, CountersLog
-from blip.database import DatabaseService, Pool, PoolService
-from blip.embedded import Cluster, EmbeddedPostgres
-from blip.front import Channel
-from blip.hub import Hub, HubService
-from blip.ingest import Ingest, IngestService
-from blip.live import Live, LiveService
-from blip.meter_table import MeterTable
-from blip.metrics import RequestMetrics, StateCollector
-from blip.mqtt import mqtt_service
-from blip.notifications import Listener, ListenerService
-from blip.ops import Health, Operations
+from blip.db.pool import DatabaseService, Pool, PoolService
+from blip.db.embedded import Cluster, EmbeddedPostgres
+from blip.web.front import Channel
+from blip.live.hub import Hub, HubService
+from blip.ingest.writer import Ingest, IngestService
+from blip.web.v1.live import Live, LiveService
+from blip.db.meter_table import MeterTable
+from blip.web.metrics import RequestMetrics, StateCollector
+from blip.mqtt.publish import mqtt_service
+from blip.live.notify import Listener, ListenerService
+from blip.web.health import Health, Operations
 from blip.options import TwistdOptions as Options
-from blip.periods import Periods, PeriodsService
-from blip.simulate import SimulatedHistory, SimulatorService
-from blip.site import site_root
-from blip.spool import Spool
-from blip.statelock import StateDirInUse, hold, note_process
-from blip.store import Store
-from blip.web import LegacyApi
+from blip.ingest.periods import Periods, PeriodsService
+from blip.source.simulate import SimulatedHistory, SimulatorService
+from blip.web.site import site_root
+from blip.ingest.spool import Spool
+from blip.common.statelock import StateDirInUse, hold, note_process
+from blip.db.store import Store
+from blip.web.legacy import LegacyApi
 
 __all__ = ["Options", "makeService", "make_service"]
 
@@ -210,7 +210,7 @@ def make_service(options: Options, reactor: Any = None, clock: Optional[IReactor
     HubService(hub).setServiceParent(top)
     if options["role"] in ("all", "web"):
         # Live points of every ingest node (an all node's own are published
-        # on arrival, and not again: see blip.notifications).
+        # on arrival, and not again: see blip.live.notify).
         listener = Listener(dsn, store, hub, reactor, counters, options["node-name"])
         ListenerService(listener, database.when_ready).setServiceParent(top)
         read_store = store

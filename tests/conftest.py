@@ -27,9 +27,9 @@ import pytest_twisted
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import globalLogPublisher
 
-from blip.database import Pool
-from blip.embedded import Cluster, EmbeddedError
-from blip.store import Store
+from blip.db.pool import Pool
+from blip.db.embedded import Cluster, EmbeddedError
+from blip.db.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 #: How long any wait for an event may take before the test fails.
@@ -465,9 +465,9 @@ if TYPE_CHECKING:
     from twisted.internet.task import Clock
     from twisted.web.http_headers import Headers
 
-    from blip.hub import Hub
-    from blip.live import Live
-    from blip.ops import Health
+    from blip.live.hub import Hub
+    from blip.web.v1.live import Live
+    from blip.web.health import Health
 
 
 @dataclass
@@ -513,16 +513,16 @@ async def serve(store: Store) -> AsyncIterator:
     from twisted.internet import reactor
     from twisted.internet.task import Clock
 
-    from blip.api import ApiV1
+    from blip.web.v1.routes import ApiV1
     from blip.counters import Counters
-    from blip.hub import Hub
-    from blip.live import Live
+    from blip.live.hub import Hub
+    from blip.web.v1.live import Live
     from blip.meters import Meters
-    from blip.metrics import RequestMetrics, StateCollector
-    from blip.ops import Health, Operations
+    from blip.web.metrics import RequestMetrics, StateCollector
+    from blip.web.health import Health, Operations
     from blip.service import STATIC, QuietSite
-    from blip.site import site_root
-    from blip.web import LegacyApi
+    from blip.web.site import site_root
+    from blip.web.legacy import LegacyApi
 
     ports, lives = [], []
 

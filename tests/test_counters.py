@@ -8,7 +8,7 @@ import pytest
 from twisted.internet.task import Clock
 
 from blip.counters import GAUGES, LOG_INTERVAL, Counters, CountersLog
-from blip.hub import Hub, TooManyWaiters
+from blip.live.hub import Hub, TooManyWaiters
 
 
 def test_gauges_are_counters_and_as_dict_names_every_field() -> None:

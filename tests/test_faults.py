@@ -15,7 +15,7 @@ import threading
 import time
 
 from tests.conftest import TIMEOUT, MeterLink
-from tests.test_ingest import rollups_match_readings
+from tests.ingest.test_writer import rollups_match_readings
 from tests.test_service import answer, eventually, get, park
 
 

@@ -1,0 +1,3 @@
+"""
+The ``blip`` command: work on the database beside the daemon.
+"""

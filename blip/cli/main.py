@@ -1,0 +1,271 @@
+"""
+The ``blip`` command (also ``python -m blip``): work on blipserver's
+database beside the daemon, or without it.
+
+::
+
+    blip upgrade                                   prepare the database as the daemon does at start
+    blip rollups rebuild [--meter ID] [--from MS] [--to MS]
+    blip rollups check   [--meter ID] [--from MS] [--to MS]
+    blip import FILE.csv --meter ID                FILE may be - for standard input
+    blip export --meter ID [--from MS] [--to MS]   CSV on standard output
+
+Each finds the database as the daemon does: ``--db`` or ``BLIP_DB``, else
+the embedded cluster under ``--state-dir`` (``BLIP_STATE_DIR``, ``./var``),
+which a daemon must be running. Commands that write (``upgrade``,
+``import``, ``rollups rebuild``) first prepare the database exactly as the
+daemon does at start (creating or upgrading its schema); those that only
+read want it prepared already. They are not the daemon: they use plain
+blocking psycopg2, and their SQL lives in :mod:`blip.db.store` all the same.
+"""
+
+import argparse
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import psycopg2
+import psycopg2.extensions
+
+from blip.cli import rollups, transfer
+from blip.db.embedded import Cluster, EmbeddedError
+from blip.meters import default_meter
+from blip.model import INT_MAX
+from blip.options import env_name
+from blip.db.store import STAMP_MAX, SyncStore
+from blip.db.layouts import LAYOUTS, SCHEMA_VERSION, Refused
+
+
+class CommandError(Exception):
+    """
+    The command cannot do its work; the message says why.
+    """
+
+
+def _meter(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or int(text) > INT_MAX:
+        raise argparse.ArgumentTypeError(f"not a meter id (0 to {INT_MAX}): {text!r}")
+    return int(text)
+
+
+def _stamp(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or int(text) > STAMP_MAX:
+        raise argparse.ArgumentTypeError(f"not a unix time in ms: {text!r}")
+    return int(text)
+
+
+def parser() -> argparse.ArgumentParser:
+    """
+    :return: the command line's parser.
+    """
+    database = argparse.ArgumentParser(add_help=False)
+    where = database.add_argument_group("database")
+    where.add_argument(
+        "--db", metavar="DSN",
+        help="libpq connection string or URI of PostgreSQL [default: $BLIP_DB, else the"
+             " embedded database of --state-dir, which a running daemon serves]",
+    )
+    where.add_argument(
+        "--state-dir", metavar="DIR", type=Path,
+        help="the daemon's state dir, for its embedded database [default: $BLIP_STATE_DIR or ./var]",
+    )
+    span = argparse.ArgumentParser(add_help=False)
+    span.add_argument("--from", dest="first", metavar="MS", type=_stamp,
+                      help="first stamp (unix ms) [default: the first reading]")
+    span.add_argument("--to", dest="last", metavar="MS", type=_stamp,
+                      help="last stamp (unix ms) [default: the last reading]")
+
+    top = argparse.ArgumentParser(
+        prog="blip",
+        description="Work on blipserver's database: upgrade it, rebuild or check the rollups,"
+                    " import or export points as CSV.",
+    )
+    commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    upgrade = commands.add_parser(
+        "upgrade", parents=[database],
+        help="create or upgrade the schema, as the daemon does at start",
+        description="Create blipserver's schema in an empty database or upgrade the original"
+                    " blipserver's in place, as the daemon does at start.",
+    )
+    upgrade.set_defaults(run=run_upgrade)
+
+    group = commands.add_parser("rollups", help="rebuild or check the minute and hour rollups")
+    actions = group.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for name, run, summary, text in (
+        ("rebuild", run_rebuild, "recompute the rollups from readings",
+         "Recompute the rollups from readings, one day per transaction, for the whole hours"
+         " covering --from to --to. Rows older than a meter's first reading stay."),
+        ("check", run_check, "report rollup rows that do not match readings",
+         "Report every rollup row that does not match a recount of readings; exit 1 if any."),
+    ):
+        action = actions.add_parser(name, parents=[database, span], help=summary, description=text)
+        action.add_argument("--meter", type=_meter, metavar="ID", help="only this meter [default: all]")
+        action.set_defaults(run=run)
+
+    load = commands.add_parser(
+        "import", parents=[database], help="import points from CSV",
+        description="Import stamp,ms lines (header optional) into a meter's readings. Points"
+                    " already stored are skipped; bad lines are reported with their number and"
+                    " skipped; exit 1 if there were any.",
+    )
+    load.add_argument("file", metavar="FILE.csv", help="the CSV file, or - for standard input")
+    load.add_argument("--meter", type=_meter, metavar="ID", required=True)
+    load.set_defaults(run=run_import)
+
+    dump = commands.add_parser(
+        "export", parents=[database, span], help="export points as CSV",
+        description="Write a meter's points with --from <= stamp <= --to as stamp,ms CSV"
+                    " (with a header) to standard output, oldest first.",
+    )
+    dump.add_argument("--meter", type=_meter, metavar="ID", required=True)
+    dump.set_defaults(run=run_export)
+    return top
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """
+    Run one command.
+
+    :return: the exit status.
+    """
+    cli = parser()
+    args = cli.parse_args(argv)
+    if getattr(args, "first", None) is not None and getattr(args, "last", None) is not None:
+        if args.first > args.last:
+            cli.error("--from is after --to")
+    try:
+        with connected(args) as connection:
+            run: Callable[[SyncStore, Any], int] = args.run
+            return run(SyncStore(connection), args)
+    except CommandError as e:
+        return _fail(str(e))
+    except Refused as e:
+        return _fail(f"refusing to use the database: {e}; nothing was changed")
+    except psycopg2.Error as e:
+        return _fail("; ".join(line.strip() for line in str(e).splitlines() if line.strip()))
+    except BrokenPipeError:
+        sys.stderr.close()
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _fail(message: str) -> int:
+    print(f"blip: error: {message}", file=sys.stderr)
+    return 1
+
+
+def dsn_of(args: Any) -> tuple[str, str]:
+    """
+    Find the database: ``--db``, ``BLIP_DB``, or the embedded cluster of
+    the state dir.
+
+    :return: its connection string, and what to call it in errors.
+    :raise CommandError: when there is none to be found.
+    """
+    dsn = args.db or os.environ.get(env_name("db"))
+    if dsn:
+        try:
+            psycopg2.extensions.parse_dsn(dsn)
+        except psycopg2.ProgrammingError:
+            # psycopg2's message quotes the string, password and all.
+            raise CommandError(
+                "--db: not a connection string or URI (key=value ... or postgresql://...)"
+            ) from None
+        return dsn, "the database"
+    state = args.state_dir or Path(os.environ.get(env_name("state-dir")) or "./var")
+    root = state / "pg"
+    if not (root / "data" / "PG_VERSION").is_file():
+        raise CommandError(
+            f"no --db or {env_name('db')} given, and there is no embedded database in {root}"
+        )
+    try:
+        cluster = Cluster.at(root)
+    except EmbeddedError as e:
+        raise CommandError(str(e)) from None
+    return cluster.dsn(), f"the embedded database in {root} (it runs while the daemon runs)"
+
+
+@contextmanager
+def connected(args: Any) -> Iterator[Any]:
+    """
+    :return: a context with an open connection to the database.
+    :raise CommandError: when it cannot be reached.
+    """
+    dsn, name = dsn_of(args)
+    try:
+        connection = psycopg2.connect(dsn)
+    except psycopg2.OperationalError as e:
+        why = "; ".join(line.strip() for line in str(e).splitlines() if line.strip())
+        raise CommandError(f"cannot connect to {name}: {why}") from None
+    try:
+        yield connection
+    finally:
+        connection.close()
+
+
+def prepared(store: SyncStore) -> None:
+    """
+    Prepare the database as the daemon does at start, saying so on
+    standard error if that changed anything.
+    """
+    outcome = store.apply_schema()
+    if outcome.changed or outcome.notes:
+        print(f"blip: {outcome.describe()}", file=sys.stderr)
+
+
+def current(store: SyncStore) -> None:
+    """
+    :raise CommandError: unless the database has blipserver's schema.
+    """
+    version = store.layout()
+    if version != SCHEMA_VERSION:
+        raise CommandError(
+            f"the database has {LAYOUTS[version]}, not {LAYOUTS[SCHEMA_VERSION]}:"
+            " run `blip upgrade` or start the daemon first"
+        )
+
+
+def run_upgrade(store: SyncStore, args: Any) -> int:
+    """``blip upgrade``."""
+    print(store.apply_schema().describe())
+    return 0
+
+
+def run_rebuild(store: SyncStore, args: Any) -> int:
+    """``blip rollups rebuild``."""
+    prepared(store)
+    return rollups.rebuild(store, args.meter, args.first, args.last, sys.stdout)
+
+
+def run_check(store: SyncStore, args: Any) -> int:
+    """``blip rollups check``."""
+    current(store)
+    return rollups.check(store, args.meter, args.first, args.last, sys.stdout)
+
+
+def run_import(store: SyncStore, args: Any) -> int:
+    """``blip import``."""
+    prepared(store)
+    store.note_meter(default_meter(args.meter))
+    if args.file == "-":
+        return transfer.import_csv(store, args.meter, sys.stdin, "<stdin>", sys.stdout, sys.stderr)
+    try:
+        lines = open(args.file, encoding="utf-8-sig", errors="replace", newline="")
+    except OSError as e:
+        raise CommandError(f"{args.file}: {e.strerror}") from None
+    with lines:
+        return transfer.import_csv(store, args.meter, lines, args.file, sys.stdout, sys.stderr)
+
+
+def run_export(store: SyncStore, args: Any) -> int:
+    """``blip export``."""
+    current(store)
+    first = args.first if args.first is not None else 0
+    last = args.last if args.last is not None else STAMP_MAX
+    transfer.export_csv(store, args.meter, first, last, sys.stdout.buffer)
+    sys.stdout.flush()
+    return 0

@@ -1,0 +1,116 @@
+"""
+Points in and out of the database as CSV: ``stamp,ms`` per line (unix ms,
+and ms since the previous blink), with an optional ``stamp,ms`` header.
+
+Importing skips points already stored and reports each bad line by its
+number; the good ones are imported in transactions of
+:data:`IMPORT_BATCH` points, so an interrupted import can simply be run
+again. Exporting streams: PostgreSQL sends the rows as they are read, so
+memory stays the same for any range. What one exports, the other imports
+unchanged.
+"""
+
+import csv
+from typing import IO, Iterable, Iterator, TextIO, Union
+
+from blip.model import INT_MAX
+from blip.db.store import STAMP_MAX, SyncStore
+
+#: Points per import transaction.
+IMPORT_BATCH = 50_000
+#: Bad lines reported one by one; more are only counted.
+MAX_REPORTED = 100
+HEADER = ["stamp", "ms"]
+
+
+def parse(fields: list[str]) -> Union[tuple[int, int], str]:
+    """
+    :param fields: one CSV row.
+    :return: the point ``(stamp, ms)``, or why the row is not one.
+    """
+    if len(fields) != 2:
+        return f"expected 2 fields (stamp,ms), found {len(fields)}"
+    stamp_text, ms_text = fields[0].strip(), fields[1].strip()
+    if not (stamp_text.isascii() and stamp_text.isdigit()):
+        return f"stamp {stamp_text[:40]!r} is not a whole number of ms"
+    if not (ms_text.isascii() and ms_text.isdigit()):
+        return f"ms {ms_text[:40]!r} is not a whole number"
+    stamp, ms = int(stamp_text), int(ms_text)
+    if stamp > STAMP_MAX:
+        return f"stamp {stamp_text[:40]} is too large"
+    if not 1 <= ms <= INT_MAX:
+        return f"ms {ms_text[:40]} is not from 1 to {INT_MAX}"
+    return stamp, ms
+
+
+class Points:
+    """
+    Reads the points of a CSV file, skipping a header and blank lines, and
+    reporting bad lines on ``err`` with their number (the first
+    :data:`MAX_REPORTED`) before skipping them.
+
+    :param lines: the file's lines.
+    :param name: the file's name, for the reports.
+    """
+
+    def __init__(self, lines: Iterable[str], name: str, err: TextIO) -> None:
+        self.lines = lines
+        self.name = name
+        self.err = err
+        #: How many lines were bad.
+        self.bad = 0
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        reader = csv.reader(self.lines)
+        first = True
+        for fields in reader:
+            if not any(field.strip() for field in fields):
+                continue
+            if first and [field.strip().lower() for field in fields] == HEADER:
+                first = False
+                continue
+            first = False
+            point = parse(fields)
+            if isinstance(point, str):
+                self.bad += 1
+                if self.bad <= MAX_REPORTED:
+                    print(f"{self.name}:{reader.line_num}: {point}; skipped", file=self.err)
+                continue
+            yield point
+
+
+def import_csv(store: SyncStore, meter: int, lines: Iterable[str], name: str, out: TextIO, err: TextIO) -> int:
+    """
+    Import a CSV file's points into a meter's readings.
+
+    :return: the exit status: 0, or 1 when some lines were bad (the good
+        ones are imported all the same).
+    """
+    read = stored = 0
+    batch: list[tuple[int, int]] = []
+    source = Points(lines, name, err)
+    for point in source:
+        batch.append(point)
+        if len(batch) == IMPORT_BATCH:
+            stored += store.import_points(meter, batch)
+            read += len(batch)
+            batch = []
+    if batch:
+        stored += store.import_points(meter, batch)
+        read += len(batch)
+    if source.bad > MAX_REPORTED:
+        print(f"{name}: only the first {MAX_REPORTED} bad lines were reported", file=err)
+    print(
+        f"{name}: {read} points read for meter {meter}: {stored} imported,"
+        f" {read - stored} already stored; {source.bad} bad lines skipped",
+        file=out,
+    )
+    return 1 if source.bad else 0
+
+
+def export_csv(store: SyncStore, meter: int, first: int, last: int, out: IO[bytes]) -> None:
+    """
+    Write a meter's points with ``first <= stamp <= last`` as CSV, with a
+    header, oldest first.
+    """
+    store.export(meter, first, last, out)

@@ -1,0 +1,3 @@
+"""
+Small primitives every package shares.
+"""

@@ -1,0 +1,437 @@
+"""
+Ingest: every point from the serial source goes to the live hub at once and
+into the database in batches, in the order the points arrived, whatever
+happens to the database.
+
+While the database takes every batch within a batch period, points wait in
+memory for at most :data:`BATCH_DELAY` and nothing touches the disk. When it
+does not — not ready yet at start, unreachable, refusing writes, or slower
+than a batch period — every point is appended to the spool
+(:mod:`blip.ingest.spool`) as it arrives, the spool is fsynced once per batch
+period, and it is written to the database in order, chunk by chunk, with
+backoff between failed attempts, until it is empty; then points go straight
+to the database again. Writes are idempotent, so a chunk that was committed
+just before a failure or a crash and is written again changes nothing.
+"""
+
+from typing import Any, Callable, Optional
+
+from twisted.application.internet import backoffPolicy
+from twisted.application.service import Service
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from blip.source.arduino import Stamps
+from blip.counters import Counters
+from blip.db.pool import RETRIABLE
+from blip.live.hub import Hub
+from blip.model import Point
+from blip.ingest.spool import Spool
+from blip.db.store import Store
+from blip.common.waiting import within
+
+#: A batch is written this many seconds after its first point at the latest.
+BATCH_DELAY = 0.05
+#: A batch is written as soon as it holds this many points.
+BATCH_SIZE = 500
+#: The spool, or a backlog in memory, is written in statements of at most
+#: this many points.
+MAX_STATEMENT = 5000
+#: On stop, seconds to wait for the database before leaving what it has not
+#: taken in the spool for the next start.
+STOP_TIMEOUT = 2.0
+#: Seconds without an answer after which a write counts as failed (its
+#: points are in the spool by then; a late commit of it is harmless).
+WRITE_TIMEOUT = 10.0
+
+DatabaseAlive = Callable[[], "Deferred[None]"]
+
+
+class WriteStalled(Exception):
+    """
+    The database did not answer a write within :data:`WRITE_TIMEOUT`.
+    """
+
+
+class Ingest:
+    """
+    Hands each point to the hub on arrival and gets it committed to the
+    database, through the spool when the database is not keeping up.
+
+    At most one write is in flight at any time, so points reach the
+    database in the order they arrived.
+
+    :param store: where points are written.
+    :param hub: where points go live.
+    :param stamps: seeded with each meter's last stamp at start.
+    :param clock: times batches and retries.
+    :param counters: the daemon's counters.
+    :param spool: where points wait while the database is away (in memory
+        only when None).
+    :param db_alive: returns a Deferred that fires as soon as a database
+        connection is open, so that a retry waits for the database rather
+        than for a timer; when None, retries run on their timer.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        store: Store,
+        hub: Hub,
+        stamps: Stamps,
+        clock: IReactorTime,
+        counters: Counters,
+        spool: Optional[Spool] = None,
+        db_alive: Optional[DatabaseAlive] = None,
+    ) -> None:
+        self.store = store
+        self.hub = hub
+        self.stamps = stamps
+        self.clock = clock
+        self.counters = counters
+        self.spool = spool if spool is not None else Spool(None)
+        self.db_alive = db_alive
+        #: Points received and neither written nor spooled yet.
+        self.pending: list[Point] = []
+        # Whether new points go to the spool (rather than to pending).
+        self._spooling = True
+        self._ready = False
+        self._stopping = False
+        self._closed = False
+        self._spool_failing = False
+        self._timer: Optional[IDelayedCall] = None
+        self._retry: Optional[IDelayedCall] = None
+        self._waiting: Optional[Deferred[None]] = None
+        # Fires when the write in flight has been dealt with.
+        self._writing: Optional[Deferred[None]] = None
+        self._batch: list[Point] = []
+        self._batch_spooled = False
+        self._failures = 0
+        self._retry_delay: Callable[[int], float] = backoffPolicy(
+            initialDelay=0.25, maxDelay=30.0, factor=2.0
+        )
+
+    def receive(self, point: Point) -> None:
+        """
+        Take a new point: publish it, and queue it for the database.
+        """
+        self.hub.publish(point)
+        self.pending.append(point)
+        if self._spooling:
+            self._spool_pending()
+        elif len(self.pending) >= BATCH_SIZE and self._writing is None:
+            self._write_pending()
+            return
+        if self._timer is None:
+            self._timer = self.clock.callLater(BATCH_DELAY, self._tick)
+
+    def open(self) -> None:
+        """
+        Take over the spool a previous run left: its points are written
+        before any new one, and each meter's newest spooled point seeds the
+        stamps and the hub.
+        """
+        for point in self.spool.open():
+            self.stamps.seed(point.meter, point.stamp)
+            self.hub.remember(point)
+        if len(self.spool):
+            self.log.info(
+                "{count} points of a previous run wait in the spool; they are"
+                " written to the database before new ones",
+                count=len(self.spool),
+            )
+        self._update_backlog()
+
+    async def start(self) -> None:
+        """
+        Begin writing, once the database is ready: seed the stamps and the
+        hub with each meter's last stored point first, then write the spool.
+        """
+        failures = 0
+        while True:
+            if self.db_alive is not None:
+                await self._wait(self.db_alive())
+            if self._stopping:
+                return
+            try:
+                last = await self.store.last_points()
+                break
+            except RETRIABLE as e:
+                if not failures:
+                    self.log.warn(
+                        "cannot read the last points: {why}; retrying", why=str(e).strip()
+                    )
+                failures += 1
+                await self._wait(deferLater(self.clock, self._retry_delay(failures), lambda: None))
+        if self._stopping:
+            return
+        for point in last:
+            self.stamps.seed(point.meter, point.stamp)
+            self.hub.remember(point)
+        self._ready = True
+        if len(self.spool):
+            self.log.info(
+                "writing {count} spooled points to the database", count=len(self.spool)
+            )
+        self._replay()
+
+    async def _wait(self, d: "Deferred[Any]") -> None:
+        # What a retry waits for, cancelled by stop (never a query: that
+        # would block on psycopg2's cancel).
+        self._waiting = d
+        try:
+            await d
+        finally:
+            self._waiting = None
+
+    async def stop(self) -> None:
+        """
+        Finish: wait (a little) for the write in flight, write what is
+        queued if the database is taking writes, and leave everything else
+        in the spool for the next start.
+        """
+        self._stopping = True
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        self._cancel_retry()
+        deadline = self.clock.seconds() + STOP_TIMEOUT
+        while True:
+            if self._writing is None:
+                if not self.pending or self._spooling or not self._ready:
+                    break
+                # The database was keeping up: one more direct write (which
+                # may fail at once, and then spool).
+                self._write_pending()
+                continue
+            left = deadline - self.clock.seconds()
+            if left <= 0 or not await within(self._writing, left, self.clock):
+                if not self._batch_spooled:
+                    self.pending[:0] = self._batch
+                    self._batch_spooled = True
+                break
+        self._spooling = True
+        self._spool_pending()
+        self._closed = True
+        try:
+            self.spool.close()
+        except OSError as e:
+            self.log.error("cannot sync the spool: {why}", why=str(e))
+        if self.pending:
+            self.log.error(
+                "stopping with {count} points neither written nor spooled",
+                count=len(self.pending),
+            )
+        elif len(self.spool):
+            what = "are written at the next start" if self.spool.path else "are lost"
+            self.log.warn(
+                "stopping with {count} points in the spool; they {what}",
+                count=len(self.spool),
+                what=what,
+            )
+        self._update_backlog()
+
+    def _tick(self) -> None:
+        self._timer = None
+        if self._spooling:
+            self._spool_pending()
+            self._sync()
+        elif self._writing is None:
+            self._write_pending()
+        else:
+            self.log.debug("the database is behind: spooling until it catches up")
+            self._start_spooling()
+        self._update_backlog()
+
+    def _start_spooling(self) -> None:
+        if self._writing is not None and not self._batch_spooled:
+            self.pending[:0] = self._batch
+            self._batch_spooled = True
+        self._spooling = True
+        self._spool_pending()
+        self._sync()
+
+    def _spool_pending(self) -> None:
+        if not self.pending:
+            return
+        try:
+            self.spool.append(self.pending)
+        except OSError as e:
+            if not self._spool_failing:
+                self.log.error(
+                    "cannot write the spool: {why}; keeping points in memory",
+                    why=str(e),
+                )
+                self._spool_failing = True
+            return
+        self.counters.spooled += len(self.pending)
+        self.pending.clear()
+        self._spool_failing = False
+
+    def _sync(self) -> None:
+        try:
+            self.spool.sync()
+        except OSError as e:
+            self.log.error("cannot sync the spool: {why}", why=str(e))
+
+    def _write_pending(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        if self.pending:
+            batch = self.pending[:MAX_STATEMENT]
+            del self.pending[:MAX_STATEMENT]
+            self._start_write(batch, False)
+
+    def _replay(self) -> None:
+        self._cancel_retry()
+        if not self._ready or self._stopping or self._writing is not None:
+            return
+        chunk = self.spool.peek(MAX_STATEMENT)
+        if chunk:
+            self._start_write(chunk, True)
+            return
+        self._spooling = False
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if self._spooling or not self.pending or self._stopping:
+            return
+        if len(self.pending) >= BATCH_SIZE and self._writing is None:
+            self._write_pending()
+        elif self._timer is None:
+            self._timer = self.clock.callLater(BATCH_DELAY, self._tick)
+
+    def _start_write(self, batch: list[Point], from_spool: bool) -> None:
+        self._batch, self._batch_spooled = batch, from_spool
+        self._writing = Deferred()
+        Deferred.fromCoroutine(self._write(batch, from_spool)).addErrback(
+            lambda f: self.log.failure("ingest write failed", f)
+        )
+
+    async def _write(self, batch: list[Point], from_spool: bool) -> None:
+        done = self._writing
+        assert done is not None
+        try:
+            try:
+                insert = Deferred.fromCoroutine(self.store.insert(batch))
+                if not await within(insert, WRITE_TIMEOUT, self.clock):
+                    insert.addErrback(lambda f: None)
+                    raise WriteStalled(f"no answer from the database in {WRITE_TIMEOUT:.0f} s")
+                new = await insert
+            except Exception as e:
+                self._writing = None
+                if not self._closed:
+                    self._failed(batch, from_spool, e)
+            else:
+                self._writing = None
+                if not self._closed:
+                    self._written(batch, from_spool, new)
+        finally:
+            if self._writing is done:
+                self._writing = None
+            self._update_backlog()
+            done.callback(None)
+
+    def _written(self, batch: list[Point], from_spool: bool, new: int) -> None:
+        self.counters.stored += new
+        if from_spool:
+            self.spool.consume(len(batch))
+            self.counters.replayed += len(batch)
+        if self._failures:
+            self.log.info(
+                "database writes are back after {failures} failed attempts;"
+                " {count} points wait in the spool",
+                failures=self._failures,
+                count=len(self.spool),
+            )
+            self._failures = 0
+        if self._spooling:
+            self._replay()
+        else:
+            self._schedule()
+
+    def _failed(self, batch: list[Point], from_spool: bool, error: Exception) -> None:
+        self.counters.write_failures += 1
+        if self._failures == 0:
+            self.log.warn(
+                "cannot write to the database: {why}; spooling points and"
+                " retrying until it takes them",
+                why=str(error).strip() or repr(error),
+            )
+        self._failures += 1
+        if not self._batch_spooled:
+            self.pending[:0] = batch
+            self._batch_spooled = True
+        self._start_spooling()
+        if not self._stopping:
+            self._retry = self.clock.callLater(
+                self._retry_delay(self._failures), self._retry_when_alive
+            )
+
+    def _retry_when_alive(self) -> None:
+        self._retry = None
+        if self.db_alive is None:
+            self._replay()
+            return
+        waiting = self._waiting = self.db_alive()
+        waiting.addCallback(self._alive)
+        waiting.addErrback(self._not_alive)
+
+    def _alive(self, _: Any) -> None:
+        self._waiting = None
+        self._replay()
+
+    def _not_alive(self, f: Failure) -> None:
+        if not f.check(CancelledError):
+            self.log.failure("waiting for the database failed", f)
+
+    def _cancel_retry(self) -> None:
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None:
+            waiting.cancel()
+
+    def _update_backlog(self) -> None:
+        in_flight = 0 if self._writing is None or self._batch_spooled else len(self._batch)
+        self.counters.backlog = len(self.pending) + len(self.spool) + in_flight
+
+
+class IngestService(Service):
+    """
+    Takes over the spool at once, starts writing once the database is
+    ready, and on stop writes or spools what is queued.
+
+    :param ingest: the writer.
+    :param ready: returns a Deferred that fires when the database is ready.
+    """
+
+    log = Logger()
+
+    def __init__(self, ingest: Ingest, ready: Callable[[], "Deferred[None]"]) -> None:
+        self.ingest = ingest
+        self.ready = ready
+        self._starting: Optional[Deferred[None]] = None
+
+    def startService(self) -> None:
+        super().startService()
+        self.ingest.open()
+        self._starting = self.ready()
+        self._starting.addCallback(lambda _: Deferred.fromCoroutine(self.ingest.start()))
+        self._starting.addErrback(self._failed)
+
+    def _failed(self, f: Failure) -> None:
+        if not f.check(CancelledError):
+            self.log.failure("ingest cannot start", f)
+
+    def stopService(self) -> "Deferred[None]":
+        super().stopService()
+        if self._starting is not None and not self._starting.called:
+            self._starting.cancel()
+        return Deferred.fromCoroutine(self.ingest.stop())

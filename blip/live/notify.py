@@ -1,0 +1,365 @@
+"""
+Points between nodes: every ingest write announces its new points on a
+PostgreSQL channel (``NOTIFY``, sent by :meth:`blip.db.store.Store.insert` in
+the write's own transaction), and every node that serves HTTP listens on it
+(``LISTEN``) and hands the points to its hub, so that a web node's
+long-polls and live streams get the points of every ingest node.
+
+The subscription lives on a connection of its own (a pool's connections
+rotate; a subscription belongs to one connection). When that connection is
+lost, the points committed meanwhile are not announced to this node again:
+once it is back, the listener subscribes again and then reads them from the
+database, so that no client misses a point. Notifications that arrive while
+it reads are held back and handed on after, in order.
+
+A point reaches the hub only if it is newer than the newest point the hub
+knows of its meter. Stamps of a meter strictly increase and each meter is
+read by one ingest node, so this drops exactly what the hub has had:
+points a node ingested itself (an ``all`` node publishes them on arrival,
+before they are committed and announced), and points read from the
+database that were also announced.
+"""
+
+from typing import Any, Optional
+
+from twisted.application.service import Service
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from blip.counters import Counters
+from blip.db.pool import RETRIABLE, connection_settings, own_connection, reconnect_delays
+from blip.live.hub import Hub
+from blip.model import INT_MAX, Point
+from blip.db.store import CHANNEL, STAMP_MAX, STAMP_MIN, Store, listen
+
+#: Points read from the database per query when catching up.
+CATCH_UP_PAGE = 5000
+#: Most notified points held back while catching up; beyond that they are
+#: dropped and read from the database instead (they are all committed).
+MAX_HELD = 200_000
+#: Seconds between two warnings about notifications that cannot be read.
+WARN_INTERVAL = 60.0
+
+
+class PayloadError(ValueError):
+    """
+    A notification on the channel is not a list of points.
+    """
+
+
+def decode(payload: str) -> list[Point]:
+    """
+    Read the points of a notification (the format is described with
+    :data:`blip.db.store._INSERT`): groups separated by ``;``, one per meter,
+    ``<meter>:<stamp>,<ms>`` followed by `` <step>,<ms>`` for each further
+    point, where the step is the stamp's increase over the previous point.
+
+    :raise PayloadError: when the payload is anything else.
+    """
+    points = []
+    try:
+        for group in payload.split(";"):
+            head, colon, rest = group.partition(":")
+            if not colon:
+                raise PayloadError(f"no meter in {group[:40]!r}")
+            meter = int(head)
+            if not 0 <= meter <= INT_MAX:
+                raise PayloadError(f"meter {meter} out of range")
+            stamp: Optional[int] = None
+            for pair in rest.split(" "):
+                step, comma, ms_text = pair.partition(",")
+                if not comma:
+                    raise PayloadError(f"not a point: {pair[:40]!r}")
+                if stamp is None:
+                    stamp = int(step)
+                else:
+                    increase = int(step)
+                    if increase <= 0:
+                        raise PayloadError(f"stamps do not increase in {group[:40]!r}")
+                    stamp += increase
+                ms = int(ms_text)
+                if not (STAMP_MIN <= stamp <= STAMP_MAX and 0 < ms <= INT_MAX):
+                    raise PayloadError(f"point out of range: {stamp},{ms}")
+                points.append(Point(meter, stamp, ms))
+    except ValueError as e:
+        if isinstance(e, PayloadError):
+            raise
+        raise PayloadError(str(e)) from None
+    return points
+
+
+class _InOrder:
+    """
+    Hands a connection's notifications to its observers at once and in
+    order. txpostgres's default runs each batch as a separate cooperative
+    task, and tasks interleave: a later batch could be handed on before an
+    earlier one, and its newer points would then hide the older ones.
+    """
+
+    def cooperate(self, iterator: Any) -> None:
+        for _ in iterator:
+            pass
+
+
+class Listener:
+    """
+    Subscribes to the channel on a connection of its own and hands every
+    announced point to the hub; seeds the hub with each meter's last point
+    at start, and catches up from the database after the connection was
+    lost.
+
+    :param dsn: the primary database (notifications are not replicated, and
+        a replica may lag behind them).
+    :param store: reads the last points and the points missed, from the
+        same database.
+    :param hub: where the points go.
+    :param reactor: runs the connection and times retries.
+    :param counters: the daemon's counters.
+    :param node: this node's name, for ``pg_stat_activity``.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        dsn: str,
+        store: Store,
+        hub: Hub,
+        reactor: IReactorTime,
+        counters: Counters,
+        node: str = "",
+    ) -> None:
+        self.dsn = dsn
+        self.node = node
+        self.store = store
+        self.hub = hub
+        self.reactor = reactor
+        self.counters = counters
+        self.connection: Any = None
+        #: Whether every committed point reaches the hub now.
+        self.live = False
+        self._held: Optional[list[Point]] = None
+        self._overflowed = False
+        self._generation = 0
+        self._seeded = False
+        self._stopped = False
+        self._down = False
+        self._sleeping: Optional[Deferred[None]] = None
+        self._warned_at: Optional[float] = None
+        self._waiters: list[Deferred[None]] = []
+
+    def start(self) -> None:
+        """
+        Open the connection (retrying in the background while the database
+        cannot be reached), subscribe, and seed the hub.
+        """
+        connection = self.connection = own_connection(self.reactor, _InOrder(), self._lost)
+        connection.addNotifyObserver(self._notified)
+        connection.detector.addRecoveryHandler(self._recovered)
+        extra = connection_settings(self.dsn)
+        extra["application_name"] = f"blipserver listen {self.node}".strip()
+        d = connection.connect(self.dsn, **extra)
+        d.addCallbacks(lambda _: self._catch_up(), self._not_opened)
+
+    def when_live(self) -> "Deferred[None]":
+        """
+        :return: a Deferred that fires once every committed point reaches
+            the hub (at once if it does now).
+        """
+        d: Deferred[None] = Deferred()
+        if self.live:
+            d.callback(None)
+        else:
+            self._waiters.append(d)
+        return d
+
+    def stop(self) -> None:
+        """
+        Close the connection for good.
+        """
+        self._stopped = True
+        self._generation += 1
+        self.live = False
+        if self._sleeping is not None:
+            self._sleeping.cancel()
+        if self.connection is not None:
+            self.connection.detector.stop()
+            if self.connection._connection is not None:
+                self.connection.close()
+
+    def _not_opened(self, f: Failure) -> None:
+        # Starts the reconnection (and logs, through _lost) when the
+        # database cannot be reached.
+        self.connection.detector.checkForDeadConnection(f)
+        if not self.connection.detector.connectionIsDead:
+            self.log.failure("cannot open the LISTEN connection", f)
+
+    def _lost(self, why: str) -> None:
+        self.live = False
+        self._generation += 1
+        self._held = None
+        if not self._down and not self._stopped:
+            self._down = True
+            self.log.warn(
+                "no live points from the database: {why}; reconnecting", why=why or "connection lost"
+            )
+
+    def _recovered(self) -> None:
+        # A recovery handler of the connection's detector: it is open again.
+        self._catch_up()
+
+    def _catch_up(self) -> None:
+        if self._stopped:
+            return
+        self._generation += 1
+        self._held = []
+        self._overflowed = False
+        d = Deferred.fromCoroutine(self._sync(self._generation))
+        d.addErrback(self._sync_failed)
+
+    async def _sync(self, generation: int) -> None:
+        # Subscribe first: every point committed from then on is announced
+        # (and held back meanwhile); every point committed before is in
+        # what is read next.
+        await listen(self.connection)
+        delays = reconnect_delays()
+        caught_up = 0
+        failures = 0
+        while True:
+            if generation != self._generation:
+                return
+            try:
+                if not self._seeded:
+                    for point in await self.store.last_points():
+                        self.hub.remember(point)
+                    self._seeded = True
+                else:
+                    caught_up += await self._read_missed(generation)
+                if not self._overflowed:
+                    break
+                # More was announced meanwhile than is held: read it too.
+                self._overflowed = False
+                self._held = []
+            except RETRIABLE as e:
+                failures += 1
+                if failures == 1:
+                    self.log.warn(
+                        "cannot read the points missed: {why}; retrying", why=str(e).strip()
+                    )
+                self._sleeping = deferLater(self.reactor, next(delays), lambda: None)
+                try:
+                    await self._sleeping
+                finally:
+                    self._sleeping = None
+        if generation != self._generation:
+            return
+        held, self._held = self._held or [], None
+        for point in held:
+            self._deliver(point)
+        self.live = True
+        if self._down:
+            self._down = False
+            self.log.info(
+                "live points from the database are back; read {count} points committed"
+                " meanwhile",
+                count=caught_up,
+            )
+        else:
+            self.log.info("receiving live points from the database (channel {channel})", channel=CHANNEL)
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(None)
+
+    async def _read_missed(self, generation: int) -> int:
+        count = 0
+        while True:
+            page = await self.store.catch_up(self.hub.newest_stamps(), CATCH_UP_PAGE)
+            if generation != self._generation:
+                return count
+            for point in page:
+                self._deliver(point)
+            count += len(page)
+            self.counters.caught_up += len(page)
+            if len(page) < CATCH_UP_PAGE:
+                return count
+
+    def _sync_failed(self, f: Failure) -> None:
+        # The connection was lost while subscribing or reading (it is being
+        # reopened, and the next opening starts over), or the daemon stops.
+        if f.check(CancelledError, *RETRIABLE) or self._stopped:
+            return
+        self.log.failure("catching up with the database failed", f)
+
+    def _notified(self, notify: Any) -> None:
+        # A NOTIFY observer: must not raise (txpostgres would only log it).
+        try:
+            if notify.channel != CHANNEL:
+                return
+            try:
+                points = decode(notify.payload)
+            except PayloadError as e:
+                self._bad(notify, str(e))
+                return
+            self.counters.notified += len(points)
+            if self._held is None:
+                for point in points:
+                    self._deliver(point)
+            elif len(self._held) + len(points) > MAX_HELD:
+                self._held = []
+                self._overflowed = True
+            elif not self._overflowed:
+                self._held.extend(points)
+        except Exception:
+            self.log.failure("handling a notification failed")
+
+    def _deliver(self, point: Point) -> None:
+        last = self.hub.last(point.meter)
+        if last is None or point.stamp > last.stamp:
+            self.hub.publish(point)
+
+    def _bad(self, notify: Any, why: str) -> None:
+        self.counters.bad_notifications += 1
+        now = self.reactor.seconds()
+        if self._warned_at is None or now - self._warned_at >= WARN_INTERVAL:
+            self._warned_at = now
+            self.log.warn(
+                "ignoring a notification on {channel} from server process {pid} that is"
+                " not a list of points: {why} ({count} so far)",
+                channel=CHANNEL, pid=notify.pid, why=why, count=self.counters.bad_notifications,
+            )
+
+
+class ListenerService(Service):
+    """
+    Starts the listener once the database is ready (its schema applied),
+    and stops it with the daemon.
+
+    :param listener: the listener.
+    :param ready: returns a Deferred that fires when the database is ready.
+    """
+
+    log = Logger()
+
+    def __init__(self, listener: Listener, ready: Any) -> None:
+        self.listener = listener
+        self.ready = ready
+        self._starting: Optional[Deferred[None]] = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._starting = self.ready()
+        self._starting.addCallback(lambda _: self.listener.start())
+        self._starting.addErrback(self._failed)
+
+    def _failed(self, f: Failure) -> None:
+        if not f.check(CancelledError):
+            self.log.failure("cannot start listening for live points", f)
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._starting is not None and not self._starting.called:
+            self._starting.cancel()
+        self.listener.stop()

@@ -1,0 +1,3 @@
+"""
+Publishing to an MQTT broker, with Home Assistant's discovery.
+"""

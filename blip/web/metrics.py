@@ -1,0 +1,196 @@
+"""
+Metrics in Prometheus's text format, through its client library: the
+daemon's counters, parked long-polls, live streams, the database pool, and
+the count and latency of HTTP requests by route.
+"""
+
+import time
+from typing import Any, Callable, Iterable, Mapping, Optional
+
+from klein import Klein
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource, Resource
+from twisted.web.server import NOT_DONE_YET, Request
+from werkzeug.exceptions import HTTPException
+
+from blip.counters import GAUGES, Counters
+from blip.db.pool import Pool
+from blip.live.hub import Hub
+from blip.web.v1.live import Live
+
+#: The methods requests are counted by; any other counts as ``other``.
+METHODS = {b"GET", b"HEAD", b"OPTIONS", b"POST", b"PUT", b"DELETE", b"PATCH"}
+#: Most routes (and label combinations) remembered, whatever paths come.
+MAX_CACHED = 4096
+#: Latency buckets, in seconds.
+BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class StateCollector(Collector):
+    """
+    Reads the daemon's state at each scrape.
+
+    :param counters: the daemon's counters, each exported as
+        ``blip_<name>_total``.
+    :param hub: for the parked long-polls.
+    :param live: for the live streams.
+    :param pool: for the database connections.
+    """
+
+    def __init__(self, counters: Counters, hub: Hub, live: Optional[Live], pool: Pool) -> None:
+        self.counters = counters
+        self.hub = hub
+        self.live = live
+        self.pool = pool
+
+    def collect(self) -> Iterable[Any]:
+        for name, value in self.counters.as_dict().items():
+            if name in GAUGES:
+                yield GaugeMetricFamily(f"blip_{name}", f"blipserver's {name} now.", value=value)
+            else:
+                yield CounterMetricFamily(f"blip_{name}", f"blipserver's {name} counter.", value=value)
+        yield GaugeMetricFamily(
+            "blip_longpoll_waiters", "Long-poll clients parked now.", value=self.hub.waiting
+        )
+        if self.live is not None:
+            yield GaugeMetricFamily(
+                "blip_live_clients", "Live stream (SSE) clients now.", value=self.live.clients
+            )
+            yield CounterMetricFamily(
+                "blip_live_dropped", "Live stream clients dropped for falling behind.",
+                value=self.live.dropped,
+            )
+        state = self.pool.state()
+        connections = GaugeMetricFamily(
+            "blip_db_connections", "Database pool connections by state.", labels=["state"]
+        )
+        connections.add_metric(["total"], state.size)
+        connections.add_metric(["alive"], state.alive)
+        connections.add_metric(["busy"], state.busy)
+        yield connections
+        yield GaugeMetricFamily(
+            "blip_db_waiting", "Queries waiting for a free database connection.",
+            value=state.waiting,
+        )
+
+
+class RequestMetrics:
+    """
+    HTTP requests answered, and how long they took, by route.
+
+    :param registry: where the metrics are registered.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "blip_http_requests",
+            "HTTP requests answered, by route template, method and status.",
+            ["route", "method", "status"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "blip_http_request_duration_seconds",
+            "Time from a request's arrival to the end of its answer, by route template.",
+            ["route"],
+            registry=registry,
+            buckets=BUCKETS,
+        )
+
+        self._children: dict[tuple[str, bytes, int], tuple[Any, Any]] = {}
+
+    def observe(self, route: str, method: bytes, status: int, seconds: float) -> None:
+        """
+        Count one answered request.
+        """
+        key = (route, method, status)
+        children = self._children.get(key)
+        if children is None:
+            name = method.decode("ascii") if method in METHODS else "other"
+            children = self.requests.labels(route, name, str(status)), self.latency.labels(route)
+            if len(self._children) < MAX_CACHED:
+                self._children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+
+def route_of(mounts: Mapping[bytes, Klein], default: Klein) -> Callable[[IRequest], str]:
+    """
+    :param mounts: the application answering each first path segment.
+    :param default: the application answering every other path.
+    :return: a function that names the route template of a request (like
+        ``/api/v1/meters/<meter>``), or ``none`` when no route matches.
+    """
+
+    # Every path parameter is a number: paths that differ only in their
+    # numbers have the same route, found once.
+    known: dict[tuple[bytes, ...], str] = {}
+
+    def route(request: IRequest) -> str:
+        shape = tuple(b"#" if segment.isdigit() else segment for segment in request.postpath)
+        name = known.get(shape)
+        if name is None:
+            name = match(request.postpath)
+            if len(known) < MAX_CACHED:
+                known[shape] = name
+        return name
+
+    def match(segments: list[bytes]) -> str:
+        first = segments[0] if segments else b""
+        try:
+            path = "/" + b"/".join(segments).decode("utf-8")
+        except UnicodeDecodeError:
+            return "none"
+        adapter = mounts.get(first, default).url_map.bind("blip", path_info=path)
+        for method in ("GET", "OPTIONS"):
+            try:
+                rule, _ = adapter.match(path, method=method, return_rule=True)
+            except HTTPException:
+                continue
+            return str(rule.rule)
+        return "none"
+
+    return route
+
+
+class Metered(Resource):
+    """
+    Counts and times every request answered by ``inner``.
+
+    :param inner: the resource answering.
+    :param route: names a request's route.
+    :param metrics: where requests are counted.
+    :param timer: seconds from some fixed point (a monotonic clock).
+    """
+
+    isLeaf = True
+
+    def __init__(
+        self,
+        inner: IResource,
+        route: Callable[[IRequest], str],
+        metrics: RequestMetrics,
+        timer: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        super().__init__()
+        self.inner = inner
+        self.route = route
+        self.metrics = metrics
+        self.timer = timer
+
+    def render(self, request: Request) -> Any:
+        started = self.timer()
+        route = self.route(request)
+        body = self.inner.render(request)
+        if body is not NOT_DONE_YET or request.finished:
+            # Answered at once (what remains is sending it).
+            self.metrics.observe(route, request.method, request.code, self.timer() - started)
+            return body
+
+        def done(_: object) -> None:
+            self.metrics.observe(route, request.method, request.code, self.timer() - started)
+
+        request.notifyFinish().addBoth(done)
+        return body

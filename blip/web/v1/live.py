@@ -1,0 +1,357 @@
+"""
+The live stream: Server-Sent Events of every new point to each client that
+asked for its meter, with heartbeats, resumption after a reconnect, and no
+patience for clients that cannot keep up.
+
+A client resuming with ``Last-Event-ID: <stamp>`` first gets, in stamp
+order, every point of its meters after that stamp: from the database, then
+from the points kept here that the database may not have yet, then the
+points that arrived meanwhile. A meter's point is never sent twice.
+
+Each meter's stamps strictly increase, and ingest stamps points of all
+meters from one clock in the order they arrive, so "after the last stamp
+seen" is exact but for one case: a meter whose stamp was pushed ahead of
+the clock (two blips in one millisecond) followed within that millisecond
+by another meter's point.
+"""
+
+import json
+from collections import deque
+from typing import Callable, Iterable, Optional
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.web.iweb import IRequest
+from twisted.web.server import Request
+from zope.interface import implementer
+
+from blip.web.front import send_now
+from blip.live.hub import Hub
+from blip.meters import Meter, Meters
+from blip.model import INT_MAX, Point
+from blip.db.store import Store
+from blip.web.v1.export import unregister
+
+#: Seconds between heartbeat comments.
+HEARTBEAT = 15.0
+#: Newest points kept (of all meters together: memory stays bounded however
+#: many meters blink), for clients resuming while the database catches up.
+KEEP = 10_000
+#: Events a client may fall behind by before it is dropped.
+MAX_BACKLOG = 1000
+#: Points read from the database at a time when replaying.
+PAGE = 2000
+#: How long a client waits before reconnecting, in ms.
+RETRY = 2000
+
+
+class Stream:
+    """
+    One client's event stream.
+
+    :param live: the live hub it belongs to.
+    :param request: the client's request, its headers already set.
+    :param meters: the meters it follows; None for every meter.
+    """
+
+    log = Logger()
+
+    def __init__(self, live: "Live", request: Request, meters: Optional[frozenset[int]]) -> None:
+        self.live = live
+        self.request = request
+        self.meters = meters
+        #: The stamp of the last point sent, per meter.
+        self.sent: dict[int, int] = {}
+        #: Points that arrive while the stream replays, sent after it.
+        self.held: Optional[deque[Point]] = None
+        #: Fires when the stream is over.
+        self.done: Deferred[None] = Deferred()
+        #: Whether the stream is over.
+        self.ended = False
+        self._producer = _Backpressure(request)
+        request.registerProducer(self._producer, True)
+
+    def wants(self, point: Point) -> bool:
+        """
+        :return: whether ``point`` is of a meter this stream follows.
+        """
+        return self.meters is None or point.meter in self.meters
+
+    def offer(self, point: Point) -> None:
+        """
+        Take a new live point: hold it while replaying, else send it.
+        """
+        if not self.wants(point):
+            return
+        if self.held is not None:
+            self.held.append(point)
+            if len(self.held) > MAX_BACKLOG:
+                self.drop("fell behind while catching up")
+        else:
+            self.send(point)
+
+    def send(self, point: Point) -> None:
+        """
+        Send ``point`` unless this meter's point at that stamp or a later
+        one was sent already.
+        """
+        if point.stamp <= self.sent.get(point.meter, -(2**63)):
+            return
+        self.sent[point.meter] = point.stamp
+        self.write(self.live.event(point))
+
+    def write(self, data: bytes) -> None:
+        """
+        Write ``data``, or queue it while the connection is saturated; drop
+        the client when its queue is full.
+        """
+        if self.ended:
+            return
+        producer = self._producer
+        if producer.paused or producer.queue:
+            producer.queue.append(data)
+            if len(producer.queue) > MAX_BACKLOG:
+                self.drop("too slow")
+        else:
+            self.request.write(data)
+            send_now(self.request.channel.transport)
+
+    async def pace(self) -> None:
+        """
+        Wait, if the connection is saturated, until it takes data again.
+        """
+        producer = self._producer
+        if not self.ended and (producer.paused or producer.queue):
+            await producer.ready()
+
+    def drop(self, why: str) -> None:
+        """
+        End the stream of a client that does not keep up; it reconnects
+        and resumes from the last event it got.
+        """
+        self.log.warn("dropping live client {peer}: {why}", peer=_peer(self.request), why=why)
+        self.live.dropped += 1
+        self.end()
+
+    def end(self) -> None:
+        """
+        Forget the stream and let its handler finish the answer.
+        """
+        if self.ended:
+            return
+        self.ended = True
+        self.live.forget(self)
+        self._producer.release()
+        unregister(self.request)
+        if not self.done.called:
+            self.done.callback(None)
+
+
+@implementer(IPushProducer)
+class _Backpressure:
+    """
+    Tells a stream whether its connection takes more, and flushes what it
+    queued when it does.
+    """
+
+    def __init__(self, request: IRequest) -> None:
+        self.paused = False
+        self.queue: deque[bytes] = deque()
+        self._request = request
+        self._waiting: list[Deferred[None]] = []
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        while self.queue and not self.paused:
+            self._request.write(self.queue.popleft())
+        if not self.paused:
+            self._wake()
+
+    def stopProducing(self) -> None:
+        self.queue.clear()
+
+    def release(self) -> None:
+        """
+        Drop what is queued and let whoever waits go on (the stream ends).
+        """
+        self.queue.clear()
+        self._wake()
+
+    def _wake(self) -> None:
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            d.callback(None)
+
+    async def ready(self) -> None:
+        d: Deferred[None] = Deferred(lambda d: self._waiting.remove(d))
+        self._waiting.append(d)
+        await d
+
+
+def _peer(request: IRequest) -> str:
+    address = request.getClientAddress()
+    return str(getattr(address, "host", address))
+
+
+class Live:
+    """
+    Hands every point the hub publishes to the open streams, keeps the
+    latest points of each meter, and beats the heart of every stream.
+
+    :param hub: the source of live points.
+    :param store: where replays read missed points.
+    :param meters: the meters' settings, for the power in W.
+    :param clock: times the heartbeats.
+    :param max_clients: how many streams may be open at once.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        hub: Hub,
+        store: Store,
+        meters: Meters,
+        clock: IReactorTime,
+        max_clients: int = 10_000,
+    ) -> None:
+        self.store = store
+        self.meters = meters
+        self.clock = clock
+        self.max_clients = max_clients
+        #: Streams dropped for falling behind, since start.
+        self.dropped = 0
+        self._streams: dict[Stream, None] = {}
+        self._recent: deque[Point] = deque(maxlen=KEEP)
+        # The newest point's event, written to every stream as it is, with
+        # the point and the meter settings it was made from.
+        self._event: tuple[Optional[Point], Optional[Meter], bytes] = (None, None, b"")
+        self._beat = LoopingCall(self._heartbeat)
+        self._beat.clock = clock
+        self._unlisten: Optional[Callable[[], None]] = hub.listen(self._publish)
+
+    @property
+    def clients(self) -> int:
+        """How many streams are open."""
+        return len(self._streams)
+
+    def event(self, point: Point) -> bytes:
+        """
+        :return: the Server-Sent Event of ``point``.
+        """
+        meter = self.meters.get(point.meter)
+        if self._event[0] is point and self._event[1] is meter:
+            return self._event[2]
+        data = json.dumps(
+            {
+                "meter": point.meter,
+                "stamp": point.stamp,
+                "ms": point.ms,
+                "watts": meter.watts(point.ms),
+            },
+            separators=(",", ":"),
+        )
+        event = b"id: %d\nevent: point\ndata: %s\n\n" % (point.stamp, data.encode())
+        self._event = (point, meter, event)
+        return event
+
+    def open(self, request: Request, meters: Optional[Iterable[int]]) -> Stream:
+        """
+        Start a stream on ``request`` (whose status and headers are set).
+        """
+        stream = Stream(self, request, None if meters is None else frozenset(meters))
+        self._streams[stream] = None
+        if not self._beat.running:
+            self._beat.start(HEARTBEAT, now=False).addErrback(
+                lambda f: self.log.failure("heartbeat failed", f)
+            )
+        request.notifyFinish().addBoth(lambda _: stream.end())
+        stream.write(b"retry: %d\n\n" % RETRY)
+        return stream
+
+    def forget(self, stream: Stream) -> None:
+        """
+        Stop sending to ``stream``.
+        """
+        self._streams.pop(stream, None)
+        if not self._streams and self._beat.running:
+            self._beat.stop()
+
+    async def run(self, stream: Stream, last_id: Optional[int]) -> None:
+        """
+        Replay what the client missed after ``last_id`` (if given), then
+        send live points until the stream ends.
+        """
+        if last_id is not None:
+            held = stream.held = deque()
+            try:
+                await self._replay(stream, last_id)
+                # Points that came meanwhile, and those that come while
+                # these are sent, in order.
+                while held and not stream.ended:
+                    await stream.pace()
+                    stream.send(held.popleft())
+            finally:
+                stream.held = None
+        await stream.done
+
+    async def _replay(self, stream: Stream, last_id: int) -> None:
+        if stream.meters is not None:
+            meters = sorted(stream.meters)
+        else:
+            known = {m.id for m in self.meters} | {p.meter for p in self._recent}
+            known |= {p.meter for p in await self.store.last_points()}
+            meters = sorted(known)
+        stamp, meter = last_id, INT_MAX
+        while not stream.ended:
+            page = await self.store.points_after(meters, stamp, meter, PAGE)
+            for point in page:
+                await stream.pace()
+                stream.send(point)
+            if len(page) < PAGE:
+                break
+            stamp, meter = page[-1].stamp, page[-1].meter
+        wanted = set(meters)
+        recent = [p for p in self._recent if p.stamp > last_id and p.meter in wanted]
+        for point in sorted(recent, key=lambda p: (p.stamp, p.meter)):
+            await stream.pace()
+            stream.send(point)
+
+    def _publish(self, point: Point) -> None:
+        self._recent.append(point)
+        for stream in list(self._streams):
+            stream.offer(point)
+
+    def _heartbeat(self) -> None:
+        for stream in list(self._streams):
+            stream.write(b": heartbeat\n\n")
+
+    def close(self) -> None:
+        """
+        End every stream and stop listening (shutdown).
+        """
+        if self._unlisten is not None:
+            self._unlisten()
+            self._unlisten = None
+        for stream in list(self._streams):
+            stream.end()
+
+
+class LiveService(Service):
+    """
+    Ends the live streams when the daemon stops, so that their clients
+    reconnect elsewhere.
+    """
+
+    def __init__(self, live: Live) -> None:
+        self.live = live
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.live.close()

@@ -1,0 +1,419 @@
+"""
+The OpenAPI 3.1 document of the modern API, served at
+``/api/v1/openapi.json``. The tests check every answer of every route
+against it.
+"""
+
+from typing import Any
+
+import blip
+from blip.model import INT_MAX
+from blip.web.v1.query import EARLIEST, LATEST, MAX_VALUE
+
+#: Where the paths below are, on the host that serves the document (a
+#: reverse proxy that serves blipserver under a path prefix adds it).
+SERVER = "/api/v1"
+
+_PROBLEM = {"$ref": "#/components/responses/Problem"}
+
+
+def _object(properties: dict[str, Any], description: str = "") -> dict[str, Any]:
+    schema: dict[str, Any] = {
+        "type": "object",
+        "required": list(properties),
+        "properties": properties,
+        "additionalProperties": False,
+    }
+    if description:
+        schema["description"] = description
+    return schema
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _param(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/parameters/{name}"}
+
+
+def _get(
+    operation: str, summary: str, description: str, parameters: list[Any], ok: dict[str, Any]
+) -> dict[str, Any]:
+    responses: dict[str, Any] = {"200": {"description": "OK", "content": ok}}
+    if any(p.get("$ref", "").endswith("/MeterId") for p in parameters) or operation == "live":
+        responses["404"] = _PROBLEM
+    if parameters:
+        responses["400"] = _PROBLEM
+    responses["503"] = _PROBLEM
+    return {
+        "get": {
+            "operationId": operation,
+            "summary": summary,
+            "description": description,
+            "parameters": parameters,
+            "responses": dict(sorted(responses.items())),
+        }
+    }
+
+
+_UNIX_MS = {"type": "integer", "description": "Unix time in milliseconds."}
+_WATTS = {"type": "number", "minimum": 0, "description": "Power in W."}
+
+
+def _time(name: str, default: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": (
+            f"{default} Unix ms, or an ISO 8601 date or date-time; one without an offset"
+            " is local time in the meter's time zone."
+        ),
+        "schema": {
+            "anyOf": [
+                {"type": "integer", "minimum": EARLIEST, "maximum": LATEST},
+                {"type": "string", "format": "date-time"},
+            ]
+        },
+    }
+
+
+def document() -> dict[str, Any]:
+    """
+    :return: the OpenAPI document.
+    """
+    schemas = {
+        "Problem": _object(
+            {
+                "type": {"type": "string"},
+                "title": {"type": "string"},
+                "status": {"type": "integer", "minimum": 400, "maximum": 599},
+                "detail": {"type": "string", "description": "What is wrong."},
+                "error": {"type": "string", "description": "The same as `detail`."},
+            },
+            "An error (RFC 9457).",
+        ),
+        "TariffRule": _object(
+            {
+                "price_per_kwh": {"type": "number", "minimum": 0},
+                "days": {
+                    "type": "array",
+                    "items": {"enum": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]},
+                    "minItems": 1,
+                },
+                "hours": {
+                    "type": "string",
+                    "pattern": "^[0-9]{2}-[0-9]{2}$",
+                    "description": "Local hours from (included) to (excluded); `22-06` runs past midnight.",
+                },
+            },
+            "One price of a time-of-use tariff; the first rule that matches an hour sets its price.",
+        ),
+        "LastPoint": _object(
+            {
+                "stamp": {**_UNIX_MS, "description": "When the blip was seen."},
+                "ms": {"type": "integer", "minimum": 1, "description": "ms since the previous blip."},
+                "watts": _WATTS,
+            }
+        ),
+        "Meter": _object(
+            {
+                "id": {"type": "integer", "minimum": 0, "maximum": INT_MAX},
+                "label": {"type": "string"},
+                "description": {"type": "string", "description": "What the Arduino says of it."},
+                "pulses_per_kwh": {"type": "number", "exclusiveMinimum": 0},
+                "multiplier": {"type": "number", "exclusiveMinimum": 0},
+                "price_per_kwh": {"type": "number", "minimum": 0},
+                "currency": {"type": "string"},
+                "timezone": {"type": "string", "description": "IANA time zone of its calendar."},
+                "tariff": {
+                    "description": "Time-of-use prices; hours no rule matches cost `price_per_kwh`.",
+                    "oneOf": [{"type": "null"}, {"type": "array", "items": _ref("TariffRule")}],
+                },
+                "last": {"oneOf": [{"type": "null"}, _ref("LastPoint")]},
+            },
+            "A meter's settings and its newest point.",
+        ),
+        "Meters": _object({"meters": {"type": "array", "items": _ref("Meter")}}),
+        "Power": _object(
+            {
+                "meter": {"type": "integer"},
+                "from": _UNIX_MS,
+                "to": _UNIX_MS,
+                "resolution_ms": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "0 for raw points; else the width of each row's bucket.",
+                },
+                "points": {
+                    "type": "array",
+                    "description": (
+                        "`[t, mean_w, min_w, max_w]`, oldest first; `t` is the middle of the"
+                        " interval the row covers."
+                    ),
+                    "items": {
+                        "type": "array",
+                        "items": {"type": "number"},
+                        "minItems": 4,
+                        "maxItems": 4,
+                    },
+                },
+            }
+        ),
+        "EnergyRow": _object(
+            {
+                "start": _UNIX_MS,
+                "end": {**_UNIX_MS, "description": "When the next period starts."},
+                "kwh": {"type": "number", "minimum": 0},
+                "cost": {"type": "number", "minimum": 0},
+            }
+        ),
+        "Energy": _object(
+            {
+                "meter": {"type": "integer"},
+                "period": {"enum": ["hour", "day", "week", "month", "year"]},
+                "timezone": {"type": "string"},
+                "currency": {"type": "string"},
+                "rows": {"type": "array", "items": _ref("EnergyRow")},
+                "total": _object(
+                    {"kwh": {"type": "number", "minimum": 0}, "cost": {"type": "number", "minimum": 0}}
+                ),
+                "next": {
+                    "type": ["integer", "null"],
+                    "description": "The `from` of the next page, when there are more rows than one answer holds.",
+                },
+            }
+        ),
+        "Gap": _object(
+            {
+                "from": _UNIX_MS,
+                "to": _UNIX_MS,
+                "kind": {
+                    "enum": ["logger_down", "idle", "unknown"],
+                    "description": (
+                        "`logger_down`: no ingest was listening to the serial device;"
+                        " `idle`: one was, and the meter did not blink; `unknown`: before"
+                        " the first recorded period of ingest (history from before"
+                        " blipserver, or imported), when nothing says which."
+                    ),
+                },
+            }
+        ),
+        "Gaps": _object(
+            {
+                "meter": {"type": "integer"},
+                "from": _UNIX_MS,
+                "to": _UNIX_MS,
+                "min_gap": {"type": "integer", "minimum": 1, "description": "The threshold used, in ms."},
+                "gaps": {"type": "array", "items": _ref("Gap")},
+                "next": {
+                    "type": ["integer", "null"],
+                    "description": "The `from` of the next page, when there are more gaps than one answer holds.",
+                },
+            }
+        ),
+        "Readings": _object(
+            {
+                "meter": {"type": "integer"},
+                "from": _UNIX_MS,
+                "to": _UNIX_MS,
+                "points": {
+                    "type": "array",
+                    "description": "`[stamp, ms]`, oldest first.",
+                    "items": {
+                        "type": "array",
+                        "items": {"type": "integer"},
+                        "minItems": 2,
+                        "maxItems": 2,
+                    },
+                },
+            }
+        ),
+        "LivePoint": _object(
+            {
+                "meter": {"type": "integer"},
+                "stamp": _UNIX_MS,
+                "ms": {"type": "integer", "minimum": 1},
+                "watts": _WATTS,
+            },
+            "The `data` of a `point` event.",
+        ),
+        "LiveSnapshot": _object({"points": {"type": "array", "items": _ref("LivePoint")}}),
+    }
+    parameters = {
+        "MeterId": {
+            "name": "id",
+            "in": "path",
+            "required": True,
+            "description": "The meter's id.",
+            "schema": {"type": "integer", "minimum": 0, "maximum": INT_MAX},
+            "example": 1,
+        },
+        "From": _time("from", "The start of the range (included); 24 hours before `to` by default."),
+        "To": _time("to", "The end of the range (left out); now by default."),
+    }
+    meter_range = [_param("MeterId"), _param("From"), _param("To")]
+    paths = {
+        "/openapi.json": _get(
+            "openapi", "This document", "The OpenAPI document of the API.", [],
+            {"application/json": {"schema": {"type": "object"}}},
+        ),
+        "/meters": _get(
+            "listMeters", "Every meter",
+            "The configured meters and those with readings, with their newest points.", [],
+            {"application/json": {"schema": _ref("Meters")}},
+        ),
+        "/meters/{id}": _get(
+            "getMeter", "One meter", "A meter's settings and its newest point.",
+            [_param("MeterId")], {"application/json": {"schema": _ref("Meter")}},
+        ),
+        "/meters/{id}/power": _get(
+            "getPower", "Power in W",
+            (
+                "Power over the range in at most `max_points` rows: the raw points when they"
+                " are few enough, else minute rollups, else hour rollups, else hour rollups"
+                " summed into buckets of whole hours. The mean of a bucket is its energy over"
+                " its blip intervals; its minimum comes from its longest interval, its maximum"
+                " from its shortest."
+            ),
+            [
+                *meter_range,
+                {
+                    "name": "max_points",
+                    "in": "query",
+                    "required": False,
+                    "description": "The most rows to answer.",
+                    "schema": {"type": "integer", "minimum": 1, "maximum": 20000, "default": 2000},
+                },
+            ],
+            {"application/json": {"schema": _ref("Power")}},
+        ),
+        "/meters/{id}/energy": _get(
+            "getEnergy", "Energy and cost per calendar period",
+            (
+                "kWh and cost of every period of the meter's calendar (its time zone; weeks"
+                " start on Monday) that overlaps the range, empty ones as zero rows. Only"
+                " blips inside the range count, to the minute: the first and last period may"
+                " be partial, and the total is the energy of the range."
+                " A day across a daylight-saving change has 23 or 25 hours. Cost follows the"
+                " meter's time-of-use tariff, or its `price_per_kwh`. At most 10000 rows; `next`"
+                " is the `from` of the rest."
+            ),
+            [
+                *meter_range,
+                {
+                    "name": "period",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"enum": ["hour", "day", "week", "month", "year"], "default": "day"},
+                },
+            ],
+            {"application/json": {"schema": _ref("Energy")}},
+        ),
+        "/meters/{id}/gaps": _get(
+            "getGaps", "Stretches without blips",
+            (
+                "Every stretch of the range (up to now) longer than `min_gap` ms between two"
+                " blips, or between the range's edge and a blip, split into the parts when"
+                " ingest was not listening (`logger_down`) and when it was but the meter did"
+                " not blink (`idle`), or `unknown` before the first recorded period of ingest."
+                " At most 10000 gaps; `next` is the `from` of the rest."
+            ),
+            [
+                *meter_range,
+                {
+                    "name": "min_gap",
+                    "in": "query",
+                    "required": False,
+                    "description": (
+                        "The shortest stretch counted, in ms; by default three times the mean"
+                        " blip interval of the range, and at least two minutes. Gaps of two"
+                        " minutes or more are found from the minute rollups, quickly for any"
+                        " range; shorter ones take reading every point of the range."
+                    ),
+                    "schema": {"type": "integer", "minimum": 1, "maximum": 10**15},
+                },
+            ],
+            {"application/json": {"schema": _ref("Gaps")}},
+        ),
+        "/meters/{id}/readings": _get(
+            "getReadings", "Every point",
+            (
+                "Every point of the range, oldest first, streamed without a row cap: as JSON,"
+                " or as CSV (`stamp,ms` header) to download."
+            ),
+            [
+                *meter_range,
+                {
+                    "name": "format",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"enum": ["json", "csv"], "default": "json"},
+                },
+            ],
+            {
+                "application/json": {"schema": _ref("Readings")},
+                "text/csv": {"schema": {"type": "string"}},
+            },
+        ),
+        "/live": _get(
+            "live", "Live points",
+            (
+                "With `Accept: text/event-stream`: a stream of Server-Sent Events, one"
+                " `point` event per new point (`id` is its stamp, `data` a LivePoint), and a"
+                " heartbeat comment every 15 s. A client reconnecting with `Last-Event-ID`"
+                " first gets every point of its meters after that stamp. Without it: the"
+                " newest point of each meter, as JSON."
+            ),
+            [
+                {
+                    "name": "meters",
+                    "in": "query",
+                    "required": False,
+                    "description": "Meter ids separated by commas; every meter by default.",
+                    "schema": {
+                        "type": "string",
+                        "pattern": "^[0-9]{1,10}(,[0-9]{1,10})*$",
+                        "maxLength": MAX_VALUE,
+                    },
+                },
+                {
+                    "name": "Last-Event-ID",
+                    "in": "header",
+                    "required": False,
+                    "description": "The `id` of the last event received, to resume after.",
+                    "schema": {"type": "string", "pattern": "^-?[0-9]{1,18}$"},
+                },
+            ],
+            {
+                "text/event-stream": {"schema": {"type": "string"}},
+                "application/json": {"schema": _ref("LiveSnapshot")},
+            },
+        ),
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "blipserver",
+            "version": blip.__version__,
+            "description": (
+                "Electricity meter readings. Times are unix ms; ranges are half-open"
+                " (`from` included, `to` left out); `from`/`to` also take ISO 8601. Every"
+                " error is `application/problem+json` with the message in `detail` and"
+                " `error`."
+            ),
+        },
+        "servers": [{"url": SERVER}],
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "parameters": parameters,
+            "responses": {
+                "Problem": {
+                    "description": "An error.",
+                    "content": {"application/problem+json": {"schema": _ref("Problem")}},
+                }
+            },
+        },
+    }

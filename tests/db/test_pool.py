@@ -1,0 +1,156 @@
+"""
+Tests of the connection pool and the database service against real
+servers: closing while a connection attempt hangs, waiting for a
+connection, reconnecting after the test cluster restarts, and a database
+that cannot be prepared stopping the daemon instead of being retried for
+ever.
+"""
+
+import select
+import socket
+
+import pytest_twisted
+from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThread
+
+from blip.counters import Counters
+from blip.db.pool import DatabaseService, Pool
+from blip.db.store import SCHEMA_LOCK, Store
+from tests import originals
+from tests.conftest import TIMEOUT
+from tests.web.test_legacy import wait_until
+
+
+@pytest_twisted.ensureDeferred
+async def test_closing_while_a_reconnection_attempt_hangs() -> None:
+    """
+    The first attempt is refused, so the pool retries; the retry reaches a
+    server that accepts and never answers. Closing the pool then (a daemon
+    stopping while its database host is unreachable) neither raises nor
+    says the database is alive.
+    """
+    from twisted.internet import reactor
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    port = silent.getsockname()[1]
+    pool = Pool(f"host=127.0.0.1 port={port} dbname=x connect_timeout=30", 1, reactor)
+    try:
+        await pool.start()
+        waiting = pool.when_alive()
+        silent.listen(8)
+        silent.setblocking(False)
+        await wait_until(lambda: select.select([silent], [], [], 0)[0] != [])
+        pool.close()
+        assert not pool.alive and not waiting.called
+        waiting.cancel()
+        waiting.addErrback(lambda f: None)
+    finally:
+        silent.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_reconnects_after_a_restart_and_says_so(database, stoppable_cluster) -> None:
+    """
+    The service prepares the database once; after the cluster restarts,
+    the pool's connections come back by themselves, when_alive fires, and
+    the reconnections are counted.
+    """
+    from twisted.internet import reactor
+
+    counters = Counters()
+    pool = Pool(database.dsn, 2, reactor, counters)
+    service = DatabaseService(pool, Store(pool).apply_schema)
+    service.startService()
+    try:
+        await service.when_ready()
+        assert pool.alive
+        await deferToThread(stoppable_cluster.stop)
+        await wait_until(lambda: not pool.alive)
+        back = pool.when_alive()
+        await deferToThread(stoppable_cluster.start)
+        await back
+        await wait_until(lambda: counters.db_reconnects == 2, 30)
+        assert (await pool.runQuery("SELECT 1")) == [(1,)]
+    finally:
+        service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_refused_database_is_fatal(database, log_events) -> None:
+    """
+    Preparing a database that is not blipserver's logs why as critical,
+    once, and calls ``fatal`` (which stops the daemon) instead of retrying.
+    """
+    from twisted.internet import reactor
+
+    originals.execute(database.dsn, "CREATE TABLE invoices (number INTEGER PRIMARY KEY)")
+    pool = Pool(database.dsn, 1, reactor)
+    stopped: Deferred[None] = Deferred()
+    service = DatabaseService(pool, Store(pool).apply_schema, fatal=lambda: stopped.callback(None))
+    service.startService()
+    try:
+        await stopped.addTimeout(TIMEOUT, reactor)
+    finally:
+        service.stopService()
+    critical = [e for e in log_events if e["log_level"].name == "critical"]
+    assert len(critical) == 1
+    assert critical[0]["log_format"].startswith("refusing to use the database")
+    assert "no readings table" in critical[0]["why"]
+    assert not service.ready
+
+
+@pytest_twisted.ensureDeferred
+async def test_stopping_while_preparing_is_not_a_failure(database, log_events) -> None:
+    """
+    A daemon stopped while the schema is being prepared (here: waiting for
+    another node's schema lock) is not failing: nothing critical is logged
+    and ``fatal`` is not called, so it exits with status 0. (txpostgres
+    still logs its failed rollback of the cancelled transaction.)
+    """
+    import psycopg2
+
+    from twisted.internet import reactor
+
+    holder = psycopg2.connect(database.dsn)
+    try:
+        with holder.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+            pool = Pool(database.dsn, 1, reactor)
+            fatal: list[None] = []
+            service = DatabaseService(pool, Store(pool).apply_schema, fatal=lambda: fatal.append(None))
+            service.startService()
+            await wait_until(
+                lambda: database.sql(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                )[0][0] == 1
+            )
+            service.stopService()
+            await deferLater(reactor, 0.1, lambda: None)
+    finally:
+        holder.close()
+    assert fatal == []
+    ours = [e for e in log_events if e.get("log_namespace", "").startswith("blip.")]
+    assert not [e for e in ours if e["log_level"].name == "critical"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_connections_notice_a_vanished_server(database) -> None:
+    """
+    The pool's connections have TCP keepalives and a user timeout unless
+    the connection string sets its own; its other settings still apply.
+    """
+    from twisted.internet import reactor
+
+    pool = Pool(f"{database.dsn} options='-c work_mem=7MB' keepalives_idle=5", 1, reactor)
+    await pool.start()
+    try:
+        assert await pool.runQuery("SELECT current_setting('work_mem')") == [("7MB",)]
+        (connection,) = pool._all
+        settings = connection._connection.get_dsn_parameters()
+        assert (settings["keepalives"], settings["keepalives_idle"], settings["tcp_user_timeout"]) == (
+            "1", "5", "60000"
+        )
+    finally:
+        pool.close()

@@ -1,0 +1,170 @@
+"""
+Tests of the spool: order, durability across a new process, a record torn
+by a crash, the memory cap, removal once drained, and a full disk.
+"""
+
+from pathlib import Path
+
+import pytest
+
+from blip.model import Point
+from blip.ingest.spool import HEADER, RECORD, Spool
+
+T0 = 1_700_000_000_000
+
+
+def points(count: int, meter: int = 1, start: int = T0) -> list[Point]:
+    """:return: ``count`` points a millisecond apart, ms = their index."""
+    return [Point(meter, start + i, i + 1) for i in range(count)]
+
+
+def test_points_come_back_in_order_and_the_file_goes_when_drained(tmp_path: Path) -> None:
+    """
+    Points are read back oldest first, stay until consumed, and the file
+    exists exactly while it holds points.
+    """
+    path = tmp_path / "spool"
+    spool = Spool(path)
+    assert spool.open() == []
+    assert not path.exists()
+    spool.append(points(3))
+    spool.append(points(2, meter=2))
+    spool.sync()
+    assert path.stat().st_size == len(HEADER) + 5 * RECORD.size
+    assert spool.peek(4) == points(3) + points(1, meter=2)
+    assert spool.peek(4) == points(3) + points(1, meter=2)
+    spool.consume(3)
+    assert len(spool) == 2
+    assert spool.peek(10) == points(2, meter=2)
+    spool.consume(2)
+    assert len(spool) == 0
+    assert not path.exists()
+    spool.append(points(1))
+    assert path.exists()
+    spool.close()
+
+
+def test_a_new_process_finds_what_the_last_one_left(tmp_path: Path) -> None:
+    """
+    A spool opened later on a file that was not drained reads all of it, in
+    order (points consumed before are read again: writing them twice is
+    harmless), and names each meter's newest point.
+    """
+    path = tmp_path / "spool"
+    first = Spool(path)
+    first.append(points(5) + points(3, meter=7, start=T0 + 100))
+    first.consume(2)
+    first.close()
+    second = Spool(path)
+    newest = second.open()
+    assert sorted(newest, key=lambda p: p.meter) == [Point(1, T0 + 4, 5), Point(7, T0 + 102, 3)]
+    assert second.peek(100) == points(5) + points(3, meter=7, start=T0 + 100)
+
+
+def test_points_are_in_the_file_before_sync(tmp_path: Path) -> None:
+    """
+    A point is in the file as soon as append returns: a process killed
+    before the next fsync loses nothing (only a power cut could).
+    """
+    path = tmp_path / "spool"
+    spool = Spool(path)
+    spool.append(points(1))
+    other = Spool(path)
+    assert other.open() == points(1)
+    spool.close()
+
+
+def test_a_record_torn_by_a_crash_is_dropped(tmp_path: Path, log_events) -> None:
+    """
+    A partial record at the end (a crash in the middle of a write) is cut
+    off with a warning; the whole records before it are kept, and records
+    appended after it line up.
+    """
+    path = tmp_path / "spool"
+    spool = Spool(path)
+    spool.append(points(2))
+    spool.close()
+    with open(path, "ab") as f:
+        f.write(RECORD.pack(1, T0 + 2, 3)[:7])
+    again = Spool(path)
+    again.open()
+    assert again.peek(10) == points(2)
+    again.append([Point(1, T0 + 9, 9)])
+    assert again.peek(10) == points(2) + [Point(1, T0 + 9, 9)]
+    assert any("torn" in e["log_format"] for e in log_events)
+    again.close()
+
+
+def test_past_the_memory_cap_the_file_alone_holds_the_points(tmp_path: Path) -> None:
+    """
+    Beyond the cap nothing more is kept in memory; points are read back
+    from the file in chunks, in order, and memory is used again once the
+    file is drained.
+    """
+    path = tmp_path / "spool"
+    spool = Spool(path, memory_cap=10)
+    spool.append(points(8))
+    assert spool._memory is not None
+    spool.append(points(17)[8:])
+    assert spool._memory is None
+    seen = []
+    while len(spool):
+        chunk = spool.peek(4)
+        seen.extend(chunk)
+        spool.consume(len(chunk))
+    assert seen == points(17)
+    assert not path.exists()
+    spool.append(points(1))
+    assert spool._memory is not None
+    spool.close()
+
+
+def test_a_file_that_is_not_a_spool_is_set_aside(tmp_path: Path, log_events) -> None:
+    """
+    A file with another header is not read as points: it is renamed, kept
+    for a person to look at, and a new spool starts.
+    """
+    path = tmp_path / "spool"
+    path.write_bytes(b"something else entirely")
+    spool = Spool(path)
+    assert spool.open() == []
+    assert len(spool) == 0
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith("spool.unknown-")]
+    assert len(aside) == 1
+    assert aside[0].read_bytes() == b"something else entirely"
+    assert any(e["log_level"].name == "error" for e in log_events)
+
+
+def test_an_empty_file_is_removed(tmp_path: Path) -> None:
+    """
+    An empty file (a crash right after creating it) holds nothing and is
+    removed.
+    """
+    path = tmp_path / "spool"
+    path.write_bytes(b"")
+    assert Spool(path).open() == []
+    assert not path.exists()
+
+
+def test_a_full_disk_fails_the_append_and_changes_nothing() -> None:
+    """
+    When the disk is full the append raises OSError and the spool holds
+    what it held before.
+    """
+    spool = Spool(Path("/dev/full"))
+    with pytest.raises(OSError):
+        spool.append(points(3))
+    assert len(spool) == 0
+    assert spool.peek(10) == []
+
+
+def test_memory_only_spool() -> None:
+    """
+    Without a path the spool keeps its points in memory, uncapped.
+    """
+    spool = Spool(None, memory_cap=2)
+    spool.append(points(5))
+    assert spool.peek(10) == points(5)
+    spool.consume(5)
+    assert len(spool) == 0
+    spool.close()

@@ -1,0 +1,367 @@
+"""
+Tests of ingest: live first, batches by time and size, order, retries after
+a failed write, the flush on stop, and the spool through database outages
+(the test cluster stopped mid-stream), restarts, stalls and a full disk.
+"""
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import pytest_twisted
+from twisted.internet.task import Clock, LoopingCall
+from twisted.internet.threads import deferToThread
+
+from blip.source.arduino import Stamps
+from blip.counters import Counters
+from blip.db.pool import Pool
+from blip.live.hub import Hub
+from blip.ingest.writer import BATCH_DELAY, BATCH_SIZE, MAX_STATEMENT, STOP_TIMEOUT, Ingest
+from blip.model import Point
+from blip.ingest.spool import Spool
+from blip.db.store import Store
+from tests.conftest import free_port
+from tests.web.test_legacy import wait_until
+
+T0 = 1_700_000_000_000
+
+
+def make_ingest(
+    store, spool: Optional[Spool] = None, clock=None
+) -> tuple[Ingest, Clock, Hub, Counters]:
+    """:return: an ingest on ``store`` and its clock, hub and counters."""
+    clock = clock or Clock()
+    hub = Hub()
+    counters = Counters()
+    ingest = Ingest(store, hub, Stamps(), clock, counters, spool, store.pool.when_alive)
+    return ingest, clock, hub, counters
+
+
+def rollups_match_readings(database) -> bool:
+    """
+    :return: whether both rollups equal a recount from readings.
+    """
+    for table, width in (("readings_minutely", 60000), ("readings_hourly", 3600000)):
+        recount = database.sql(
+            "SELECT id, stamp - stamp %% %s, count(*), sum(ms), min(ms), max(ms)"
+            "  FROM readings GROUP BY 1, 2 ORDER BY 1, 2",
+            (width,),
+        )
+        kept = database.sql(
+            f"SELECT id, stamp, events, sum_ms, min_ms, max_ms FROM {table} ORDER BY 1, 2"
+        )
+        if recount != kept:
+            return False
+    return True
+
+
+@pytest_twisted.ensureDeferred
+async def test_points_go_live_at_once_and_to_the_database_in_a_batch(store, database) -> None:
+    """
+    Each point reaches the hub on arrival; the database gets them in one
+    batch when the batch delay has passed.
+    """
+    ingest, clock, hub, counters = make_ingest(store)
+    await ingest.start()
+    for i in range(3):
+        ingest.receive(Point(1, T0 + i, 100))
+        assert hub.last(1) == Point(1, T0 + i, 100)
+    assert database.sql("SELECT count(*) FROM readings")[0][0] == 0
+    clock.advance(BATCH_DELAY)
+    await wait_until(lambda: counters.stored == 3)
+    assert database.sql("SELECT stamp FROM readings ORDER BY stamp") == [(T0,), (T0 + 1,), (T0 + 2,)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_full_batch_is_written_without_waiting(store) -> None:
+    """
+    A batch is written as soon as it holds BATCH_SIZE points.
+    """
+    ingest, clock, hub, counters = make_ingest(store)
+    await ingest.start()
+    for i in range(BATCH_SIZE):
+        ingest.receive(Point(1, T0 + i, 100))
+    await wait_until(lambda: counters.stored == BATCH_SIZE)
+
+
+@pytest_twisted.ensureDeferred
+async def test_failed_write_is_retried_in_order(store, database) -> None:
+    """
+    A batch the database refuses goes to the spool, ahead of later points,
+    and is written once the database takes it again; nothing is lost or
+    reordered.
+    """
+    ingest, clock, hub, counters = make_ingest(store)
+    await ingest.start()
+    database.sql("ALTER TABLE readings RENAME TO readings_away")
+    ingest.receive(Point(1, T0, 100))
+    clock.advance(BATCH_DELAY)
+    await wait_until(lambda: counters.write_failures == 1)
+    ingest.receive(Point(1, T0 + 1, 100))
+    assert [p.stamp for p in ingest.spool.peek(10)] == [T0, T0 + 1]
+    database.sql("ALTER TABLE readings_away RENAME TO readings")
+    clock.advance(30.0)
+    await wait_until(lambda: counters.stored == 2)
+    assert database.sql("SELECT stamp FROM readings ORDER BY stamp") == [(T0,), (T0 + 1,)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_stop_writes_what_is_queued(store, database) -> None:
+    """
+    Stopping writes the queued points before returning.
+    """
+    ingest, clock, hub, counters = make_ingest(store)
+    await ingest.start()
+    ingest.receive(Point(1, T0, 100))
+    await ingest.stop()
+    assert database.sql("SELECT count(*) FROM readings")[0][0] == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_start_seeds_stamps_and_hub(store) -> None:
+    """
+    At start, each meter's last stored point seeds the stamps (so new ones
+    come after it) and the hub (so /last answers at once).
+    """
+    await store.insert([Point(1, T0 + 5000, 10)])
+    ingest, clock, hub, counters = make_ingest(store)
+    await ingest.start()
+    assert hub.last(1) == Point(1, T0 + 5000, 10)
+    assert ingest.stamps.next(1, T0) == T0 + 5001
+
+
+@pytest_twisted.ensureDeferred
+async def test_points_wait_in_the_spool_until_the_database_is_ready(
+    store, database, tmp_path: Path
+) -> None:
+    """
+    Before the database is ready, points go live at once and into the spool
+    file as they arrive; once it is ready they are written in order and the
+    file is removed.
+    """
+    path = tmp_path / "spool"
+    ingest, clock, hub, counters = make_ingest(store, Spool(path))
+    ingest.open()
+    for i in range(3):
+        ingest.receive(Point(1, T0 + i, 100 + i))
+    assert hub.last(1) == Point(1, T0 + 2, 102)
+    assert Spool(path).open() == [Point(1, T0 + 2, 102)]
+    assert path.stat().st_size > 3 * 16
+    clock.advance(BATCH_DELAY)
+    assert counters.spooled == 3 and counters.backlog == 3
+    await ingest.start()
+    await wait_until(lambda: counters.stored == 3)
+    assert database.sql("SELECT stamp, ms FROM readings ORDER BY stamp") == [
+        (T0, 100), (T0 + 1, 101), (T0 + 2, 102)
+    ]
+    assert not path.exists()
+    assert counters.replayed == 3 and counters.backlog == 0
+    ingest.receive(Point(1, T0 + 10, 5))
+    clock.advance(BATCH_DELAY)
+    await wait_until(lambda: counters.stored == 4)
+    assert counters.spooled == 3
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_previous_runs_spool_is_written_first_and_seeds_the_stamps(
+    store, database, tmp_path: Path
+) -> None:
+    """
+    A spool left by a killed daemon seeds the stamps and the hub (the
+    database may be down at start, and the clock behind), and its points
+    are committed before the points of the new run.
+    """
+    path = tmp_path / "spool"
+    left = Spool(path)
+    left.append([Point(1, T0 + 5000, 7), Point(2, T0 + 6000, 8), Point(1, T0 + 7000, 9)])
+    left.close()
+    await store.insert([Point(1, T0, 1)])
+    ingest, clock, hub, counters = make_ingest(store, Spool(path))
+    ingest.open()
+    assert hub.last(1) == Point(1, T0 + 7000, 9)
+    assert ingest.stamps.next(1, T0 + 100) == T0 + 7001
+    assert ingest.stamps.next(2, T0 + 100) == T0 + 6001
+    ingest.receive(Point(1, T0 + 7002, 10))
+    await ingest.start()
+    await wait_until(lambda: counters.stored == 4)
+    # Commit order, read from the transaction ids that wrote the rows.
+    rows = database.sql(
+        "SELECT id, stamp FROM readings ORDER BY xmin::text::bigint, stamp"
+    )
+    assert rows == [(1, T0), (1, T0 + 5000), (2, T0 + 6000), (1, T0 + 7000), (1, T0 + 7002)]
+    assert not path.exists()
+
+
+@pytest_twisted.ensureDeferred
+async def test_spooled_points_already_stored_count_once(store, database, tmp_path: Path) -> None:
+    """
+    A spool holding points the database already has (committed just before
+    a crash) writes only the new ones: readings and rollups count each
+    point once.
+    """
+    path = tmp_path / "spool"
+    old = [Point(1, T0 + i * 1000, 1000) for i in range(5)]
+    new = [Point(1, T0 + (5 + i) * 1000, 1000) for i in range(5)]
+    await store.insert(old)
+    left = Spool(path)
+    left.append(old + new)
+    left.close()
+    ingest, clock, hub, counters = make_ingest(store, Spool(path))
+    ingest.open()
+    await ingest.start()
+    await wait_until(lambda: not path.exists())
+    assert counters.stored == 5 and counters.replayed == 10
+    assert database.sql("SELECT count(*), count(DISTINCT stamp) FROM readings") == [(10, 10)]
+    assert database.sql("SELECT events FROM readings_minutely") == [(10,)]
+    assert rollups_match_readings(database)
+
+
+@pytest_twisted.ensureDeferred
+async def test_database_stopped_mid_stream_loses_nothing(
+    store, database, tmp_path: Path, stoppable_cluster
+) -> None:
+    """
+    The test cluster is stopped while points keep arriving and started
+    again: every point is in readings exactly once, in order, with rollups
+    matching a recount, and the spool is gone.
+    """
+    from twisted.internet import reactor
+
+    path = tmp_path / "spool"
+    ingest, _, hub, counters = make_ingest(store, Spool(path), clock=reactor)
+    ingest.open()
+    await ingest.start()
+    sent: list[Point] = []
+
+    def blip() -> None:
+        point = Point(1, T0 + len(sent) * 10, 1000 + len(sent))
+        sent.append(point)
+        ingest.receive(point)
+
+    feeder = LoopingCall(blip)
+    feeder.start(0.005)
+    try:
+        await wait_until(lambda: counters.stored >= 20)
+        await deferToThread(stoppable_cluster.stop)
+        await wait_until(lambda: counters.write_failures >= 1)
+        spooled_at = len(sent)
+        await wait_until(lambda: len(sent) >= spooled_at + 50)
+        assert path.exists()
+        await deferToThread(stoppable_cluster.start)
+        await wait_until(lambda: counters.stored >= len(sent) - 5, 30)
+    finally:
+        feeder.stop()
+    await wait_until(lambda: counters.backlog == 0 and counters.stored == len(sent), 30)
+    rows = database.sql("SELECT id, stamp, ms FROM readings ORDER BY stamp")
+    assert rows == [(p.meter, p.stamp, p.ms) for p in sent]
+    assert rollups_match_readings(database)
+    assert counters.spooled > 0 and counters.write_failures >= 1
+    await ingest.stop()
+    assert not path.exists()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stalled_write_sends_points_to_the_spool(store, database, tmp_path: Path) -> None:
+    """
+    A write that takes longer than a batch period (here: blocked by a lock
+    another session holds) sends it and the points behind it to the spool,
+    so a kill in the meantime would lose nothing; once the lock goes,
+    everything is written exactly once.
+    """
+    import psycopg2
+    from twisted.internet import reactor
+
+    path = tmp_path / "spool"
+    ingest, _, hub, counters = make_ingest(store, Spool(path), clock=reactor)
+    ingest.open()
+    await ingest.start()
+    blocker = psycopg2.connect(database.dsn)
+    try:
+        blocker.cursor().execute("LOCK TABLE readings IN EXCLUSIVE MODE")
+        ingest.receive(Point(1, T0, 10))
+        await wait_until(lambda: ingest._writing is not None)
+        for i in range(1, 4):
+            ingest.receive(Point(1, T0 + i, 10))
+        await wait_until(lambda: counters.spooled == 4)
+        assert [p.stamp for p in Spool(path).open()] == [T0 + 3]
+    finally:
+        blocker.rollback()
+        blocker.close()
+    await wait_until(lambda: not path.exists())
+    assert database.sql("SELECT stamp FROM readings ORDER BY stamp") == [(T0 + i,) for i in range(4)]
+    assert counters.stored == 4
+    assert rollups_match_readings(database)
+    await ingest.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_memory_stays_bounded_in_a_long_outage(store, database, tmp_path: Path) -> None:
+    """
+    Through a long outage at a high rate, points go to the spool file, not
+    to a list: nothing waits in memory past the cap, and the backlog is
+    written in order in statements of MAX_STATEMENT points.
+    """
+    path = tmp_path / "spool"
+    count = 4 * MAX_STATEMENT + 123
+    ingest, clock, hub, counters = make_ingest(store, Spool(path, memory_cap=1000))
+    ingest.open()
+    for i in range(count):
+        ingest.receive(Point(1 + i % 2, T0 + i, 1 + i % 977))
+        if i % 1000 == 0:
+            clock.advance(BATCH_DELAY)
+    assert ingest.pending == []
+    assert ingest.spool._memory is None
+    assert path.stat().st_size == 8 + count * 16
+    await ingest.start()
+    await wait_until(lambda: counters.stored == count, 60)
+    assert database.sql("SELECT count(*), min(stamp), max(stamp) FROM readings") == [
+        (count, T0, T0 + count - 1)
+    ]
+    assert rollups_match_readings(database)
+    assert not path.exists()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_full_disk_keeps_points_in_memory(store, database, log_events) -> None:
+    """
+    When the spool cannot be written the points stay in memory, the error
+    is logged once, and they are written when the database is ready.
+    """
+    ingest, clock, hub, counters = make_ingest(store, Spool(Path("/dev/full")))
+    for i in range(3):
+        ingest.receive(Point(1, T0 + i, 10))
+    clock.advance(BATCH_DELAY)
+    assert len(ingest.pending) == 3
+    errors = [e for e in log_events if "cannot write the spool" in e["log_format"]]
+    assert len(errors) == 1
+    await ingest.start()
+    clock.advance(BATCH_DELAY)
+    await wait_until(lambda: counters.stored == 3)
+
+
+@pytest_twisted.ensureDeferred
+async def test_stop_with_the_database_unreachable_is_quick_and_spools(tmp_path: Path) -> None:
+    """
+    Stopping while the database cannot be reached takes no longer than the
+    stop timeout and leaves every point in the spool file for the next run.
+    """
+    from twisted.internet import reactor
+
+    pool = Pool(f"host=127.0.0.1 port={free_port()} dbname=nothing connect_timeout=2", 2, reactor)
+    await pool.start()
+    store = Store(pool)
+    path = tmp_path / "spool"
+    try:
+        ingest, _, hub, counters = make_ingest(store, Spool(path), clock=reactor)
+        ingest.open()
+        for i in range(5):
+            ingest.receive(Point(1, T0 + i, 10))
+        started = time.monotonic()
+        await ingest.stop()
+        assert time.monotonic() - started < STOP_TIMEOUT + 1
+        assert [p.stamp for p in Spool(path).open()] == [T0 + 4]
+        left = Spool(path)
+        left.open()
+        assert left.peek(10) == [Point(1, T0 + i, 10) for i in range(5)]
+    finally:
+        pool.close()
