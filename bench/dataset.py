@@ -10,8 +10,8 @@ has no counterpart in the daemon.
 
 import time
 
-from blip.db.store import SyncStore
 from bench.harness import BenchCluster, note
+from blip.db.store import SyncStore
 
 #: Changing how data is generated changes this, which regenerates caches.
 VERSION = 2

@@ -26,8 +26,18 @@ import time
 from typing import Any, Optional
 
 from bench.harness import (
-    BenchCluster, Daemon, Profiler, Pty, cpu_seconds, emit, note, parse_args, percentiles,
-    raise_open_files, rss_kib, wait_idle,
+    BenchCluster,
+    Daemon,
+    Profiler,
+    Pty,
+    cpu_seconds,
+    emit,
+    note,
+    parse_args,
+    percentiles,
+    raise_open_files,
+    rss_kib,
+    wait_idle,
 )
 
 DATABASE = "bench_fanout"

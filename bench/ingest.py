@@ -12,7 +12,15 @@ import time
 from typing import Any
 
 from bench.harness import (
-    BenchCluster, Daemon, Profiler, Pty, cpu_seconds, emit, note, parse_args, rss_kib,
+    BenchCluster,
+    Daemon,
+    Profiler,
+    Pty,
+    cpu_seconds,
+    emit,
+    note,
+    parse_args,
+    rss_kib,
 )
 
 DATABASE = "bench_ingest"

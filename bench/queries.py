@@ -21,8 +21,18 @@ from typing import Any, Optional
 
 from bench import dataset
 from bench.harness import (
-    APPLICATION, BenchCluster, Daemon, Profiler, Pty, cpu_seconds, emit, http_get, need_wrk, note,
-    parse_args, percentiles,
+    APPLICATION,
+    BenchCluster,
+    Daemon,
+    Profiler,
+    Pty,
+    cpu_seconds,
+    emit,
+    http_get,
+    need_wrk,
+    note,
+    parse_args,
+    percentiles,
 )
 
 DAY = 86_400_000

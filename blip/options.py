@@ -15,21 +15,15 @@ import psycopg2.extensions
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
-from blip.web import access
+from blip.common.env import env_name
 from blip.db.embedded import EmbeddedError, server_bindir, server_user
 from blip.meters import Meters, MetersError
 from blip.mqtt.publish import Broker, BrokerError, parse_broker
+from blip.web import access
 
 ROLES = ("all", "ingest", "web")
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")
-
-
-def env_name(option: str) -> str:
-    """
-    :return: the environment variable that sets ``option``.
-    """
-    return "BLIP_" + option.upper().replace("-", "_")
 
 
 class Options(usage.Options):

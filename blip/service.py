@@ -3,51 +3,44 @@ Wiring: builds the daemon's objects from its options and puts them in a
 service tree. No logic lives here.
 """
 
-import atexit
 # Loaded now, not on the first request: werkzeug's routing encodes each
 # request's host name as IDNA, and once twistd --uid/--gid has made the
 # daemon another user, Python's library may be out of its reach.
 import encodings.idna  # noqa: F401
 import gc
-import os
-import signal
-import sys
 from pathlib import Path
 from typing import Any, Optional
 
 from prometheus_client import CollectorRegistry
 from twisted.application import strports
 from twisted.application.internet import TimerService
-from twisted.application.service import IService, MultiService, Service
-from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.error import ReactorNotRunning
+from twisted.application.service import IService
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
-from twisted.web.server import Site
 
-from blip.web.access import Rules, protect
-from blip.web.v1.routes import ApiV1
-from blip.source.arduino import MeterFactory, SerialEndpoint, SerialService, Stamps
-from blip.counters import Counters, CountersLog
-from blip.db.pool import DatabaseService, Pool, PoolService
-from blip.db.embedded import Cluster, EmbeddedPostgres
-from blip.web.front import Channel
-from blip.live.hub import Hub, HubService
-from blip.ingest.writer import Ingest, IngestService
-from blip.web.v1.live import Live, LiveService
-from blip.db.meter_table import MeterTable
-from blip.web.metrics import RequestMetrics, StateCollector
-from blip.mqtt.publish import mqtt_service
-from blip.live.notify import Listener, ListenerService
-from blip.web.health import Health, Operations
-from blip.options import TwistdOptions as Options
-from blip.ingest.periods import Periods, PeriodsService
-from blip.source.simulate import SimulatedHistory, SimulatorService
-from blip.web.site import site_root
-from blip.ingest.spool import Spool
+from blip.common.lifecycle import CleanExit, Sequence
 from blip.common.statelock import StateDirInUse, hold, note_process
+from blip.counters import Counters, CountersLog
+from blip.db.embedded import Cluster, EmbeddedPostgres
+from blip.db.meter_table import MeterTable
+from blip.db.pool import DatabaseService, Pool, PoolService
 from blip.db.store import Store
+from blip.ingest.periods import Periods, PeriodsService
+from blip.ingest.spool import Spool
+from blip.ingest.stamps import Stamps
+from blip.ingest.writer import Ingest, IngestService
+from blip.live.hub import Hub, HubService
+from blip.live.notify import Listener, ListenerService
+from blip.mqtt.publish import mqtt_service
+from blip.options import TwistdOptions as Options
+from blip.source.arduino import MeterFactory, SerialEndpoint, SerialService
+from blip.source.simulate import SimulatedHistory, SimulatorService
+from blip.web.access import Rules, protect
+from blip.web.health import Health, Operations
 from blip.web.legacy import LegacyApi
+from blip.web.metrics import RequestMetrics, StateCollector
+from blip.web.site import QuietSite, site_root
+from blip.web.v1.live import Live, LiveService
+from blip.web.v1.routes import ApiV1
 
 __all__ = ["Options", "makeService", "make_service"]
 
@@ -63,86 +56,6 @@ SPOOL = "spool"
 METERS_REFRESH = 60.0
 #: Where ingest periods not yet recorded wait over a restart, in the state dir.
 PERIODS = "ingest-periods.json"
-
-
-class QuietSite(Site):
-    """
-    A site that writes no access log: a proxy in front keeps one, and a
-    line per answered long-poll would drown everything else.
-    """
-
-    # Twisted takes any HTTP channel class here, though its type names only
-    # its default, a wrapper that can switch to HTTP/2 (blipserver speaks
-    # HTTP/1.1).
-    protocol = Channel  # type: ignore[assignment]
-
-    def log(self, request: Any) -> None:
-        pass
-
-
-class Sequence(MultiService):
-    """
-    Starts its services in the order they were added and stops them in the
-    reverse order, each one after the previous has finished stopping (a
-    plain MultiService stops them all at once).
-    """
-
-    def stopService(self) -> "Deferred[None]":
-        Service.stopService(self)
-
-        async def stop_all() -> None:
-            for service in reversed(list(self)):
-                await maybeDeferred(service.stopService)
-
-        return Deferred.fromCoroutine(stop_all())
-
-
-class CleanExit(Service):
-    """
-    Makes SIGTERM and SIGINT stop the daemon with exit status 0 once it has
-    shut down in order (twistd otherwise ends by re-raising the signal, so
-    a clean stop would look like a kill).
-    """
-
-    log = Logger()
-
-    def __init__(self, reactor: Any) -> None:
-        self.reactor = reactor
-
-    def startService(self) -> None:
-        super().startService()
-        self.reactor.callWhenRunning(self._install)
-
-    def _install(self) -> None:
-        for number in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(number, self._stop)
-
-    def _stop(self, number: int, frame: Any) -> None:
-        self.log.info("received {name}, stopping", name=signal.Signals(number).name)
-        self.reactor.callFromThread(self.reactor.stop)
-
-    def fail(self) -> None:
-        """
-        Stop the daemon in order and make it exit with status 1, so that
-        whoever runs it (a shell, systemd) sees that it failed. twistd
-        itself always exits 0 after a stop, so the status is set once it
-        has finished, by the last exit handler.
-        """
-        self.log.critical("stopping; blipserver will exit with status 1")
-        atexit.register(_exit_with, 1)
-        try:
-            self.reactor.stop()
-        except ReactorNotRunning:
-            pass
-
-
-def _exit_with(status: int) -> None:
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
-    os._exit(status)
 
 
 def make_service(options: Options, reactor: Any = None, clock: Optional[IReactorTime] = None) -> IService:

@@ -27,8 +27,8 @@ import pytest_twisted
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import globalLogPublisher
 
-from blip.db.pool import Pool
 from blip.db.embedded import Cluster, EmbeddedError
+from blip.db.pool import Pool
 from blip.db.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -466,8 +466,8 @@ if TYPE_CHECKING:
     from twisted.web.http_headers import Headers
 
     from blip.live.hub import Hub
-    from blip.web.v1.live import Live
     from blip.web.health import Health
+    from blip.web.v1.live import Live
 
 
 @dataclass
@@ -513,16 +513,16 @@ async def serve(store: Store) -> AsyncIterator:
     from twisted.internet import reactor
     from twisted.internet.task import Clock
 
-    from blip.web.v1.routes import ApiV1
     from blip.counters import Counters
     from blip.live.hub import Hub
-    from blip.web.v1.live import Live
     from blip.meters import Meters
-    from blip.web.metrics import RequestMetrics, StateCollector
+    from blip.service import STATIC
     from blip.web.health import Health, Operations
-    from blip.service import STATIC, QuietSite
-    from blip.web.site import site_root
     from blip.web.legacy import LegacyApi
+    from blip.web.metrics import RequestMetrics, StateCollector
+    from blip.web.site import QuietSite, site_root
+    from blip.web.v1.live import Live
+    from blip.web.v1.routes import ApiV1
 
     ports, lives = [], []
 

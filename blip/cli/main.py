@@ -31,12 +31,12 @@ import psycopg2
 import psycopg2.extensions
 
 from blip.cli import rollups, transfer
+from blip.common.env import env_name
 from blip.db.embedded import Cluster, EmbeddedError
+from blip.db.layouts import LAYOUTS, SCHEMA_VERSION, Refused
+from blip.db.store import STAMP_MAX, SyncStore
 from blip.meters import default_meter
 from blip.model import INT_MAX
-from blip.options import env_name
-from blip.db.store import STAMP_MAX, SyncStore
-from blip.db.layouts import LAYOUTS, SCHEMA_VERSION, Refused
 
 
 class CommandError(Exception):

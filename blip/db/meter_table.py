@@ -20,9 +20,9 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from blip.db.pool import RETRIABLE
+from blip.db.store import Store
 from blip.meters import Meters, default_meter
 from blip.model import Point
-from blip.db.store import Store
 
 Receive = Callable[[Point], None]
 

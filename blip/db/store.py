@@ -20,10 +20,10 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from blip.db import layouts
+from blip.db.layouts import Catalog, Column, Grant, Outcome, Trigger
 from blip.db.pool import Pool
 from blip.meters import Meter
 from blip.model import DEFAULT_METER, Point
-from blip.db.layouts import Catalog, Column, Grant, Outcome, Trigger
 
 Row = tuple[Any, ...]
 T = TypeVar("T")

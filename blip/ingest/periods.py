@@ -30,8 +30,8 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from blip.db.store import Store
 from blip.common.waiting import within
+from blip.db.store import Store
 
 #: Seconds between two refreshes of the open period's ``alive_at``: how
 #: precisely the end of a period cut short by a crash is known.

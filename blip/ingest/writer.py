@@ -24,14 +24,14 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from blip.source.arduino import Stamps
+from blip.common.waiting import within
 from blip.counters import Counters
 from blip.db.pool import RETRIABLE
+from blip.db.store import Store
+from blip.ingest.spool import Spool
+from blip.ingest.stamps import Stamps
 from blip.live.hub import Hub
 from blip.model import Point
-from blip.ingest.spool import Spool
-from blip.db.store import Store
-from blip.common.waiting import within
 
 #: A batch is written this many seconds after its first point at the latest.
 BATCH_DELAY = 0.05

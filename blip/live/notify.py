@@ -30,10 +30,15 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from blip.counters import Counters
-from blip.db.pool import RETRIABLE, connection_settings, own_connection, reconnect_delays
+from blip.db.pool import (
+    RETRIABLE,
+    connection_settings,
+    own_connection,
+    reconnect_delays,
+)
+from blip.db.store import CHANNEL, STAMP_MAX, STAMP_MIN, Store, listen
 from blip.live.hub import Hub
 from blip.model import INT_MAX, Point
-from blip.db.store import CHANNEL, STAMP_MAX, STAMP_MIN, Store, listen
 
 #: Points read from the database per query when catching up.
 CATCH_UP_PAGE = 5000

@@ -32,9 +32,9 @@ availability and the latest states are published again.
 import json
 import re
 import socket
+import typing
 from collections import deque
 from dataclasses import dataclass, field
-import typing
 from typing import Any, Callable, Iterable, Optional
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -58,10 +58,10 @@ from twisted.python.failure import Failure
 
 from blip import __version__
 from blip.db.pool import RETRIABLE
+from blip.db.store import Store
 from blip.live.hub import Hub
 from blip.meters import Meter, Meters
 from blip.model import Point
-from blip.db.store import Store
 
 #: Default ports of mqtt:// and mqtts://.
 PORTS = {"mqtt": 1883, "mqtts": 8883}

@@ -29,8 +29,8 @@ from blip.meters import Meter
 from blip.model import DEFAULT_METER, Point
 
 if TYPE_CHECKING:
-    from blip.source.arduino import MeterFactory
     from blip.db.store import Store
+    from blip.source.arduino import MeterFactory
 
 #: Appliances switched on at random: (name, watts, shortest, longest run in s).
 APPLIANCES = [

@@ -16,7 +16,14 @@ are ignored. A connection over a Unix socket counts as coming from
 """
 
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
+from ipaddress import (
+    IPv4Address,
+    IPv4Network,
+    IPv6Address,
+    IPv6Network,
+    ip_address,
+    ip_network,
+)
 from typing import Any, Optional, Sequence, Union
 
 from twisted.internet import address

@@ -15,9 +15,9 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 
+from blip.db.store import Store
 from blip.live.hub import Hub
 from blip.model import Point
-from blip.db.store import Store
 from blip.web.legacy import answer_error
 
 #: Seconds the database has to answer a health check.

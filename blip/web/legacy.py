@@ -27,10 +27,10 @@ from twisted.web.static import File, getTypeAndEncoding
 from werkzeug.exceptions import HTTPException
 
 from blip.db.pool import RETRIABLE
+from blip.db.store import Store
 from blip.live.hub import Hub, TooManyWaiters
 from blip.meters import Meters
 from blip.model import DEFAULT_METER, INT_MAX
-from blip.db.store import Store
 
 #: Most digits a number in a path may have.
 MAX_DIGITS = 15

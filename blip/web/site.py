@@ -9,12 +9,13 @@ from typing import Any, Mapping
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
+from twisted.web.server import Site
 
-from blip.web.v1.routes import ApiV1
-from blip.web.front import Guard, HotRoutes
-from blip.web.metrics import Metered, RequestMetrics, route_of
+from blip.web.front import Channel, Guard, HotRoutes
 from blip.web.health import Operations
 from blip.web.legacy import LegacyApi
+from blip.web.metrics import Metered, RequestMetrics, route_of
+from blip.web.v1.routes import ApiV1
 
 
 class Mount(Resource):
@@ -52,3 +53,18 @@ def site_root(
     mount = Mount({first: app.resource() for first, app in apps.items()}, legacy.app.resource())
     hot = HotRoutes(legacy.hub, legacy.meters, legacy.clock, legacy.longpoll_timeout, reactor)
     return Metered(Guard(hot, mount), route_of(apps, legacy.app), metrics)
+
+
+class QuietSite(Site):
+    """
+    A site that writes no access log: a proxy in front keeps one, and a
+    line per answered long-poll would drown everything else.
+    """
+
+    # Twisted takes any HTTP channel class here, though its type names only
+    # its default, a wrapper that can switch to HTTP/2 (blipserver speaks
+    # HTTP/1.1).
+    protocol = Channel  # type: ignore[assignment]
+
+    def log(self, request: Any) -> None:
+        pass

@@ -19,19 +19,20 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.task import Clock
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
 
+from blip.db.layouts import ORIGINAL_MULTI, ORIGINAL_SINGLE, SCHEMA_VERSION, Refused
 from blip.db.pool import Pool
+from blip.db.store import Store, schema_sql
 from blip.live.hub import Hub
 from blip.meters import Meters
 from blip.model import Point
-from blip.service import STATIC, QuietSite
-from blip.db.store import Store, schema_sql
-from blip.db.layouts import ORIGINAL_MULTI, ORIGINAL_SINGLE, SCHEMA_VERSION, Refused
+from blip.service import STATIC
 from blip.web.front import root
 from blip.web.legacy import LegacyApi
+from blip.web.site import QuietSite
 from tests import originals
 from tests.conftest import ROOT, TIMEOUT
-from tests.test_service import eventually
 from tests.originals import HOUR, MINUTE, MULTI, SINGLE_WITH_MINUTES, T0
+from tests.test_service import eventually
 
 #: Readings per meter in the layouts built here: about 12 hours.
 ROWS = 12_000

@@ -8,11 +8,11 @@ from collections.abc import Callable
 import pytest_twisted
 from twisted.internet.task import Clock, deferLater
 
-from blip.db.pool import Pool
 from blip.db.meter_table import MeterTable
+from blip.db.pool import Pool
+from blip.db.store import Store
 from blip.meters import Meter, Meters
 from blip.model import Point
-from blip.db.store import Store
 
 HOUSE = Meter(1, "Hus", "", 600.0, 4.0, 2.0, "kr", "Europe/Copenhagen")
 WORKSHOP = Meter(2, "Værksted", "Lathe", 1000.0, 1.0, 2.0, "kr", "Europe/Copenhagen")

@@ -110,7 +110,6 @@ async def test_stopping_while_preparing_is_not_a_failure(database, log_events) -
     still logs its failed rollback of the cancelled transaction.)
     """
     import psycopg2
-
     from twisted.internet import reactor
 
     holder = psycopg2.connect(database.dsn)

@@ -11,8 +11,8 @@ import pytest_twisted
 from twisted.internet.defer import Deferred, gatherResults
 
 from blip.db.pool import Pool
-from blip.model import Point
 from blip.db.store import Store
+from blip.model import Point
 
 MINUTE = 60_000
 HOUR = 3_600_000

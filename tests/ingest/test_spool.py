@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from blip.model import Point
 from blip.ingest.spool import HEADER, RECORD, Spool
+from blip.model import Point
 
 T0 = 1_700_000_000_000
 

@@ -12,14 +12,20 @@ import pytest_twisted
 from twisted.internet.task import Clock, LoopingCall
 from twisted.internet.threads import deferToThread
 
-from blip.source.arduino import Stamps
 from blip.counters import Counters
 from blip.db.pool import Pool
-from blip.live.hub import Hub
-from blip.ingest.writer import BATCH_DELAY, BATCH_SIZE, MAX_STATEMENT, STOP_TIMEOUT, Ingest
-from blip.model import Point
-from blip.ingest.spool import Spool
 from blip.db.store import Store
+from blip.ingest.spool import Spool
+from blip.ingest.stamps import Stamps
+from blip.ingest.writer import (
+    BATCH_DELAY,
+    BATCH_SIZE,
+    MAX_STATEMENT,
+    STOP_TIMEOUT,
+    Ingest,
+)
+from blip.live.hub import Hub
+from blip.model import Point
 from tests.conftest import free_port
 from tests.web.test_legacy import wait_until
 

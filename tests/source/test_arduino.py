@@ -18,17 +18,16 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import LogLevel
 
+from blip.counters import Counters
+from blip.ingest.stamps import Stamps
+from blip.model import INT_MAX, Point
 from blip.source.arduino import (
     MAX_BLIP_LINE,
     MeterFactory,
-    MeterProtocol,
     SerialEndpoint,
     SerialService,
-    Stamps,
     unescape,
 )
-from blip.counters import Counters
-from blip.model import INT_MAX, Point
 from tests.web.test_legacy import wait_until
 
 

@@ -9,10 +9,11 @@ import time
 import pytest_twisted
 from twisted.internet.task import Clock
 
-from blip.source.arduino import MeterFactory, Stamps
 from blip.counters import Counters
+from blip.ingest.stamps import Stamps
 from blip.meters import Meter
 from blip.model import Point
+from blip.source.arduino import MeterFactory
 from blip.source.simulate import House, SimulatedHistory, SimulatorService, history
 from tests.live.test_notify import announcements  # noqa: F401 (a fixture)
 from tests.web.test_legacy import wait_until

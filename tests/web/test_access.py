@@ -17,14 +17,22 @@ from twisted.internet.task import Clock
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from twisted.web.http_headers import Headers
 
-from blip.web.access import Rules, forwarded_for, header_address, network, peer_address, protect
 from blip.counters import Counters
 from blip.live.hub import Hub
 from blip.meters import Meters
 from blip.model import Point
-from blip.service import STATIC, QuietSite
+from blip.service import STATIC
+from blip.web.access import (
+    Rules,
+    forwarded_for,
+    header_address,
+    network,
+    peer_address,
+    protect,
+)
 from blip.web.front import root
 from blip.web.legacy import LegacyApi
+from blip.web.site import QuietSite
 from tests.conftest import TIMEOUT
 from tests.test_service import get
 

@@ -14,8 +14,8 @@ from blip.counters import GAUGES, Counters
 from blip.meters import Meters
 from blip.model import Point
 from tests.conftest import Served
-from tests.web.v1.test_live import subscribe
 from tests.web.test_legacy import wait_until
+from tests.web.v1.test_live import subscribe
 
 
 @pytest_twisted.ensureDeferred

@@ -7,7 +7,6 @@ import json
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Optional
 from urllib.parse import quote
 
@@ -15,18 +14,19 @@ import pytest
 import pytest_twisted
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock, deferLater
 from twisted.internet.threads import deferToThread
+from twisted.web.client import Agent, HTTPConnectionPool, readBody
 
+from blip.db.store import Store
 from blip.live.hub import Hub
 from blip.meters import Meter, Meters
 from blip.model import Point
-from blip.service import STATIC, QuietSite
-from blip.db.store import Store
+from blip.service import STATIC
 from blip.web.front import root
 from blip.web.legacy import LegacyApi
+from blip.web.site import QuietSite
 from tests.conftest import ROOT
 
 HOUR = 3_600_000

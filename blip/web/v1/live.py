@@ -28,11 +28,11 @@ from twisted.web.iweb import IRequest
 from twisted.web.server import Request
 from zope.interface import implementer
 
-from blip.web.front import send_now
+from blip.db.store import Store
 from blip.live.hub import Hub
 from blip.meters import Meter, Meters
 from blip.model import INT_MAX, Point
-from blip.db.store import Store
+from blip.web.front import send_now
 from blip.web.v1.export import unregister
 
 #: Seconds between heartbeat comments.

@@ -24,16 +24,24 @@ from twisted.web.resource import IResource
 from twisted.web.server import Request
 from werkzeug.exceptions import MethodNotAllowed
 
+from blip.db.store import Store
 from blip.live.hub import Hub
-from blip.web.v1.live import Live
 from blip.meters import Meter, Meters
 from blip.model import Point
+from blip.web.legacy import (
+    MODERN_PREFIX,
+    ApiError,
+    NotFound,
+    describe_error,
+    meter_id,
+    no_content,
+    problem,
+)
+from blip.web.v1.export import Export
+from blip.web.v1.live import Live
 from blip.web.v1.openapi import document
 from blip.web.v1.query import EARLIEST, BadParameter, Query
 from blip.web.v1.series import Series
-from blip.db.store import Store
-from blip.web.v1.export import Export
-from blip.web.legacy import MODERN_PREFIX, ApiError, NotFound, describe_error, meter_id, no_content, problem
 
 PREFIX = MODERN_PREFIX.decode()
 #: Rows of a power series unless asked otherwise, and at most.

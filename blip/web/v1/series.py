@@ -11,9 +11,9 @@ from datetime import datetime, timedelta, timezone
 from functools import lru_cache
 from typing import Optional
 
-from blip.meters import Meter
-from blip.ingest.periods import ALIVE_INTERVAL
 from blip.db.store import Row, Store
+from blip.ingest.periods import ALIVE_INTERVAL
+from blip.meters import Meter
 
 MINUTE = 60_000
 HOUR = 3_600_000

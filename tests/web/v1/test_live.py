@@ -18,9 +18,9 @@ from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 
-from blip.web.v1.live import HEARTBEAT, MAX_BACKLOG, PAGE
 from blip.meters import Meter, Meters
 from blip.model import Point
+from blip.web.v1.live import HEARTBEAT, MAX_BACKLOG, PAGE
 from tests.conftest import TIMEOUT, Served, within
 from tests.web.test_legacy import wait_until
 

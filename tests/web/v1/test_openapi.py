@@ -11,8 +11,8 @@ from pathlib import Path
 
 from openapi_spec_validator import validate
 
-from blip.web.v1.routes import ApiV1
 from blip.web.v1.openapi import document
+from blip.web.v1.routes import ApiV1
 from tests.conftest import Database
 
 HOUR = 3_600_000

@@ -23,11 +23,11 @@ from referencing.jsonschema import DRAFT202012
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 
+from blip.db.store import Store
 from blip.meters import Meter, Meters, TariffRule
 from blip.model import Point
-from blip.web.v1.openapi import document
-from blip.db.store import Store
 from blip.web.v1.export import PAGE, Export
+from blip.web.v1.openapi import document
 from tests.conftest import Served, within
 
 HOUR = 3_600_000

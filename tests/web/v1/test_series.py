@@ -11,10 +11,10 @@ from zoneinfo import ZoneInfo
 import pytest
 import pytest_twisted
 
+from blip.db.store import Store
 from blip.meters import Meter, TariffRule
 from blip.model import Point
 from blip.web.v1.series import HOUR, MINUTE, Series, whole_hours
-from blip.db.store import Store
 
 T0 = 1_700_000_000_000 - 1_700_000_000_000 % HOUR
 METER = Meter(1, pulses_per_kwh=600.0, multiplier=4.0, price_per_kwh=2.0)
