@@ -32,7 +32,8 @@ from blip.live.hub import Hub, HubService
 from blip.live.notify import Listener, ListenerService
 from blip.mqtt.publish import mqtt_service
 from blip.options import TwistdOptions as Options
-from blip.source.arduino import MeterFactory, SerialEndpoint, SerialService
+from blip.source.arduino import MeterFactory
+from blip.source.device import SerialEndpoint, SerialService
 from blip.source.simulate import SimulatedHistory, SimulatorService
 from blip.web.access import Rules, protect
 from blip.web.health import Health, Operations
