@@ -30,7 +30,7 @@ from blip.ingest.stamps import Stamps
 from blip.ingest.writer import Ingest, IngestService
 from blip.live.hub import Hub, HubService
 from blip.live.notify import Listener, ListenerService
-from blip.mqtt.publish import mqtt_service
+from blip.mqtt.service import mqtt_service
 from blip.options import TwistdOptions as Options
 from blip.source.arduino import MeterFactory
 from blip.source.device import SerialEndpoint, SerialService
