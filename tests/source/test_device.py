@@ -154,3 +154,26 @@ async def test_a_device_missing_at_start_is_waited_for(meter_link, log_events) -
         "cannot open serial device {device}: {why}; waiting for it"
     ]
     assert r.events == ["opened"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_first_opening_reads_the_device_held_before(meter_link) -> None:
+    """
+    A device opened by ``hold()`` (as root, before twistd gives up its
+    privileges) is what the first opening reads, with the lines it sent
+    before, even if its path can no longer be opened.
+    """
+    from twisted.internet import reactor
+
+    r = Recorder()
+    endpoint = SerialEndpoint(reactor, str(meter_link.path), 9600, r.counters)
+    endpoint.hold()
+    meter_link.path.unlink()
+    meter_link.write(b"tail\n7\n")
+    protocol = await endpoint.connect(r.factory)
+    try:
+        await wait_until(lambda: [p.ms for p in r.points] == [7])
+        assert r.counters.serial_opens == 1 and r.events == ["opened"]
+    finally:
+        r.factory.stopping = True
+        protocol.transport.loseConnection()
