@@ -34,7 +34,9 @@ from twisted.internet.task import LoopingCall, deferLater  # noqa: E402
 from blip.live.hub import Hub  # noqa: E402
 from blip.meters import Meter, Meters  # noqa: E402
 from blip.model import Point  # noqa: E402
-from blip.mqtt.publish import Link, Publisher, broker_endpoint, parse_broker  # noqa: E402
+from blip.mqtt.broker import parse_broker  # noqa: E402
+from blip.mqtt.connection import Link, broker_endpoint  # noqa: E402
+from blip.mqtt.publisher import Publisher  # noqa: E402
 
 POINTS = 100_000
 

@@ -18,7 +18,7 @@ from twisted.python import usage
 from blip.common.env import env_name
 from blip.db.embedded import EmbeddedError, server_bindir, server_user
 from blip.meters import Meters, MetersError
-from blip.mqtt.publish import Broker, BrokerError, parse_broker
+from blip.mqtt.broker import Broker, BrokerError, parse_broker
 from blip.web import access
 
 ROLES = ("all", "ingest", "web")

@@ -17,7 +17,7 @@ from twisted.application.internet import TimerService
 from twisted.application.service import IService
 from twisted.internet.interfaces import IReactorTime
 
-from blip.common.lifecycle import CleanExit, Sequence
+from blip.common.lifecycle import AfterReady, CleanExit, Sequence
 from blip.common.statelock import StateDirInUse, hold, note_process
 from blip.counters import Counters, CountersLog
 from blip.db.embedded import Cluster, EmbeddedPostgres
@@ -27,12 +27,13 @@ from blip.db.store import Store
 from blip.ingest.periods import Periods, PeriodsService
 from blip.ingest.spool import Spool
 from blip.ingest.stamps import Stamps
-from blip.ingest.writer import Ingest, IngestService
+from blip.ingest.writer import Ingest
 from blip.live.hub import Hub, HubService
-from blip.live.notify import Listener, ListenerService
-from blip.mqtt.publish import mqtt_service
+from blip.live.notify import Listener
+from blip.mqtt.service import mqtt_service
 from blip.options import TwistdOptions as Options
-from blip.source.arduino import MeterFactory, SerialEndpoint, SerialService
+from blip.source.arduino import MeterFactory
+from blip.source.device import SerialEndpoint, SerialService
 from blip.source.simulate import SimulatedHistory, SimulatorService
 from blip.web.access import Rules, protect
 from blip.web.health import Health, Operations
@@ -99,7 +100,9 @@ def make_service(options: Options, reactor: Any = None, clock: Optional[IReactor
         stamps = Stamps()
         spool = Spool(options["state-dir"] / SPOOL)
         ingest = Ingest(store, hub, stamps, clock, counters, spool, pool.when_alive)
-        IngestService(ingest, database.when_ready).setServiceParent(top)
+        AfterReady(
+            "ingest", database.when_ready, ingest.start, ingest.stop, ingest.open
+        ).setServiceParent(top)
         periods = Periods(store, options["node-name"], clock, options["state-dir"] / PERIODS)
         factory = MeterFactory(
             meter_table.noticing(ingest.receive), stamps, clock, counters, meter_table.describe,
@@ -125,7 +128,9 @@ def make_service(options: Options, reactor: Any = None, clock: Optional[IReactor
         # Live points of every ingest node (an all node's own are published
         # on arrival, and not again: see blip.live.notify).
         listener = Listener(dsn, store, hub, reactor, counters, options["node-name"])
-        ListenerService(listener, database.when_ready).setServiceParent(top)
+        AfterReady(
+            "listening for live points", database.when_ready, listener.start, listener.stop
+        ).setServiceParent(top)
         read_store = store
         if options["db-read"] is not None:
             read_pool = Pool(options["db-read"], POOL_SIZE, reactor, counters)

@@ -149,6 +149,9 @@ def test_a_web_node_catches_up_after_losing_its_listen_connection(
     web.wait_for("receiving live points from the database")
     pty_meter.write(b"partial\n1000\n")
     assert eventually(lambda: get(web, "/last/1")[0] == 200), web.output
+    # /last may answer from the database before the point's notification
+    # reaches the web node: a long-poll parked meanwhile would get it.
+    assert eventually(lambda: b"\nblip_notified_total 1.0\n" in get(web, "/metrics")[1])
 
     on_web, on_node = park(web, "/blip/1"), park(node, "/blip/1")
     get(web, "/last/1")

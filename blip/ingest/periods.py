@@ -23,13 +23,12 @@ from dataclasses import astuple, dataclass, replace
 from pathlib import Path
 from typing import Callable, Optional
 
-from twisted.application.service import Service
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
+from blip.common.lifecycle import AfterReady
 from blip.common.waiting import within
 from blip.db.store import Store
 
@@ -256,10 +255,11 @@ class Periods:
             done.callback(None)
 
 
-class PeriodsService(Service):
+class PeriodsService(AfterReady):
     """
-    Starts recording once the database is ready, refreshes the open period
-    every :data:`ALIVE_INTERVAL`, and records the end on stop.
+    Takes over the periods a previous run kept at once, starts recording
+    once the database is ready, refreshes the open period every
+    :data:`ALIVE_INTERVAL`, and records the end on stop.
 
     :param periods: the record.
     :param ready: returns a Deferred that fires when the database is ready.
@@ -271,30 +271,18 @@ class PeriodsService(Service):
     def __init__(
         self, periods: Periods, ready: Callable[[], "Deferred[None]"], clock: IReactorTime
     ) -> None:
+        super().__init__("recording ingest periods", ready, periods.start, self._close, self._open)
         self.periods = periods
-        self.ready = ready
-        self.clock = clock
-        self._starting: Optional[Deferred[None]] = None
-        self._loop: Optional[LoopingCall] = None
+        self._refresh = LoopingCall(periods.alive)
+        self._refresh.clock = clock
 
-    def startService(self) -> None:
-        super().startService()
+    def _open(self) -> None:
         self.periods.open()
-        self._starting = self.ready()
-        self._starting.addCallback(lambda _: self.periods.start())
-        self._starting.addErrback(self._failed)
-        self._loop = LoopingCall(self.periods.alive)
-        self._loop.clock = self.clock
-        self._loop.start(ALIVE_INTERVAL, now=False).addErrback(self._failed)
+        self._refresh.start(ALIVE_INTERVAL, now=False).addErrback(
+            lambda f: self.log.failure("recording ingest periods failed", f)
+        )
 
-    def _failed(self, f: Failure) -> None:
-        if not f.check(CancelledError):
-            self.log.failure("recording ingest periods failed", f)
-
-    def stopService(self) -> "Deferred[None]":
-        super().stopService()
-        if self._starting is not None:
-            self._starting.cancel()
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
-        return Deferred.fromCoroutine(self.periods.stop())
+    async def _close(self) -> None:
+        if self._refresh.running:
+            self._refresh.stop()
+        await self.periods.stop()

@@ -16,15 +16,13 @@ just before a failure or a crash and is written again changes nothing.
 
 from typing import Any, Callable, Optional
 
-from twisted.application.internet import backoffPolicy
-from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from blip.common.waiting import within
+from blip.common.retry import backoff, retrying
+from blip.common.waiting import detached, within
 from blip.counters import Counters
 from blip.db.pool import RETRIABLE
 from blip.db.store import Store
@@ -105,15 +103,17 @@ class Ingest:
         self._spool_failing = False
         self._timer: Optional[IDelayedCall] = None
         self._retry: Optional[IDelayedCall] = None
+        # Waits that stop cancels (never a query: that would block on
+        # psycopg2's cancel): for the database to come back after a failed
+        # write, and for the last stored points at start.
         self._waiting: Optional[Deferred[None]] = None
+        self._starting: Optional[Deferred[list[Point]]] = None
         # Fires when the write in flight has been dealt with.
         self._writing: Optional[Deferred[None]] = None
         self._batch: list[Point] = []
         self._batch_spooled = False
         self._failures = 0
-        self._retry_delay: Callable[[int], float] = backoffPolicy(
-            initialDelay=0.25, maxDelay=30.0, factor=2.0
-        )
+        self._retry_delay = backoff()
 
     def receive(self, point: Point) -> None:
         """
@@ -149,26 +149,28 @@ class Ingest:
     async def start(self) -> None:
         """
         Begin writing, once the database is ready: seed the stamps and the
-        hub with each meter's last stored point first, then write the spool.
+        hub with each meter's last stored point first (retried while the
+        database is away), then write the spool.
         """
-        failures = 0
-        while True:
-            if self.db_alive is not None:
-                await self._wait(self.db_alive())
-            if self._stopping:
-                return
-            try:
-                last = await self.store.last_points()
-                break
-            except RETRIABLE as e:
-                if not failures:
-                    self.log.warn(
-                        "cannot read the last points: {why}; retrying", why=str(e).strip()
-                    )
-                failures += 1
-                await self._wait(deferLater(self.clock, self._retry_delay(failures), lambda: None))
         if self._stopping:
             return
+        reading = self._starting = Deferred.fromCoroutine(
+            retrying(
+                lambda: detached(Deferred.fromCoroutine(self.store.last_points())),
+                RETRIABLE,
+                self.clock,
+                self.log,
+                "read the last points",
+                ready=self.db_alive,
+            )
+        )
+        try:
+            last = await reading
+        except CancelledError:
+            # Stopped meanwhile.
+            return
+        finally:
+            self._starting = None
         for point in last:
             self.stamps.seed(point.meter, point.stamp)
             self.hub.remember(point)
@@ -178,15 +180,6 @@ class Ingest:
                 "writing {count} spooled points to the database", count=len(self.spool)
             )
         self._replay()
-
-    async def _wait(self, d: "Deferred[Any]") -> None:
-        # What a retry waits for, cancelled by stop (never a query: that
-        # would block on psycopg2's cancel).
-        self._waiting = d
-        try:
-            await d
-        finally:
-            self._waiting = None
 
     async def stop(self) -> None:
         """
@@ -199,6 +192,8 @@ class Ingest:
             self._timer.cancel()
         self._timer = None
         self._cancel_retry()
+        if self._starting is not None:
+            self._starting.cancel()
         deadline = self.clock.seconds() + STOP_TIMEOUT
         while True:
             if self._writing is None:
@@ -401,37 +396,3 @@ class Ingest:
     def _update_backlog(self) -> None:
         in_flight = 0 if self._writing is None or self._batch_spooled else len(self._batch)
         self.counters.backlog = len(self.pending) + len(self.spool) + in_flight
-
-
-class IngestService(Service):
-    """
-    Takes over the spool at once, starts writing once the database is
-    ready, and on stop writes or spools what is queued.
-
-    :param ingest: the writer.
-    :param ready: returns a Deferred that fires when the database is ready.
-    """
-
-    log = Logger()
-
-    def __init__(self, ingest: Ingest, ready: Callable[[], "Deferred[None]"]) -> None:
-        self.ingest = ingest
-        self.ready = ready
-        self._starting: Optional[Deferred[None]] = None
-
-    def startService(self) -> None:
-        super().startService()
-        self.ingest.open()
-        self._starting = self.ready()
-        self._starting.addCallback(lambda _: Deferred.fromCoroutine(self.ingest.start()))
-        self._starting.addErrback(self._failed)
-
-    def _failed(self, f: Failure) -> None:
-        if not f.check(CancelledError):
-            self.log.failure("ingest cannot start", f)
-
-    def stopService(self) -> "Deferred[None]":
-        super().stopService()
-        if self._starting is not None and not self._starting.called:
-            self._starting.cancel()
-        return Deferred.fromCoroutine(self.ingest.stop())

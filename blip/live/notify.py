@@ -22,20 +22,17 @@ database that were also announced.
 
 from typing import Any, Optional
 
-from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from blip.common.latch import Latch
+from blip.common.retry import retrying
+from blip.common.throttle import Throttle
+from blip.common.waiting import detached
 from blip.counters import Counters
-from blip.db.pool import (
-    RETRIABLE,
-    connection_settings,
-    own_connection,
-    reconnect_delays,
-)
+from blip.db.pool import RETRIABLE, connection_settings, own_connection
 from blip.db.store import CHANNEL, STAMP_MAX, STAMP_MIN, Store, listen
 from blip.live.hub import Hub
 from blip.model import INT_MAX, Point
@@ -144,17 +141,22 @@ class Listener:
         self.reactor = reactor
         self.counters = counters
         self.connection: Any = None
-        #: Whether every committed point reaches the hub now.
-        self.live = False
+        self._live = Latch()
         self._held: Optional[list[Point]] = None
         self._overflowed = False
         self._generation = 0
         self._seeded = False
         self._stopped = False
         self._down = False
-        self._sleeping: Optional[Deferred[None]] = None
-        self._warned_at: Optional[float] = None
-        self._waiters: list[Deferred[None]] = []
+        self._syncing: Optional[Deferred[None]] = None
+        self._bad_warnings = Throttle(reactor, WARN_INTERVAL)
+
+    @property
+    def live(self) -> bool:
+        """
+        Whether every committed point reaches the hub now.
+        """
+        return self._live.is_set
 
     def start(self) -> None:
         """
@@ -174,12 +176,7 @@ class Listener:
         :return: a Deferred that fires once every committed point reaches
             the hub (at once if it does now).
         """
-        d: Deferred[None] = Deferred()
-        if self.live:
-            d.callback(None)
-        else:
-            self._waiters.append(d)
-        return d
+        return self._live.wait()
 
     def stop(self) -> None:
         """
@@ -187,9 +184,9 @@ class Listener:
         """
         self._stopped = True
         self._generation += 1
-        self.live = False
-        if self._sleeping is not None:
-            self._sleeping.cancel()
+        self._live.clear()
+        if self._syncing is not None:
+            self._syncing.cancel()
         if self.connection is not None:
             self.connection.detector.stop()
             if self.connection._connection is not None:
@@ -203,7 +200,7 @@ class Listener:
             self.log.failure("cannot open the LISTEN connection", f)
 
     def _lost(self, why: str) -> None:
-        self.live = False
+        self._live.clear()
         self._generation += 1
         self._held = None
         if not self._down and not self._stopped:
@@ -230,13 +227,11 @@ class Listener:
         # (and held back meanwhile); every point committed before is in
         # what is read next.
         await listen(self.connection)
-        delays = reconnect_delays()
         caught_up = 0
-        failures = 0
-        while True:
-            if generation != self._generation:
-                return
-            try:
+
+        async def read() -> None:
+            nonlocal caught_up
+            while generation == self._generation:
                 if not self._seeded:
                     for point in await self.store.last_points():
                         self.hub.remember(point)
@@ -244,27 +239,32 @@ class Listener:
                 else:
                     caught_up += await self._read_missed(generation)
                 if not self._overflowed:
-                    break
+                    return
                 # More was announced meanwhile than is held: read it too.
                 self._overflowed = False
                 self._held = []
-            except RETRIABLE as e:
-                failures += 1
-                if failures == 1:
-                    self.log.warn(
-                        "cannot read the points missed: {why}; retrying", why=str(e).strip()
-                    )
-                self._sleeping = deferLater(self.reactor, next(delays), lambda: None)
-                try:
-                    await self._sleeping
-                finally:
-                    self._sleeping = None
+
+        # Stop ends the wait, never a read under way (cancelling a query
+        # blocks); the read then finds its generation over.
+        syncing = self._syncing = Deferred.fromCoroutine(
+            retrying(
+                lambda: detached(Deferred.fromCoroutine(read())),
+                RETRIABLE,
+                self.reactor,
+                self.log,
+                "read the points missed",
+            )
+        )
+        try:
+            await syncing
+        finally:
+            if self._syncing is syncing:
+                self._syncing = None
         if generation != self._generation:
             return
         held, self._held = self._held or [], None
         for point in held:
             self._deliver(point)
-        self.live = True
         if self._down:
             self._down = False
             self.log.info(
@@ -274,9 +274,7 @@ class Listener:
             )
         else:
             self.log.info("receiving live points from the database (channel {channel})", channel=CHANNEL)
-        waiters, self._waiters = self._waiters, []
-        for d in waiters:
-            d.callback(None)
+        self._live.set()
 
     async def _read_missed(self, generation: int) -> int:
         count = 0
@@ -327,44 +325,9 @@ class Listener:
 
     def _bad(self, notify: Any, why: str) -> None:
         self.counters.bad_notifications += 1
-        now = self.reactor.seconds()
-        if self._warned_at is None or now - self._warned_at >= WARN_INTERVAL:
-            self._warned_at = now
+        if self._bad_warnings.due() is not None:
             self.log.warn(
                 "ignoring a notification on {channel} from server process {pid} that is"
                 " not a list of points: {why} ({count} so far)",
                 channel=CHANNEL, pid=notify.pid, why=why, count=self.counters.bad_notifications,
             )
-
-
-class ListenerService(Service):
-    """
-    Starts the listener once the database is ready (its schema applied),
-    and stops it with the daemon.
-
-    :param listener: the listener.
-    :param ready: returns a Deferred that fires when the database is ready.
-    """
-
-    log = Logger()
-
-    def __init__(self, listener: Listener, ready: Any) -> None:
-        self.listener = listener
-        self.ready = ready
-        self._starting: Optional[Deferred[None]] = None
-
-    def startService(self) -> None:
-        super().startService()
-        self._starting = self.ready()
-        self._starting.addCallback(lambda _: self.listener.start())
-        self._starting.addErrback(self._failed)
-
-    def _failed(self, f: Failure) -> None:
-        if not f.check(CancelledError):
-            self.log.failure("cannot start listening for live points", f)
-
-    def stopService(self) -> None:
-        super().stopService()
-        if self._starting is not None and not self._starting.called:
-            self._starting.cancel()
-        self.listener.stop()

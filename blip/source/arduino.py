@@ -1,5 +1,5 @@
 """
-The Arduino's line protocol, and the serial endpoint it is read through.
+The Arduino's line protocol.
 
 The Arduino writes one line per blink: ``<ms>`` (a single-meter sketch) or
 ``<id> <ms>`` (a multi-meter sketch), plus ``CONNECTED...`` when it boots and
@@ -7,35 +7,19 @@ The Arduino writes one line per blink: ``<ms>`` (a single-meter sketch) or
 stamped with its arrival time and handed on as a :class:`~blip.model.Point`;
 anything else is counted, logged at most once a second and dropped.
 
-The serial device is kept open by :class:`SerialService`: a device missing at
-start is waited for, and a device that vanishes (a USB unplug) is reopened
-with backoff; each outage is logged once.
+The bytes come from the serial device (:mod:`blip.source.device`) or from
+the simulator (:mod:`blip.source.simulate`).
 """
 
-import errno
-import os
 import re
-from functools import partial
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
-import serial
-from serial import SerialException
-from twisted.application.internet import ClientService, backoffPolicy
-from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.error import NoProtocol
-from twisted.internet.interfaces import (
-    IProtocol,
-    IProtocolFactory,
-    IReactorFDSet,
-    IReactorTime,
-    IStreamClientEndpoint,
-)
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory, Protocol, connectionDone
-from twisted.internet.serialport import SerialPort
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
+from blip.common.throttle import Throttle
 from blip.counters import Counters
 from blip.ingest.stamps import Stamps
 from blip.model import DEFAULT_METER, INT_MAX, Point
@@ -45,8 +29,8 @@ MAX_BLIP_LINE = 64
 #: Longest line of any kind (``INFO`` descriptions are longer than blips);
 #: beyond this the buffer is dropped up to the next newline.
 MAX_LINE = 1024
-#: Most seconds between two attempts to reopen a lost serial device.
-MAX_REOPEN_DELAY = 5.0
+#: Seconds between two warnings about dropped lines.
+GARBAGE_WARN_INTERVAL = 1.0
 
 _INFO = re.compile(rb"INFO[ \t]+([0-9]{1,10})[ \t]+(.*)", re.DOTALL)
 _ESCAPE = re.compile(rb"\\([0-9a-fA-F]{2})")
@@ -108,8 +92,7 @@ class MeterFactory(_Factory):
         self.lost = lost
         #: Set while the daemon closes the source on purpose.
         self.stopping = False
-        self._warned_at: Optional[float] = None
-        self._unwarned = 0
+        self._warnings = Throttle(clock, GARBAGE_WARN_INTERVAL)
 
     def buildProtocol(self, addr: object) -> "MeterProtocol":
         protocol = MeterProtocol()
@@ -118,23 +101,21 @@ class MeterFactory(_Factory):
 
     def garbage(self, line: bytes, why: str) -> None:
         """
-        Count a dropped line; log it unless another was logged less than a
-        second ago (those are summed into the next warning).
+        Count a dropped line; log it unless another was logged less than
+        :data:`GARBAGE_WARN_INTERVAL` ago (those are summed into the next
+        warning).
         """
         self.counters.garbage += 1
-        now = self.clock.seconds()
-        if self._warned_at is not None and now - self._warned_at < 1.0:
-            self._unwarned += 1
+        unwarned = self._warnings.due()
+        if unwarned is None:
             return
         self.log.warn(
             "dropped serial line {line!r}: {why}"
             " ({unwarned} more dropped since the last warning)",
             line=line[:MAX_BLIP_LINE],
             why=why,
-            unwarned=self._unwarned,
+            unwarned=unwarned,
         )
-        self._warned_at = now
-        self._unwarned = 0
 
     def source_opened(self) -> None:
         """
@@ -258,205 +239,3 @@ class MeterProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.factory.source_closed(reason)
-
-
-class _KeptInput(serial.Serial):
-    """
-    pyserial's port, except that opening it keeps what the device sent
-    before (pyserial and Twisted both throw it away): lines a device
-    buffered while the daemon was restarting are read rather than lost.
-    """
-
-    if TYPE_CHECKING:
-        # pyserial's own, private and so missing from its type stubs.
-        _dsrdtr: bool
-        _rtscts: bool
-
-        def _reconfigure_port(self, force_update: bool = False) -> None: ...
-        def _update_dtr_state(self) -> None: ...
-        def _update_rts_state(self) -> None: ...
-
-    def _reset_input_buffer(self) -> None:
-        pass
-
-    @classmethod
-    def adopting(cls, fd: int, port: str, **settings: Any) -> "_KeptInput":
-        """
-        :return: a port over ``fd``, a descriptor of the device opened
-            earlier (before the daemon gave up root), set up as opening
-            ``port`` would set it up; ``fd`` is closed with the port, or at
-            once if it cannot be set up.
-        """
-        device = cls(None, **settings)
-        device.port = port
-        device.fd = fd
-        try:
-            device._reconfigure_port(force_update=True)
-            try:
-                if not device._dsrdtr:
-                    device._update_dtr_state()
-                if not device._rtscts:
-                    device._update_rts_state()
-            except OSError as e:
-                # A pty has no modem lines.
-                if e.errno not in (errno.EINVAL, errno.ENOTTY):
-                    raise
-            device.pipe_abort_read_r, device.pipe_abort_read_w = os.pipe()
-            device.pipe_abort_write_r, device.pipe_abort_write_w = os.pipe()
-        except BaseException:
-            os.close(fd)
-            device.fd = None
-            for end in ("read_r", "read_w", "write_r", "write_w"):
-                pipe = getattr(device, f"pipe_abort_{end}", None)
-                if pipe is not None:
-                    os.close(pipe)
-            raise
-        device.is_open = True
-        return device
-
-
-class _SerialPort(SerialPort):
-    """
-    Twisted's serial transport over :class:`_KeptInput`.
-
-    :param held_fd: a descriptor of the device opened earlier, to use
-        instead of opening it now.
-    """
-
-    _serialFactory = _KeptInput
-
-    def __init__(self, *args: Any, held_fd: Optional[int] = None, **kwargs: Any) -> None:
-        if held_fd is not None:
-            # Twisted calls any factory of pyserial ports, not only a class.
-            self._serialFactory = partial(_KeptInput.adopting, held_fd)  # type: ignore[assignment]
-        super().__init__(*args, **kwargs)
-
-
-@implementer(IStreamClientEndpoint)
-class SerialEndpoint:
-    """
-    Opens a serial device as a client endpoint, so that
-    :class:`~twisted.application.internet.ClientService` can reopen it with
-    backoff after the device vanishes (a USB unplug) or fails.
-
-    A device that cannot be opened before it was ever open is logged once;
-    after that, the loss is logged by the protocol and the failed attempts
-    to reopen it are only counted.
-
-    :param reactor: the reactor to read the device with.
-    :param device: the device's path, e.g. ``/dev/arduino``.
-    :param baudrate: the serial speed.
-    """
-
-    log = Logger()
-
-    def __init__(
-        self,
-        reactor: IReactorFDSet,
-        device: str,
-        baudrate: int,
-        counters: Counters,
-    ) -> None:
-        self.reactor = reactor
-        self.device = device
-        self.baudrate = baudrate
-        self.counters = counters
-        self._warned = False
-        self._held: Optional[int] = None
-
-    def __repr__(self) -> str:
-        return f"<SerialEndpoint {self.device} {self.baudrate} baud>"
-
-    def hold(self) -> None:
-        """
-        Open the device now and keep it for the first connection: called
-        while the daemon still runs as root, before ``twistd --uid/--gid``
-        drops privileges, so that a device only root may open is read all
-        the same. Reopening it after it was lost (a USB unplug) is done by
-        the user the daemon runs as.
-        """
-        try:
-            self._held = os.open(self.device, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
-        except OSError as e:
-            # Tried again (and logged) as the user the daemon runs as.
-            self.log.debug(
-                "cannot open serial device {device} before dropping privileges: {why}",
-                device=self.device, why=e.strerror,
-            )
-
-    def release(self) -> None:
-        """
-        Close the device opened by :meth:`hold` if no connection took it.
-        """
-        held, self._held = self._held, None
-        if held is not None:
-            os.close(held)
-
-    def connect(self, protocolFactory: IProtocolFactory) -> "Deferred[IProtocol]":
-        # A serial device has no address (Twisted's own factories take None).
-        protocol = protocolFactory.buildProtocol(None)  # type: ignore[arg-type]
-        if protocol is None:
-            return fail(NoProtocol())
-        held, self._held = self._held, None
-        try:
-            _SerialPort(
-                protocol, self.device, self.reactor, baudrate=self.baudrate, held_fd=held
-            )
-        except (SerialException, OSError, ValueError) as e:
-            self.counters.serial_failures += 1
-            if not self._warned:
-                self.log.warn(
-                    "cannot open serial device {device}: {why}; waiting for it",
-                    device=self.device,
-                    why=str(e),
-                )
-                self._warned = True
-            return fail(e)
-        self._warned = True
-        self.counters.serial_opens += 1
-        self.log.info(
-            "reading serial device {device} at {baudrate} baud",
-            device=self.device,
-            baudrate=self.baudrate,
-        )
-        return succeed(protocol)
-
-
-class SerialService(ClientService):
-    """
-    Keeps the serial device open: waits for it when it is missing, reopens
-    it with backoff (up to :data:`MAX_REOPEN_DELAY`) when it is lost, and
-    tells the factory when it closes it on purpose.
-
-    :param endpoint: the device.
-    :param factory: builds the protocol for each opening.
-    :param clock: times the attempts.
-    """
-
-    def __init__(
-        self, endpoint: IStreamClientEndpoint, factory: MeterFactory, clock: IReactorTime
-    ) -> None:
-        super().__init__(
-            endpoint,
-            factory,
-            retryPolicy=backoffPolicy(0.5, MAX_REOPEN_DELAY, 2.0),
-            clock=clock,
-        )
-        self.meter_factory = factory
-        self.serial_endpoint = endpoint
-
-    def privilegedStartService(self) -> None:
-        super().privilegedStartService()
-        # Only root may be about to give up the right to open the device.
-        if os.geteuid() == 0 and isinstance(self.serial_endpoint, SerialEndpoint):
-            self.serial_endpoint.hold()
-
-    def startService(self) -> None:
-        self.meter_factory.stopping = False
-        super().startService()
-
-    def stopService(self) -> "Deferred[None]":
-        self.meter_factory.stopping = True
-        if isinstance(self.serial_endpoint, SerialEndpoint):
-            self.serial_endpoint.release()
-        return super().stopService()

@@ -19,12 +19,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Iterator, Optional
 
 from twisted.application.service import Service
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
+from blip.common.lifecycle import AfterReady
 from blip.meters import Meter
 from blip.model import DEFAULT_METER, Point
 
@@ -237,7 +237,7 @@ def history(meter: Meter, start: float, end: float, rng: random.Random) -> Itera
         yield chunk
 
 
-class SimulatedHistory(Service):
+class SimulatedHistory(AfterReady):
     """
     Writes :data:`HISTORY_DAYS` of simulated history for each simulated
     meter that has no readings from before the daemon started, once the
@@ -261,50 +261,43 @@ class SimulatedHistory(Service):
         clock: IReactorTime,
         days: float = HISTORY_DAYS,
     ) -> None:
+        super().__init__("simulated history", ready, self._fill, self._done, self._started)
         self.meters = meters
         self.store = store
-        self.ready = ready
         self.clock = clock
         self.days = days
-        #: Fires when the history is written (or was not needed).
+        #: Fires when the history is written, was not needed, or the
+        #: daemon stopped first.
         self.done: Deferred[None] = Deferred()
-        self._filling: Optional[Deferred[None]] = None
+        self._end = 0.0
 
-    def startService(self) -> None:
-        super().startService()
-        end = self.clock.seconds()
-        self._filling = self.ready()
-        self._filling.addCallback(lambda _: Deferred.fromCoroutine(self._fill(end)))
-        self._filling.addErrback(self._failed)
-        self._filling.addCallback(self.done.callback)
+    def _started(self) -> None:
+        self._end = self.clock.seconds()
 
-    async def _fill(self, end: float) -> None:
-        for meter in self.meters:
-            if await self.store.has_readings_before(meter.id, int(end * 1000)):
-                continue
-            self.log.info(
-                "writing {days} days of simulated history of meter {meter}",
-                days=self.days, meter=meter.id,
-            )
-            written = 0
-            # The last day first: until the first live blip, /last answers
-            # from the database, and its newest point is then recent.
-            recent = end - 86400
-            for first, last in ((recent, end), (end - self.days * 86400, recent)):
-                for chunk in history(meter, first, last, random.Random(meter.id)):
-                    if not self.running:
-                        return
-                    written += await self.store.insert(chunk, announce=False)
-            self.log.info(
-                "wrote {count} points of simulated history of meter {meter}",
-                count=written, meter=meter.id,
-            )
+    async def _fill(self) -> None:
+        end = self._end
+        try:
+            for meter in self.meters:
+                if await self.store.has_readings_before(meter.id, int(end * 1000)):
+                    continue
+                self.log.info(
+                    "writing {days} days of simulated history of meter {meter}",
+                    days=self.days, meter=meter.id,
+                )
+                written = 0
+                # The last day first: until the first live blip, /last answers
+                # from the database, and its newest point is then recent.
+                recent = end - 86400
+                for first, last in ((recent, end), (end - self.days * 86400, recent)):
+                    for chunk in history(meter, first, last, random.Random(meter.id)):
+                        written += await self.store.insert(chunk, announce=False)
+                self.log.info(
+                    "wrote {count} points of simulated history of meter {meter}",
+                    count=written, meter=meter.id,
+                )
+        finally:
+            self._done()
 
-    def _failed(self, f: Failure) -> None:
-        if not f.check(CancelledError):
-            self.log.failure("writing simulated history failed", f)
-
-    def stopService(self) -> None:
-        super().stopService()
-        if self._filling is not None:
-            self._filling.cancel()
+    def _done(self) -> None:
+        if not self.done.called:
+            self.done.callback(None)

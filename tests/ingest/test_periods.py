@@ -5,9 +5,10 @@ database that is not there yet.
 """
 
 import pytest_twisted
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
-from blip.ingest.periods import ALIVE_INTERVAL, Periods
+from blip.ingest.periods import ALIVE_INTERVAL, Periods, PeriodsService
 from tests.web.test_legacy import wait_until
 
 T0 = 1_700_000_000_000
@@ -169,3 +170,30 @@ async def test_a_crash_during_an_outage_ends_at_the_last_local_refresh(
     await wait_until(lambda: not path.exists())
     end = T0 + int(3 * ALIVE_INTERVAL * 1000)
     assert rows(database) == [(T0, end, end, "crash")]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_service_refreshes_from_the_start_and_records_once_ready(
+    store, database, tmp_path
+) -> None:
+    """
+    The service refreshes the open period every ALIVE_INTERVAL from the
+    start (keeping it in the file while the database is not ready),
+    records once the database is ready, and records the end on stop.
+    """
+    path = tmp_path / "periods.json"
+    clock = clock_at(T0)
+    ready: Deferred[None] = Deferred()
+    periods = Periods(store, "n1", clock, path)
+    service = PeriodsService(periods, lambda: ready, clock)
+    service.startService()
+    periods.opened()
+    clock.advance(ALIVE_INTERVAL)
+    assert path.exists() and rows(database) == []
+    ready.callback(None)
+    alive = T0 + int(ALIVE_INTERVAL * 1000)
+    await wait_until(lambda: rows(database) == [(T0, alive, None, None)])
+    clock.advance(5)
+    await service.stopService()
+    assert rows(database) == [(T0, alive + 5000, alive + 5000, "stop")]
+    assert not path.exists()

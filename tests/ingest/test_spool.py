@@ -3,6 +3,7 @@ Tests of the spool: order, durability across a new process, a record torn
 by a crash, the memory cap, removal once drained, and a full disk.
 """
 
+import os
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,22 @@ T0 = 1_700_000_000_000
 def points(count: int, meter: int = 1, start: int = T0) -> list[Point]:
     """:return: ``count`` points a millisecond apart, ms = their index."""
     return [Point(meter, start + i, i + 1) for i in range(count)]
+
+
+def file_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """
+    :return: a list that gets the size of every read the spool makes of its
+        file from now on.
+    """
+    reads: list[int] = []
+    pread = os.pread
+
+    def counted(fd: int, size: int, offset: int) -> bytes:
+        reads.append(size)
+        return pread(fd, size, offset)
+
+    monkeypatch.setattr(os, "pread", counted)
+    return reads
 
 
 def test_points_come_back_in_order_and_the_file_goes_when_drained(tmp_path: Path) -> None:
@@ -95,27 +112,31 @@ def test_a_record_torn_by_a_crash_is_dropped(tmp_path: Path, log_events) -> None
     again.close()
 
 
-def test_past_the_memory_cap_the_file_alone_holds_the_points(tmp_path: Path) -> None:
+def test_past_the_memory_cap_the_file_alone_holds_the_points(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """
-    Beyond the cap nothing more is kept in memory; points are read back
-    from the file in chunks, in order, and memory is used again once the
-    file is drained.
+    Below the cap, points are also kept in memory and replaying reads
+    nothing back; beyond it, nothing more is kept in memory and points are
+    read back from the file in chunks, in order; memory is used again once
+    the file is drained.
     """
     path = tmp_path / "spool"
     spool = Spool(path, memory_cap=10)
+    reads = file_reads(monkeypatch)
     spool.append(points(8))
-    assert spool._memory is not None
+    assert spool.peek(8) == points(8) and reads == []
     spool.append(points(17)[8:])
-    assert spool._memory is None
     seen = []
     while len(spool):
         chunk = spool.peek(4)
         seen.extend(chunk)
         spool.consume(len(chunk))
     assert seen == points(17)
+    assert reads == [4 * RECORD.size] * 4 + [RECORD.size]
     assert not path.exists()
     spool.append(points(1))
-    assert spool._memory is not None
+    assert spool.peek(1) == points(1) and len(reads) == 5
     spool.close()
 
 

@@ -5,17 +5,19 @@ a failed write, the flush on stop, and the spool through database outages
 """
 
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Optional
 
 import pytest_twisted
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock, LoopingCall
 from twisted.internet.threads import deferToThread
 
 from blip.counters import Counters
 from blip.db.pool import Pool
 from blip.db.store import Store
-from blip.ingest.spool import Spool
+from blip.ingest.spool import RECORD, Spool
 from blip.ingest.stamps import Stamps
 from blip.ingest.writer import (
     BATCH_DELAY,
@@ -27,6 +29,7 @@ from blip.ingest.writer import (
 from blip.live.hub import Hub
 from blip.model import Point
 from tests.conftest import free_port
+from tests.ingest.test_spool import file_reads
 from tests.web.test_legacy import wait_until
 
 T0 = 1_700_000_000_000
@@ -266,6 +269,14 @@ async def test_database_stopped_mid_stream_loses_nothing(
     assert not path.exists()
 
 
+def writes_waiting_for_a_lock(database) -> int:
+    """:return: how many statements of the database wait for a lock."""
+    return database.sql(
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    )[0][0]
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_stalled_write_sends_points_to_the_spool(store, database, tmp_path: Path) -> None:
     """
@@ -285,7 +296,7 @@ async def test_a_stalled_write_sends_points_to_the_spool(store, database, tmp_pa
     try:
         blocker.cursor().execute("LOCK TABLE readings IN EXCLUSIVE MODE")
         ingest.receive(Point(1, T0, 10))
-        await wait_until(lambda: ingest._writing is not None)
+        await wait_until(lambda: writes_waiting_for_a_lock(database) == 1)
         for i in range(1, 4):
             ingest.receive(Point(1, T0 + i, 10))
         await wait_until(lambda: counters.spooled == 4)
@@ -301,7 +312,9 @@ async def test_a_stalled_write_sends_points_to_the_spool(store, database, tmp_pa
 
 
 @pytest_twisted.ensureDeferred
-async def test_memory_stays_bounded_in_a_long_outage(store, database, tmp_path: Path) -> None:
+async def test_memory_stays_bounded_in_a_long_outage(
+    store, database, tmp_path: Path, monkeypatch
+) -> None:
     """
     Through a long outage at a high rate, points go to the spool file, not
     to a list: nothing waits in memory past the cap, and the backlog is
@@ -316,8 +329,8 @@ async def test_memory_stays_bounded_in_a_long_outage(store, database, tmp_path: 
         if i % 1000 == 0:
             clock.advance(BATCH_DELAY)
     assert ingest.pending == []
-    assert ingest.spool._memory is None
     assert path.stat().st_size == 8 + count * 16
+    reads = file_reads(monkeypatch)
     await ingest.start()
     await wait_until(lambda: counters.stored == count, 60)
     assert database.sql("SELECT count(*), min(stamp), max(stamp) FROM readings") == [
@@ -325,6 +338,7 @@ async def test_memory_stays_bounded_in_a_long_outage(store, database, tmp_path: 
     ]
     assert rollups_match_readings(database)
     assert not path.exists()
+    assert sum(reads) == count * RECORD.size, "every point was read back from the file"
 
 
 @pytest_twisted.ensureDeferred
@@ -345,29 +359,65 @@ async def test_a_full_disk_keeps_points_in_memory(store, database, log_events) -
     await wait_until(lambda: counters.stored == 3)
 
 
+@pytest_twisted.async_yield_fixture
+async def unreachable_store() -> AsyncIterator[Store]:
+    """
+    A store whose database cannot be reached: nothing listens on its port.
+    """
+    from twisted.internet import reactor
+
+    pool = Pool(f"host=127.0.0.1 port={free_port()} dbname=nothing connect_timeout=2", 2, reactor)
+    await pool.start()
+    try:
+        yield Store(pool)
+    finally:
+        pool.close()
+
+
 @pytest_twisted.ensureDeferred
-async def test_stop_with_the_database_unreachable_is_quick_and_spools(tmp_path: Path) -> None:
+async def test_stop_with_the_database_unreachable_is_quick_and_spools(
+    unreachable_store, tmp_path: Path
+) -> None:
     """
     Stopping while the database cannot be reached takes no longer than the
     stop timeout and leaves every point in the spool file for the next run.
     """
     from twisted.internet import reactor
 
-    pool = Pool(f"host=127.0.0.1 port={free_port()} dbname=nothing connect_timeout=2", 2, reactor)
-    await pool.start()
-    store = Store(pool)
     path = tmp_path / "spool"
-    try:
-        ingest, _, hub, counters = make_ingest(store, Spool(path), clock=reactor)
-        ingest.open()
-        for i in range(5):
-            ingest.receive(Point(1, T0 + i, 10))
-        started = time.monotonic()
-        await ingest.stop()
-        assert time.monotonic() - started < STOP_TIMEOUT + 1
-        assert [p.stamp for p in Spool(path).open()] == [T0 + 4]
-        left = Spool(path)
-        left.open()
-        assert left.peek(10) == [Point(1, T0 + i, 10) for i in range(5)]
-    finally:
-        pool.close()
+    ingest, _, hub, counters = make_ingest(unreachable_store, Spool(path), clock=reactor)
+    ingest.open()
+    for i in range(5):
+        ingest.receive(Point(1, T0 + i, 10))
+    started = time.monotonic()
+    await ingest.stop()
+    assert time.monotonic() - started < STOP_TIMEOUT + 1
+    assert [p.stamp for p in Spool(path).open()] == [T0 + 4]
+    left = Spool(path)
+    left.open()
+    assert left.peek(10) == [Point(1, T0 + i, 10) for i in range(5)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_stop_while_start_waits_for_the_database_ends_both(
+    unreachable_store, tmp_path: Path
+) -> None:
+    """
+    A start still waiting for an unreachable database ends when ingest
+    stops, without having begun writing; the stop is as quick as ever and
+    leaves the points in the spool.
+    """
+    from twisted.internet import reactor
+
+    path = tmp_path / "spool"
+    ingest, _, hub, counters = make_ingest(unreachable_store, Spool(path), clock=reactor)
+    ingest.open()
+    starting = Deferred.fromCoroutine(ingest.start())
+    ingest.receive(Point(1, T0, 10))
+    assert not starting.called
+    started = time.monotonic()
+    await ingest.stop()
+    assert time.monotonic() - started < STOP_TIMEOUT + 1
+    await starting
+    assert counters.stored == 0
+    assert [p.stamp for p in Spool(path).open()] == [T0]

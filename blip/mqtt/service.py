@@ -1,0 +1,94 @@
+"""
+MQTT publishing while the daemon runs, the way Home Assistant discovers
+sensors: the publisher (:mod:`blip.mqtt.publisher`) listens to the hub, the
+link (:mod:`blip.mqtt.connection`) keeps the broker connection, and each
+meter's stored blip count is loaded once the database is ready.
+"""
+
+from typing import Any, Callable, Optional
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from blip.common.lifecycle import AfterReady
+from blip.common.retry import retrying
+from blip.common.waiting import detached
+from blip.db.pool import RETRIABLE
+from blip.db.store import Store
+from blip.live.hub import Hub
+from blip.meters import Meters
+from blip.mqtt.broker import Broker
+from blip.mqtt.connection import Link, broker_endpoint
+from blip.mqtt.publisher import Publisher
+
+
+class MqttService(AfterReady):
+    """
+    Publishes the meters over MQTT while the daemon runs: listens to the
+    hub and keeps the broker connection from the start, and loads each
+    meter's stored blip count once the database is ready (retried while it
+    is away).
+
+    :param publisher: the publisher.
+    :param link: the broker connection.
+    :param hub: the live points.
+    :param store: the database.
+    :param ready: returns a Deferred that fires when the database is ready.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        publisher: Publisher,
+        link: Link,
+        hub: Hub,
+        store: Store,
+        ready: Callable[[], "Deferred[None]"],
+    ) -> None:
+        super().__init__("MQTT publishing", ready, self._load, self._close, self._open)
+        self.publisher = publisher
+        self.link = link
+        self.hub = hub
+        self.store = store
+        self._unlisten: Optional[Callable[[], None]] = None
+
+    def _open(self) -> None:
+        self._unlisten = self.hub.listen(self.publisher.receive)
+        self.link.service.startService()
+
+    async def _load(self) -> None:
+        totals = await retrying(
+            lambda: detached(Deferred.fromCoroutine(self.store.blip_totals())),
+            RETRIABLE,
+            self.link.clock,
+            self.log,
+            "read the stored blip counts for MQTT",
+        )
+        self.publisher.set_totals(totals)
+
+    async def _close(self) -> None:
+        if self._unlisten is not None:
+            self._unlisten()
+            self._unlisten = None
+        self.publisher.close()
+        await self.link.stop()
+
+
+def mqtt_service(
+    broker: Broker,
+    interval: float,
+    hub: Hub,
+    meters: Meters,
+    store: Store,
+    ready: Callable[[], "Deferred[None]"],
+    reactor: Any,
+    clock: IReactorTime,
+) -> MqttService:
+    """
+    Build the MQTT publishing of the daemon (see :class:`MqttService`).
+    """
+    publisher = Publisher(broker, meters, clock, interval)
+    link = Link(broker, publisher, broker_endpoint(reactor, broker), clock)
+    return MqttService(publisher, link, hub, store, ready)
