@@ -19,8 +19,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
+from blip.db.node_state import MeterRows
 from blip.db.pool import RETRIABLE
-from blip.db.store import Store
 from blip.meters import Meters, default_meter
 from blip.model import Point
 
@@ -32,7 +32,7 @@ class MeterTable:
     Writes the registry's meters to the meters table and reads back those
     it does not know.
 
-    :param store: the database.
+    :param store: the rows of the meters table.
     :param meters: the registry; the meters in it now are the configured
         ones if it was read from a file.
     :param clock: times retries of failed writes.
@@ -40,7 +40,7 @@ class MeterTable:
 
     log = Logger()
 
-    def __init__(self, store: Store, meters: Meters, clock: IReactorTime) -> None:
+    def __init__(self, store: MeterRows, meters: Meters, clock: IReactorTime) -> None:
         self.store = store
         self.meters = meters
         self.clock = clock

@@ -2,8 +2,8 @@
 PostgreSQL connections: txpostgres's pool, made to survive the database
 going away, and the service that opens it and prepares the schema.
 
-No SQL lives here (that is :mod:`blip.db.store`); this module only keeps
-connections open.
+No SQL lives here (that is the query modules of :mod:`blip.db`); this
+module only keeps connections open.
 """
 
 from dataclasses import dataclass

@@ -27,7 +27,7 @@ from twisted.python.failure import Failure
 from blip.common.waiting import within
 from blip.counters import Counters
 from blip.db.pool import RETRIABLE
-from blip.db.store import Store
+from blip.db.readings import Readings
 from blip.ingest.spool import Spool
 from blip.ingest.stamps import Stamps
 from blip.live.hub import Hub
@@ -80,7 +80,7 @@ class Ingest:
 
     def __init__(
         self,
-        store: Store,
+        store: Readings,
         hub: Hub,
         stamps: Stamps,
         clock: IReactorTime,

@@ -1,6 +1,6 @@
 """
 Points between nodes: every ingest write announces its new points on a
-PostgreSQL channel (``NOTIFY``, sent by :meth:`blip.db.store.Store.insert` in
+PostgreSQL channel (``NOTIFY``, sent by :meth:`blip.db.readings.Readings.insert` in
 the write's own transaction), and every node that serves HTTP listens on it
 (``LISTEN``) and hands the points to its hub, so that a web node's
 long-polls and live streams get the points of every ingest node.
@@ -36,9 +36,9 @@ from blip.db.pool import (
     own_connection,
     reconnect_delays,
 )
-from blip.db.store import CHANNEL, STAMP_MAX, STAMP_MIN, Store, listen
+from blip.db.readings import CHANNEL, Readings, listen
 from blip.live.hub import Hub
-from blip.model import INT_MAX, Point
+from blip.model import INT_MAX, STAMP_MAX, STAMP_MIN, Point
 
 #: Points read from the database per query when catching up.
 CATCH_UP_PAGE = 5000
@@ -58,7 +58,7 @@ class PayloadError(ValueError):
 def decode(payload: str) -> list[Point]:
     """
     Read the points of a notification (the format is described with
-    :data:`blip.db.store._INSERT`): groups separated by ``;``, one per meter,
+    :data:`blip.db.readings._INSERT`): groups separated by ``;``, one per meter,
     ``<meter>:<stamp>,<ms>`` followed by `` <step>,<ms>`` for each further
     point, where the step is the stamp's increase over the previous point.
 
@@ -131,7 +131,7 @@ class Listener:
     def __init__(
         self,
         dsn: str,
-        store: Store,
+        store: Readings,
         hub: Hub,
         reactor: IReactorTime,
         counters: Counters,

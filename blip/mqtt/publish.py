@@ -58,7 +58,7 @@ from twisted.python.failure import Failure
 
 from blip import __version__
 from blip.db.pool import RETRIABLE
-from blip.db.store import Store
+from blip.db.readings import Readings
 from blip.live.hub import Hub
 from blip.meters import Meter, Meters
 from blip.model import Point
@@ -757,7 +757,7 @@ class MqttService(Service):
         publisher: Publisher,
         link: Link,
         hub: Hub,
-        store: Store,
+        store: Readings,
         ready: Callable[[], "Deferred[None]"],
     ) -> None:
         self.publisher = publisher
@@ -814,7 +814,7 @@ def mqtt_service(
     interval: float,
     hub: Hub,
     meters: Meters,
-    store: Store,
+    store: Readings,
     ready: Callable[[], "Deferred[None]"],
     reactor: Any,
     clock: IReactorTime,

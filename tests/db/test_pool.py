@@ -16,7 +16,7 @@ from twisted.internet.threads import deferToThread
 
 from blip.counters import Counters
 from blip.db.pool import DatabaseService, Pool
-from blip.db.store import SCHEMA_LOCK, Store
+from blip.db.schema import SCHEMA_LOCK, Schema
 from tests import originals
 from tests.conftest import TIMEOUT
 from tests.web.test_legacy import wait_until
@@ -61,7 +61,7 @@ async def test_reconnects_after_a_restart_and_says_so(database, stoppable_cluste
 
     counters = Counters()
     pool = Pool(database.dsn, 2, reactor, counters)
-    service = DatabaseService(pool, Store(pool).apply_schema)
+    service = DatabaseService(pool, Schema(pool).apply)
     service.startService()
     try:
         await service.when_ready()
@@ -88,7 +88,7 @@ async def test_a_refused_database_is_fatal(database, log_events) -> None:
     originals.execute(database.dsn, "CREATE TABLE invoices (number INTEGER PRIMARY KEY)")
     pool = Pool(database.dsn, 1, reactor)
     stopped: Deferred[None] = Deferred()
-    service = DatabaseService(pool, Store(pool).apply_schema, fatal=lambda: stopped.callback(None))
+    service = DatabaseService(pool, Schema(pool).apply, fatal=lambda: stopped.callback(None))
     service.startService()
     try:
         await stopped.addTimeout(TIMEOUT, reactor)
@@ -118,7 +118,7 @@ async def test_stopping_while_preparing_is_not_a_failure(database, log_events) -
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
             pool = Pool(database.dsn, 1, reactor)
             fatal: list[None] = []
-            service = DatabaseService(pool, Store(pool).apply_schema, fatal=lambda: fatal.append(None))
+            service = DatabaseService(pool, Schema(pool).apply, fatal=lambda: fatal.append(None))
             service.startService()
             await wait_until(
                 lambda: database.sql(

@@ -14,7 +14,7 @@ from twisted.internet.threads import deferToThread
 
 from blip.counters import Counters
 from blip.db.pool import Pool
-from blip.db.store import Store
+from blip.db.readings import Readings
 from blip.ingest.spool import Spool
 from blip.ingest.stamps import Stamps
 from blip.ingest.writer import (
@@ -355,7 +355,7 @@ async def test_stop_with_the_database_unreachable_is_quick_and_spools(tmp_path: 
 
     pool = Pool(f"host=127.0.0.1 port={free_port()} dbname=nothing connect_timeout=2", 2, reactor)
     await pool.start()
-    store = Store(pool)
+    store = Readings(pool)
     path = tmp_path / "spool"
     try:
         ingest, _, hub, counters = make_ingest(store, Spool(path), clock=reactor)
