@@ -7,25 +7,23 @@ module only keeps connections open.
 """
 
 from dataclasses import dataclass
+from itertools import count
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterator, Optional
 
 import psycopg2
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, fail, succeed
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from txpostgres import reconnection, retrying, txpostgres
+from txpostgres import reconnection, txpostgres
+from txpostgres.retrying import RetryingCall
 
+from blip.common.latch import Latch
+from blip.common.retry import backoff, retrying
 from blip.counters import Counters
 from blip.db.embedded import EmbeddedError
 from blip.db.layouts import Refused
-
-#: Seconds between reconnection attempts grow up to this.
-MAX_RECONNECT_DELAY = 30.0
-
-
 
 class DatabaseUnavailable(Exception):
     """
@@ -44,14 +42,12 @@ RETRIABLE = (
 
 def reconnect_delays() -> Iterator[float]:
     """
-    :return: the delays between attempts to reach the database: at once,
-        then growing from half a second to :data:`MAX_RECONNECT_DELAY`.
+    :return: the delays between attempts to reach the database, as
+        txpostgres takes them: at once, then
+        :func:`blip.common.retry.backoff`'s.
     """
-    delays: Iterator[float] = retrying.simpleBackoffIterator(
-        initialDelay=0.25, maxDelay=MAX_RECONNECT_DELAY, factor=2.0,
-        maxRetries=0, now=True,
-    )
-    return delays
+    yield 0.0
+    yield from map(backoff(), count(1))
 
 
 class _Detector(reconnection.DeadConnectionDetector):
@@ -84,7 +80,7 @@ class _Detector(reconnection.DeadConnectionDetector):
         if self.stopped:
             return
         self.on_lost(f.getErrorMessage().strip())
-        call = retrying.RetryingCall(self.reconnect)
+        call = RetryingCall(self.reconnect)
         call.reactor = self.reactor
         self._retrying = call.start(reconnect_delays())
         self._retrying.addCallback(lambda _: self.connectionRecovered())
@@ -229,7 +225,7 @@ class Pool(txpostgres.ConnectionPool):
     ) -> None:
         self.reactor = reactor
         self.counters = counters
-        self._alive_waiters: list[Deferred[None]] = []
+        self._alive = Latch()
         # Whether the loss of the last open connection has been logged.
         self._down = False
         super().__init__(None, dsn, min=size, **connection_settings(dsn))
@@ -251,21 +247,14 @@ class Pool(txpostgres.ConnectionPool):
         :return: a Deferred that fires as soon as a connection is open (at
             once if one is); cancelling it stops the wait.
         """
-        if self.alive:
-            return succeed(None)
-
-        def forget(d: "Deferred[None]") -> None:
-            if d in self._alive_waiters:
-                self._alive_waiters.remove(d)
-
-        d: Deferred[None] = Deferred(forget)
-        self._alive_waiters.append(d)
-        return d
+        return self._alive.wait()
 
     def _lost(self, why: str) -> None:
-        if not self._down and not self.alive:
-            self.log.warn("database unreachable: {why}; reconnecting", why=why)
-            self._down = True
+        if not self.alive:
+            self._alive.clear()
+            if not self._down:
+                self.log.warn("database unreachable: {why}; reconnecting", why=why)
+                self._down = True
 
     def _reconnected(self) -> None:
         if self.counters is not None:
@@ -273,12 +262,7 @@ class Pool(txpostgres.ConnectionPool):
         if self._down:
             self.log.info("database connection is back")
             self._down = False
-        self._wake()
-
-    def _wake(self) -> None:
-        waiters, self._alive_waiters = self._alive_waiters, []
-        for d in waiters:
-            d.callback(None)
+        self._alive.set()
 
     def start(self) -> "Deferred[Pool]":
         """
@@ -298,7 +282,7 @@ class Pool(txpostgres.ConnectionPool):
 
     def _opened(self, connection: txpostgres.Connection) -> None:
         connection.detector.alive = True
-        self._wake()
+        self._alive.set()
 
     def state(self) -> PoolState:
         """
@@ -320,6 +304,7 @@ class Pool(txpostgres.ConnectionPool):
             connection.detector.alive = False
             if connection._connection is not None:
                 connection.close()
+        self._alive.clear()
 
     def _take(self) -> txpostgres.Connection:
         for connection in self.connections:
@@ -375,19 +360,22 @@ class DatabaseService(Service):
         self.prepare = prepare
         self.before = before
         self.fatal = fatal
-        self.ready = False
-        self._waiters: list[Deferred[None]] = []
+        self._ready = Latch()
         self._starting: Optional[Deferred[None]] = None
+
+    @property
+    def ready(self) -> bool:
+        """
+        Whether the database is prepared.
+        """
+        return self._ready.is_set
 
     def when_ready(self) -> "Deferred[None]":
         """
-        :return: a Deferred that fires once the database is prepared.
+        :return: a Deferred that fires once the database is prepared (at
+            once if it is); cancelling it stops the wait.
         """
-        if self.ready:
-            return succeed(None)
-        d: Deferred[None] = Deferred()
-        self._waiters.append(d)
-        return d
+        return self._ready.wait()
 
     def startService(self) -> None:
         super().startService()
@@ -398,24 +386,14 @@ class DatabaseService(Service):
         if self.before is not None:
             await self.before()
         await self.pool.start()
-        delays = reconnect_delays()
-        while True:
-            # No attempt while no connection is open: the pool reconnects
-            # with backoff and says when one is.
-            await self.pool.when_alive()
-            try:
-                await self.prepare()
-                break
-            except RETRIABLE as e:
-                self.log.warn(
-                    "database not ready: {why}; retrying", why=str(e).strip() or repr(e)
-                )
-                await deferLater(self.pool.reactor, next(delays), lambda: None)
-        self.ready = True
+        # No attempt while no connection is open: the pool reconnects with
+        # backoff and says when one is.
+        await retrying(
+            self.prepare, RETRIABLE, self.pool.reactor, self.log, "prepare the database",
+            ready=self.pool.when_alive,
+        )
         self.log.info("database ready")
-        waiters, self._waiters = self._waiters, []
-        for d in waiters:
-            d.callback(None)
+        self._ready.set()
 
     def _failed(self, f: Failure) -> None:
         if f.check(CancelledError) or not self.running:

@@ -1,7 +1,8 @@
 """
 Tests of the connection pool and the database service against real
 servers: closing while a connection attempt hangs, waiting for a
-connection, reconnecting after the test cluster restarts, and a database
+connection, reconnecting after the test cluster restarts on the common
+backoff, preparing retried while the database is away, and a database
 that cannot be prepared stopping the daemon instead of being retried for
 ever.
 """
@@ -14,8 +15,9 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 
+from blip.common.retry import FIRST_DELAY, MAX_DELAY
 from blip.counters import Counters
-from blip.db.pool import DatabaseService, Pool
+from blip.db.pool import DatabaseService, Pool, reconnect_delays
 from blip.db.schema import SCHEMA_LOCK, Schema
 from tests import originals
 from tests.conftest import TIMEOUT
@@ -153,3 +155,46 @@ async def test_connections_notice_a_vanished_server(database) -> None:
         )
     finally:
         pool.close()
+
+
+def test_reconnection_delays_follow_the_common_backoff() -> None:
+    """
+    txpostgres is given the first attempt at once, then the waits of the
+    one backoff policy: doubling from half a second (plus up to a second
+    of jitter), up to its most.
+    """
+    delays = reconnect_delays()
+    assert next(delays) == 0.0
+    waits = [next(delays) for _ in range(12)]
+    for n, wait in enumerate(waits, 1):
+        base = min(FIRST_DELAY * 2**n, MAX_DELAY)
+        assert base <= wait < base + 1, (n, wait)
+
+
+@pytest_twisted.ensureDeferred
+async def test_preparing_is_retried_while_the_database_is_away(database, log_events) -> None:
+    """
+    A preparation that fails because the database is away is tried again
+    with backoff; the failure is said once, and the database is ready once
+    it works.
+    """
+    import psycopg2
+    from twisted.internet import reactor
+
+    attempts: list[None] = []
+
+    async def prepare() -> None:
+        attempts.append(None)
+        if len(attempts) == 1:
+            raise psycopg2.OperationalError("the database is starting up")
+
+    pool = Pool(database.dsn, 1, reactor)
+    service = DatabaseService(pool, prepare)
+    service.startService()
+    try:
+        await service.when_ready().addTimeout(TIMEOUT, reactor)
+    finally:
+        service.stopService()
+    assert len(attempts) == 2 and service.ready
+    warned = [e for e in log_events if e["log_level"].name == "warn" and "why" in e]
+    assert [(e["what"], e["why"]) for e in warned] == [("prepare the database", "the database is starting up")]
