@@ -2,7 +2,8 @@
 PostgreSQL: everything that talks to the database, and all of its SQL.
 
 - :mod:`~blip.db.pool`: the connections, kept open through outages, and
-  the service that prepares the database;
+  the service that prepares the database; :mod:`~blip.db.txpg`: what they
+  rely on in txpostgres beyond its documented use;
 - :mod:`~blip.db.schema`: preparing the database (``schema.sql``), with
   :mod:`~blip.db.layouts` (which layout it has), :mod:`~blip.db.upgrades`
   (the steps from the original's) and :mod:`~blip.db.program` (the

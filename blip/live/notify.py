@@ -191,9 +191,7 @@ class Listener:
         if self._sleeping is not None:
             self._sleeping.cancel()
         if self.connection is not None:
-            self.connection.detector.stop()
-            if self.connection._connection is not None:
-                self.connection.close()
+            self.connection.close_for_good()
 
     def _not_opened(self, f: Failure) -> None:
         # Starts the reconnection (and logs, through _lost) when the

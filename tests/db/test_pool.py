@@ -1,15 +1,16 @@
 """
 Tests of the connection pool and the database service against real
 servers: closing while a connection attempt hangs, waiting for a
-connection, reconnecting after the test cluster restarts on the common
-backoff, preparing retried while the database is away, and a database
-that cannot be prepared stopping the daemon instead of being retried for
-ever.
+connection or a free one, reconnecting after the test cluster restarts
+on the common backoff, preparing retried while the database is away, and
+a database that cannot be prepared stopping the daemon instead of being
+retried for ever.
 """
 
 import select
 import socket
 
+import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
@@ -17,7 +18,7 @@ from twisted.internet.threads import deferToThread
 
 from blip.common.retry import FIRST_DELAY, MAX_DELAY
 from blip.counters import Counters
-from blip.db.pool import DatabaseService, Pool, reconnect_delays
+from blip.db.pool import DatabaseService, DatabaseUnavailable, Pool, PoolState, reconnect_delays
 from blip.db.schema import SCHEMA_LOCK, Schema
 from tests import originals
 from tests.conftest import TIMEOUT
@@ -148,8 +149,7 @@ async def test_connections_notice_a_vanished_server(database) -> None:
     await pool.start()
     try:
         assert await pool.runQuery("SELECT current_setting('work_mem')") == [("7MB",)]
-        (connection,) = pool._all
-        settings = connection._connection.get_dsn_parameters()
+        settings = await pool.runInteraction(lambda cursor: cursor.connection.get_dsn_parameters())
         assert (settings["keepalives"], settings["keepalives_idle"], settings["tcp_user_timeout"]) == (
             "1", "5", "60000"
         )
@@ -169,6 +169,41 @@ def test_reconnection_delays_follow_the_common_backoff() -> None:
     for n, wait in enumerate(waits, 1):
         base = min(FIRST_DELAY * 2**n, MAX_DELAY)
         assert base <= wait < base + 1, (n, wait)
+
+
+@pytest_twisted.ensureDeferred
+async def test_queries_fail_at_once_without_a_connection_and_wait_for_a_free_one(database) -> None:
+    """
+    Before any connection is open a query fails at once (the database is
+    away); once one is, queries beyond the free connections wait their
+    turn, and the pool's state says how many are busy and waiting.
+    """
+    import psycopg2
+    from twisted.internet import reactor
+
+    pool = Pool(database.dsn, 1, reactor)
+    try:
+        with pytest.raises(DatabaseUnavailable):
+            await pool.runQuery("SELECT 1")
+        assert pool.state() == PoolState(size=1, alive=0, busy=0, waiting=0)
+        opened = pool.when_alive()
+        await pool.start()
+        await opened
+        holder = psycopg2.connect(database.dsn)
+        try:
+            with holder.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_lock(7)")
+                first = pool.runQuery("SELECT 'first' FROM pg_advisory_lock(7)")
+                second = pool.runQuery("SELECT 'second'")
+                assert pool.state() == PoolState(size=1, alive=1, busy=1, waiting=1)
+                cursor.execute("SELECT pg_advisory_unlock(7)")
+        finally:
+            holder.close()
+        assert await first == [("first",)]
+        assert await second == [("second",)]
+        assert pool.state() == PoolState(size=1, alive=1, busy=0, waiting=0)
+    finally:
+        pool.close()
 
 
 @pytest_twisted.ensureDeferred
