@@ -21,9 +21,13 @@ from blip.common.lifecycle import AfterReady, CleanExit, Sequence
 from blip.common.statelock import StateDirInUse, hold, note_process
 from blip.counters import Counters, CountersLog
 from blip.db.embedded import Cluster, EmbeddedPostgres
+from blip.db.legacy import LegacyQueries
 from blip.db.meter_table import MeterTable
+from blip.db.node_state import IngestPeriods, MeterRows
 from blip.db.pool import DatabaseService, Pool, PoolService
-from blip.db.store import Store
+from blip.db.readings import Readings
+from blip.db.schema import Schema
+from blip.db.v1 import V1Queries
 from blip.ingest.periods import Periods, PeriodsService
 from blip.ingest.spool import Spool
 from blip.ingest.stamps import Stamps
@@ -85,11 +89,11 @@ def make_service(options: Options, reactor: Any = None, clock: Optional[IReactor
         embedded.setServiceParent(top)
         before, dsn = embedded.when_ready, embedded.dsn
     pool = Pool(dsn, POOL_SIZE, reactor, counters)
-    store = Store(pool)
-    meter_table = MeterTable(store, meters, clock)
+    readings = Readings(pool)
+    meter_table = MeterTable(MeterRows(pool), meters, clock)
 
     async def prepare() -> None:
-        await store.apply_schema()
+        await Schema(pool).apply()
         await meter_table.load()
 
     database = DatabaseService(pool, prepare, before, fatal=clean_exit.fail)
@@ -99,11 +103,11 @@ def make_service(options: Options, reactor: Any = None, clock: Optional[IReactor
     if options["role"] in ("all", "ingest"):
         stamps = Stamps()
         spool = Spool(options["state-dir"] / SPOOL)
-        ingest = Ingest(store, hub, stamps, clock, counters, spool, pool.when_alive)
+        ingest = Ingest(readings, hub, stamps, clock, counters, spool, pool.when_alive)
         AfterReady(
             "ingest", database.when_ready, ingest.start, ingest.stop, ingest.open
         ).setServiceParent(top)
-        periods = Periods(store, options["node-name"], clock, options["state-dir"] / PERIODS)
+        periods = Periods(IngestPeriods(pool), options["node-name"], clock, options["state-dir"] / PERIODS)
         factory = MeterFactory(
             meter_table.noticing(ingest.receive), stamps, clock, counters, meter_table.describe,
             opened=periods.opened, lost=periods.lost,
@@ -112,13 +116,13 @@ def make_service(options: Options, reactor: Any = None, clock: Optional[IReactor
             endpoint = SerialEndpoint(reactor, options["serial"], options["baudrate"], counters)
             SerialService(endpoint, factory, clock).setServiceParent(top)
         if options["simulate"]:
-            SimulatedHistory(list(meters), store, database.when_ready, clock).setServiceParent(top)
+            SimulatedHistory(list(meters), readings, database.when_ready, clock).setServiceParent(top)
             SimulatorService(list(meters), factory, clock).setServiceParent(top)
         # After the source, so that a stop is recorded before the source closes.
         PeriodsService(periods, database.when_ready, clock).setServiceParent(top)
         if options["mqtt"] is not None:
             mqtt_service(
-                options["mqtt"], options["mqtt-interval"], hub, meters, store,
+                options["mqtt"], options["mqtt-interval"], hub, meters, readings,
                 database.when_ready, reactor, clock,
             ).setServiceParent(top)
 
@@ -127,27 +131,26 @@ def make_service(options: Options, reactor: Any = None, clock: Optional[IReactor
     if options["role"] in ("all", "web"):
         # Live points of every ingest node (an all node's own are published
         # on arrival, and not again: see blip.live.notify).
-        listener = Listener(dsn, store, hub, reactor, counters, options["node-name"])
+        listener = Listener(dsn, readings, hub, reactor, counters, options["node-name"])
         AfterReady(
             "listening for live points", database.when_ready, listener.start, listener.stop
         ).setServiceParent(top)
-        read_store = store
+        read_pool = pool
         if options["db-read"] is not None:
             read_pool = Pool(options["db-read"], POOL_SIZE, reactor, counters)
             PoolService(read_pool).setServiceParent(top)
-            read_store = Store(read_pool)
         # Live replays come from the primary: a replica may lag behind the
         # notifications.
-        live = Live(hub, store, meters, clock, max_clients=options["max-waiters"])
+        live = Live(hub, readings, meters, clock, max_clients=options["max-waiters"])
         LiveService(live).setServiceParent(top)
-        api = LegacyApi(read_store, hub, meters, clock, options["longpoll-timeout"], STATIC)
+        api = LegacyApi(LegacyQueries(read_pool), hub, meters, clock, options["longpoll-timeout"], STATIC)
         registry = CollectorRegistry()
         registry.register(StateCollector(counters, hub, live, pool))
         has_source = options["role"] == "all" and bool(options["serial"] or options["simulate"])
-        health = Health(hub, store, clock, options["health-window"], has_source)
+        health = Health(hub, readings, clock, options["health-window"], has_source)
         root = site_root(
             api,
-            ApiV1(read_store, hub, live, meters, clock),
+            ApiV1(V1Queries(read_pool), hub, live, meters, clock),
             Operations(health, registry),
             RequestMetrics(registry),
             reactor,

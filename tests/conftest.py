@@ -29,7 +29,8 @@ from twisted.logger import globalLogPublisher
 
 from blip.db.embedded import Cluster, EmbeddedError
 from blip.db.pool import Pool
-from blip.db.store import Store
+from blip.db.readings import Readings
+from blip.db.schema import Schema
 
 ROOT = Path(__file__).resolve().parent.parent
 #: How long any wait for an event may take before the test fails.
@@ -169,20 +170,28 @@ def database(pg_cluster: TestCluster) -> Iterator[Database]:
 
 
 @pytest_twisted.async_yield_fixture
-async def store(database: Database) -> AsyncIterator[Store]:
+async def raw_pool(database: Database) -> AsyncIterator[Pool]:
     """
-    A :class:`Store` on a fresh database with the schema applied.
+    An open pool on a fresh database whose schema is not applied.
     """
     from twisted.internet import reactor
 
     pool = Pool(database.dsn, 3, reactor)
     await pool.start()
-    store = Store(pool)
-    await store.apply_schema()
     try:
-        yield store
+        yield pool
     finally:
         pool.close()
+
+
+@pytest_twisted.async_yield_fixture
+async def store(raw_pool: Pool) -> AsyncIterator[Readings]:
+    """
+    The readings of a fresh database with the schema applied; the other
+    sets of queries are built on its pool, ``store.pool``.
+    """
+    await Schema(raw_pool).apply()
+    yield Readings(raw_pool)
 
 
 @dataclass
@@ -479,7 +488,7 @@ class Served:
     """
 
     url: str
-    store: Store
+    store: Readings
     hub: "Hub"
     live: "Live"
     clock: "Clock"
@@ -504,7 +513,7 @@ class Served:
 
 
 @pytest_twisted.async_yield_fixture
-async def serve(store: Store) -> AsyncIterator:
+async def serve(store: Readings) -> AsyncIterator:
     """
     A function that serves the whole site for the given meters (and
     health settings) on a real port; every site is closed after the test.
@@ -514,6 +523,8 @@ async def serve(store: Store) -> AsyncIterator:
     from twisted.internet.task import Clock
 
     from blip.counters import Counters
+    from blip.db.legacy import LegacyQueries
+    from blip.db.v1 import V1Queries
     from blip.live.hub import Hub
     from blip.meters import Meters
     from blip.service import STATIC
@@ -538,8 +549,8 @@ async def serve(store: Store) -> AsyncIterator:
         registry.register(StateCollector(counters or Counters(), hub, live, store.pool))
         health = Health(hub, store, clock, 600.0, has_source)
         root = site_root(
-            LegacyApi(store, hub, meters, clock, 0, STATIC),
-            ApiV1(store, hub, live, meters, clock),
+            LegacyApi(LegacyQueries(store.pool), hub, meters, clock, 0, STATIC),
+            ApiV1(V1Queries(store.pool), hub, live, meters, clock),
             Operations(health, registry),
             RequestMetrics(registry),
             reactor,

@@ -20,12 +20,14 @@ from pathlib import Path
 from typing import Optional
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessDone
 from twisted.internet.interfaces import IReactorProcess
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+
+from blip.common.latch import Latch
 
 #: The port number only names the socket file; nothing listens on TCP.
 PORT = 5432
@@ -286,9 +288,15 @@ class EmbeddedPostgres(Service):
     def __init__(self, cluster: Cluster, reactor: IReactorProcess) -> None:
         self.cluster = cluster
         self.reactor = reactor
-        self.ready = False
-        self._waiters: list[Deferred[None]] = []
+        self._ready = Latch()
         self._starting: Optional[Deferred[None]] = None
+
+    @property
+    def ready(self) -> bool:
+        """
+        Whether the server accepts connections.
+        """
+        return self._ready.is_set
 
     @property
     def dsn(self) -> str:
@@ -297,13 +305,11 @@ class EmbeddedPostgres(Service):
 
     def when_ready(self) -> "Deferred[None]":
         """
-        :return: a Deferred that fires when the server accepts connections.
+        :return: a Deferred that fires when the server accepts connections
+            (at once if it does), or fails if it cannot be started;
+            cancelling it stops the wait.
         """
-        if self.ready:
-            return succeed(None)
-        d: Deferred[None] = Deferred()
-        self._waiters.append(d)
-        return d
+        return self._ready.wait()
 
     def _run(self, argv: list[str]) -> "Deferred[tuple[int, str]]":
         done: Deferred[tuple[int, str]] = Deferred()
@@ -348,17 +354,12 @@ class EmbeddedPostgres(Service):
             raise EmbeddedError(f"createdb failed ({code}): {output.strip()}")
 
     def _up(self, _: None) -> None:
-        self.ready = True
         self.log.info("embedded database ready at {dsn}", dsn=self.dsn)
-        waiters, self._waiters = self._waiters, []
-        for d in waiters:
-            d.callback(None)
+        self._ready.set()
 
     def _failed(self, f: Failure) -> None:
         self.log.critical("embedded database unavailable: {why}", why=f.getErrorMessage())
-        waiters, self._waiters = self._waiters, []
-        for d in waiters:
-            d.errback(f)
+        self._ready.fail(f)
 
     async def _stop(self) -> None:
         if self._starting is not None and not self._starting.called:
@@ -369,7 +370,7 @@ class EmbeddedPostgres(Service):
                 self.log.error("stopping PostgreSQL failed: {output}", output=output.strip())
             else:
                 self.log.info("embedded database stopped")
-            self.ready = False
+            self._ready.clear()
 
     def stopService(self) -> "Deferred[None]":
         super().stopService()

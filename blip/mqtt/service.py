@@ -15,7 +15,7 @@ from blip.common.lifecycle import AfterReady
 from blip.common.retry import retrying
 from blip.common.waiting import detached
 from blip.db.pool import RETRIABLE
-from blip.db.store import Store
+from blip.db.readings import Readings
 from blip.live.hub import Hub
 from blip.meters import Meters
 from blip.mqtt.broker import Broker
@@ -44,7 +44,7 @@ class MqttService(AfterReady):
         publisher: Publisher,
         link: Link,
         hub: Hub,
-        store: Store,
+        store: Readings,
         ready: Callable[[], "Deferred[None]"],
     ) -> None:
         super().__init__("MQTT publishing", ready, self._load, self._close, self._open)
@@ -81,7 +81,7 @@ def mqtt_service(
     interval: float,
     hub: Hub,
     meters: Meters,
-    store: Store,
+    store: Readings,
     ready: Callable[[], "Deferred[None]"],
     reactor: Any,
     clock: IReactorTime,

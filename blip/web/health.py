@@ -15,7 +15,7 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 
-from blip.db.store import Store
+from blip.db.queries import Queries
 from blip.live.hub import Hub
 from blip.model import Point
 from blip.web.legacy import answer_error
@@ -39,7 +39,7 @@ class Health:
     """
 
     def __init__(
-        self, hub: Hub, store: Store, clock: IReactorTime, window: float, has_source: bool
+        self, hub: Hub, store: Queries, clock: IReactorTime, window: float, has_source: bool
     ) -> None:
         self.store = store
         self.clock = clock

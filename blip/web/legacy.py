@@ -26,8 +26,8 @@ from twisted.web.server import Request
 from twisted.web.static import File, getTypeAndEncoding
 from werkzeug.exceptions import HTTPException
 
+from blip.db.legacy import LegacyQueries
 from blip.db.pool import RETRIABLE
-from blip.db.store import Store
 from blip.live.hub import Hub, TooManyWaiters
 from blip.meters import Meters
 from blip.model import DEFAULT_METER, INT_MAX
@@ -316,7 +316,7 @@ class LegacyApi:
 
     def __init__(
         self,
-        store: Store,
+        store: LegacyQueries,
         hub: Hub,
         meters: Meters,
         clock: IReactorTime,

@@ -16,7 +16,7 @@ from twisted.internet.threads import deferToThread
 
 from blip.counters import Counters
 from blip.db.pool import Pool
-from blip.db.store import Store
+from blip.db.readings import Readings
 from blip.ingest.spool import RECORD, Spool
 from blip.ingest.stamps import Stamps
 from blip.ingest.writer import (
@@ -360,7 +360,7 @@ async def test_a_full_disk_keeps_points_in_memory(store, database, log_events) -
 
 
 @pytest_twisted.async_yield_fixture
-async def unreachable_store() -> AsyncIterator[Store]:
+async def unreachable_store() -> AsyncIterator[Readings]:
     """
     A store whose database cannot be reached: nothing listens on its port.
     """
@@ -369,7 +369,7 @@ async def unreachable_store() -> AsyncIterator[Store]:
     pool = Pool(f"host=127.0.0.1 port={free_port()} dbname=nothing connect_timeout=2", 2, reactor)
     await pool.start()
     try:
-        yield Store(pool)
+        yield Readings(pool)
     finally:
         pool.close()
 

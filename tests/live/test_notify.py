@@ -12,10 +12,10 @@ import pytest_twisted
 
 from blip.counters import Counters
 from blip.db.pool import own_connection
-from blip.db.store import CHANNEL, NOTIFY_POINTS, STAMP_MAX, listen
+from blip.db.readings import CHANNEL, NOTIFY_POINTS, listen
 from blip.live.hub import Hub
 from blip.live.notify import Listener, PayloadError, decode
-from blip.model import INT_MAX, Point
+from blip.model import INT_MAX, STAMP_MAX, Point
 from tests.conftest import TIMEOUT
 from tests.web.test_legacy import wait_until
 

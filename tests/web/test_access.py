@@ -18,6 +18,7 @@ from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from twisted.web.http_headers import Headers
 
 from blip.counters import Counters
+from blip.db.legacy import LegacyQueries
 from blip.live.hub import Hub
 from blip.meters import Meters
 from blip.model import Point
@@ -157,7 +158,7 @@ async def guarded(store) -> AsyncIterator[tuple[str, Counters]]:
     await store.insert([Point(1, 1_700_000_000_000, 1000)])
     counters = Counters()
     hub = Hub()
-    app = LegacyApi(store, hub, Meters(), reactor, 0, STATIC)
+    app = LegacyApi(LegacyQueries(store.pool), hub, Meters(), reactor, 0, STATIC)
     rules = Rules(
         allow=(ip_network("192.0.2.0/24"), ip_network("127.0.0.1/32")),
         proxies=(ip_network("127.0.0.1/32"),),

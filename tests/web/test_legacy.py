@@ -19,7 +19,8 @@ from twisted.internet.task import Clock, deferLater
 from twisted.internet.threads import deferToThread
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
 
-from blip.db.store import Store
+from blip.db.legacy import LegacyQueries
+from blip.db.readings import Readings
 from blip.live.hub import Hub
 from blip.meters import Meter, Meters
 from blip.model import Point
@@ -41,7 +42,7 @@ class Api:
     url: str
     hub: Hub
     clock: Clock
-    store: Store
+    store: Readings
     port: Any
 
     async def get(self, path: str, method: str = "GET") -> tuple[int, Any, bytes]:
@@ -71,7 +72,7 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> No
 
 
 @pytest_twisted.async_yield_fixture
-async def api(store: Store) -> AsyncIterator[Api]:
+async def api(store: Readings) -> AsyncIterator[Api]:
     """
     The legacy API on a real port: meter 1 has 10 points a second apart
     from T0, meter 2 one point; meter 3 is configured but has no readings.
@@ -83,7 +84,7 @@ async def api(store: Store) -> AsyncIterator[Api]:
     clock.advance(NOW)
     hub = Hub(max_waiters=3)
     meters = Meters([Meter(1), Meter(3)])
-    app = LegacyApi(store, hub, meters, clock, 5.0, STATIC)
+    app = LegacyApi(LegacyQueries(store.pool), hub, meters, clock, 5.0, STATIC)
     port = reactor.listenTCP(0, QuietSite(root(app, reactor)), interface="127.0.0.1")
     try:
         yield Api(f"http://127.0.0.1:{port.getHost().port}", hub, clock, store, port)
@@ -605,7 +606,7 @@ async def test_a_database_without_the_schema_is_503(database) -> None:
     pool = Pool(database.dsn, 1, reactor)
     await pool.start()
     try:
-        app = LegacyApi(Store(pool), Hub(), Meters(), Clock(), 0, STATIC)
+        app = LegacyApi(LegacyQueries(pool), Hub(), Meters(), Clock(), 0, STATIC)
         port = reactor.listenTCP(0, QuietSite(root(app, reactor)), interface="127.0.0.1")
         try:
             api = Api(f"http://127.0.0.1:{port.getHost().port}", app.hub, app.clock, app.store, port)

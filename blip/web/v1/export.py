@@ -13,7 +13,7 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.web.server import Request
 from zope.interface import implementer
 
-from blip.db.store import Store
+from blip.db.v1 import V1Queries
 
 #: Points read from the database at a time.
 PAGE = 20_000
@@ -81,7 +81,7 @@ class Export:
     :param csv: CSV with a ``stamp,ms`` header, else a JSON object.
     """
 
-    def __init__(self, store: Store, meter: int, first: int, last: int, csv: bool) -> None:
+    def __init__(self, store: V1Queries, meter: int, first: int, last: int, csv: bool) -> None:
         self.store = store
         self.meter = meter
         self.first = first

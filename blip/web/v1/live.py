@@ -28,7 +28,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.server import Request
 from zope.interface import implementer
 
-from blip.db.store import Store
+from blip.db.readings import Readings
 from blip.live.hub import Hub
 from blip.meters import Meter, Meters
 from blip.model import INT_MAX, Point
@@ -216,7 +216,7 @@ class Live:
     def __init__(
         self,
         hub: Hub,
-        store: Store,
+        store: Readings,
         meters: Meters,
         clock: IReactorTime,
         max_clients: int = 10_000,

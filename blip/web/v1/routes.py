@@ -24,7 +24,7 @@ from twisted.web.resource import IResource
 from twisted.web.server import Request
 from werkzeug.exceptions import MethodNotAllowed
 
-from blip.db.store import Store
+from blip.db.v1 import V1Queries
 from blip.live.hub import Hub
 from blip.meters import Meter, Meters
 from blip.model import Point
@@ -148,7 +148,7 @@ class ApiV1:
     log = Logger()
 
     def __init__(
-        self, store: Store, hub: Hub, live: Live, meters: Meters, clock: IReactorTime
+        self, store: V1Queries, hub: Hub, live: Live, meters: Meters, clock: IReactorTime
     ) -> None:
         self.store = store
         self.hub = hub

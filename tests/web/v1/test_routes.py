@@ -23,7 +23,8 @@ from referencing.jsonschema import DRAFT202012
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 
-from blip.db.store import Store
+from blip.db.readings import Readings
+from blip.db.v1 import V1Queries
 from blip.meters import Meter, Meters, TariffRule
 from blip.model import Point
 from blip.web.v1.export import PAGE, Export
@@ -240,7 +241,7 @@ class SlowRequest:
 
 
 @pytest_twisted.ensureDeferred
-async def test_export_waits_for_the_client(store: Store) -> None:
+async def test_export_waits_for_the_client(store: Readings) -> None:
     """
     The export writes its head and first page at once, then reads the next
     page only when the client takes more: one page per resume, however
@@ -248,7 +249,7 @@ async def test_export_waits_for_the_client(store: Store) -> None:
     """
     await store.insert([Point(1, T0 + i, 5) for i in range(PAGE * 3)])
     request = SlowRequest()
-    done = Deferred.fromCoroutine(Export(store, 1, T0, T0 + PAGE * 3, True).write_to(request))
+    done = Deferred.fromCoroutine(Export(V1Queries(store.pool), 1, T0, T0 + PAGE * 3, True).write_to(request))
     while len(request.writes) < 2:
         await within(request.wrote)
     assert request.writes[0] == b"stamp,ms\r\n"
