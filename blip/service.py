@@ -18,6 +18,7 @@ from twisted.application.service import IService
 from twisted.internet.interfaces import IReactorTime
 
 from blip.common.lifecycle import CleanExit, Sequence
+from blip.common.owned import Unsafe
 from blip.common.statelock import StateDirInUse, hold, note_process
 from blip.counters import Counters, CountersLog
 from blip.db.embedded import Cluster, EmbeddedPostgres
@@ -165,7 +166,7 @@ def makeService(options: Options) -> IService:
     gc.set_threshold(*GC_THRESHOLDS)
     try:
         lock = hold(options["state-dir"], options.run_as)
-    except StateDirInUse as e:
+    except (StateDirInUse, Unsafe) as e:
         raise SystemExit(f"twistd blip: --state-dir: {e}") from None
     except OSError as e:
         raise SystemExit(f"twistd blip: --state-dir: cannot lock {options['state-dir']}: {e.strerror}") from None

@@ -421,11 +421,13 @@ def start_daemon(daemon_env: dict[str, str]) -> Iterator:
     listener logs when it is ready; ``env`` adds to its environment;
     ``twistd`` are options of twistd itself); every daemon is stopped after
     the test.
+    ``start_daemon.refused(...)`` starts one that must refuse to start,
+    and returns its exit status and output.
     """
     started: list[Daemon] = []
     state = shared_tempdir("blip-test-state-")
 
-    def start(
+    def daemon(
         *args: str, listen: bool = True, state_dir: Optional[Path] = None,
         ready: Optional[str] = None, env: Optional[dict[str, str]] = None,
         twistd: tuple[str, ...] = (),
@@ -433,13 +435,28 @@ def start_daemon(daemon_env: dict[str, str]) -> Iterator:
         extra = ["--state-dir", str(state_dir or state)]
         if listen:
             extra += ["--listen", f"tcp:{free_port()}:interface=127.0.0.1"]
-        daemon = Daemon(
+        made = Daemon(
             [*extra, *args], {**daemon_env, **(env or {})}, ready=ready, twistd_args=list(twistd)
         )
-        started.append(daemon)
-        return daemon.start()
+        started.append(made)
+        return made
+
+    def start(*args: str, **options: Any) -> Daemon:
+        return daemon(*args, **options).start()
+
+    def refused(*args: str, **options: Any) -> tuple[int, list[str]]:
+        made = daemon(*args, **options)
+        try:
+            made.start()
+        except AssertionError:
+            if not made._ended or made.process is None:
+                raise
+            made.process.wait(TIMEOUT)
+            return made.stop(), made.output
+        raise AssertionError("the daemon started:\n" + "\n".join(made.output))
 
     start.state = state
+    start.refused = refused
     yield start
     for daemon in started:
         if daemon.process is not None and daemon.process.poll() is None:
