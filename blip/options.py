@@ -17,7 +17,7 @@ from twisted.python import usage
 
 from blip.common.env import env_name
 from blip.common.owned import Folder, Unsafe, user_name
-from blip.db.embedded import EmbeddedError, server_bindir, server_user
+from blip.db.embedded import Cluster, EmbeddedError
 from blip.meters import Meters, MetersError
 from blip.mqtt.publish import Broker, BrokerError, parse_broker
 from blip.web import access
@@ -139,10 +139,7 @@ class Options(usage.Options):
             _check_dsn(self["db"], "--db")
         else:
             try:
-                server_bindir()
-                if run_as is None or run_as[0] == 0:
-                    # (Otherwise the server runs as the user twistd switches to.)
-                    server_user()
+                Cluster.at(state / "pg", run_as[0] if run_as else None).check()
             except EmbeddedError as e:
                 raise usage.UsageError(f"embedded database: {e}")
         self["db-read"] = self["db-read"] or None

@@ -81,7 +81,9 @@ def make_service(options: Options, reactor: Any = None, clock: Optional[IReactor
     before = None
     dsn = options["db"]
     if dsn is None:
-        embedded = EmbeddedPostgres(Cluster.at(options["state-dir"] / "pg"), reactor)
+        run_as = options.run_as
+        cluster = Cluster.at(options["state-dir"] / "pg", run_as[0] if run_as else None)
+        embedded = EmbeddedPostgres(cluster, reactor)
         embedded.setServiceParent(top)
         before, dsn = embedded.when_ready, embedded.dsn
     pool = Pool(dsn, POOL_SIZE, reactor, counters)

@@ -229,3 +229,24 @@ def test_a_second_daemon_on_the_same_state_dir_is_refused(start_daemon, database
     first.stop()
     again = start_daemon("--db", database.dsn)
     again.wait_for("database ready")
+
+
+def test_a_state_dir_with_spaces_and_quotes(start_daemon, pty_meter) -> None:
+    """
+    A state dir whose path holds spaces and quotes works: the daemon
+    takes its lock, runs its embedded database there, stores a blip, and
+    stops cleanly.
+    """
+    folder = shared_tempdir("blip-test-odd-")
+    odd = folder / "it's a \"state\" dir"
+    odd.mkdir(mode=0o755)
+    try:
+        daemon = start_daemon("--serial", pty_meter.path, state_dir=odd)
+        daemon.wait_for(r"\] database ready")
+        pty_meter.write(b"partial\n1234\n")
+        assert eventually(lambda: get(daemon, "/last/1")[0] == 200), daemon.output
+        assert (odd / "lock").read_text() == f"{daemon.pid}\n"
+        assert daemon.stop() == 0, "\n".join(daemon.output)
+        assert any("embedded database stopped" in line for line in daemon.output)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
