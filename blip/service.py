@@ -24,7 +24,7 @@ from blip.counters import Counters, CountersLog
 from blip.db.embedded import Cluster, EmbeddedPostgres
 from blip.db.meter_table import MeterTable
 from blip.db.pool import DatabaseService, Pool, PoolService
-from blip.db.store import Store
+from blip.db.store import Store, schema_sql
 from blip.ingest.periods import Periods, PeriodsService
 from blip.ingest.spool import Spool
 from blip.ingest.stamps import Stamps
@@ -88,6 +88,8 @@ def make_service(options: Options, reactor: Any = None, clock: Optional[IReactor
         before, dsn = embedded.when_ready, embedded.dsn
     pool = Pool(dsn, POOL_SIZE, reactor, counters)
     store = Store(pool)
+    # Read now, while the daemon may still be root.
+    schema_sql()
     meter_table = MeterTable(store, meters, clock)
 
     async def prepare() -> None:

@@ -10,6 +10,7 @@ written once, as a generator of statements (see :func:`_prepare`), which
 both run.
 """
 
+import functools
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,13 +127,15 @@ def _usage(select: str) -> str:
     )
 
 
+@functools.cache
 def schema_sql() -> str:
     """
-    :return: the text of ``schema.sql``.
+    :return: the text of ``schema.sql``, read once: the daemon reads it when
+        it is built, before twistd --uid/--gid make it a user who may not
+        be able to read it.
     """
     # Read beside this module rather than through importlib.resources, which
-    # loads more of Python's library on first use: a daemon that twistd
-    # --uid/--gid has made another user may not be able to read it any more.
+    # loads more of Python's library on first use.
     return Path(__file__).parent.parent.joinpath("schema.sql").read_text(encoding="utf-8")
 
 
