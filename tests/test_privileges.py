@@ -62,7 +62,9 @@ def plant(link: Path, target: Path, user: pwd.struct_passwd) -> None:
     os.lchown(link, user.pw_uid, user.pw_gid)
 
 
-def test_a_link_at_the_lock_is_refused_before_the_switch(start_daemon, database, state, tmp_path) -> None:
+def test_a_link_at_the_lock_is_refused_before_the_switch(
+    start_daemon, database, state, tmp_path
+) -> None:
     """
     Started as root with --uid/--gid, the daemon takes the lock in the
     state dir, which belongs to that user, while it is still root: a link
@@ -128,12 +130,16 @@ def test_a_link_in_the_embedded_cluster_is_refused(
     code, output = start_daemon.refused("--simulate", state_dir=state)
     kind = "folder" if folder else "regular file"
     assert (code, output) == (
-        1, [f"twistd blip: embedded database: {link} is a symbolic link, where a {kind} should be: remove it"],
+        1,
+        [f"twistd blip: embedded database: {link} is a symbolic link, where a {kind} should be:"
+         " remove it"],
     )
     assert snapshot(target) == before
 
 
-def test_a_link_at_the_socket_folder_in_the_temporary_directory_is_refused(start_daemon, state, tmp_path) -> None:
+def test_a_link_at_the_socket_folder_in_the_temporary_directory_is_refused(
+    start_daemon, state, tmp_path
+) -> None:
     """
     A state dir too deep for a socket path puts the socket folder in the
     system's temporary directory, under a name anyone can work out: a
@@ -154,6 +160,8 @@ def test_a_link_at_the_socket_folder_in_the_temporary_directory_is_refused(start
     finally:
         link.unlink()
     assert (code, output) == (
-        1, [f"twistd blip: embedded database: {link} is a symbolic link, where a folder should be: remove it"],
+        1,
+        [f"twistd blip: embedded database: {link} is a symbolic link, where a folder should be:"
+         " remove it"],
     )
     assert snapshot(target) == before

@@ -160,18 +160,21 @@ def install(folder: Path) -> Path:
 
     venv.EnvBuilder(symlinks=True).create(folder)
     site = Path(sysconfig.get_path("purelib", vars={"base": str(folder), "platbase": str(folder)}))
-    needed, seen = [("blipserver", frozenset[str]())], set()
+    needed, seen, copied = [("blipserver", frozenset[str]())], set(), {"blipserver"}
     while needed:
         name, extras = needed.pop()
         dist = importlib.metadata.distribution(name)
-        if (dist.metadata["Name"].lower(), extras) in seen:
+        key = dist.metadata["Name"].lower()
+        if (key, extras) in seen:
             continue
-        seen.add((dist.metadata["Name"].lower(), extras))
+        seen.add((key, extras))
         for text in dist.requires or []:
             required = Requirement(text)
-            if required.marker is None or any(required.marker.evaluate({"extra": e}) for e in extras or {""}):
+            marker = required.marker
+            if marker is None or any(marker.evaluate({"extra": e}) for e in extras or {""}):
                 needed.append((required.name, frozenset(required.extras)))
-        if name != "blipserver":
+        if key not in copied:
+            copied.add(key)
             for file in dist.files or []:
                 if ".." not in file.parts:
                     (site / file).parent.mkdir(parents=True, exist_ok=True)

@@ -250,7 +250,9 @@ class Folder:
         self.close()
 
 
-def _open(name: "str | Path", dir_fd: Optional[int], flags: int, mode: int, path: Path, folder: bool) -> int:
+def _open(
+    name: "str | Path", dir_fd: Optional[int], flags: int, mode: int, path: Path, folder: bool
+) -> int:
     try:
         return os.open(name, flags | _OPEN, mode, dir_fd=dir_fd)
     except OSError as e:

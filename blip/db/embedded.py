@@ -448,7 +448,9 @@ class EmbeddedPostgres(Service):
         if code == 0 and changed:
             # (One an older blipserver left running, say: started without
             # the settings of the command line.)
-            self.log.info("restarting the embedded database server left running: its access rules changed")
+            self.log.info(
+                "restarting the embedded database server left running: its access rules changed"
+            )
             await self._must(cluster.stop_argv(), "stopping PostgreSQL")
             code = 1
         if code == 0:

@@ -212,7 +212,8 @@ def as_an_older_blipserver_made_it(cluster: Cluster) -> None:
         f"port = {PORT}\n"
     )
     os.chown(settings, *cluster.owner)
-    start = [str(cluster.bindir / "pg_ctl"), "start", "-D", str(cluster.data), "-w", "-l", str(cluster.log_file)]
+    start = [str(cluster.bindir / "pg_ctl"), "start", "-D", str(cluster.data), "-w",
+             "-l", str(cluster.log_file)]
     done = cluster.run_sync(start)
     assert done.returncode == 0, done.stdout + done.stderr
 
@@ -294,7 +295,8 @@ def test_the_socket_folder_in_the_temporary_directory_must_be_private(state: Pat
     try:
         os.chown(sockets, nobody.pw_uid, nobody.pw_gid)
         for check in (cluster.check, cluster.prepare_folders):
-            with pytest.raises(EmbeddedError, match=f"^{sockets} belongs to user nobody, not to {cluster.user.pw_name}$"):
+            wrong = f"^{sockets} belongs to user nobody, not to {cluster.user.pw_name}$"
+            with pytest.raises(EmbeddedError, match=wrong):
                 check()
         os.chown(sockets, *cluster.owner)
         os.chmod(sockets, 0o755)
