@@ -18,6 +18,7 @@ from twisted.application.service import IService
 from twisted.internet.interfaces import IReactorTime
 
 from blip.common.lifecycle import AfterReady, CleanExit, Sequence
+from blip.common.owned import Unsafe
 from blip.common.statelock import StateDirInUse, hold, note_process
 from blip.counters import Counters, CountersLog
 from blip.db.embedded import Cluster, EmbeddedPostgres
@@ -26,7 +27,7 @@ from blip.db.meter_table import MeterTable
 from blip.db.node_state import IngestPeriods, MeterRows
 from blip.db.pool import DatabaseService, Pool, PoolService
 from blip.db.readings import Readings
-from blip.db.schema import Schema
+from blip.db.schema import Schema, schema_sql
 from blip.db.v1 import V1Queries
 from blip.ingest.periods import Periods, PeriodsService
 from blip.ingest.spool import Spool
@@ -85,11 +86,15 @@ def make_service(options: Options, reactor: Any = None, clock: Optional[IReactor
     before = None
     dsn = options["db"]
     if dsn is None:
-        embedded = EmbeddedPostgres(Cluster.at(options["state-dir"] / "pg"), reactor)
+        run_as = options.run_as
+        cluster = Cluster.at(options["state-dir"] / "pg", run_as[0] if run_as else None)
+        embedded = EmbeddedPostgres(cluster, reactor)
         embedded.setServiceParent(top)
         before, dsn = embedded.when_ready, embedded.dsn
     pool = Pool(dsn, POOL_SIZE, reactor, counters)
     readings = Readings(pool)
+    # Read now, while the daemon may still be root.
+    schema_sql()
     meter_table = MeterTable(MeterRows(pool), meters, clock)
 
     async def prepare() -> None:
@@ -173,7 +178,7 @@ def makeService(options: Options) -> IService:
     gc.set_threshold(*GC_THRESHOLDS)
     try:
         lock = hold(options["state-dir"], options.run_as)
-    except StateDirInUse as e:
+    except (StateDirInUse, Unsafe) as e:
         raise SystemExit(f"twistd blip: --state-dir: {e}") from None
     except OSError as e:
         raise SystemExit(f"twistd blip: --state-dir: cannot lock {options['state-dir']}: {e.strerror}") from None

@@ -322,6 +322,9 @@ class Daemon:
     ready: Optional[str] = None
     #: Options of twistd itself (before ``blip``).
     twistd_args: list[str] = field(default_factory=list)
+    #: The twistd program (ours when None) and the folder it runs in.
+    program: Optional[Path] = None
+    cwd: Path = ROOT
     process: Optional[subprocess.Popen[bytes]] = None
     output: list[str] = field(default_factory=list)
     _changed: threading.Condition = field(default_factory=threading.Condition)
@@ -330,10 +333,10 @@ class Daemon:
 
     def start(self) -> "Daemon":
         """Start it; return once it serves HTTP."""
-        twistd = str(Path(sys.executable).parent / "twistd")
+        twistd = str(self.program or Path(sys.executable).parent / "twistd")
         argv = [twistd, "--nodaemon", "--pidfile=", *self.twistd_args, "blip", *self.args]
         self.process = subprocess.Popen(
-            argv, cwd=ROOT, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+            argv, cwd=self.cwd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
         )
         self.output = []
         self._ended = False
@@ -428,27 +431,45 @@ def start_daemon(daemon_env: dict[str, str]) -> Iterator:
     a free port and a private state dir, shared by the test's daemons
     unless ``state_dir`` gives one; ``ready`` is what a daemon without a
     listener logs when it is ready; ``env`` adds to its environment;
-    ``twistd`` are options of twistd itself); every daemon is stopped after
-    the test.
+    ``twistd`` are options of twistd itself; ``program`` another twistd,
+    run in ``cwd``); every daemon is stopped after the test.
+    ``start_daemon.refused(...)`` starts one that must refuse to start,
+    and returns its exit status and output.
     """
     started: list[Daemon] = []
     state = shared_tempdir("blip-test-state-")
 
-    def start(
+    def daemon(
         *args: str, listen: bool = True, state_dir: Optional[Path] = None,
         ready: Optional[str] = None, env: Optional[dict[str, str]] = None,
-        twistd: tuple[str, ...] = (),
+        twistd: tuple[str, ...] = (), program: Optional[Path] = None, cwd: Path = ROOT,
     ) -> Daemon:
         extra = ["--state-dir", str(state_dir or state)]
         if listen:
             extra += ["--listen", f"tcp:{free_port()}:interface=127.0.0.1"]
-        daemon = Daemon(
-            [*extra, *args], {**daemon_env, **(env or {})}, ready=ready, twistd_args=list(twistd)
+        made = Daemon(
+            [*extra, *args], {**daemon_env, **(env or {})}, ready=ready, twistd_args=list(twistd),
+            program=program, cwd=cwd,
         )
-        started.append(daemon)
-        return daemon.start()
+        started.append(made)
+        return made
+
+    def start(*args: str, **options: Any) -> Daemon:
+        return daemon(*args, **options).start()
+
+    def refused(*args: str, **options: Any) -> tuple[int, list[str]]:
+        made = daemon(*args, **options)
+        try:
+            made.start()
+        except AssertionError:
+            if not made._ended or made.process is None:
+                raise
+            made.process.wait(TIMEOUT)
+            return made.stop(), made.output
+        raise AssertionError("the daemon started:\n" + "\n".join(made.output))
 
     start.state = state
+    start.refused = refused
     yield start
     for daemon in started:
         if daemon.process is not None and daemon.process.poll() is None:

@@ -7,6 +7,7 @@ record the version; all in one transaction, as one program (see
 :mod:`blip.db.program`).
 """
 
+import functools
 from pathlib import Path
 
 from twisted.internet.defer import Deferred
@@ -22,13 +23,15 @@ from blip.model import DEFAULT_METER
 SCHEMA_LOCK = 0x626C6970  # "blip"
 
 
+@functools.cache
 def schema_sql() -> str:
     """
-    :return: the text of ``schema.sql``.
+    :return: the text of ``schema.sql``, read once: the daemon reads it when
+        it is built, before twistd --uid/--gid make it a user who may not
+        be able to read it.
     """
     # Read beside this module rather than through importlib.resources, which
-    # loads more of Python's library on first use: a daemon that twistd
-    # --uid/--gid has made another user may not be able to read it any more.
+    # loads more of Python's library on first use.
     return Path(__file__).parent.parent.joinpath("schema.sql").read_text(encoding="utf-8")
 
 
