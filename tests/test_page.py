@@ -4,7 +4,7 @@ through a pty, with a year of history in the database: the live graph
 moves on every blip, the history zooms, pans and resets and shows where
 the logger was down, the summary, overview and heatmap match the
 database, and the page works on a phone and behind a reverse proxy under a
-path prefix.
+path prefix. Its scripts pass ESLint.
 
 Screenshots are saved in ``$BLIP_ARTIFACTS`` (by default
 ``test-artifacts/`` in the repository).
@@ -545,3 +545,25 @@ def test_page_files_are_served_well(site) -> None:
         assert json.loads(missing.value.read()) == {"error": "no such route"}
     assert (ROOT / "static" / "vendor" / "uplot" / "LICENSE").is_file()
     assert Path(ROOT / "static" / "index.html").read_text().count("http") == 0
+
+
+def test_scripts_pass_eslint() -> None:
+    """
+    The page's own scripts (static/, not the vendored uPlot) pass ESLint's
+    recommended rules as eslint.config.js sets them up; the test fails
+    with ESLint's report otherwise, and fails saying how to install ESLint
+    when it is missing.
+    """
+    eslint = ROOT / "node_modules" / ".bin" / "eslint"
+    if not eslint.exists():
+        pytest.fail(
+            "ESLint is not installed: `make test` installs it (or run `npm ci`,"
+            " which installs the version package-lock.json pins)",
+            pytrace=False,
+        )
+    result = subprocess.run(
+        [str(eslint), "--max-warnings=0", "static"],
+        cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT * 4,
+    )
+    if result.returncode != 0:
+        pytest.fail(f"ESLint found problems:\n{result.stdout}{result.stderr}", pytrace=False)

@@ -15,14 +15,14 @@ export async function getJSON(path) {
   let answer;
   try {
     answer = await fetch(path, { headers: { accept: "application/json" } });
-  } catch (error) {
+  } catch {
     throw new Unreachable();
   }
   if (!answer.ok) {
     let why = null;
     try {
       why = (await answer.json()).error || null;
-    } catch (ignored) {
+    } catch {
       // not blipserver's JSON: a proxy's page
     }
     // A proxy answering for a server that is away, or the server itself

@@ -2,8 +2,6 @@
 // zone on the time axis, the page's colours, a tooltip, and a width that
 // follows the page.
 
-/* global uPlot */
-
 import { outageBands } from "./gaps.js";
 
 function css(name) {

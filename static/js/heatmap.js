@@ -86,7 +86,6 @@ export class Heatmap {
   }
 
   render() {
-    const tz = this.meter.timezone;
     const values = this.days.flatMap((d) => d.hours.filter(Boolean).map((c) => c.kwh)).sort((a, b) => a - b);
     // The top of the scale: nearly the highest hour, so that one spike does
     // not wash out the rest.

@@ -35,7 +35,7 @@ export class LiveStream {
       let point;
       try {
         point = JSON.parse(event.data);
-      } catch (ignored) {
+      } catch {
         return;
       }
       this.onPoint(point);
