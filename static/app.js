@@ -30,7 +30,7 @@ function choose(views, id) {
 
 async function start() {
   let meters;
-  for (let delay = 1000; ; delay = Math.min(delay * 2, 30000)) {
+  for (let delay = t.backoff(); ; delay = t.backoff(delay)) {
     try {
       meters = await api.meters();
       break;

@@ -1,6 +1,8 @@
 // The page's calls to blipserver's /api/v1, by relative URL so that the page
 // works unchanged behind a reverse proxy under any path prefix.
 
+import { periodFor } from "./time.js";
+
 export class ApiError extends Error {}
 
 // The server (or the proxy in front of it) cannot be reached: one calm
@@ -57,6 +59,12 @@ export function power(meter, from, to, maxPoints) {
 export function energy(meter, from, to, period) {
   const query = new URLSearchParams({ from: time(from), to: time(to), period });
   return getJSON(`api/v1/meters/${meter}/energy?${query}`);
+}
+
+// The energy and cost of [from, to), asked for in periods coarse enough
+// that the answer is a row or two.
+export async function total(meter, from, to) {
+  return (await energy(meter, from, to, periodFor(from, to, 1))).total;
 }
 
 // The stretches when the logger was down (those when the meter was merely

@@ -1,15 +1,15 @@
 // Keeps what a view shows fresh: `load()` runs again when the view is on
 // show (`shown()`) and what it loaded is older than `every` ms — looked at
-// every minute — or at once when asked. A load that fails is reported and
+// every LOOK ms — or at once when asked. A load that fails is reported and
 // tried again at the next look.
 
-const MINUTE = 60000;
+import { LOOK } from "./time.js";
 
 export class Fresh {
   constructor(every, shown, load, report) {
     Object.assign(this, { every, shown, load, report });
     this.at = 0;
-    setInterval(() => this.refresh(false), MINUTE);
+    setInterval(() => this.refresh(false), LOOK);
   }
 
   // Load now if on show (unless `force` is false and what is shown is

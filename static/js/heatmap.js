@@ -8,9 +8,6 @@ import { Fresh } from "./fresh.js";
 import * as t from "./time.js";
 
 const DAYS = 56;
-const MINUTE = 60000;
-// Refreshed this often while on show.
-const EVERY = 10 * MINUTE;
 // Days across rather than down when the grid is at least this wide (px).
 const WIDE = 700;
 
@@ -28,7 +25,7 @@ export class Heatmap {
     this.meter = meter;
     this.element = element;
     this.active = false;
-    this.fresh = new Fresh(EVERY, () => this.active, () => this.load(), report);
+    this.fresh = new Fresh(t.REFRESH.heatmap, () => this.active, () => this.load(), report);
     this.days = [];
     this.grid = element.querySelector(".heat-grid");
     this.legend = element.querySelector(".heat-legend");
@@ -68,7 +65,7 @@ export class Heatmap {
     const now = Date.now();
     const today = t.local(now, tz).date;
     const first = t.addDays(today, 1 - DAYS);
-    const answer = await api.energy(this.meter.id, `${first}T00:00`, now, "hour");
+    const answer = await api.energy(this.meter.id, t.dayStart(first), now, "hour");
     const cells = new Map();
     for (const row of answer.rows) {
       const { date, hour } = t.local(row.start, tz);

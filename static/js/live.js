@@ -5,13 +5,15 @@
 // refuses the stream, it is reopened with growing delays and the page is
 // told to reload what it shows, since points may have been missed.
 
+import { backoff } from "./time.js";
+
 export class LiveStream {
   constructor(meterIds, { onPoint, onState, onResync }) {
     this.url = `api/v1/live?meters=${meterIds.join(",")}`;
     this.onPoint = onPoint;
     this.onState = onState;
     this.onResync = onResync;
-    this.delay = 1000;
+    this.delay = 0;
     this.source = null;
   }
 
@@ -24,7 +26,7 @@ export class LiveStream {
     this.source = source;
     this.onState("connecting");
     source.addEventListener("open", () => {
-      this.delay = 1000;
+      this.delay = 0;
       this.onState("live");
       if (resync) {
         resync = false;
@@ -44,9 +46,8 @@ export class LiveStream {
       if (source.readyState === EventSource.CLOSED) {
         this.onState("down");
         source.close();
-        const delay = this.delay;
-        this.delay = Math.min(this.delay * 2, 30000);
-        setTimeout(() => this.open(true), delay);
+        this.delay = backoff(this.delay);
+        setTimeout(() => this.open(true), this.delay);
       } else {
         this.onState("connecting");
       }

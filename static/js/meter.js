@@ -9,10 +9,7 @@ import { Heatmap } from "./heatmap.js";
 import { History } from "./history.js";
 import { Summary } from "./summary.js";
 import * as t from "./time.js";
-
-const WINDOW = 20 * 60000;
-// A blip this long after the one before may end an outage.
-const LONG_BLIP = 2 * 60000;
+import { LIVE_WINDOW, LONG_BLIP, MINUTE, QUIET, SECOND, TICK } from "./time.js";
 
 export class MeterView {
   constructor(meter, section, report) {
@@ -43,7 +40,7 @@ export class MeterView {
     this.heatmap = new Heatmap(meter, section.querySelector("[data-role=heatmap]"), report);
     this.onWatts = () => {};
     if (meter.last) this.show(meter.last);
-    setInterval(() => this.tick(), 1000);
+    setInterval(() => this.tick(), TICK);
   }
 
   // Show the meter (loading what it shows the first time) or hide it.
@@ -64,8 +61,8 @@ export class MeterView {
     const now = Date.now();
     try {
       const [answer, outages, settings] = await Promise.all([
-        api.power(this.meter.id, now - WINDOW, now, 5000),
-        api.outages(this.meter.id, now - WINDOW, now),
+        api.power(this.meter.id, now - LIVE_WINDOW, now, 5000),
+        api.outages(this.meter.id, now - LIVE_WINDOW, now),
         api.meter(this.meter.id),
       ]);
       const raw = answer.resolution_ms === 0;
@@ -86,7 +83,7 @@ export class MeterView {
   async reloadOutages() {
     const now = Date.now();
     try {
-      this.outages = await api.outages(this.meter.id, now - WINDOW, now);
+      this.outages = await api.outages(this.meter.id, now - LIVE_WINDOW, now);
       this.redraw();
     } catch (error) {
       this.report(error.message);
@@ -113,11 +110,11 @@ export class MeterView {
   }
 
   redraw() {
-    const start = Date.now() - WINDOW - 60000;
+    const start = Date.now() - LIVE_WINDOW - MINUTE;
     while (this.points.length && this.points[0].time < start) this.points.shift();
     this.outages = this.outages.filter((o) => o.to >= start);
     const { data, rows } = breakAtOutages(
-      [this.points.map((p) => p.time / 1000), this.points.map((p) => p.watts)], this.outages,
+      [this.points.map((p) => p.time / SECOND), this.points.map((p) => p.watts)], this.outages,
     );
     this.rowOf = rows;
     this.chart.setData(data, false);
@@ -129,10 +126,10 @@ export class MeterView {
   // Slide the window with time; say so when the meter has gone quiet.
   tick() {
     const now = Date.now();
-    if (!this.section.hidden) this.chart.setScale("x", { min: (now - WINDOW) / 1000, max: now / 1000 });
+    if (!this.section.hidden) this.chart.setScale("x", { min: (now - LIVE_WINDOW) / SECOND, max: now / SECOND });
     const last = this.last;
     const quiet = last ? now - last.stamp : null;
-    const expected = last ? Math.max(60000, 3 * last.ms) : 0;
+    const expected = last ? Math.max(QUIET, 3 * last.ms) : 0;
     if (last && quiet > expected) {
       this.silentText.hidden = false;
       this.silentText.textContent = `no data for ${t.duration(quiet)}`;

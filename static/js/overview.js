@@ -5,9 +5,7 @@
 import * as api from "./api.js";
 import { Fresh } from "./fresh.js";
 import * as t from "./time.js";
-
-const MINUTE = 60000;
-const EVERY = 5 * MINUTE;
+import { MINUTE } from "./time.js";
 
 // Energy since the start of a day or month: as answered up to `to` (for
 // the local `date`), plus the blips seen live since.
@@ -20,7 +18,7 @@ export class Overview {
     this.meters = meters;
     this.element = element;
     this.cards = new Map();
-    this.fresh = new Fresh(EVERY, () => !this.element.hidden, () => this.load(), report);
+    this.fresh = new Fresh(t.REFRESH.overview, () => !this.element.hidden, () => this.load(), report);
     const template = element.querySelector("template");
     for (const meter of meters) {
       const card = template.content.firstElementChild.cloneNode(true);
@@ -93,15 +91,15 @@ export class Overview {
   }
 
   async load() {
-    const to = Math.floor(Date.now() / MINUTE) * MINUTE;
+    const to = t.wholeMinute(Date.now());
     await Promise.all([...this.cards.values()].map(async (entry) => {
       const { date } = t.local(to, entry.meter.timezone);
       const [today, month] = await Promise.all([
-        api.energy(entry.meter.id, `${date}T00:00`, to, "day"),
-        api.energy(entry.meter.id, `${date.slice(0, 8)}01T00:00`, to, "month"),
+        api.total(entry.meter.id, t.dayStart(date), to),
+        api.total(entry.meter.id, t.monthStart(date), to),
       ]);
-      Object.assign(entry.today, { kwh: today.total.kwh, cost: today.total.cost, to, date });
-      Object.assign(entry.month, { kwh: month.total.kwh, cost: month.total.cost, to, date });
+      Object.assign(entry.today, { kwh: today.kwh, cost: today.cost, to, date });
+      Object.assign(entry.month, { kwh: month.kwh, cost: month.cost, to, date });
       // Blips seen while asking and not counted in the answer.
       for (const point of entry.recent) this.count(entry, point);
     }));
