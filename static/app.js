@@ -1,5 +1,6 @@
 // The power page: every meter side by side, and one meter's views at a
-// time, fed by the live stream.
+// time, fed by the live stream. While the page is hidden (another tab, a
+// phone's screen off), nothing runs: no timers, no stream.
 
 import * as api from "./js/api.js";
 import { LiveStream } from "./js/live.js";
@@ -16,6 +17,7 @@ function report(message) {
   problem.textContent = message || "";
 }
 
+// Show meter `id`: its views on show, its tab pressed, its card current.
 function choose(views, id) {
   for (const view of views.values()) {
     const chosen = view.meter.id === id;
@@ -47,7 +49,12 @@ async function start() {
   const template = document.getElementById("meter-template");
   const main = document.getElementById("main");
   const views = new Map();
-  const overview = new Overview(meters, document.getElementById("overview"), report, (id) => choose(views, id));
+  let chosen = null;
+  const show = (id) => {
+    chosen = id;
+    choose(views, id);
+  };
+  const overview = new Overview(meters, document.getElementById("overview"), report, show);
   for (const meter of meters) {
     const section = template.content.firstElementChild.cloneNode(true);
     section.id = `meter-${meter.id}`;
@@ -61,7 +68,7 @@ async function start() {
     const live = document.createElement("span");
     live.className = "w";
     tab.appendChild(live);
-    tab.addEventListener("click", () => choose(views, meter.id));
+    tab.addEventListener("click", () => show(meter.id));
     view.tab = tab;
     view.onWatts = (point) => {
       live.textContent = `${t.watts(point.watts)} W`;
@@ -73,7 +80,8 @@ async function start() {
   }
   nav.hidden = meters.length < 2;
   const wanted = Number((location.hash.match(/^#meter-(\d+)$/) || [])[1]);
-  choose(views, views.has(wanted) ? wanted : meters[0].id);
+  show(views.has(wanted) ? wanted : meters[0].id);
+  overview.setActive(true);
   document.title = meters.length === 1 ? `Power · ${meters[0].label}` : "Power";
 
   const stream = new LiveStream([...views.keys()], {
@@ -91,6 +99,14 @@ async function start() {
     },
   });
   stream.start();
+
+  document.addEventListener("visibilitychange", () => {
+    const shown = document.visibilityState === "visible";
+    views.forEach((view) => view.setActive(shown && view.meter.id === chosen));
+    overview.setActive(shown);
+    if (shown) stream.start(true);
+    else stream.stop();
+  });
 }
 
 start();

@@ -25,6 +25,7 @@ from zoneinfo import ZoneInfo
 
 import psycopg2
 import pytest
+from playwright.sync_api import expect
 
 from tests.conftest import ROOT, TIMEOUT, free_port
 
@@ -162,12 +163,20 @@ def api(daemon, path: str) -> dict:
         return json.loads(answer.read())
 
 
-def open_page(browser, url: str, width: int, height: int, scheme: str = "light"):
-    """:return: a page at ``url`` once the first meter's views are drawn."""
+def open_page(
+    browser, url: str, width: int, height: int, scheme: str = "light", watch: bool = False
+):
+    """
+    :param watch: whether to keep count of what the page keeps running
+        (see :data:`WATCH`).
+    :return: a page at ``url`` once the first meter's views are drawn.
+    """
     context = browser.new_context(
         viewport={"width": width, "height": height}, locale="en-US", color_scheme=scheme
     )
     page = context.new_page()
+    if watch:
+        page.add_init_script(WATCH)
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
@@ -220,6 +229,121 @@ def blips(database, meter: int, first: int, last: int) -> int:
         "SELECT count(*) FROM readings WHERE id = %s AND stamp >= %s AND stamp < %s",
         (meter, first, last),
     )[0][0]
+
+
+# Run in the page before its scripts: keeps count of what they keep
+# running, through the browser's own functions (intervals and pending
+# timeouts with the stack that started each, the elements ResizeObservers
+# watch, the EventSources not closed).
+WATCH = """
+(() => {
+  const running = { timers: new Map(), observers: new Set(), streams: new Set() };
+  Object.defineProperty(window, "__running", { value: running });
+  const { setInterval, clearInterval, setTimeout, clearTimeout } = window;
+  window.setInterval = (handler, ms, ...rest) => {
+    const id = setInterval(handler, ms, ...rest);
+    running.timers.set(id, new Error().stack);
+    return id;
+  };
+  window.setTimeout = (handler, ms, ...rest) => {
+    const id = setTimeout((...args) => {
+      running.timers.delete(id);
+      return typeof handler === "function" ? handler(...args) : undefined;
+    }, ms, ...rest);
+    running.timers.set(id, new Error().stack);
+    return id;
+  };
+  window.clearInterval = window.clearTimeout = (id) => {
+    running.timers.delete(id);
+    clearInterval(id);
+    clearTimeout(id);
+  };
+  window.ResizeObserver = class extends ResizeObserver {
+    constructor(callback) {
+      super(callback);
+      this.targets = new Set();
+      running.observers.add(this);
+    }
+    observe(target, options) { this.targets.add(target); super.observe(target, options); }
+    unobserve(target) { this.targets.delete(target); super.unobserve(target); }
+    disconnect() { this.targets.clear(); super.disconnect(); }
+  };
+  window.EventSource = class extends EventSource {
+    constructor(...args) { super(...args); running.streams.add(this); }
+    close() { running.streams.delete(this); super.close(); }
+  };
+})();
+"""
+
+# What the page's own scripts keep running now (not the test's scripts):
+# each timer named by the calls in the page's modules that started it.
+RUNNING = """() => {
+  const running = window.__running;
+  const where = (stack) => {
+    const calls = stack.split("\\n").map((line) => line.trim())
+      .filter((line) => /\\/(app|js\\/\\w+)\\.js:/.test(line));
+    const modules = calls.filter((line) => !/\\/app\\.js:/.test(line));
+    return (modules.length ? modules : calls).map((line) => line.replace(/http.*\\//, "")).join(" < ");
+  };
+  const observed = [...running.observers].flatMap((o) => [...o.targets]);
+  return {
+    timers: [...running.timers.values()].map(where).filter(Boolean),
+    observed: observed.length,
+    observedHidden: observed.filter((target) => !target.checkVisibility()).length,
+    streams: running.streams.size,
+  };
+}"""
+
+
+def set_hidden(page, hidden: bool) -> None:
+    """
+    The page is hidden (another tab, a phone's screen off) or shown again,
+    as the browser tells it: ``document.visibilityState`` and a
+    ``visibilitychange`` event.
+    """
+    page.evaluate(
+        """hidden => {
+            Object.defineProperty(document, 'visibilityState', {
+                value: hidden ? 'hidden' : 'visible', configurable: true,
+            });
+            document.dispatchEvent(new Event('visibilitychange'));
+        }""",
+        hidden,
+    )
+
+
+def test_views_that_go_away_leave_nothing_running(browser, site) -> None:
+    """
+    Only what is on show keeps timers and observers running: after the
+    meters, the history's views and its zoom are switched back and forth,
+    each kind of timer runs once (for the meter on show, not once per meter
+    ever shown), no more than before, no hidden element is watched for its
+    size, and one live stream is open. While the page is hidden nothing
+    runs at all, and when it is shown again the same comes back, live.
+    """
+    page = open_page(browser, site["daemon"].url("/"), 1280, 900, watch=True)
+    before = page.evaluate(RUNNING)
+    tabs = page.get_by_role("navigation", name="Meters").get_by_role("button")
+    for _ in range(3):
+        for meter in (1, 0):
+            tabs.nth(meter).click()
+            for name in ("Week", "Month", "Year", "Zoom in", "Zoom out", "Day"):
+                page.get_by_role("button", name=name, exact=True).click()
+    after = page.evaluate(RUNNING)
+    assert len(set(after["timers"])) == len(after["timers"]), after["timers"]
+    assert len(after["timers"]) == len(before["timers"]), (before["timers"], after["timers"])
+    assert after["observed"] == before["observed"] > 0
+    assert after["observedHidden"] == 0
+    assert after["streams"] == 1
+    set_hidden(page, True)
+    assert page.evaluate(RUNNING) == {"timers": [], "observed": 0, "observedHidden": 0, "streams": 0}
+    set_hidden(page, False)
+    expect(page.get_by_text("live", exact=True)).to_be_visible(timeout=TIMEOUT * 1000)
+    shown = page.evaluate(RUNNING)
+    assert sorted(shown["timers"]) == sorted(after["timers"])
+    assert shown["observed"] == after["observed"] and shown["observedHidden"] == 0
+    assert shown["streams"] == 1
+    assert page.errors == []  # type: ignore[attr-defined]
 
 
 def test_live_view_moves_on_every_blip(browser, site, artifacts) -> None:

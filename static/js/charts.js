@@ -58,8 +58,9 @@ function tooltip(describe) {
   };
 }
 
-// A chart of `height` px in `element`, as wide as it (following it), with
-// times in `timeZone` and no legend; `options` gives the rest.
+// A chart of `height` px in `element`, as wide as it, with times in
+// `timeZone` and no legend; `options` gives the rest. `follow(true)` makes
+// it follow the element's width while on show, `follow(false)` stops it.
 function timeChart(element, timeZone, height, options, data) {
   const u = new uPlot({
     width: element.clientWidth || 600,
@@ -72,7 +73,7 @@ function timeChart(element, timeZone, height, options, data) {
     const width = element.clientWidth;
     if (width > 0 && width !== u.width) u.setSize({ width, height });
   });
-  observer.observe(element);
+  u.follow = (on) => (on ? observer.observe(element) : observer.disconnect());
   return u;
 }
 

@@ -24,14 +24,13 @@ export class Heatmap {
   constructor(meter, element, report) {
     this.meter = meter;
     this.element = element;
-    this.active = false;
-    this.fresh = new Fresh(t.REFRESH.heatmap, () => this.active, () => this.load(), report);
+    this.fresh = new Fresh(t.REFRESH.heatmap, () => this.load(), report);
     this.days = [];
     this.grid = element.querySelector(".heat-grid");
     this.legend = element.querySelector(".heat-legend");
     this.tip = element.querySelector(".tooltip");
     this.wide = null;
-    new ResizeObserver(() => this.layout()).observe(element);
+    this.resizing = new ResizeObserver(() => this.layout());
     const point = (event) => {
       const cell = event.target.closest(".cell");
       if (!cell || !this.grid.contains(cell)) {
@@ -51,13 +50,11 @@ export class Heatmap {
     this.grid.addEventListener("pointerleave", () => { this.tip.hidden = true; });
   }
 
+  // On show, the grid follows the element's width and is kept fresh.
   setActive(active) {
-    this.active = active;
-    if (active) this.refresh(false);
-  }
-
-  refresh(force = true) {
-    return this.fresh.refresh(force);
+    if (active) this.resizing.observe(this.element);
+    else this.resizing.disconnect();
+    this.fresh.setShown(active);
   }
 
   async load() {

@@ -5,6 +5,7 @@
 
 import * as api from "./api.js";
 import { energyChart, powerChart } from "./charts.js";
+import { Every } from "./every.js";
 import { breakAtOutages, describeOutages } from "./gaps.js";
 import * as t from "./time.js";
 import { DAY, MINUTE, SECOND, WEEK } from "./time.js";
@@ -39,7 +40,6 @@ export class History {
     this.outages = [];
     this.bars = [];
     this.barPeriod = "day";
-    this.active = false;
     this.loadedAt = 0;
 
     const tz = meter.timezone;
@@ -81,20 +81,24 @@ export class History {
       this.custom(form.elements.from.value, form.elements.to.value);
     });
     this.form = form;
-    // Slide a view that ends now along with time, less often the longer it
-    // is: every 1.5 min for a day, 10 min for a week.
-    setInterval(() => this.slide(), MINUTE);
+    this.sliding = new Every(MINUTE, () => this.slide());
   }
 
-  // Show or hide: a hidden history asks the server for nothing.
+  // Show or hide: a hidden history asks the server for nothing, and its
+  // charts do not follow the page's width.
   setActive(active) {
-    this.active = active;
+    this.sliding.set(active);
+    this.power.follow(active);
+    this.energy.follow(active);
     if (active && !this.whole) this.show(this.view);
     else if (active) this.slide();
   }
 
+  // Slide a view that ends now along with time, less often the longer it
+  // is (when a thousandth of it has passed): every 1.5 min for a day, 10
+  // min for a week.
   slide() {
-    if (!this.active || !this.whole || this.range !== this.whole || this.view === "custom") return;
+    if (!this.whole || this.range !== this.whole || this.view === "custom") return;
     const span = this.whole.to - this.whole.from;
     if (Date.now() - this.loadedAt >= Math.max(MINUTE, span / 1000)) this.show(this.view);
   }

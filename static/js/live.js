@@ -15,10 +15,21 @@ export class LiveStream {
     this.onResync = onResync;
     this.delay = 0;
     this.source = null;
+    this.retry = null;
   }
 
-  start() {
-    this.open(false);
+  // Open the stream; `resync` when points may have been missed since it
+  // was last open.
+  start(resync = false) {
+    this.open(resync);
+  }
+
+  // Close the stream, and give up reopening it, until started again.
+  stop() {
+    clearTimeout(this.retry);
+    this.retry = null;
+    this.source?.close();
+    this.source = null;
   }
 
   open(resync) {
@@ -47,7 +58,10 @@ export class LiveStream {
         this.onState("down");
         source.close();
         this.delay = backoff(this.delay);
-        setTimeout(() => this.open(true), this.delay);
+        this.retry = setTimeout(() => {
+          this.retry = null;
+          this.open(true);
+        }, this.delay);
       } else {
         this.onState("connecting");
       }

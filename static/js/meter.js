@@ -1,9 +1,11 @@
 // One meter on the page: its power now, the last 20 minutes live, its
 // energy summary, its history and its heatmap. Only the meter on show asks
-// the server for its summary, history and heatmap.
+// the server for its summary, history and heatmap, and only it keeps
+// timers and observers running.
 
 import * as api from "./api.js";
 import { liveChart } from "./charts.js";
+import { Every } from "./every.js";
 import { breakAtOutages, describeOutages } from "./gaps.js";
 import { Heatmap } from "./heatmap.js";
 import { History } from "./history.js";
@@ -40,16 +42,19 @@ export class MeterView {
     this.heatmap = new Heatmap(meter, section.querySelector("[data-role=heatmap]"), report);
     this.onWatts = () => {};
     if (meter.last) this.show(meter.last);
-    setInterval(() => this.tick(), TICK);
+    this.ticking = new Every(TICK, () => this.tick());
   }
 
   // Show the meter (loading what it shows the first time) or hide it.
   setActive(active) {
     this.section.hidden = !active;
+    this.ticking.set(active);
+    this.chart.follow(active);
     if (active && !this.started) {
       this.started = true;
       this.reload();
     }
+    if (active) this.tick();
     this.history.setActive(active);
     this.summary.setActive(active);
     this.heatmap.setActive(active);

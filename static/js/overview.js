@@ -18,7 +18,7 @@ export class Overview {
     this.meters = meters;
     this.element = element;
     this.cards = new Map();
-    this.fresh = new Fresh(t.REFRESH.overview, () => !this.element.hidden, () => this.load(), report);
+    this.fresh = new Fresh(t.REFRESH.overview, () => this.load(), report);
     const template = element.querySelector("template");
     for (const meter of meters) {
       const card = template.content.firstElementChild.cloneNode(true);
@@ -48,7 +48,11 @@ export class Overview {
     element.insertBefore(this.total, template);
     for (const meter of meters) if (meter.last) this.watts(meter.id, meter.last);
     element.hidden = meters.length < 2;
-    if (meters.length >= 2) this.refresh();
+  }
+
+  // On show (while the page is, with several meters) it is kept fresh.
+  setActive(active) {
+    this.fresh.setShown(active && !this.element.hidden);
   }
 
   watts(id, point) {

@@ -33,8 +33,7 @@ export class Summary {
   constructor(meter, body, report) {
     this.meter = meter;
     this.body = body;
-    this.active = false;
-    this.fresh = new Fresh(t.REFRESH.summary, () => this.active, () => this.load(), report);
+    this.fresh = new Fresh(t.REFRESH.summary, () => this.load(), report);
     // The rows are there from the start, so that nothing below them moves
     // when the numbers arrive.
     this.body.replaceChildren(...ROWS.map((row) => {
@@ -50,14 +49,7 @@ export class Summary {
   }
 
   setActive(active) {
-    this.active = active;
-    if (active) this.refresh(false);
-  }
-
-  // Ask again when on show and the figures are older than their refresh
-  // time (or now, when `force`).
-  refresh(force = true) {
-    return this.fresh.refresh(force);
+    this.fresh.setShown(active);
   }
 
   async load() {
