@@ -17,18 +17,6 @@ function report(message) {
   problem.textContent = message || "";
 }
 
-// Show meter `id`: its views on show, its tab pressed, its card current.
-function choose(views, id) {
-  for (const view of views.values()) {
-    const chosen = view.meter.id === id;
-    view.setActive(chosen);
-    view.tab.setAttribute("aria-pressed", String(chosen));
-  }
-  for (const card of document.querySelectorAll("#overview .card[data-meter]")) {
-    card.setAttribute("aria-current", String(card.dataset.meter === String(id)));
-  }
-  history.replaceState(null, "", `#meter-${id}`);
-}
 
 async function start() {
   let meters;
@@ -50,15 +38,21 @@ async function start() {
   const main = document.getElementById("main");
   const views = new Map();
   let chosen = null;
+  // Show meter `id`: its views on show, its tab pressed, its card current.
   const show = (id) => {
     chosen = id;
-    choose(views, id);
+    for (const view of views.values()) {
+      view.setActive(view.meter.id === id);
+      view.tab.setAttribute("aria-pressed", String(view.meter.id === id));
+    }
+    overview.choose(id);
+    history.replaceState(null, "", `#meter-${id}`);
   };
   const overview = new Overview(meters, document.getElementById("overview"), report, show);
   for (const meter of meters) {
     const section = template.content.firstElementChild.cloneNode(true);
     section.id = `meter-${meter.id}`;
-    section.dataset.meter = String(meter.id);
+    section.setAttribute("aria-label", meter.label || `Meter ${meter.id}`);
     section.hidden = true;
     main.appendChild(section);
     const view = new MeterView(meter, section, report);

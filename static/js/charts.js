@@ -36,6 +36,7 @@ function tooltip(describe) {
       init: (u) => {
         tip = document.createElement("div");
         tip.className = "tooltip";
+        tip.setAttribute("role", "tooltip");
         tip.hidden = true;
         u.over.appendChild(tip);
         u.over.addEventListener("mouseleave", () => { tip.hidden = true; });

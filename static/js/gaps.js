@@ -80,8 +80,3 @@ export function outageBands(outages, colours) {
     },
   };
 }
-
-// The outages as a chart element tells tests what it shows.
-export function describeOutages(outages) {
-  return JSON.stringify(outages.map((o) => [o.from, o.to]));
-}

@@ -106,10 +106,8 @@ export class Heatmap {
         div.className = cell ? "cell" : "cell none";
         div.dataset.day = String(d);
         div.dataset.hour = String(h);
-        div.dataset.date = day.date;
         const when = `${t.dayLabel(noon, "UTC")}, ${t.hourLabel(h)}–${t.hourLabel((h + 1) % 24)}`;
         if (cell) {
-          div.dataset.kwh = String(cell.kwh);
           div.style.background = colour(cell.kwh / scale);
           div.dataset.label = `${when}: ${t.number(cell.kwh, 2)} kWh`;
         } else {
@@ -126,7 +124,6 @@ export class Heatmap {
       cells.push(label);
     }
     this.grid.replaceChildren(...cells);
-    Object.assign(this.element.dataset, { days: String(this.days.length), hours: "24" });
     const clipped = values.length && values[values.length - 1] > top;
     this.legend.querySelector("[data-role=top]").textContent = `${clipped ? "≥ " : ""}${t.number(top, 2)} kWh`;
     this.wide = null;

@@ -6,7 +6,7 @@
 import * as api from "./api.js";
 import { energyChart, powerChart } from "./charts.js";
 import { Every } from "./every.js";
-import { breakAtOutages, describeOutages } from "./gaps.js";
+import { breakAtOutages } from "./gaps.js";
 import * as t from "./time.js";
 import { DAY, MINUTE, SECOND, WEEK } from "./time.js";
 
@@ -43,9 +43,7 @@ export class History {
     this.loadedAt = 0;
 
     const tz = meter.timezone;
-    this.powerBox = section.querySelector("[data-role=power-chart]");
-    this.energyBox = section.querySelector("[data-role=energy-chart]");
-    this.power = powerChart(this.powerBox, tz, {
+    this.power = powerChart(section.querySelector("[data-role=power-chart]"), tz, {
       onZoom: (from, to) => this.load(from, to),
       onReset: () => this.reset(),
       outages: () => this.outages,
@@ -57,7 +55,7 @@ export class History {
         return `${t.dateTime(time, tz, this.raw)}: ${t.watts(mean)} W${spread}`;
       },
     });
-    this.energy = energyChart(this.energyBox, tz, (u) => {
+    this.energy = energyChart(section.querySelector("[data-role=energy-chart]"), tz, (u) => {
       const at = u.posToVal(u.cursor.left, "x") * SECOND;
       const row = this.bars.find((r) => r.start <= at && at < r.end);
       if (!row) return null;
@@ -182,12 +180,6 @@ export class History {
       this.energy.period = period;
       this.energy.setData([energy.rows.map((r) => r.start / SECOND), energy.rows.map((r) => r.kwh)], false);
       this.energy.setScale("x", { min: range.from / SECOND, max: range.to / SECOND });
-      // Both charts change together; the figures tell tests what is shown.
-      this.energyBox.dataset.bars = String(energy.rows.length);
-      Object.assign(this.powerBox.dataset, {
-        points: String(power.points.length), from: String(range.from), to: String(range.to),
-        resolution: String(power.resolution_ms), gaps: describeOutages(outages),
-      });
       this.report(null);
     } catch (error) {
       if (ticket === this.loading) this.report(error.message);

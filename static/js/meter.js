@@ -6,7 +6,7 @@
 import * as api from "./api.js";
 import { liveChart } from "./charts.js";
 import { Every } from "./every.js";
-import { breakAtOutages, describeOutages } from "./gaps.js";
+import { breakAtOutages } from "./gaps.js";
 import { Heatmap } from "./heatmap.js";
 import { History } from "./history.js";
 import { Summary } from "./summary.js";
@@ -30,8 +30,7 @@ export class MeterView {
     const tz = meter.timezone;
     // Watts of one blip per ms between blips: to tell a raw point's blip time.
     this.factor = 3.6e9 * meter.multiplier / meter.pulses_per_kwh;
-    this.chartBox = section.querySelector("[data-role=live-chart]");
-    this.chart = liveChart(this.chartBox, tz, (u, idx) => {
+    this.chart = liveChart(section.querySelector("[data-role=live-chart]"), tz, (u, idx) => {
       const point = this.points[this.rowOf[idx]];
       if (!point) return null;
       const when = point.stamp == null ? `${t.clock(point.time, tz)} (mean of a minute)` : t.clock(point.stamp, tz);
@@ -124,8 +123,6 @@ export class MeterView {
     this.rowOf = rows;
     this.chart.setData(data, false);
     this.tick();
-    this.chartBox.dataset.points = String(this.points.length);
-    this.chartBox.dataset.gaps = describeOutages(this.outages);
   }
 
   // Slide the window with time; say so when the meter has gone quiet.

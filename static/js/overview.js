@@ -22,7 +22,6 @@ export class Overview {
     const template = element.querySelector("template");
     for (const meter of meters) {
       const card = template.content.firstElementChild.cloneNode(true);
-      card.dataset.meter = String(meter.id);
       card.querySelector("[data-role=name]").textContent = meter.label || `Meter ${meter.id}`;
       card.tabIndex = 0;
       card.title = "show this meter";
@@ -42,7 +41,6 @@ export class Overview {
     }
     this.total = template.content.firstElementChild.cloneNode(true);
     this.total.classList.add("total");
-    this.total.dataset.meter = "total";
     this.total.querySelector("[data-role=name]").textContent = "Total";
     this.total.querySelector("[data-role=watts]").textContent = "–";
     element.insertBefore(this.total, template);
@@ -55,12 +53,16 @@ export class Overview {
     this.fresh.setShown(active && !this.element.hidden);
   }
 
+  // Mark meter `id`'s card as the one whose views are on show.
+  choose(id) {
+    for (const [meter, { card }] of this.cards) card.setAttribute("aria-current", String(meter === id));
+  }
+
   watts(id, point) {
     const entry = this.cards.get(id);
     if (!entry || (entry.watts && entry.watts.stamp > point.stamp)) return;
     entry.watts = point;
     entry.card.querySelector("[data-role=watts]").textContent = t.watts(point.watts);
-    entry.card.dataset.watts = String(point.watts);
     this.render();
   }
 
@@ -108,7 +110,6 @@ export class Overview {
       for (const point of entry.recent) this.count(entry, point);
     }));
     this.render();
-    this.element.dataset.updated = String(to);
   }
 
   render() {
@@ -122,7 +123,6 @@ export class Overview {
     const heard = entries.filter((e) => e.watts);
     const watts = heard.reduce((sum, e) => sum + e.watts.watts, 0);
     this.total.querySelector("[data-role=watts]").textContent = heard.length ? t.watts(watts) : "–";
-    this.total.dataset.watts = String(watts);
     for (const which of ["today", "month"]) {
       const known = entries.filter((e) => e[which].kwh != null);
       if (known.length < entries.length) continue;
@@ -141,6 +141,5 @@ export class Overview {
     box.querySelector(".kwh").textContent = `${t.kwh(tally.kwh)} kWh`;
     box.querySelector(".cost").textContent = Object.entries(costs)
       .map(([currency, cost]) => `${t.number(cost, 2)} ${currency}`.trim()).join(" + ");
-    card.dataset[which === "today" ? "todayKwh" : "monthKwh"] = String(tally.kwh);
   }
 }

@@ -56,13 +56,11 @@ export class Summary {
     // Whole minutes, as the server counts.
     const now = t.wholeMinute(Date.now());
     const here = t.local(now, this.meter.timezone);
-    const ranges = ROWS.map((row) => row.range(now, here));
-    const totals = await Promise.all(ranges.map(([from, to]) => api.total(this.meter.id, from, to)));
-    this.render(totals, ranges);
-    this.body.dataset.updated = String(now);
+    const totals = await Promise.all(ROWS.map((row) => api.total(this.meter.id, ...row.range(now, here))));
+    this.render(totals);
   }
 
-  render(totals, ranges) {
+  render(totals) {
     const meter = this.meter;
     const hasCost = Boolean(meter.price_per_kwh || meter.tariff);
     [...this.body.rows].forEach((tr, i) => {
@@ -86,10 +84,6 @@ export class Summary {
           cells[3].textContent = "no data";
         }
       }
-      Object.assign(tr.dataset, {
-        kwh: String(total.kwh), cost: String(total.cost),
-        from: String(ranges[i][0]), to: String(ranges[i][1]),
-      });
     });
   }
 }
