@@ -17,7 +17,6 @@ function report(message) {
   problem.textContent = message || "";
 }
 
-
 async function start() {
   let meters;
   for (let delay = t.backoff(); ; delay = t.backoff(delay)) {
@@ -94,13 +93,19 @@ async function start() {
   });
   stream.start();
 
-  document.addEventListener("visibilitychange", () => {
-    const shown = document.visibilityState === "visible";
+  // Hidden, the page stops everything; shown again, it starts again and
+  // loads what may have been missed.
+  let shown = true;
+  const visibility = () => {
+    if (shown === (document.visibilityState === "visible")) return;
+    shown = !shown;
     views.forEach((view) => view.setActive(shown && view.meter.id === chosen));
     overview.setActive(shown);
     if (shown) stream.start(true);
     else stream.stop();
-  });
+  };
+  document.addEventListener("visibilitychange", visibility);
+  visibility();
 }
 
 start();

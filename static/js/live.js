@@ -18,9 +18,10 @@ export class LiveStream {
     this.retry = null;
   }
 
-  // Open the stream; `resync` when points may have been missed since it
-  // was last open.
+  // Open the stream (again); `resync` when points may have been missed
+  // since it was last open.
   start(resync = false) {
+    this.stop();
     this.open(resync);
   }
 
