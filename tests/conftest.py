@@ -19,7 +19,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import psycopg2
 import pytest
@@ -565,6 +565,58 @@ def within(d: "Deferred[Any]", timeout: float = TIMEOUT) -> "Deferred[Any]":
     from twisted.internet import reactor
 
     return d.addTimeout(timeout, reactor)
+
+
+# --- Waiting for what has no event to wait on: one helper, in two forms ---
+
+#: Seconds between two looks at a condition.
+POLL = 0.005
+
+
+def _looks(timeout: float) -> Iterator[None]:
+    """Yield once per look at a condition, until ``timeout`` seconds passed."""
+    deadline = time.monotonic() + timeout
+    yield
+    while time.monotonic() < deadline:
+        yield
+
+
+async def wait_until(check: Callable[[], Any], timeout: float = TIMEOUT) -> Any:
+    """
+    Wait, letting the reactor run, until ``check()`` returns something
+    true (for a test on the reactor: the code under test runs meanwhile).
+
+    :return: what ``check()`` returned.
+    :raise AssertionError: when it never does within ``timeout`` seconds.
+    """
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    for _ in _looks(timeout):
+        result = check()
+        if result:
+            return result
+        await deferLater(reactor, POLL, lambda: None)
+    raise AssertionError("condition not reached in time")
+
+
+def eventually(check: Callable[[], Any], timeout: float = TIMEOUT) -> Any:
+    """
+    Ask ``check()`` until it returns something true, blocking (for a test
+    off the reactor, of a daemon running as a child: the daemon writes in
+    batches, so a point is queryable a moment after it is live).
+
+    :return: what ``check()`` returned last: something true, or what it
+        returned when ``timeout`` seconds passed (the caller's ``assert``
+        says what was expected).
+    """
+    result = None
+    for _ in _looks(timeout):
+        result = check()
+        if result:
+            return result
+        time.sleep(POLL * 4)
+    return result
 
 
 # --- MQTT: a private Mosquitto broker and a subscriber ---

@@ -30,9 +30,8 @@ from blip.web.front import root
 from blip.web.legacy import LegacyApi
 from blip.web.site import QuietSite
 from tests import originals
-from tests.conftest import ROOT, TIMEOUT
+from tests.conftest import ROOT, TIMEOUT, eventually
 from tests.originals import HOUR, MINUTE, MULTI, SINGLE_WITH_MINUTES, T0
-from tests.test_service import eventually
 
 #: Readings per meter in the layouts built here: about 12 hours.
 ROWS = 12_000

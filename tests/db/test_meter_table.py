@@ -3,16 +3,15 @@ Tests of the meters table kept in step with the registry of meters, against
 a real database.
 """
 
-from collections.abc import Callable
-
 import pytest_twisted
-from twisted.internet.task import Clock, deferLater
+from twisted.internet.task import Clock
 
 from blip.db.meter_table import MeterTable
 from blip.db.pool import Pool
 from blip.db.store import Store
 from blip.meters import Meter, Meters
 from blip.model import Point
+from tests.conftest import wait_until
 
 HOUSE = Meter(1, "Hus", "", 600.0, 4.0, 2.0, "kr", "Europe/Copenhagen")
 WORKSHOP = Meter(2, "Værksted", "Lathe", 1000.0, 1.0, 2.0, "kr", "Europe/Copenhagen")
@@ -30,20 +29,6 @@ def row(meter: Meter) -> tuple:
     """:return: a meter as a row of the meters table."""
     return (meter.id, meter.label, meter.description, meter.pulses_per_kwh, meter.multiplier,
             meter.price_per_kwh, meter.currency, meter.timezone)
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    """
-    Wait until ``predicate()`` holds, looking every few milliseconds (the
-    table is written in the background).
-    """
-    from twisted.internet import reactor
-
-    for _ in range(int(timeout / 0.01)):
-        if predicate():
-            return
-        await deferLater(reactor, 0.01, lambda: None)
-    raise AssertionError("condition not reached in time")
 
 
 @pytest_twisted.ensureDeferred

@@ -18,8 +18,7 @@ from blip.counters import Counters
 from blip.db.pool import DatabaseService, Pool
 from blip.db.store import SCHEMA_LOCK, Store
 from tests import originals
-from tests.conftest import TIMEOUT
-from tests.web.test_legacy import wait_until
+from tests.conftest import TIMEOUT, wait_until
 
 
 @pytest_twisted.ensureDeferred

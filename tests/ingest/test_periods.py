@@ -8,7 +8,7 @@ import pytest_twisted
 from twisted.internet.task import Clock
 
 from blip.ingest.periods import ALIVE_INTERVAL, Periods
-from tests.web.test_legacy import wait_until
+from tests.conftest import wait_until
 
 T0 = 1_700_000_000_000
 

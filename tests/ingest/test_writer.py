@@ -26,8 +26,7 @@ from blip.ingest.writer import (
 )
 from blip.live.hub import Hub
 from blip.model import Point
-from tests.conftest import free_port
-from tests.web.test_legacy import wait_until
+from tests.conftest import free_port, wait_until
 
 T0 = 1_700_000_000_000
 

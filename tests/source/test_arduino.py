@@ -28,7 +28,7 @@ from blip.source.arduino import (
     SerialService,
     unescape,
 )
-from tests.web.test_legacy import wait_until
+from tests.conftest import wait_until
 
 
 class Harness:

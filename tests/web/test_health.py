@@ -13,8 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from blip.counters import GAUGES, Counters
 from blip.meters import Meters
 from blip.model import Point
-from tests.conftest import Served
-from tests.web.test_legacy import wait_until
+from tests.conftest import Served, wait_until
 from tests.web.v1.test_live import subscribe
 
 

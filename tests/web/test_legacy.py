@@ -7,7 +7,7 @@ import json
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 from urllib.parse import quote
 
 import pytest
@@ -15,7 +15,7 @@ import pytest_twisted
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet.defer import Deferred
-from twisted.internet.task import Clock, deferLater
+from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
 
@@ -27,7 +27,7 @@ from blip.service import STATIC
 from blip.web.front import root
 from blip.web.legacy import LegacyApi
 from blip.web.site import QuietSite
-from tests.conftest import ROOT
+from tests.conftest import ROOT, wait_until
 
 HOUR = 3_600_000
 T0 = 1_700_000_000_000 - 1_700_000_000_000 % HOUR
@@ -55,19 +55,6 @@ class Api:
             # Twisted's client moves Content-Length out of the headers.
             headers.setRawHeaders(b"Content-Length", [b"%d" % response.length])
         return response.code, headers, await readBody(response)
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    """
-    Wait until ``predicate()`` holds, looking every few milliseconds.
-    """
-    from twisted.internet import reactor
-
-    for _ in range(int(timeout / 0.005)):
-        if predicate():
-            return
-        await deferLater(reactor, 0.005, lambda: None)
-    raise AssertionError("condition not reached in time")
 
 
 @pytest_twisted.async_yield_fixture

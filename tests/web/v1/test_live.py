@@ -21,8 +21,7 @@ from twisted.web.http_headers import Headers
 from blip.meters import Meter, Meters
 from blip.model import Point
 from blip.web.v1.live import HEARTBEAT, MAX_BACKLOG, PAGE
-from tests.conftest import TIMEOUT, Served, within
-from tests.web.test_legacy import wait_until
+from tests.conftest import TIMEOUT, Served, eventually, wait_until, within
 
 T0 = 1_700_000_000_000
 METERS = Meters([Meter(1, pulses_per_kwh=1000.0), Meter(2, pulses_per_kwh=500.0)])
@@ -383,14 +382,3 @@ def urllib_get(url: str) -> Any:
     import urllib.request
 
     return urllib.request.urlopen(url, timeout=TIMEOUT)
-
-
-def eventually(check: Callable[[], Any], timeout: float = TIMEOUT) -> Any:
-    """Ask ``check()`` until it returns something true."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.02)
