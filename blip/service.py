@@ -34,8 +34,10 @@ from blip.mqtt.publish import mqtt_service
 from blip.options import TwistdOptions as Options
 from blip.source.arduino import MeterFactory, SerialEndpoint, SerialService
 from blip.source.simulate import SimulatedHistory, SimulatorService
-from blip.web.access import Rules, protect
+from blip.web.access import Rules
 from blip.web.health import Health, Operations
+from blip.web.hot import HotRoutes
+from blip.web.latest import Latest
 from blip.web.legacy import LegacyApi
 from blip.web.metrics import RequestMetrics, StateCollector
 from blip.web.site import QuietSite, site_root
@@ -135,20 +137,22 @@ def make_service(options: Options, reactor: Any = None, clock: Optional[IReactor
         # notifications.
         live = Live(hub, store, meters, clock, max_clients=options["max-waiters"])
         LiveService(live).setServiceParent(top)
-        api = LegacyApi(read_store, hub, meters, clock, options["longpoll-timeout"], STATIC)
         registry = CollectorRegistry()
         registry.register(StateCollector(counters, hub, live, pool))
         has_source = options["role"] == "all" and bool(options["serial"] or options["simulate"])
         health = Health(hub, store, clock, options["health-window"], has_source)
+        latest = Latest(hub, read_store)
         root = site_root(
-            api,
-            ApiV1(read_store, hub, live, meters, clock),
+            HotRoutes(hub, latest, meters, clock, options["longpoll-timeout"], reactor),
+            LegacyApi(read_store, clock, STATIC),
+            ApiV1(read_store, latest, live, meters, clock),
             Operations(health, registry),
             RequestMetrics(registry),
-            reactor,
+            Rules(options["allow"], options["trusted-proxy"]),
+            counters,
+            clock,
         )
-        rules = Rules(options["allow"], options["trusted-proxy"])
-        site = QuietSite(protect(root, rules, counters, clock))
+        site = QuietSite(root)
         site.noisy = False
         strports.service(options["listen"], site).setServiceParent(top)
     return top

@@ -152,7 +152,7 @@ async def test_clients_that_go_are_removed(site: Served) -> None:
     await wait_until(lambda: site.live.clients == 1)
     readers[2].close()
     await wait_until(lambda: site.live.clients == 0)
-    assert not site.live._beat.running
+    assert not site.clock.getDelayedCalls()
 
 
 @pytest_twisted.ensureDeferred
@@ -252,8 +252,8 @@ async def test_a_client_that_falls_behind_while_catching_up(site: Served) -> Non
     _, _, reader = await subscribe(site, "?meters=1", last_id=T0 - 1)
     reader.transport.pauseProducing()
     await wait_until(lambda: site.live.clients == 1)
-    (stream,) = site.live._streams
-    await wait_until(lambda: stream._producer.paused)
+    (stream,) = site.live.streams
+    await wait_until(lambda: stream.producer.paused)
     new = [Point(1, T0 + 100_000 + i, 1000) for i in range(MAX_BACKLOG + 1)]
     for point in new:
         site.hub.publish(point)
