@@ -13,10 +13,10 @@ from twisted.web.iweb import IRequest
 #: Where the modern API lives; its errors are problem documents.
 V1_PREFIX = b"/api/v1"
 
-Headers = tuple[tuple[bytes, bytes], ...]
+HeaderPairs = tuple[tuple[bytes, bytes], ...]
 
 
-def _cors(request_headers: bytes) -> Headers:
+def _cors(request_headers: bytes) -> HeaderPairs:
     return (
         (b"Access-Control-Allow-Origin", b"*"),
         (b"Access-Control-Allow-Methods", b"GET"),
@@ -38,7 +38,7 @@ class Style:
         rather than the legacy ``{"error": message}``.
     """
 
-    headers: Headers
+    headers: HeaderPairs
     allow: Optional[bytes] = None
     problems: bool = False
 

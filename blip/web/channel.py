@@ -94,8 +94,6 @@ class TargetRequest(HookedRequest):
     """
 
     def target(self, target: bytes) -> bytes:
-        if target.startswith(b"/"):
-            return target
         scheme, found, rest = target.partition(b"://")
         if not (found and scheme.lower() in (b"http", b"https")):
             return target

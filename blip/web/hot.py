@@ -49,8 +49,9 @@ class HotRoutes:
     """
     GET and HEAD of ``/blip``, ``/blip/<id>``, ``/last`` and ``/last/<id>``.
 
-    :param hub: parks the long-polls.
-    :param latest: each meter's last point.
+    :param hub: parks the long-polls, and has each meter's last point in
+        memory.
+    :param latest: each meter's last point, when it is not in memory.
     :param meters: the configured meters (others are known once seen).
     :param clock: times --longpoll-timeout and dates the answers.
     :param longpoll_timeout: seconds before a long-poll answers 204; 0 never.
@@ -103,7 +104,7 @@ class HotRoutes:
             return refuse(request, e.status, e.message)
         if path[0] == b"blip":
             return self._park(request, meter)
-        point = self.latest.cached(meter)
+        point = self.hub.last(meter)
         if point is None:
             dress(request, LEGACY)
             _Parked(self, request, Deferred.fromCoroutine(self._stored(meter)))
@@ -116,7 +117,7 @@ class HotRoutes:
 
     def _park(self, request: Request, meter: int) -> Any:
         dress(request, LEGACY)
-        if meter not in self.meters and self.latest.cached(meter) is None:
+        if meter not in self.meters and self.hub.last(meter) is None:
             return refuse(request, 404, f"unknown meter {meter}")
         try:
             waiter = self.hub.wait(meter)

@@ -23,12 +23,6 @@ class Latest:
         self.hub = hub
         self.store = store
 
-    def cached(self, meter: int) -> Optional[Point]:
-        """
-        :return: the meter's newest point if it is in memory, else None.
-        """
-        return self.hub.last(meter)
-
     async def point(self, meter: int) -> Optional[Point]:
         """
         :return: the meter's newest point, or None when it has none.

@@ -6,8 +6,9 @@ that a Twisted upgrade that changes one fails a test, not the daemon.
 - :class:`HookedChannel`: which line of a request was too long, and the
   answer to a request Twisted cannot parse (``HTTPChannel``'s private
   ``_respondToBadRequestAndDisconnect``).
-- :class:`HookedRequest`: the request target, before the request is
-  handled (``Request.requestReceived``, "not intended for users").
+- :class:`HookedRequest`: a request target that is not a path, before
+  the request is handled (``Request.requestReceived``, "not intended for
+  users").
 - :func:`send_prerendered`, :func:`prerenderable` and
   :func:`started_writing`: a whole answer rendered once and written as it
   is to many clients, around the request's own writing
@@ -61,19 +62,22 @@ class HookedChannel(HTTPChannel):
 
 class HookedRequest(Request):
     """
-    Twisted's request, whose target passes through a hook before anything
-    reads it.
+    Twisted's request, whose target, unless it is a path, passes through a
+    hook before anything reads it.
     """
 
     def target(self, target: bytes) -> bytes:
         """
-        :return: the request target to handle instead of ``target`` (by
-            default ``target``).
+        :param target: a request target that does not start with ``/``.
+        :return: the request target to handle instead (by default
+            ``target``).
         """
         return target
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
-        super().requestReceived(command, self.target(path), version)
+        if not path.startswith(b"/"):
+            path = self.target(path)
+        super().requestReceived(command, path, version)
 
 
 def prerenderable(request: Request) -> bool:

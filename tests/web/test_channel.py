@@ -21,7 +21,6 @@ from tests.conftest import Served, exchange
 @pytest.mark.parametrize(
     "target, path",
     [
-        (b"/last/1?x=1", b"/last/1?x=1"),
         (b"http://blip.example/last/1", b"/last/1"),
         (b"HTTP://blip.example:8080/last?x=1", b"/last?x=1"),
         (b"https://blip.example", b"/"),

@@ -131,10 +131,11 @@ def test_bad_requests_go_to_the_hook(data: bytes) -> None:
     assert b"400" not in transport.value()
 
 
-def test_the_target_hook_sees_every_target_first() -> None:
+def test_the_target_hook_sees_targets_that_are_not_paths_first() -> None:
     """
     ``requestReceived`` gets each request's target before anything reads
-    it: the request is handled with the target the hook gives.
+    it: a target that is not a path is handled as the hook says; a path
+    as it came.
     """
     parking = Parking()
     channel, _ = connect(parking)
@@ -143,6 +144,11 @@ def test_the_target_hook_sees_every_target_first() -> None:
     (request,) = parking.requests
     assert Targeted.seen == [b"http://host/x?y"]
     assert (request.uri, request.path, request.postpath) == (b"/hooked", b"/hooked", [b"hooked"])
+    request.write(b"")
+    request.finish()
+    channel.dataReceived(b"GET /x?y HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert Targeted.seen == [b"http://host/x?y"]
+    assert (parking.requests[1].uri, parking.requests[1].path) == (b"/x?y", b"/x")
 
 
 @pytest.mark.parametrize(
