@@ -26,6 +26,7 @@ from blip.db.legacy import LegacyQueries
 from blip.db.meter_table import MeterTable
 from blip.db.node_state import IngestPeriods, MeterRows
 from blip.db.pool import DatabaseService, Pool, PoolService
+from blip.db.queries import Queries
 from blip.db.readings import Readings
 from blip.db.schema import Schema, schema_sql
 from blip.db.v1 import V1Queries
@@ -40,8 +41,10 @@ from blip.options import TwistdOptions as Options
 from blip.source.arduino import MeterFactory
 from blip.source.device import SerialEndpoint, SerialService
 from blip.source.simulate import SimulatedHistory, SimulatorService
-from blip.web.access import Rules, protect
+from blip.web.access import Rules
 from blip.web.health import Health, Operations
+from blip.web.hot import HotRoutes
+from blip.web.latest import Latest
 from blip.web.legacy import LegacyApi
 from blip.web.metrics import RequestMetrics, StateCollector
 from blip.web.site import QuietSite, site_root
@@ -148,20 +151,22 @@ def make_service(options: Options, reactor: Any = None, clock: Optional[IReactor
         # notifications.
         live = Live(hub, readings, meters, clock, max_clients=options["max-waiters"])
         LiveService(live).setServiceParent(top)
-        api = LegacyApi(LegacyQueries(read_pool), hub, meters, clock, options["longpoll-timeout"], STATIC)
         registry = CollectorRegistry()
         registry.register(StateCollector(counters, hub, live, pool))
         has_source = options["role"] == "all" and bool(options["serial"] or options["simulate"])
         health = Health(hub, readings, clock, options["health-window"], has_source)
+        latest = Latest(hub, Queries(read_pool))
         root = site_root(
-            api,
-            ApiV1(V1Queries(read_pool), hub, live, meters, clock),
+            HotRoutes(hub, latest, meters, clock, options["longpoll-timeout"], reactor),
+            LegacyApi(LegacyQueries(read_pool), clock, STATIC),
+            ApiV1(V1Queries(read_pool), latest, live, meters, clock),
             Operations(health, registry),
             RequestMetrics(registry),
-            reactor,
+            Rules(options["allow"], options["trusted-proxy"]),
+            counters,
+            clock,
         )
-        rules = Rules(options["allow"], options["trusted-proxy"])
-        site = QuietSite(protect(root, rules, counters, clock))
+        site = QuietSite(root)
         site.noisy = False
         strports.service(options["listen"], site).setServiceParent(top)
     return top

@@ -19,7 +19,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import psycopg2
 import pytest
@@ -494,8 +494,13 @@ if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
     from twisted.internet.task import Clock
     from twisted.web.http_headers import Headers
+    from twisted.web.iweb import IAgent
+    from twisted.web.resource import IResource
 
+    from blip.counters import Counters
     from blip.live.hub import Hub
+    from blip.meters import Meters
+    from blip.web.access import Rules
     from blip.web.health import Health
     from blip.web.v1.live import Live
 
@@ -504,8 +509,10 @@ if TYPE_CHECKING:
 class Served:
     """
     The daemon's whole HTTP site (legacy routes, /api/v1, /healthz,
-    /metrics) on a real port, over a real database, with a fake clock for
-    "now", heartbeats and health.
+    /metrics), built as the daemon builds it (``site_root``: access
+    control, metrics, the hot routes and every application) over a real
+    database, with a fake clock for "now", timeouts, heartbeats and
+    health; reached over a real port or in memory.
     """
 
     url: str
@@ -514,18 +521,33 @@ class Served:
     live: "Live"
     clock: "Clock"
     health: "Health"
+    counters: "Counters"
+    #: Makes the HTTP client of one request.
+    agent: Any
+    #: What listens on the real port (None in memory).
+    listening: Any = None
+
+    async def close(self) -> None:
+        """End the live streams, release the long-polls, stop listening."""
+        self.live.close()
+        self.hub.close()
+        if self.listening is not None:
+            await self.listening.stopListening()
+
+    @property
+    def port(self) -> int:
+        """The port it listens on (a site on a real port)."""
+        return int(self.url.rsplit(":", 1)[1])
 
     async def get(
         self, path: str, headers: Optional[dict[str, str]] = None, method: str = "GET"
     ) -> tuple[int, "Headers", bytes]:
         """:return: status, headers and body of one request."""
-        from twisted.internet import reactor
-        from twisted.web.client import Agent, HTTPConnectionPool, readBody
+        from twisted.web.client import readBody
         from twisted.web.http_headers import Headers
 
-        agent = Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
         sent = Headers({k.encode(): [v.encode()] for k, v in (headers or {}).items()})
-        response = await agent.request(method.encode(), (self.url + path).encode(), sent)
+        response = await self.agent().request(method.encode(), (self.url + path).encode(), sent)
         received = response.headers.copy()
         if isinstance(response.length, int):
             # Twisted's client moves Content-Length out of the headers.
@@ -533,59 +555,145 @@ class Served:
         return response.code, received, await readBody(response)
 
 
-@pytest_twisted.async_yield_fixture
-async def serve(store: Readings) -> AsyncIterator:
+def in_memory(root: "IResource") -> "IAgent":
     """
-    A function that serves the whole site for the given meters (and
-    health settings) on a real port; every site is closed after the test.
+    :return: an HTTP client of ``root`` in memory (treq's
+        ``RequestTraversalAgent``: a real HTTP client and server over
+        ``twisted.test.iosim``), whose answers arrive as soon as they are
+        finished, however late.
+    """
+    from treq.testing import RequestTraversalAgent
+    from twisted.internet import reactor
+    from twisted.web.resource import Resource
+
+    class Flushing(Resource):
+        # Above the site's root, it only moves each finished answer to the
+        # client (the in-memory connections move data when flushed).
+        isLeaf = True
+
+        def render(self, request: Any) -> Any:
+            request.notifyFinish().addBoth(lambda _: reactor.callLater(0, agent.flush))
+            return root.render(request)
+
+    agent = RequestTraversalAgent(Flushing())
+    return agent
+
+
+def open_site(
+    store: Readings, meters: "Meters", now: float = 1_700_000_000.0, has_source: bool = True,
+    max_clients: int = 100, counters: Optional["Counters"] = None, longpoll_timeout: float = 0.0,
+    max_waiters: int = 10_000, rules: Optional["Rules"] = None, memory: bool = False,
+) -> Served:
+    """
+    Build the daemon's site over ``store`` as ``blip.service`` builds it,
+    with a fake clock at ``now``, and serve it on a real port of 127.0.0.1
+    or in memory; :meth:`Served.close` closes it.
     """
     from prometheus_client import CollectorRegistry
     from twisted.internet import reactor
     from twisted.internet.task import Clock
+    from twisted.web.client import Agent, HTTPConnectionPool
 
     from blip.counters import Counters
     from blip.db.legacy import LegacyQueries
     from blip.db.v1 import V1Queries
     from blip.live.hub import Hub
-    from blip.meters import Meters
     from blip.service import STATIC
+    from blip.web.access import Rules
     from blip.web.health import Health, Operations
+    from blip.web.hot import HotRoutes
+    from blip.web.latest import Latest
     from blip.web.legacy import LegacyApi
     from blip.web.metrics import RequestMetrics, StateCollector
     from blip.web.site import QuietSite, site_root
     from blip.web.v1.live import Live
     from blip.web.v1.routes import ApiV1
 
-    ports, lives = [], []
+    clock = Clock()
+    clock.advance(now)
+    counters = counters or Counters()
+    hub = Hub(max_waiters=max_waiters)
+    live = Live(hub, store, meters, clock, max_clients=max_clients)
+    registry = CollectorRegistry()
+    registry.register(StateCollector(counters, hub, live, store.pool))
+    health = Health(hub, store, clock, 600.0, has_source)
+    latest = Latest(hub, store)
+    root = site_root(
+        HotRoutes(hub, latest, meters, clock, longpoll_timeout, reactor),
+        LegacyApi(LegacyQueries(store.pool), clock, STATIC),
+        ApiV1(V1Queries(store.pool), latest, live, meters, clock),
+        Operations(health, registry),
+        RequestMetrics(registry),
+        rules or Rules(),
+        counters,
+        clock,
+    )
+    if memory:
+        client = in_memory(root)
+        return Served("http://blip.test", store, hub, live, clock, health, counters, lambda: client)
+    port = reactor.listenTCP(0, QuietSite(root), interface="127.0.0.1")
+    return Served(
+        f"http://127.0.0.1:{port.getHost().port}", store, hub, live, clock, health, counters,
+        lambda: Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)), port,
+    )
 
-    def start(
-        meters: Meters, now: float = 1_700_000_000.0, has_source: bool = True,
-        max_clients: int = 100, counters: Optional[Counters] = None,
-    ) -> Served:
-        clock = Clock()
-        clock.advance(now)
-        hub = Hub()
-        live = Live(hub, store, meters, clock, max_clients=max_clients)
-        registry = CollectorRegistry()
-        registry.register(StateCollector(counters or Counters(), hub, live, store.pool))
-        health = Health(hub, store, clock, 600.0, has_source)
-        root = site_root(
-            LegacyApi(LegacyQueries(store.pool), hub, meters, clock, 0, STATIC),
-            ApiV1(V1Queries(store.pool), hub, live, meters, clock),
-            Operations(health, registry),
-            RequestMetrics(registry),
-            reactor,
-        )
-        port = reactor.listenTCP(0, QuietSite(root), interface="127.0.0.1")
-        ports.append(port)
-        lives.append(live)
-        return Served(f"http://127.0.0.1:{port.getHost().port}", store, hub, live, clock, health)
+
+@pytest_twisted.async_yield_fixture
+async def serve(store: Readings) -> AsyncIterator:
+    """
+    A function that serves the whole site for the given meters (and
+    settings, as :func:`open_site` takes them) over the test's database,
+    or over ``database``; every site is closed after the test.
+    """
+    sites = []
+
+    def start(meters: "Meters", database: Optional[Readings] = None, **settings: Any) -> Served:
+        site = open_site(store if database is None else database, meters, **settings)
+        sites.append(site)
+        return site
 
     yield start
-    for live in lives:
-        live.close()
-    for port in ports:
-        await port.stopListening()
+    for site in sites:
+        await site.close()
+
+
+def exchange(port: int, request: bytes, timeout: float = TIMEOUT) -> tuple[Optional[int], bytes]:
+    """
+    Send raw bytes to a server on 127.0.0.1 and read until it closes the
+    connection (blocking: run it in a thread from the reactor).
+
+    :return: the status code (None if there was no status line) and the
+        body.
+    """
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(request)
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    answer = b"".join(chunks)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    parts = head.split(b" ", 2)
+    if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
+        return None, answer
+    return int(parts[1]), body
+
+
+def read_response(s: socket.socket) -> tuple[bytes, bytes]:
+    """
+    :return: the head and body of one HTTP response (with a Content-Length)
+        read from ``s``, which may stay open.
+    """
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(65536)
+        assert chunk, "connection closed before the answer"
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    length = int([line.split(b":")[1] for line in head.split(b"\r\n")
+                  if line.lower().startswith(b"content-length:")][0])
+    while len(body) < length:
+        body += s.recv(65536)
+    return head, body
 
 
 def within(d: "Deferred[Any]", timeout: float = TIMEOUT) -> "Deferred[Any]":
@@ -597,6 +705,58 @@ def within(d: "Deferred[Any]", timeout: float = TIMEOUT) -> "Deferred[Any]":
     from twisted.internet import reactor
 
     return d.addTimeout(timeout, reactor)
+
+
+# --- Waiting for what has no event to wait on: one helper, in two forms ---
+
+#: Seconds between two looks at a condition.
+POLL = 0.005
+
+
+def _looks(timeout: float) -> Iterator[None]:
+    """Yield once per look at a condition, until ``timeout`` seconds passed."""
+    deadline = time.monotonic() + timeout
+    yield
+    while time.monotonic() < deadline:
+        yield
+
+
+async def wait_until(check: Callable[[], Any], timeout: float = TIMEOUT) -> Any:
+    """
+    Wait, letting the reactor run, until ``check()`` returns something
+    true (for a test on the reactor: the code under test runs meanwhile).
+
+    :return: what ``check()`` returned.
+    :raise AssertionError: when it never does within ``timeout`` seconds.
+    """
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    for _ in _looks(timeout):
+        result = check()
+        if result:
+            return result
+        await deferLater(reactor, POLL, lambda: None)
+    raise AssertionError("condition not reached in time")
+
+
+def eventually(check: Callable[[], Any], timeout: float = TIMEOUT) -> Any:
+    """
+    Ask ``check()`` until it returns something true, blocking (for a test
+    off the reactor, of a daemon running as a child: the daemon writes in
+    batches, so a point is queryable a moment after it is live).
+
+    :return: what ``check()`` returned last: something true, or what it
+        returned when ``timeout`` seconds passed (the caller's ``assert``
+        says what was expected).
+    """
+    result = None
+    for _ in _looks(timeout):
+        result = check()
+        if result:
+            return result
+        time.sleep(POLL * 4)
+    return result
 
 
 # --- MQTT: a private Mosquitto broker and a subscriber ---

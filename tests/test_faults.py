@@ -14,9 +14,9 @@ import signal
 import threading
 import time
 
-from tests.conftest import TIMEOUT, MeterLink
+from tests.conftest import TIMEOUT, MeterLink, eventually
 from tests.ingest.test_writer import rollups_match_readings
-from tests.test_service import answer, eventually, get, park
+from tests.test_service import answer, get, park
 
 
 def ms_of(line: int) -> int:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, TIMEOUT, free_port, shared_tempdir
+from tests.conftest import ROOT, TIMEOUT, eventually, free_port, shared_tempdir
 
 HOUR = 3_600_000
 
@@ -31,19 +31,6 @@ def get(daemon, path: str) -> tuple[int, bytes]:
             return answer.status, answer.read()
     except urllib.error.HTTPError as e:
         return e.code, e.read()
-
-
-def eventually(check, timeout: float = TIMEOUT):
-    """
-    Ask ``check()`` until it returns something true (the daemon writes in
-    batches, so a point is queryable a moment after it is live).
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result or time.monotonic() > deadline:
-            return result
-        time.sleep(0.02)
 
 
 def park(daemon, path: str) -> socket.socket:

@@ -11,7 +11,7 @@ from twisted.internet.task import Clock
 from blip.db.node_state import IngestPeriods
 from blip.db.v1 import V1Queries
 from blip.ingest.periods import ALIVE_INTERVAL, Periods, PeriodsService
-from tests.web.test_legacy import wait_until
+from tests.conftest import wait_until
 
 T0 = 1_700_000_000_000
 

@@ -28,9 +28,8 @@ from blip.ingest.writer import (
 )
 from blip.live.hub import Hub
 from blip.model import Point
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_until
 from tests.ingest.test_spool import file_reads
-from tests.web.test_legacy import wait_until
 
 T0 = 1_700_000_000_000
 

@@ -16,8 +16,7 @@ from blip.db.readings import CHANNEL, NOTIFY_POINTS, listen
 from blip.live.hub import Hub
 from blip.live.notify import Listener, PayloadError, decode
 from blip.model import INT_MAX, STAMP_MAX, Point
-from tests.conftest import TIMEOUT
-from tests.web.test_legacy import wait_until
+from tests.conftest import TIMEOUT, wait_until
 
 T0 = 1_700_000_000_000
 

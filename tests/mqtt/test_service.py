@@ -121,7 +121,7 @@ def test_daemon_publishes_what_it_stores(start_daemon, pty_meter, database, mosq
     counter continues across a daemon restart and across a broker restart
     during which ingest goes on; the password is never logged.
     """
-    from tests.test_service import eventually
+    from tests.conftest import eventually
 
     meters = tmp_path / "meters.toml"
     meters.write_text(

@@ -14,6 +14,7 @@ from typing import Optional
 from blip.db.v1 import Rollup, V1Queries
 from blip.ingest.periods import ALIVE_INTERVAL
 from blip.meters import Meter
+from blip.web.limits import ENERGY_ROWS, GAP_ROWS
 
 MINUTE = 60_000
 HOUR = 3_600_000
@@ -28,10 +29,6 @@ LONGEST = {
     "month": 31 * DAY + HOUR,
     "year": 366 * DAY + HOUR,
 }
-#: Energy rows in one answer; the rest is a ``next`` page away.
-ENERGY_ROWS = 10_000
-#: Gaps in one answer; the rest is a ``next`` page away.
-GAP_ROWS = 10_000
 #: The shortest gap reported unless asked otherwise.
 MIN_GAP = 2 * MINUTE
 #: A gap is this many mean blip intervals long at least.
