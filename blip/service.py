@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 from twisted.application import strports
 from twisted.application.internet import TimerService
 from twisted.application.service import IService
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 
 from blip.common.lifecycle import AfterReady, CleanExit, Sequence
 from blip.common.owned import Unsafe
@@ -40,6 +40,7 @@ from blip.mqtt.service import mqtt_service
 from blip.options import TwistdOptions as Options
 from blip.source.arduino import MeterFactory
 from blip.source.device import SerialEndpoint, SerialService
+from blip.source.relay import Relay, RelayEndpoint
 from blip.source.simulate import SimulatedHistory, SimulatorService
 from blip.web.access import Rules
 from blip.web.health import Health, Operations
@@ -120,8 +121,13 @@ def make_service(options: Options, reactor: Any = None, clock: Optional[IReactor
             meter_table.noticing(ingest.receive), stamps, clock, counters, meter_table.describe,
             opened=periods.opened, lost=periods.lost,
         )
-        if options["serial"]:
-            endpoint = SerialEndpoint(reactor, options["serial"], options["baudrate"], counters)
+        source = options["serial"]
+        if source:
+            endpoint: IStreamClientEndpoint
+            if isinstance(source, Relay):
+                endpoint = RelayEndpoint(reactor, source, options["baudrate"], counters)
+            else:
+                endpoint = SerialEndpoint(reactor, source, options["baudrate"], counters)
             SerialService(endpoint, factory, clock).setServiceParent(top)
         if options["simulate"]:
             SimulatedHistory(list(meters), readings, database.when_ready, clock).setServiceParent(top)

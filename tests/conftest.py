@@ -994,3 +994,161 @@ def _write_certificates(folder: Path) -> None:
         serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
         serialization.NoEncryption(),
     ))
+
+
+# --- A serial line relayed over TCP: Debian's ser2net in front of a pty ---
+
+
+def _relay_program(name: str, package: str) -> str:
+    path = shutil.which(name, path=os.environ.get("PATH", "") + ":/usr/sbin:/usr/local/sbin")
+    if path is None:
+        pytest.fail(
+            f"the tests of a relayed serial line need {name} (not found);"
+            f" run ./tools/need ser2net or: sudo apt-get install {package}",
+            pytrace=False,
+        )
+    return path
+
+
+@dataclass
+class Ser2net:
+    """
+    ser2net relaying a pty (as an ESP-Link or a ser2net on a Raspberry Pi
+    relays an Arduino's serial port) on a port of 127.0.0.1, in the
+    foreground, with its configuration in a folder of the test; a test may
+    kill it and start it again on the same port.
+
+    With :attr:`isolated`, it runs in a network namespace of its own (with
+    its own loopback), which a daemon started through :meth:`twistd` joins,
+    and which :meth:`silence` cuts off: the relay then vanishes without
+    closing anything, as a relay does that loses its power or its network.
+
+    :param folder: where its configuration and log are.
+    :param pty: the pty it relays.
+    :param port: its TCP port.
+    :param rfc2217: whether it speaks RFC 2217 (Telnet) rather than raw TCP.
+    :param speed: the serial speed it sets.
+    :param isolated: whether it runs in a network namespace of its own (a
+        new one at each start).
+    """
+
+    folder: Path
+    pty: Pty
+    port: int
+    rfc2217: bool = False
+    speed: int = 9600
+    isolated: bool = False
+    process: Optional[subprocess.Popen[bytes]] = None
+
+    @property
+    def url(self) -> str:
+        """The daemon's ``--serial``."""
+        return f"{'rfc2217' if self.rfc2217 else 'tcp'}://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        """Start it and wait until it listens."""
+        accepter = "telnet(rfc2217),tcp" if self.rfc2217 else "tcp"
+        config = self.folder / f"ser2net-{self.port}.yaml"
+        config.write_text(
+            "%YAML 1.1\n---\n"
+            "connection: &meter\n"
+            f"  accepter: {accepter},127.0.0.1,{self.port}\n"
+            f"  connector: serialdev,{self.pty.path},{self.speed}n81,local\n"
+            "  options:\n"
+            "    kickolduser: true\n"
+            "    mdns: false\n"
+        )
+        argv = [_relay_program("ser2net", "ser2net"), "-d", "-c", str(config)]
+        if self.isolated:
+            if os.geteuid() != 0:
+                pytest.fail("this test needs root (it puts the relay in a network namespace)", pytrace=False)
+            # unshare and sh exec into ser2net: the same process holds the
+            # namespace. Without an address other than the loopback ones,
+            # getaddrinfo (AI_ADDRCONFIG) finds no IPv4 address for 127.0.0.1.
+            ip = _relay_program("ip", "iproute2")
+            setup = f"{ip} link set lo up && {ip} addr add 192.0.2.1/32 dev lo"
+            unshare = _relay_program("unshare", "util-linux")
+            argv = [unshare, "--net", "--", "sh", "-c", f'{setup} && exec "$@"', "sh", *argv]
+        log = open(self._log, "ab")
+        self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        deadline = time.monotonic() + TIMEOUT
+        while not self._listening():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError("ser2net did not start:\n" + self.log())
+            time.sleep(0.02)
+
+    def _listening(self) -> bool:
+        assert self.process is not None
+        try:
+            table = Path(f"/proc/{self.process.pid}/net/tcp").read_text()
+        except OSError:
+            return False
+        # local_address is ADDRESS:PORT in hex; state 0A is LISTEN.
+        return any(
+            fields[1].endswith(f":{self.port:04X}") and fields[3] == "0A"
+            for fields in (line.split() for line in table.splitlines()[1:])
+        )
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Stop it with ``sig`` and wait for the end."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(sig)
+            self.process.wait(TIMEOUT)
+
+    def _in_namespace(self, *argv: str) -> None:
+        assert self.isolated and self.process is not None
+        nsenter = _relay_program("nsenter", "util-linux")
+        subprocess.run([nsenter, f"--net=/proc/{self.process.pid}/ns/net", "--", *argv], check=True)
+
+    def silence(self) -> None:
+        """Cut the namespace's loopback: nothing gets through, nothing is closed."""
+        self._in_namespace(_relay_program("ip", "iproute2"), "link", "set", "lo", "down")
+
+    def restore(self) -> None:
+        """Bring the loopback back."""
+        self._in_namespace(_relay_program("ip", "iproute2"), "link", "set", "lo", "up")
+
+    def twistd(self) -> Path:
+        """:return: a twistd program that runs in the relay's namespace."""
+        assert self.isolated and self.process is not None
+        program = self.folder / f"twistd-in-namespace-{self.port}"
+        nsenter = _relay_program("nsenter", "util-linux")
+        program.write_text(
+            "#!/bin/sh\n"
+            f"exec {nsenter} --net=/proc/{self.process.pid}/ns/net -- "
+            f"'{Path(sys.executable).parent / 'twistd'}' \"$@\"\n"
+        )
+        program.chmod(0o755)
+        return program
+
+    def log(self) -> str:
+        """:return: what it logged."""
+        return self._log.read_text(errors="replace") if self._log.exists() else ""
+
+    @property
+    def _log(self) -> Path:
+        return self.folder / f"ser2net-{self.port}.log"
+
+
+@pytest.fixture
+def ser2net(pty_meter: Pty) -> Iterator[Callable[..., Ser2net]]:
+    """
+    A function that makes (not starts) a ser2net relaying the pty
+    ``pty_meter`` on a free port (``rfc2217``, ``speed``, ``isolated`` as
+    :class:`Ser2net` takes them); each is killed after the test.
+    """
+    folder = shared_tempdir("blip-test-ser2net-")
+    made: list[Ser2net] = []
+
+    def make(**options: Any) -> Ser2net:
+        relay = Ser2net(folder, pty_meter, free_port(), **options)
+        made.append(relay)
+        return relay
+
+    try:
+        yield make
+    finally:
+        for relay in made:
+            relay.kill()
+        shutil.rmtree(folder, ignore_errors=True)
