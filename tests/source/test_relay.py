@@ -18,10 +18,10 @@ from twisted.internet.testing import StringTransport
 
 from blip.source.device import SerialService
 from blip.source.relay import (
+    COM_PORT_OPTION,
     KEEPALIVE_IDLE,
     KEEPALIVE_INTERVAL,
     KEEPALIVE_PROBES,
-    COM_PORT_OPTION,
     SILENCE_LIMIT,
     ComPort,
     Relay,
@@ -29,10 +29,10 @@ from blip.source.relay import (
     RelayError,
     parse_relay,
 )
+from tests.conftest import wait_until
 from tests.source.test_device import Recorder, warnings
 from tests.test_faults import ms_of, stored_lines
 from tests.test_service import eventually, get
-from tests.web.test_legacy import wait_until
 
 
 @pytest.mark.parametrize(
