@@ -447,6 +447,53 @@ def start_daemon(daemon_env: dict[str, str]) -> Iterator:
     shutil.rmtree(state, ignore_errors=True)
 
 
+class SmallFilesystem:
+    """
+    A small tmpfs of the test's own, which the test can fill up and free.
+
+    :param path: where it is mounted.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._filler = path / "filler"
+
+    def fill(self) -> None:
+        """Take every byte left (the last ones one at a time)."""
+        with open(self._filler, "ab", buffering=0) as f:
+            for size in (1 << 20, 1 << 12, 1):
+                try:
+                    while True:
+                        f.write(b"\0" * size)
+                except OSError:
+                    pass
+
+    def free(self) -> None:
+        """Give back what :meth:`fill` took."""
+        self._filler.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def small_filesystem() -> Iterator[SmallFilesystem]:
+    """
+    A tmpfs of 8 MiB mounted on a temporary folder (the tests run as root),
+    unmounted after the test.
+    """
+    folder = shared_tempdir("blip-test-fs-")
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=8m,mode=0755", "tmpfs", str(folder)],
+        capture_output=True, text=True,
+    )
+    if done.returncode != 0:
+        folder.rmdir()
+        pytest.fail(f"the tests need to mount a tmpfs, as root: {done.stderr.strip()}", pytrace=False)
+    try:
+        yield SmallFilesystem(folder)
+    finally:
+        subprocess.run(["umount", "--lazy", str(folder)], capture_output=True)
+        folder.rmdir()
+
+
 @pytest.fixture
 def log_events() -> Iterator[EventLoggingObserver]:
     """

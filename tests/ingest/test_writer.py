@@ -329,7 +329,7 @@ async def test_memory_stays_bounded_in_a_long_outage(
         if i % 1000 == 0:
             clock.advance(BATCH_DELAY)
     assert ingest.pending == []
-    assert path.stat().st_size == 8 + count * 16
+    assert path.stat().st_size == 8 + count * RECORD.size
     reads = file_reads(monkeypatch)
     await ingest.start()
     await wait_until(lambda: counters.stored == count, 60)
