@@ -57,6 +57,8 @@ SPOOL = "spool"
 METERS_REFRESH = 60.0
 #: Where ingest periods not yet recorded wait over a restart, in the state dir.
 PERIODS = "ingest-periods.json"
+#: Where each meter's newest stamp is kept over a restart, in the state dir.
+STAMPS = "stamps.json"
 
 
 def make_service(options: Options, reactor: Any = None, clock: Optional[IReactorTime] = None) -> IService:
@@ -97,7 +99,7 @@ def make_service(options: Options, reactor: Any = None, clock: Optional[IReactor
     TimerService(METERS_REFRESH, meter_table.refreshing).setServiceParent(top)
 
     if options["role"] in ("all", "ingest"):
-        stamps = Stamps()
+        stamps = Stamps(options["state-dir"] / STAMPS)
         spool = Spool(options["state-dir"] / SPOOL)
         ingest = Ingest(store, hub, stamps, clock, counters, spool, pool.when_alive)
         AfterReady(

@@ -33,6 +33,16 @@ def get(daemon, path: str) -> tuple[int, bytes]:
         return e.code, e.read()
 
 
+def metric(daemon, name: str) -> float:
+    """:return: the value of a metric without labels, from /metrics."""
+    status, body = get(daemon, "/metrics")
+    assert status == 200
+    for line in body.decode().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"no metric {name}")
+
+
 def eventually(check, timeout: float = TIMEOUT):
     """
     Ask ``check()`` until it returns something true (the daemon writes in
