@@ -66,6 +66,9 @@ class Counters:
     caught_up: int = 0
     #: Notifications on the points channel that were not lists of points.
     bad_notifications: int = 0
+    #: Points received by LISTEN that did not reach the hub: of a meter not
+    #: known here, or stamped too far from now (see blip.live.notify).
+    notified_refused: int = 0
     #: Requests refused by --allow.
     forbidden: int = 0
     #: Gauge: long-polls parked now.

@@ -129,7 +129,10 @@ def make_service(options: Options, reactor: Any = None, clock: Optional[IReactor
     if options["role"] in ("all", "web"):
         # Live points of every ingest node (an all node's own are published
         # on arrival, and not again: see blip.live.notify).
-        listener = Listener(dsn, store, hub, reactor, counters, options["node-name"])
+        listener = Listener(
+            dsn, store, hub, meters, reactor, counters, options["node-name"], clock,
+            meter_table.refreshing,
+        )
         AfterReady(
             "listening for live points", database.when_ready, listener.start, listener.stop
         ).setServiceParent(top)
