@@ -117,10 +117,10 @@ def make_service(options: Options, reactor: Any = None, clock: Optional[IReactor
             SimulatedHistory(list(meters), store, database.when_ready, clock).setServiceParent(top)
             SimulatorService(list(meters), factory, clock).setServiceParent(top)
         # After the source, so that a stop is recorded before the source closes.
-        PeriodsService(periods, database.when_ready, clock).setServiceParent(top)
+        PeriodsService(periods, database.when_ready, clock, stamps.keep).setServiceParent(top)
         if options["mqtt"] is not None:
             mqtt_service(
-                options["mqtt"], options["mqtt-interval"], hub, meters, store,
+                options["mqtt"], options["mqtt-interval"], ingest, meters, store,
                 database.when_ready, reactor, clock,
             ).setServiceParent(top)
 
