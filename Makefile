@@ -45,10 +45,22 @@ chromium:
 proxies:
 	@./tools/need proxies
 
+# ESLint for the page's scripts, at the versions package.json and
+# package-lock.json pin, installed by npm into node_modules.
+NODE_STAMP := node_modules/.installed
+
+$(NODE_STAMP): package.json package-lock.json
+	@./tools/need npm
+	npm ci --no-audit --no-fund
+	touch $@
+
+lint-js: $(NODE_STAMP)
+	node_modules/.bin/eslint --max-warnings=0 static
+
 demo: $(RUN_STAMP) postgres
 	$(BIN)/twistd --nodaemon --pidfile= blip --simulate
 
-test: venv postgres mosquitto chromium proxies
+test: venv postgres mosquitto chromium proxies lint-js
 	$(BIN)/pytest
 
 # Benchmarks: each prints one JSON object (see bench/README.md).
@@ -75,4 +87,4 @@ bench-disk: venv postgres $(BENCH_STAMP)
 bench: bench-ingest bench-fanout bench-queries bench-disk
 
 clean:
-	rm -rf $(VENV) var
+	rm -rf $(VENV) var node_modules

@@ -11,7 +11,7 @@ has no counterpart in the daemon.
 import time
 
 from bench.harness import BenchCluster, note
-from blip.db.store import SyncStore
+from blip.db.sync_store import SyncStore
 
 #: Changing how data is generated changes this, which regenerates caches.
 VERSION = 2

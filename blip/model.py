@@ -10,6 +10,8 @@ DEFAULT_METER = 1
 
 #: Largest value of a PostgreSQL INTEGER: the ceiling for meter ids and ms.
 INT_MAX = 2**31 - 1
+#: Bounds of a stamp (a PostgreSQL BIGINT).
+STAMP_MIN, STAMP_MAX = -(2**63 - 1), 2**63 - 1
 
 
 @dataclass(frozen=True, slots=True)

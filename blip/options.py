@@ -16,7 +16,8 @@ from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
 from blip.common.env import env_name
-from blip.db.embedded import EmbeddedError, server_bindir, server_user
+from blip.common.owned import Folder, Unsafe, user_name
+from blip.db.embedded import Cluster, EmbeddedError
 from blip.meters import Meters, MetersError
 from blip.mqtt.broker import Broker, BrokerError, parse_broker
 from blip.web import access
@@ -129,22 +130,7 @@ class Options(usage.Options):
         self["state-dir"] = state = Path(self["state-dir"] or "./var")
         #: The user and group twistd switches to after start (--uid/--gid).
         self.run_as = run_as = _run_as(self.parent)
-        try:
-            created = not state.exists()
-            state.mkdir(parents=True, exist_ok=True)
-            if created and run_as is not None:
-                os.chown(state, *run_as)
-        except OSError as e:
-            raise usage.UsageError(f"--state-dir: cannot create {state}: {e.strerror}")
-        if run_as is not None:
-            if not _writable_by(state, *run_as):
-                user = _user_name(run_as[0])
-                raise usage.UsageError(
-                    f"--state-dir: {user}, whom --uid/--gid make the daemon run as, cannot"
-                    f" write in {state}: give it to that user (chown {user} {state})"
-                )
-        elif not os.access(state, os.W_OK | os.X_OK):
-            raise usage.UsageError(f"--state-dir: cannot write in {state}")
+        _state_dir(state, run_as)
         self["node-name"] = (self["node-name"] or socket.gethostname()).strip()
         if not self["node-name"] or len(self["node-name"]) > 200:
             raise usage.UsageError("--node-name: must be 1 to 200 characters")
@@ -153,10 +139,7 @@ class Options(usage.Options):
             _check_dsn(self["db"], "--db")
         else:
             try:
-                server_bindir()
-                if run_as is None or run_as[0] == 0:
-                    # (Otherwise the server runs as the user twistd switches to.)
-                    server_user()
+                Cluster.at(state / "pg", run_as[0] if run_as else None).check()
             except EmbeddedError as e:
                 raise usage.UsageError(f"embedded database: {e}")
         self["db-read"] = self["db-read"] or None
@@ -276,11 +259,45 @@ def _run_as(parent: Optional[usage.Options]) -> Optional[tuple[int, int]]:
     return uid, gid
 
 
-def _user_name(uid: int) -> str:
+def _state_dir(state: Path, run_as: Optional[tuple[int, int]]) -> None:
+    """
+    Make the state dir when it is missing (given to the user twistd
+    switches to), and check that the daemon may write in it, and that no
+    one else may when it runs as root.
+
+    :raise usage.UsageError: saying what is wrong.
+    """
     try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
+        if not os.path.lexists(state):
+            state.parent.mkdir(parents=True, exist_ok=True)
+            with Folder.trusted(state.parent) as parent:
+                parent.folder(state.name, run_as or (os.geteuid(), os.getegid()), mode=0o777).close()
+    except Unsafe as e:
+        raise usage.UsageError(f"--state-dir: {e}") from None
+    except OSError as e:
+        raise usage.UsageError(f"--state-dir: cannot create {state}: {e.strerror}") from None
+    if not state.is_dir():
+        raise usage.UsageError(f"--state-dir: {state} is not a folder")
+    if run_as is not None and run_as[0] != 0:
+        if not _writable_by(state, *run_as):
+            user = user_name(run_as[0])
+            raise usage.UsageError(
+                f"--state-dir: {user}, whom --uid/--gid make the daemon run as, cannot"
+                f" write in {state}: give it to that user (chown {user} {state})"
+            )
+    elif not os.access(state, os.W_OK | os.X_OK):
+        raise usage.UsageError(f"--state-dir: cannot write in {state}")
+    elif os.geteuid() == 0:
+        # What root writes there (the spool, the lock, ...) must not be
+        # where another user may put a link to some other file.
+        info = state.stat()
+        if info.st_uid != 0 or info.st_mode & 0o022:
+            others = user_name(info.st_uid) if info.st_uid != 0 else "other users"
+            raise usage.UsageError(
+                f"--state-dir: the daemon runs as root, and {others} may write in {state}:"
+                f" give it to root alone (chown root {state}; chmod go-w {state}),"
+                f" or run the daemon as another user (--uid/--gid)"
+            )
 
 
 def _writable_by(path: Path, uid: int, gid: int) -> bool:

@@ -18,12 +18,18 @@ from twisted.application.service import IService
 from twisted.internet.interfaces import IReactorTime
 
 from blip.common.lifecycle import AfterReady, CleanExit, Sequence
+from blip.common.owned import Unsafe
 from blip.common.statelock import StateDirInUse, hold, note_process
 from blip.counters import Counters, CountersLog
 from blip.db.embedded import Cluster, EmbeddedPostgres
+from blip.db.legacy import LegacyQueries
 from blip.db.meter_table import MeterTable
+from blip.db.node_state import IngestPeriods, MeterRows
 from blip.db.pool import DatabaseService, Pool, PoolService
-from blip.db.store import Store
+from blip.db.queries import Queries
+from blip.db.readings import Readings
+from blip.db.schema import Schema, schema_sql
+from blip.db.v1 import V1Queries
 from blip.ingest.periods import Periods, PeriodsService
 from blip.ingest.spool import Spool
 from blip.ingest.stamps import Stamps
@@ -35,8 +41,10 @@ from blip.options import TwistdOptions as Options
 from blip.source.arduino import MeterFactory
 from blip.source.device import SerialEndpoint, SerialService
 from blip.source.simulate import SimulatedHistory, SimulatorService
-from blip.web.access import Rules, protect
+from blip.web.access import Rules
 from blip.web.health import Health, Operations
+from blip.web.hot import HotRoutes
+from blip.web.latest import Latest
 from blip.web.legacy import LegacyApi
 from blip.web.metrics import RequestMetrics, StateCollector
 from blip.web.site import QuietSite, site_root
@@ -83,15 +91,19 @@ def make_service(options: Options, reactor: Any = None, clock: Optional[IReactor
     before = None
     dsn = options["db"]
     if dsn is None:
-        embedded = EmbeddedPostgres(Cluster.at(options["state-dir"] / "pg"), reactor)
+        run_as = options.run_as
+        cluster = Cluster.at(options["state-dir"] / "pg", run_as[0] if run_as else None)
+        embedded = EmbeddedPostgres(cluster, reactor)
         embedded.setServiceParent(top)
         before, dsn = embedded.when_ready, embedded.dsn
     pool = Pool(dsn, POOL_SIZE, reactor, counters)
-    store = Store(pool)
-    meter_table = MeterTable(store, meters, clock)
+    readings = Readings(pool)
+    # Read now, while the daemon may still be root.
+    schema_sql()
+    meter_table = MeterTable(MeterRows(pool), meters, clock)
 
     async def prepare() -> None:
-        await store.apply_schema()
+        await Schema(pool).apply()
         await meter_table.load()
 
     database = DatabaseService(pool, prepare, before, fatal=clean_exit.fail)
@@ -101,11 +113,11 @@ def make_service(options: Options, reactor: Any = None, clock: Optional[IReactor
     if options["role"] in ("all", "ingest"):
         stamps = Stamps(options["state-dir"] / STAMPS)
         spool = Spool(options["state-dir"] / SPOOL)
-        ingest = Ingest(store, hub, stamps, clock, counters, spool, pool.when_alive)
+        ingest = Ingest(readings, hub, stamps, clock, counters, spool, pool.when_alive)
         AfterReady(
             "ingest", database.when_ready, ingest.start, ingest.stop, ingest.open
         ).setServiceParent(top)
-        periods = Periods(store, options["node-name"], clock, options["state-dir"] / PERIODS)
+        periods = Periods(IngestPeriods(pool), options["node-name"], clock, options["state-dir"] / PERIODS)
         factory = MeterFactory(
             meter_table.noticing(ingest.receive), stamps, clock, counters, meter_table.describe,
             opened=periods.opened, lost=periods.lost,
@@ -114,13 +126,13 @@ def make_service(options: Options, reactor: Any = None, clock: Optional[IReactor
             endpoint = SerialEndpoint(reactor, options["serial"], options["baudrate"], counters)
             SerialService(endpoint, factory, clock).setServiceParent(top)
         if options["simulate"]:
-            SimulatedHistory(list(meters), store, database.when_ready, clock).setServiceParent(top)
+            SimulatedHistory(list(meters), readings, database.when_ready, clock).setServiceParent(top)
             SimulatorService(list(meters), factory, clock).setServiceParent(top)
         # After the source, so that a stop is recorded before the source closes.
         PeriodsService(periods, database.when_ready, clock, stamps.keep).setServiceParent(top)
         if options["mqtt"] is not None:
             mqtt_service(
-                options["mqtt"], options["mqtt-interval"], ingest, meters, store,
+                options["mqtt"], options["mqtt-interval"], ingest, meters, readings,
                 database.when_ready, reactor, clock,
             ).setServiceParent(top)
 
@@ -130,35 +142,36 @@ def make_service(options: Options, reactor: Any = None, clock: Optional[IReactor
         # Live points of every ingest node (an all node's own are published
         # on arrival, and not again: see blip.live.notify).
         listener = Listener(
-            dsn, store, hub, meters, reactor, counters, options["node-name"], clock,
+            dsn, readings, hub, meters, reactor, counters, options["node-name"], clock,
             meter_table.refreshing,
         )
         AfterReady(
             "listening for live points", database.when_ready, listener.start, listener.stop
         ).setServiceParent(top)
-        read_store = store
+        read_pool = pool
         if options["db-read"] is not None:
             read_pool = Pool(options["db-read"], POOL_SIZE, reactor, counters)
             PoolService(read_pool).setServiceParent(top)
-            read_store = Store(read_pool)
         # Live replays come from the primary: a replica may lag behind the
         # notifications.
-        live = Live(hub, store, meters, clock, max_clients=options["max-waiters"])
+        live = Live(hub, readings, meters, clock, max_clients=options["max-waiters"])
         LiveService(live).setServiceParent(top)
-        api = LegacyApi(read_store, hub, meters, clock, options["longpoll-timeout"], STATIC)
         registry = CollectorRegistry()
         registry.register(StateCollector(counters, hub, live, pool))
         has_source = options["role"] == "all" and bool(options["serial"] or options["simulate"])
-        health = Health(hub, store, clock, options["health-window"], has_source)
+        health = Health(hub, readings, clock, options["health-window"], has_source)
+        latest = Latest(hub, Queries(read_pool))
         root = site_root(
-            api,
-            ApiV1(read_store, hub, live, meters, clock),
+            HotRoutes(hub, latest, meters, clock, options["longpoll-timeout"], reactor),
+            LegacyApi(LegacyQueries(read_pool), clock, STATIC),
+            ApiV1(V1Queries(read_pool), latest, live, meters, clock),
             Operations(health, registry),
             RequestMetrics(registry),
-            reactor,
+            Rules(options["allow"], options["trusted-proxy"]),
+            counters,
+            clock,
         )
-        rules = Rules(options["allow"], options["trusted-proxy"])
-        site = QuietSite(protect(root, rules, counters, clock))
+        site = QuietSite(root)
         site.noisy = False
         strports.service(options["listen"], site).setServiceParent(top)
     return top
@@ -175,7 +188,7 @@ def makeService(options: Options) -> IService:
     gc.set_threshold(*GC_THRESHOLDS)
     try:
         lock = hold(options["state-dir"], options.run_as)
-    except StateDirInUse as e:
+    except (StateDirInUse, Unsafe) as e:
         raise SystemExit(f"twistd blip: --state-dir: {e}") from None
     except OSError as e:
         raise SystemExit(f"twistd blip: --state-dir: cannot lock {options['state-dir']}: {e.strerror}") from None

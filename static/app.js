@@ -1,5 +1,6 @@
 // The power page: every meter side by side, and one meter's views at a
-// time, fed by the live stream.
+// time, fed by the live stream. While the page is hidden (another tab, a
+// phone's screen off), nothing runs: no timers, no stream.
 
 import * as api from "./js/api.js";
 import { LiveStream } from "./js/live.js";
@@ -16,21 +17,9 @@ function report(message) {
   problem.textContent = message || "";
 }
 
-function choose(views, id) {
-  for (const view of views.values()) {
-    const chosen = view.meter.id === id;
-    view.setActive(chosen);
-    view.tab.setAttribute("aria-pressed", String(chosen));
-  }
-  for (const card of document.querySelectorAll("#overview .card[data-meter]")) {
-    card.setAttribute("aria-current", String(card.dataset.meter === String(id)));
-  }
-  history.replaceState(null, "", `#meter-${id}`);
-}
-
 async function start() {
   let meters;
-  for (let delay = 1000; ; delay = Math.min(delay * 2, 30000)) {
+  for (let delay = t.backoff(); ; delay = t.backoff(delay)) {
     try {
       meters = await api.meters();
       break;
@@ -47,11 +36,22 @@ async function start() {
   const template = document.getElementById("meter-template");
   const main = document.getElementById("main");
   const views = new Map();
-  const overview = new Overview(meters, document.getElementById("overview"), report, (id) => choose(views, id));
+  let chosen = null;
+  // Show meter `id`: its views on show, its tab pressed, its card current.
+  const show = (id) => {
+    chosen = id;
+    for (const view of views.values()) {
+      view.setActive(view.meter.id === id);
+      view.tab.setAttribute("aria-pressed", String(view.meter.id === id));
+    }
+    overview.choose(id);
+    history.replaceState(null, "", `#meter-${id}`);
+  };
+  const overview = new Overview(meters, document.getElementById("overview"), report, show);
   for (const meter of meters) {
     const section = template.content.firstElementChild.cloneNode(true);
     section.id = `meter-${meter.id}`;
-    section.dataset.meter = String(meter.id);
+    section.setAttribute("aria-label", meter.label || `Meter ${meter.id}`);
     section.hidden = true;
     main.appendChild(section);
     const view = new MeterView(meter, section, report);
@@ -61,7 +61,7 @@ async function start() {
     const live = document.createElement("span");
     live.className = "w";
     tab.appendChild(live);
-    tab.addEventListener("click", () => choose(views, meter.id));
+    tab.addEventListener("click", () => show(meter.id));
     view.tab = tab;
     view.onWatts = (point) => {
       live.textContent = `${t.watts(point.watts)} W`;
@@ -73,7 +73,8 @@ async function start() {
   }
   nav.hidden = meters.length < 2;
   const wanted = Number((location.hash.match(/^#meter-(\d+)$/) || [])[1]);
-  choose(views, views.has(wanted) ? wanted : meters[0].id);
+  show(views.has(wanted) ? wanted : meters[0].id);
+  overview.setActive(true);
   document.title = meters.length === 1 ? `Power · ${meters[0].label}` : "Power";
 
   const stream = new LiveStream([...views.keys()], {
@@ -91,6 +92,20 @@ async function start() {
     },
   });
   stream.start();
+
+  // Hidden, the page stops everything; shown again, it starts again and
+  // loads what may have been missed.
+  let shown = true;
+  const visibility = () => {
+    if (shown === (document.visibilityState === "visible")) return;
+    shown = !shown;
+    views.forEach((view) => view.setActive(shown && view.meter.id === chosen));
+    overview.setActive(shown);
+    if (shown) stream.start(true);
+    else stream.stop();
+  };
+  document.addEventListener("visibilitychange", visibility);
+  visibility();
 }
 
 start();

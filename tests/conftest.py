@@ -19,7 +19,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import psycopg2
 import psycopg2.errors
@@ -30,7 +30,8 @@ from twisted.logger import globalLogPublisher
 
 from blip.db.embedded import Cluster, EmbeddedError
 from blip.db.pool import Pool
-from blip.db.store import Store
+from blip.db.readings import Readings
+from blip.db.schema import Schema
 
 ROOT = Path(__file__).resolve().parent.parent
 #: How long any wait for an event may take before the test fails.
@@ -201,7 +202,7 @@ class Forger:
 
     def notify(self, *payloads: str) -> None:
         """Send each payload on the points channel, as ``NOTIFY`` does."""
-        from blip.db.store import CHANNEL
+        from blip.db.readings import CHANNEL
 
         with self.connection.cursor() as cursor:
             for payload in payloads:
@@ -228,20 +229,28 @@ def forger(database: Database) -> Iterator[Forger]:
 
 
 @pytest_twisted.async_yield_fixture
-async def store(database: Database) -> AsyncIterator[Store]:
+async def raw_pool(database: Database) -> AsyncIterator[Pool]:
     """
-    A :class:`Store` on a fresh database with the schema applied.
+    An open pool on a fresh database whose schema is not applied.
     """
     from twisted.internet import reactor
 
     pool = Pool(database.dsn, 3, reactor)
     await pool.start()
-    store = Store(pool)
-    await store.apply_schema()
     try:
-        yield store
+        yield pool
     finally:
         pool.close()
+
+
+@pytest_twisted.async_yield_fixture
+async def store(raw_pool: Pool) -> AsyncIterator[Readings]:
+    """
+    The readings of a fresh database with the schema applied; the other
+    sets of queries are built on its pool, ``store.pool``.
+    """
+    await Schema(raw_pool).apply()
+    yield Readings(raw_pool)
 
 
 @dataclass
@@ -372,6 +381,9 @@ class Daemon:
     ready: Optional[str] = None
     #: Options of twistd itself (before ``blip``).
     twistd_args: list[str] = field(default_factory=list)
+    #: The twistd program (ours when None) and the folder it runs in.
+    program: Optional[Path] = None
+    cwd: Path = ROOT
     process: Optional[subprocess.Popen[bytes]] = None
     output: list[str] = field(default_factory=list)
     _changed: threading.Condition = field(default_factory=threading.Condition)
@@ -380,10 +392,10 @@ class Daemon:
 
     def start(self) -> "Daemon":
         """Start it; return once it serves HTTP."""
-        twistd = str(Path(sys.executable).parent / "twistd")
+        twistd = str(self.program or Path(sys.executable).parent / "twistd")
         argv = [twistd, "--nodaemon", "--pidfile=", *self.twistd_args, "blip", *self.args]
         self.process = subprocess.Popen(
-            argv, cwd=ROOT, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+            argv, cwd=self.cwd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
         )
         self.output = []
         self._ended = False
@@ -478,27 +490,45 @@ def start_daemon(daemon_env: dict[str, str]) -> Iterator:
     a free port and a private state dir, shared by the test's daemons
     unless ``state_dir`` gives one; ``ready`` is what a daemon without a
     listener logs when it is ready; ``env`` adds to its environment;
-    ``twistd`` are options of twistd itself); every daemon is stopped after
-    the test.
+    ``twistd`` are options of twistd itself; ``program`` another twistd,
+    run in ``cwd``); every daemon is stopped after the test.
+    ``start_daemon.refused(...)`` starts one that must refuse to start,
+    and returns its exit status and output.
     """
     started: list[Daemon] = []
     state = shared_tempdir("blip-test-state-")
 
-    def start(
+    def daemon(
         *args: str, listen: bool = True, state_dir: Optional[Path] = None,
         ready: Optional[str] = None, env: Optional[dict[str, str]] = None,
-        twistd: tuple[str, ...] = (),
+        twistd: tuple[str, ...] = (), program: Optional[Path] = None, cwd: Path = ROOT,
     ) -> Daemon:
         extra = ["--state-dir", str(state_dir or state)]
         if listen:
             extra += ["--listen", f"tcp:{free_port()}:interface=127.0.0.1"]
-        daemon = Daemon(
-            [*extra, *args], {**daemon_env, **(env or {})}, ready=ready, twistd_args=list(twistd)
+        made = Daemon(
+            [*extra, *args], {**daemon_env, **(env or {})}, ready=ready, twistd_args=list(twistd),
+            program=program, cwd=cwd,
         )
-        started.append(daemon)
-        return daemon.start()
+        started.append(made)
+        return made
+
+    def start(*args: str, **options: Any) -> Daemon:
+        return daemon(*args, **options).start()
+
+    def refused(*args: str, **options: Any) -> tuple[int, list[str]]:
+        made = daemon(*args, **options)
+        try:
+            made.start()
+        except AssertionError:
+            if not made._ended or made.process is None:
+                raise
+            made.process.wait(TIMEOUT)
+            return made.stop(), made.output
+        raise AssertionError("the daemon started:\n" + "\n".join(made.output))
 
     start.state = state
+    start.refused = refused
     yield start
     for daemon in started:
         if daemon.process is not None and daemon.process.poll() is None:
@@ -570,8 +600,13 @@ if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
     from twisted.internet.task import Clock
     from twisted.web.http_headers import Headers
+    from twisted.web.iweb import IAgent
+    from twisted.web.resource import IResource
 
+    from blip.counters import Counters
     from blip.live.hub import Hub
+    from blip.meters import Meters
+    from blip.web.access import Rules
     from blip.web.health import Health
     from blip.web.v1.live import Live
 
@@ -580,28 +615,45 @@ if TYPE_CHECKING:
 class Served:
     """
     The daemon's whole HTTP site (legacy routes, /api/v1, /healthz,
-    /metrics) on a real port, over a real database, with a fake clock for
-    "now", heartbeats and health.
+    /metrics), built as the daemon builds it (``site_root``: access
+    control, metrics, the hot routes and every application) over a real
+    database, with a fake clock for "now", timeouts, heartbeats and
+    health; reached over a real port or in memory.
     """
 
     url: str
-    store: Store
+    store: Readings
     hub: "Hub"
     live: "Live"
     clock: "Clock"
     health: "Health"
+    counters: "Counters"
+    #: Makes the HTTP client of one request.
+    agent: Any
+    #: What listens on the real port (None in memory).
+    listening: Any = None
+
+    async def close(self) -> None:
+        """End the live streams, release the long-polls, stop listening."""
+        self.live.close()
+        self.hub.close()
+        if self.listening is not None:
+            await self.listening.stopListening()
+
+    @property
+    def port(self) -> int:
+        """The port it listens on (a site on a real port)."""
+        return int(self.url.rsplit(":", 1)[1])
 
     async def get(
         self, path: str, headers: Optional[dict[str, str]] = None, method: str = "GET"
     ) -> tuple[int, "Headers", bytes]:
         """:return: status, headers and body of one request."""
-        from twisted.internet import reactor
-        from twisted.web.client import Agent, HTTPConnectionPool, readBody
+        from twisted.web.client import readBody
         from twisted.web.http_headers import Headers
 
-        agent = Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
         sent = Headers({k.encode(): [v.encode()] for k, v in (headers or {}).items()})
-        response = await agent.request(method.encode(), (self.url + path).encode(), sent)
+        response = await self.agent().request(method.encode(), (self.url + path).encode(), sent)
         received = response.headers.copy()
         if isinstance(response.length, int):
             # Twisted's client moves Content-Length out of the headers.
@@ -609,57 +661,145 @@ class Served:
         return response.code, received, await readBody(response)
 
 
-@pytest_twisted.async_yield_fixture
-async def serve(store: Store) -> AsyncIterator:
+def in_memory(root: "IResource") -> "IAgent":
     """
-    A function that serves the whole site for the given meters (and
-    health settings) on a real port; every site is closed after the test.
+    :return: an HTTP client of ``root`` in memory (treq's
+        ``RequestTraversalAgent``: a real HTTP client and server over
+        ``twisted.test.iosim``), whose answers arrive as soon as they are
+        finished, however late.
+    """
+    from treq.testing import RequestTraversalAgent
+    from twisted.internet import reactor
+    from twisted.web.resource import Resource
+
+    class Flushing(Resource):
+        # Above the site's root, it only moves each finished answer to the
+        # client (the in-memory connections move data when flushed).
+        isLeaf = True
+
+        def render(self, request: Any) -> Any:
+            request.notifyFinish().addBoth(lambda _: reactor.callLater(0, agent.flush))
+            return root.render(request)
+
+    agent = RequestTraversalAgent(Flushing())
+    return agent
+
+
+def open_site(
+    store: Readings, meters: "Meters", now: float = 1_700_000_000.0, has_source: bool = True,
+    max_clients: int = 100, counters: Optional["Counters"] = None, longpoll_timeout: float = 0.0,
+    max_waiters: int = 10_000, rules: Optional["Rules"] = None, memory: bool = False,
+) -> Served:
+    """
+    Build the daemon's site over ``store`` as ``blip.service`` builds it,
+    with a fake clock at ``now``, and serve it on a real port of 127.0.0.1
+    or in memory; :meth:`Served.close` closes it.
     """
     from prometheus_client import CollectorRegistry
     from twisted.internet import reactor
     from twisted.internet.task import Clock
+    from twisted.web.client import Agent, HTTPConnectionPool
 
     from blip.counters import Counters
+    from blip.db.legacy import LegacyQueries
+    from blip.db.v1 import V1Queries
     from blip.live.hub import Hub
-    from blip.meters import Meters
     from blip.service import STATIC
+    from blip.web.access import Rules
     from blip.web.health import Health, Operations
+    from blip.web.hot import HotRoutes
+    from blip.web.latest import Latest
     from blip.web.legacy import LegacyApi
     from blip.web.metrics import RequestMetrics, StateCollector
     from blip.web.site import QuietSite, site_root
     from blip.web.v1.live import Live
     from blip.web.v1.routes import ApiV1
 
-    ports, lives = [], []
+    clock = Clock()
+    clock.advance(now)
+    counters = counters or Counters()
+    hub = Hub(max_waiters=max_waiters)
+    live = Live(hub, store, meters, clock, max_clients=max_clients)
+    registry = CollectorRegistry()
+    registry.register(StateCollector(counters, hub, live, store.pool))
+    health = Health(hub, store, clock, 600.0, has_source)
+    latest = Latest(hub, store)
+    root = site_root(
+        HotRoutes(hub, latest, meters, clock, longpoll_timeout, reactor),
+        LegacyApi(LegacyQueries(store.pool), clock, STATIC),
+        ApiV1(V1Queries(store.pool), latest, live, meters, clock),
+        Operations(health, registry),
+        RequestMetrics(registry),
+        rules or Rules(),
+        counters,
+        clock,
+    )
+    if memory:
+        client = in_memory(root)
+        return Served("http://blip.test", store, hub, live, clock, health, counters, lambda: client)
+    port = reactor.listenTCP(0, QuietSite(root), interface="127.0.0.1")
+    return Served(
+        f"http://127.0.0.1:{port.getHost().port}", store, hub, live, clock, health, counters,
+        lambda: Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)), port,
+    )
 
-    def start(
-        meters: Meters, now: float = 1_700_000_000.0, has_source: bool = True,
-        max_clients: int = 100, counters: Optional[Counters] = None,
-    ) -> Served:
-        clock = Clock()
-        clock.advance(now)
-        hub = Hub()
-        live = Live(hub, store, meters, clock, max_clients=max_clients)
-        registry = CollectorRegistry()
-        registry.register(StateCollector(counters or Counters(), hub, live, store.pool))
-        health = Health(hub, store, clock, 600.0, has_source)
-        root = site_root(
-            LegacyApi(store, hub, meters, clock, 0, STATIC),
-            ApiV1(store, hub, live, meters, clock),
-            Operations(health, registry),
-            RequestMetrics(registry),
-            reactor,
-        )
-        port = reactor.listenTCP(0, QuietSite(root), interface="127.0.0.1")
-        ports.append(port)
-        lives.append(live)
-        return Served(f"http://127.0.0.1:{port.getHost().port}", store, hub, live, clock, health)
+
+@pytest_twisted.async_yield_fixture
+async def serve(store: Readings) -> AsyncIterator:
+    """
+    A function that serves the whole site for the given meters (and
+    settings, as :func:`open_site` takes them) over the test's database,
+    or over ``database``; every site is closed after the test.
+    """
+    sites = []
+
+    def start(meters: "Meters", database: Optional[Readings] = None, **settings: Any) -> Served:
+        site = open_site(store if database is None else database, meters, **settings)
+        sites.append(site)
+        return site
 
     yield start
-    for live in lives:
-        live.close()
-    for port in ports:
-        await port.stopListening()
+    for site in sites:
+        await site.close()
+
+
+def exchange(port: int, request: bytes, timeout: float = TIMEOUT) -> tuple[Optional[int], bytes]:
+    """
+    Send raw bytes to a server on 127.0.0.1 and read until it closes the
+    connection (blocking: run it in a thread from the reactor).
+
+    :return: the status code (None if there was no status line) and the
+        body.
+    """
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(request)
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    answer = b"".join(chunks)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    parts = head.split(b" ", 2)
+    if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
+        return None, answer
+    return int(parts[1]), body
+
+
+def read_response(s: socket.socket) -> tuple[bytes, bytes]:
+    """
+    :return: the head and body of one HTTP response (with a Content-Length)
+        read from ``s``, which may stay open.
+    """
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(65536)
+        assert chunk, "connection closed before the answer"
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    length = int([line.split(b":")[1] for line in head.split(b"\r\n")
+                  if line.lower().startswith(b"content-length:")][0])
+    while len(body) < length:
+        body += s.recv(65536)
+    return head, body
 
 
 def within(d: "Deferred[Any]", timeout: float = TIMEOUT) -> "Deferred[Any]":
@@ -671,6 +811,58 @@ def within(d: "Deferred[Any]", timeout: float = TIMEOUT) -> "Deferred[Any]":
     from twisted.internet import reactor
 
     return d.addTimeout(timeout, reactor)
+
+
+# --- Waiting for what has no event to wait on: one helper, in two forms ---
+
+#: Seconds between two looks at a condition.
+POLL = 0.005
+
+
+def _looks(timeout: float) -> Iterator[None]:
+    """Yield once per look at a condition, until ``timeout`` seconds passed."""
+    deadline = time.monotonic() + timeout
+    yield
+    while time.monotonic() < deadline:
+        yield
+
+
+async def wait_until(check: Callable[[], Any], timeout: float = TIMEOUT) -> Any:
+    """
+    Wait, letting the reactor run, until ``check()`` returns something
+    true (for a test on the reactor: the code under test runs meanwhile).
+
+    :return: what ``check()`` returned.
+    :raise AssertionError: when it never does within ``timeout`` seconds.
+    """
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    for _ in _looks(timeout):
+        result = check()
+        if result:
+            return result
+        await deferLater(reactor, POLL, lambda: None)
+    raise AssertionError("condition not reached in time")
+
+
+def eventually(check: Callable[[], Any], timeout: float = TIMEOUT) -> Any:
+    """
+    Ask ``check()`` until it returns something true, blocking (for a test
+    off the reactor, of a daemon running as a child: the daemon writes in
+    batches, so a point is queryable a moment after it is live).
+
+    :return: what ``check()`` returned last: something true, or what it
+        returned when ``timeout`` seconds passed (the caller's ``assert``
+        says what was expected).
+    """
+    result = None
+    for _ in _looks(timeout):
+        result = check()
+        if result:
+            return result
+        time.sleep(POLL * 4)
+    return result
 
 
 # --- MQTT: a private Mosquitto broker and a subscriber ---

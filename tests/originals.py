@@ -293,3 +293,9 @@ def recount(sql: Callable[..., list[tuple]], width: int) -> list[tuple]:
 def rollups(sql: Callable[..., list[tuple]], table: str) -> list[tuple]:
     """:return: the rows of a rollup table, by meter and stamp."""
     return sql(f"SELECT id, stamp, events, sum_ms, min_ms, max_ms FROM {table} ORDER BY 1, 2")
+
+
+def assert_rollups_match(sql: Callable[..., list[tuple]]) -> None:
+    """Both rollup tables hold exactly a recount of readings."""
+    assert rollups(sql, "readings_minutely") == recount(sql, MINUTE)
+    assert rollups(sql, "readings_hourly") == recount(sql, HOUR)

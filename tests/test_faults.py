@@ -27,10 +27,9 @@ from zope.interface import implementer
 
 from blip.ingest.writer import MAX_PENDING
 from blip.service import Options, make_service
-from tests.conftest import TIMEOUT, MeterLink, Pty, SmallFilesystem
+from tests.conftest import TIMEOUT, MeterLink, Pty, SmallFilesystem, eventually, wait_until
 from tests.ingest.test_writer import rollups_match_readings
-from tests.test_service import answer, eventually, get, metric, park
-from tests.web.test_legacy import wait_until
+from tests.test_service import answer, get, metric, park
 
 
 def ms_of(line: int) -> int:

@@ -19,6 +19,7 @@ import pytest
 import pytest_twisted
 import yaml
 
+from blip.db.node_state import MeterRows
 from blip.meters import Meter
 from blip.model import Point
 
@@ -105,7 +106,7 @@ async def filled(store, database):
     30 s, 800 W), written through the daemon's store, so that the rollup
     trigger fills the minute and hour rollups.
     """
-    await store.save_meters([HOUSE, SHED])
+    await MeterRows(store.pool).save_meters([HOUSE, SHED])
     first = int(START.timestamp() * 1000)
     points = [Point(1, first + i * STEP_MS, STEP_MS) for i in range(BLIPS)]
     for chunk in range(0, len(points), 5000):

@@ -252,3 +252,30 @@ def test_state_dir_belongs_to_the_user_twistd_switches_to(tmp_path) -> None:
         twistd_options(["--uid", "nobody", "blip", "--db", "dbname=x", "--state-dir", str(root_only)])
     os.chmod(root_only, 0o1777)
     twistd_options(["--uid", "nobody", "blip", "--db", "dbname=x", "--state-dir", str(root_only)])
+
+
+def test_a_daemon_running_as_root_wants_a_state_dir_of_roots_alone(tmp_path) -> None:
+    """
+    A daemon that runs as root (no --uid) writes its spool, lock and
+    records in the state dir: one that another user may write in (theirs,
+    or open to a group or to all) is refused, saying how to fix it, since
+    that user could put a link there to any file.
+    """
+    import os
+    import pwd
+
+    if os.geteuid() != 0:
+        pytest.fail("this test needs root (a daemon running as root): run the tests as root")
+    nobody = pwd.getpwnam("nobody")
+    state = tmp_path / "state"
+    state.mkdir(mode=0o755)
+    parse(["--db", "dbname=x", "--state-dir", str(state)])
+    for mode, owner, who in ((0o775, 0, "other users"), (0o1777, 0, "other users"),
+                             (0o755, nobody.pw_uid, "nobody")):
+        os.chown(state, owner, owner)
+        os.chmod(state, mode)
+        with pytest.raises(usage.UsageError, match=(
+            f"^--state-dir: the daemon runs as root, and {who} may write in {state}:"
+            f" give it to root alone .chown root {state}; chmod go-w {state}."
+        )):
+            parse(["--db", "dbname=x", "--state-dir", str(state)])

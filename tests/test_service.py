@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TIMEOUT, free_port, shared_tempdir
+from tests.conftest import ROOT, TIMEOUT, eventually, free_port, shared_tempdir
 
 HOUR = 3_600_000
 
@@ -41,19 +41,6 @@ def metric(daemon, name: str) -> float:
         if line.startswith(name + " "):
             return float(line.split()[1])
     raise AssertionError(f"no metric {name}")
-
-
-def eventually(check, timeout: float = TIMEOUT):
-    """
-    Ask ``check()`` until it returns something true (the daemon writes in
-    batches, so a point is queryable a moment after it is live).
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result or time.monotonic() > deadline:
-            return result
-        time.sleep(0.02)
 
 
 def park(daemon, path: str) -> socket.socket:
@@ -151,25 +138,86 @@ def test_demo_serves_a_point_quickly(start_daemon) -> None:
     assert any("embedded database stopped" in line for line in daemon.output)
 
 
+def install(folder: Path) -> Path:
+    """
+    Install blipserver in ``folder``, as a real installation does, where
+    every user may read it: a virtual environment holding blipserver (its
+    package, with the page and the schema, and its twistd plugin, laid out
+    as its wheel lays them out) and the packages it needs to run, copied
+    from the environment the tests run in (a checkout may be in a folder
+    only its owner may enter, its environment with it).
+
+    :return: the installation's twistd.
+    """
+    import importlib.metadata
+    import sysconfig
+    import venv
+
+    from packaging.requirements import Requirement
+
+    venv.EnvBuilder(symlinks=True).create(folder)
+    site = Path(sysconfig.get_path("purelib", vars={"base": str(folder), "platbase": str(folder)}))
+    needed, seen, copied = [("blipserver", frozenset[str]())], set(), {"blipserver"}
+    while needed:
+        name, extras = needed.pop()
+        dist = importlib.metadata.distribution(name)
+        key = dist.metadata["Name"].lower()
+        if (key, extras) in seen:
+            continue
+        seen.add((key, extras))
+        for text in dist.requires or []:
+            required = Requirement(text)
+            marker = required.marker
+            if marker is None or any(marker.evaluate({"extra": e}) for e in extras or {""}):
+                needed.append((required.name, frozenset(required.extras)))
+        if key not in copied:
+            copied.add(key)
+            for file in dist.files or []:
+                if ".." not in file.parts:
+                    (site / file).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(Path(str(dist.locate_file(file))), site / file)
+    shutil.copytree(ROOT / "blip", site / "blip", ignore=shutil.ignore_patterns("__pycache__"))
+    (site / "twisted" / "plugins").mkdir(parents=True, exist_ok=True)
+    shutil.copy2(ROOT / "twisted" / "plugins" / "blip_plugin.py", site / "twisted" / "plugins")
+    twistd = folder / "bin" / "twistd"
+    twistd.write_text(
+        f"#!{folder / 'bin' / 'python'}\n"
+        "import sys\nfrom twisted.scripts.twistd import run\nsys.exit(run())\n"
+    )
+    twistd.chmod(0o755)
+    return twistd
+
+
 def test_drops_privileges_after_opening_the_serial_device(start_daemon, pty_meter) -> None:
     """
     Started as root with twistd's --uid/--gid, the daemon opens a serial
     device only root may open, then runs as that user: it reads the device
     all the same, and runs its embedded database as that user in a state
-    dir it owns (its lock included, so that it may start as that user).
+    dir it owns (its lock included, so that it may start as that user). It
+    runs from an installation that user may read, and serves its page
+    from there; the schema it has read before the switch (that user could
+    not read it from a checkout in a private folder, here from a file only
+    root may read).
     """
     if os.geteuid() != 0:
         pytest.fail("this test needs root (twistd --uid/--gid): run the tests as root")
     nobody = pwd.getpwnam("nobody")
     assert os.stat(pty_meter.path).st_mode & 0o077 == 0
     state = shared_tempdir("blip-test-nobody-")
+    installed = shared_tempdir("blip-test-installed-")
     try:
+        twistd = install(installed)
+        (schema,) = installed.glob("lib/*/site-packages/blip/schema.sql")
+        schema.chmod(0o600)
         os.chown(state, nobody.pw_uid, nobody.pw_gid)
         daemon = start_daemon(
             "--serial", pty_meter.path, state_dir=state,
-            twistd=("--uid", "nobody", "--gid", str(nobody.pw_gid)),
+            twistd=("--uid", "nobody", "--gid", str(nobody.pw_gid)), program=twistd, cwd=state,
         )
         daemon.wait_for(r"\] database ready")
+        # (Up before it is stopped: a stop while the LISTEN connection
+        # opens logs the cancelled attempt's traceback.)
+        daemon.wait_for("receiving live points from the database")
         status = Path(f"/proc/{daemon.pid}/status").read_text()
         uids = next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1:]
         assert uids == [str(nobody.pw_uid)] * 4
@@ -178,11 +226,14 @@ def test_drops_privileges_after_opening_the_serial_device(start_daemon, pty_mete
         pty_meter.write(b"partial\n1234\n")
         assert eventually(lambda: get(daemon, "/last/1")[0] == 200), daemon.output
         assert json.loads(get(daemon, "/last/1")[1])[1] == 1234
+        page = get(daemon, "/")
+        assert page[0] == 200 and b"<html" in page[1].lower()
         assert daemon.stop() == 0, "\n".join(daemon.output)
         assert any("embedded database stopped" in line for line in daemon.output)
         assert not any("Traceback" in line for line in daemon.output), "\n".join(daemon.output)
     finally:
         shutil.rmtree(state, ignore_errors=True)
+        shutil.rmtree(installed, ignore_errors=True)
 
 
 def test_the_database_password_is_never_logged(start_daemon, database) -> None:
@@ -239,3 +290,24 @@ def test_a_second_daemon_on_the_same_state_dir_is_refused(start_daemon, database
     first.stop()
     again = start_daemon("--db", database.dsn)
     again.wait_for("database ready")
+
+
+def test_a_state_dir_with_spaces_and_quotes(start_daemon, pty_meter) -> None:
+    """
+    A state dir whose path holds spaces and quotes works: the daemon
+    takes its lock, runs its embedded database there, stores a blip, and
+    stops cleanly.
+    """
+    folder = shared_tempdir("blip-test-odd-")
+    odd = folder / "it's a \"state\" dir"
+    odd.mkdir(mode=0o755)
+    try:
+        daemon = start_daemon("--serial", pty_meter.path, state_dir=odd)
+        daemon.wait_for(r"\] database ready")
+        pty_meter.write(b"partial\n1234\n")
+        assert eventually(lambda: get(daemon, "/last/1")[0] == 200), daemon.output
+        assert (odd / "lock").read_text() == f"{daemon.pid}\n"
+        assert daemon.stop() == 0, "\n".join(daemon.output)
+        assert any("embedded database stopped" in line for line in daemon.output)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

@@ -16,7 +16,7 @@ which a daemon must be running. Commands that write (``upgrade``,
 ``import``, ``rollups rebuild``) first prepare the database exactly as the
 daemon does at start (creating or upgrading its schema); those that only
 read want it prepared already. They are not the daemon: they use plain
-blocking psycopg2, and their SQL lives in :mod:`blip.db.store` all the same.
+blocking psycopg2, and their SQL lives in :mod:`blip.db.sync_store` all the same.
 """
 
 import argparse
@@ -34,9 +34,9 @@ from blip.cli import rollups, transfer
 from blip.common.env import env_name
 from blip.db.embedded import Cluster, EmbeddedError
 from blip.db.layouts import LAYOUTS, SCHEMA_VERSION, Refused
-from blip.db.store import STAMP_MAX, SyncStore
+from blip.db.sync_store import SyncStore
 from blip.meters import default_meter
-from blip.model import INT_MAX
+from blip.model import INT_MAX, STAMP_MAX
 
 
 class CommandError(Exception):

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Optional, TextIO
 
-from blip.db.store import WIDTHS, Row, SyncStore
+from blip.db.layouts import WIDTHS
+from blip.db.sync_store import Counts, Mismatch, SyncStore
 
 HOUR = 3_600_000
 #: The range of stamps rebuilt or checked per transaction.
@@ -155,15 +156,15 @@ def check(
     return 0
 
 
-def _mismatch(meter: int, bucket: str, row: Row) -> str:
-    stamp, counted, stored = row[0], row[1:5], row[5:9]
+def _mismatch(meter: int, bucket: str, row: Mismatch) -> str:
+    stamp, counted, stored = row
     return (
         f"meter {meter} {bucket} {stamp} ({when(stamp)}):"
         f" readings give {_bucket(counted)}; the rollup has {_bucket(stored)}"
     )
 
 
-def _bucket(values: Row) -> str:
+def _bucket(values: Counts) -> str:
     events, sum_ms, min_ms, max_ms = values
     if events is None:
         return "nothing"

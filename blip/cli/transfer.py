@@ -13,8 +13,8 @@ unchanged.
 import csv
 from typing import IO, Iterable, Iterator, TextIO, Union
 
-from blip.db.store import STAMP_MAX, SyncStore
-from blip.model import INT_MAX
+from blip.db.sync_store import SyncStore
+from blip.model import INT_MAX, STAMP_MAX
 
 #: Points per import transaction.
 IMPORT_BATCH = 50_000

@@ -4,12 +4,19 @@ embedded database in it each belong to one process. The daemon holds an
 exclusive lock on ``<state-dir>/lock`` while it runs (the kernel lets go
 when the process ends, however it ends), with its process id in the file
 for whoever finds it taken.
+
+The state dir of a daemon that starts as root and runs as another user
+belongs to that user: the lock is opened there without following a link,
+and only a file of that user's or root's with no other name is taken (and
+given to that user).
 """
 
 import fcntl
 import os
 from pathlib import Path
 from typing import Optional, TextIO
+
+from blip.common.owned import open_file
 
 #: The lock's file name in the state dir.
 LOCK = "lock"
@@ -33,10 +40,13 @@ def hold(state_dir: Path, owner: Optional[tuple[int, int]] = None) -> TextIO:
         :func:`note_process` from the process that stays).
     :raise StateDirInUse: when another process holds it, naming that
         process.
+    :raise blip.common.owned.Unsafe: when the lock is not a regular file
+        of ours or the owner's (a link planted by the owner, say).
     :raise OSError: when the lock file cannot be opened.
     """
     path = state_dir / LOCK
-    lock = open(path, "a+")
+    owners = {os.geteuid()} | ({owner[0]} if owner is not None else set())
+    lock = os.fdopen(open_file(path, owners, create=True), "r+")
     if owner is not None:
         os.fchown(lock.fileno(), *owner)
     try:

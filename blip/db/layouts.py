@@ -14,8 +14,8 @@ earlier versions are the original blipserver's layouts:
 
 A database blipserver has prepared records its version in ``blip_schema``;
 any other is recognised here from its catalog. The SQL that reads the
-catalog and runs the steps lives in :mod:`blip.db.store`; this module only
-decides, so that it can be tested without a database.
+catalog lives in :mod:`blip.db.schema`, the steps in :mod:`blip.db.upgrades`;
+this module only decides, so that it can be tested without a database.
 """
 
 from dataclasses import dataclass
@@ -41,6 +41,11 @@ ROLLUPS = ("readings_minutely", "readings_hourly")
 VIEWS = ("usage_minutely", "usage_hourly")
 OWN = ("meters", "ingest_periods", "blip_schema")
 KNOWN = (READINGS, *ROLLUPS, *VIEWS, *OWN)
+
+#: Bucket widths of the rollups, in ms.
+MINUTE, HOUR = 60_000, 3_600_000
+#: Widths of the rollups' buckets in ms, by table.
+WIDTHS = {"readings_minutely": MINUTE, "readings_hourly": HOUR}
 
 #: The name of blipserver's rollup trigger and of its function.
 ROLLUP_TRIGGER = "blip_rollup"

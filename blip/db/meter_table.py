@@ -14,13 +14,13 @@ registry takes what other nodes wrote to the table (:meth:`MeterTable.refresh`).
 from dataclasses import replace
 from typing import Callable, Optional
 
-from twisted.application.internet import backoffPolicy
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from blip.common.retry import retrying
+from blip.db.node_state import MeterRows
 from blip.db.pool import RETRIABLE
-from blip.db.store import Store
 from blip.meters import Meters, default_meter
 from blip.model import Point
 
@@ -32,7 +32,7 @@ class MeterTable:
     Writes the registry's meters to the meters table and reads back those
     it does not know.
 
-    :param store: the database.
+    :param store: the rows of the meters table.
     :param meters: the registry; the meters in it now are the configured
         ones if it was read from a file.
     :param clock: times retries of failed writes.
@@ -40,7 +40,7 @@ class MeterTable:
 
     log = Logger()
 
-    def __init__(self, store: Store, meters: Meters, clock: IReactorTime) -> None:
+    def __init__(self, store: MeterRows, meters: Meters, clock: IReactorTime) -> None:
         self.store = store
         self.meters = meters
         self.clock = clock
@@ -54,9 +54,6 @@ class MeterTable:
         self._changed_at: dict[int, int] = {}
         self._in_flight: Optional[int] = None
         self._writing: Optional[Deferred[None]] = None
-        self._retry: Optional[IDelayedCall] = None
-        self._failures = 0
-        self._delay = backoffPolicy(initialDelay=0.25, maxDelay=30.0, factor=2.0)
 
     async def load(self) -> None:
         """
@@ -149,7 +146,7 @@ class MeterTable:
         self._flush()
 
     def _flush(self) -> None:
-        if self._loaded and self._writing is None and self._retry is None and self._dirty:
+        if self._loaded and self._writing is None and self._dirty:
             # The write may finish at once (the database known to be away):
             # _writing is cleared by the Deferred, after it was set.
             self._writing = Deferred.fromCoroutine(self._write())
@@ -165,21 +162,11 @@ class MeterTable:
             del self._dirty[meter_id]
             self._in_flight = meter_id
             try:
-                await self.store.note_meter(self.meters.get(meter_id))
-            except RETRIABLE as e:
-                self._dirty[meter_id] = None
-                self._failures += 1
-                if self._failures == 1:
-                    self.log.warn(
-                        "cannot write meter {meter} to the database: {why}; retrying",
-                        meter=meter_id, why=str(e).strip(),
-                    )
-                self._retry = self.clock.callLater(self._delay(self._failures), self._again)
-                return
+                # The settings as they are at each attempt: a change made
+                # meanwhile is written too.
+                await retrying(
+                    lambda: self.store.note_meter(self.meters.get(meter_id)),
+                    RETRIABLE, self.clock, self.log, f"write meter {meter_id} to the database",
+                )
             finally:
                 self._in_flight = None
-            self._failures = 0
-
-    def _again(self) -> None:
-        self._retry = None
-        self._flush()

@@ -1,30 +1,37 @@
 """
-PostgreSQL connections: txpostgres's pool, made to survive the database
-going away, and the service that opens it and prepares the schema.
+PostgreSQL connections: a pool of txpostgres connections that survives the
+database going away, and the service that opens it and prepares the
+schema.
 
-No SQL lives here (that is :mod:`blip.db.store`); this module only keeps
-connections open.
+No SQL lives here (that is the query modules of :mod:`blip.db`); this
+module only keeps connections open. What it relies on in txpostgres beyond
+its documented use lives in :mod:`blip.db.txpg`.
 """
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterator, Optional
+from itertools import count
+from typing import Any, Awaitable, Callable, Iterator, Optional
 
 import psycopg2
 from twisted.application.service import Service
-from twisted.internet.defer import CancelledError, Deferred, DeferredList, fail, succeed
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    DeferredList,
+    DeferredSemaphore,
+    fail,
+)
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from txpostgres import reconnection, retrying, txpostgres
+from txpostgres import reconnection
 
+from blip.common.latch import Latch
+from blip.common.retry import backoff, retrying
 from blip.counters import Counters
 from blip.db.embedded import EmbeddedError
 from blip.db.layouts import Refused
-
-#: Seconds between reconnection attempts grow up to this.
-MAX_RECONNECT_DELAY = 30.0
-
+from blip.db.txpg import Connection, Detector
 
 
 class DatabaseUnavailable(Exception):
@@ -44,96 +51,12 @@ RETRIABLE = (
 
 def reconnect_delays() -> Iterator[float]:
     """
-    :return: the delays between attempts to reach the database: at once,
-        then growing from half a second to :data:`MAX_RECONNECT_DELAY`.
+    :return: the delays between attempts to reach the database, as
+        txpostgres takes them: at once, then
+        :func:`blip.common.retry.backoff`'s.
     """
-    delays: Iterator[float] = retrying.simpleBackoffIterator(
-        initialDelay=0.25, maxDelay=MAX_RECONNECT_DELAY, factor=2.0,
-        maxRetries=0, now=True,
-    )
-    return delays
-
-
-class _Detector(reconnection.DeadConnectionDetector):
-    """
-    A dead-connection detector that tells its pool when the connection is
-    lost and back, and can be told to stop reconnecting.
-
-    :param on_lost: called with the reason when the connection is lost.
-    :param on_alive: called when it is open again, ready for queries.
-    """
-
-    log = Logger()
-
-    def __init__(
-        self,
-        reactor: IReactorTime,
-        on_lost: Callable[[str], None] = lambda why: None,
-        on_alive: Callable[[], None] = lambda: None,
-    ) -> None:
-        super().__init__(reconnectionIterator=reconnect_delays, reactor=reactor)
-        self._retrying: Optional[Deferred[None]] = None
-        self.stopped = False
-        #: Whether the connection is open and usable.
-        self.alive = False
-        self.on_lost = on_lost
-        self.on_alive = on_alive
-
-    def startReconnecting(self, f: Failure) -> None:
-        self.alive = False
-        if self.stopped:
-            return
-        self.on_lost(f.getErrorMessage().strip())
-        call = retrying.RetryingCall(self.reconnect)
-        call.reactor = self.reactor
-        self._retrying = call.start(reconnect_delays())
-        self._retrying.addCallback(lambda _: self.connectionRecovered())
-        self._retrying.addErrback(self._gave_up)
-
-    def connectionRecovered(self) -> "Deferred[Any]":
-        self._retrying = None
-        if self.stopped:
-            # An attempt under way when the pool closed has just succeeded.
-            self.reconnectable.close()
-            return succeed(None)
-        self.alive = True
-        # Clears txpostgres's own dead flag first: queries started by
-        # on_alive would fail while it is set.
-        recovered: Deferred[Any] = super().connectionRecovered()
-        self.on_alive()
-        return recovered
-
-    def _gave_up(self, f: Failure) -> None:
-        if not self.stopped:
-            self.log.failure("stopped reconnecting to the database", f)
-
-    def stop(self) -> None:
-        """
-        Stop any reconnection under way, for good.
-        """
-        self.stopped = True
-        if self._retrying is not None:
-            try:
-                self._retrying.cancel()
-            except psycopg2.Error:
-                # psycopg2 cannot cancel a connection attempt under way; it
-                # is closed when it ends (connectionRecovered).
-                pass
-
-
-class _Connection(txpostgres.Connection):
-    """
-    A txpostgres connection that reports the server going away while the
-    connection is idle as a lost connection (and so a reconnection), rather
-    than as an unhandled error with a traceback.
-    """
-
-    def doRead(self) -> Optional[Exception]:
-        try:
-            super().doRead()
-        except psycopg2.Error as e:
-            return e
-        return None
+    yield 0.0
+    yield from map(backoff(), count(1))
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,19 +80,19 @@ def own_connection(
     reactor: IReactorTime,
     cooperator: Any = None,
     on_lost: Callable[[str], None] = lambda why: None,
-) -> txpostgres.Connection:
+) -> Connection:
     """
     A connection of its own, outside any pool (for LISTEN), that reconnects
     itself with backoff like the pool's do; add recovery handlers to its
-    ``detector`` to act when it is back, and call ``detector.stop()`` before
-    closing it for good.
+    ``detector`` to act when it is back, and call ``close_for_good()`` to
+    close it.
 
     :param cooperator: hands NOTIFY events to the connection's observers
         (txpostgres's default when None).
     :param on_lost: called with the reason when the connection is lost or
         cannot be opened.
     """
-    return _Connection(reactor, cooperator, detector=_Detector(reactor, on_lost))
+    return Connection(reactor, cooperator, Detector(reactor, reconnect_delays, on_lost))
 
 
 #: Settings of every connection unless the connection string has its own:
@@ -199,11 +122,12 @@ def connection_settings(dsn: str) -> dict[str, str]:
     return {k: v for k, v in CONNECTION_DEFAULTS.items() if k not in given}
 
 
-class Pool(txpostgres.ConnectionPool):
+class Pool:
     """
     A fixed number of connections to one database; each reconnects by itself
     with backoff when it finds the database gone, and queries go to a live
-    connection whenever there is one.
+    connection whenever there is one, else fail at once with
+    :exc:`DatabaseUnavailable`.
 
     :param dsn: a libpq connection string or URI.
     :param size: how many connections (and so concurrent queries).
@@ -214,30 +138,22 @@ class Pool(txpostgres.ConnectionPool):
 
     log = Logger()
 
-    if TYPE_CHECKING:
-        # txpostgres has no type hints; this is what its pool's runQuery
-        # gives: the rows of psycopg2's default cursor.
-        def runQuery(self, *args: Any, **kwargs: Any) -> "Deferred[list[tuple[Any, ...]]]":
-            """
-            Run one query on a free connection.
-
-            :return: its rows.
-            """
-
     def __init__(
         self, dsn: str, size: int, reactor: IReactorTime, counters: Optional[Counters] = None
     ) -> None:
+        self.dsn = dsn
         self.reactor = reactor
         self.counters = counters
-        self._alive_waiters: list[Deferred[None]] = []
+        self._settings = connection_settings(dsn)
+        self._alive = Latch()
         # Whether the loss of the last open connection has been logged.
         self._down = False
-        super().__init__(None, dsn, min=size, **connection_settings(dsn))
-        self._all = list(self.connections)
-
-    def connectionFactory(self, reactor: IReactorTime, cooperator: Any) -> txpostgres.Connection:
-        detector = _Detector(reactor, self._lost, self._reconnected)
-        return _Connection(reactor, cooperator, detector=detector)
+        self._all = [
+            Connection(reactor, None, Detector(reactor, reconnect_delays, self._lost, self._reconnected))
+            for _ in range(size)
+        ]
+        self._free = set(self._all)
+        self._slots = DeferredSemaphore(size)
 
     @property
     def alive(self) -> bool:
@@ -251,21 +167,14 @@ class Pool(txpostgres.ConnectionPool):
         :return: a Deferred that fires as soon as a connection is open (at
             once if one is); cancelling it stops the wait.
         """
-        if self.alive:
-            return succeed(None)
-
-        def forget(d: "Deferred[None]") -> None:
-            if d in self._alive_waiters:
-                self._alive_waiters.remove(d)
-
-        d: Deferred[None] = Deferred(forget)
-        self._alive_waiters.append(d)
-        return d
+        return self._alive.wait()
 
     def _lost(self, why: str) -> None:
-        if not self._down and not self.alive:
-            self.log.warn("database unreachable: {why}; reconnecting", why=why)
-            self._down = True
+        if not self.alive:
+            self._alive.clear()
+            if not self._down:
+                self.log.warn("database unreachable: {why}; reconnecting", why=why)
+                self._down = True
 
     def _reconnected(self) -> None:
         if self.counters is not None:
@@ -273,12 +182,7 @@ class Pool(txpostgres.ConnectionPool):
         if self._down:
             self.log.info("database connection is back")
             self._down = False
-        self._wake()
-
-    def _wake(self) -> None:
-        waiters, self._alive_waiters = self._alive_waiters, []
-        for d in waiters:
-            d.callback(None)
+        self._alive.set()
 
     def start(self) -> "Deferred[Pool]":
         """
@@ -290,15 +194,15 @@ class Pool(txpostgres.ConnectionPool):
         """
         attempts = []
         for connection in self._all:
-            d = connection.connect(*self.connargs, **self.connkw)
+            d = connection.connect(self.dsn, **self._settings)
             d.addCallback(self._opened)
             d.addErrback(connection.detector.checkForDeadConnection)
             attempts.append(d)
         return DeferredList(attempts, consumeErrors=True).addCallback(lambda _: self)
 
-    def _opened(self, connection: txpostgres.Connection) -> None:
+    def _opened(self, connection: Connection) -> None:
         connection.detector.alive = True
-        self._wake()
+        self._alive.set()
 
     def state(self) -> PoolState:
         """
@@ -307,8 +211,8 @@ class Pool(txpostgres.ConnectionPool):
         return PoolState(
             size=len(self._all),
             alive=sum(1 for c in self._all if c.detector.alive),
-            busy=len(self._all) - len(self.connections),
-            waiting=len(self._semaphore.waiting),
+            busy=len(self._all) - len(self._free),
+            waiting=len(self._slots.waiting),
         )
 
     def close(self) -> None:
@@ -316,34 +220,49 @@ class Pool(txpostgres.ConnectionPool):
         Close every connection and stop reconnecting.
         """
         for connection in self._all:
-            connection.detector.stop()
-            connection.detector.alive = False
-            if connection._connection is not None:
-                connection.close()
+            connection.close_for_good()
+        self._alive.clear()
 
-    def _take(self) -> txpostgres.Connection:
-        for connection in self.connections:
-            if connection.detector.alive:
-                self.connections.remove(connection)
-                return connection
-        return self.connections.pop()
+    def runQuery(self, *args: Any, **kwargs: Any) -> "Deferred[list[tuple[Any, ...]]]":
+        """
+        Run one query on a free connection, as
+        :meth:`txpostgres.txpostgres.Connection.runQuery` does.
+
+        :return: its rows (psycopg2's default cursor's).
+        """
+        return self._slots.run(self._run, Connection.runQuery, *args, **kwargs)
+
+    def runOperation(self, *args: Any, **kwargs: Any) -> "Deferred[None]":
+        """
+        Run one statement on a free connection, as
+        :meth:`txpostgres.txpostgres.Connection.runOperation` does.
+        """
+        return self._slots.run(self._run, Connection.runOperation, *args, **kwargs)
+
+    def runInteraction(self, interaction: Callable[..., Any], *args: Any, **kwargs: Any) -> "Deferred[Any]":
+        """
+        Run ``interaction`` with a cursor in a transaction on a free
+        connection, as :meth:`txpostgres.txpostgres.Connection.runInteraction`
+        does.
+
+        :return: what ``interaction`` returned (or its Deferred's result).
+        """
+        return self._slots.run(self._run, Connection.runInteraction, interaction, *args, **kwargs)
 
     def _run(self, method: Callable[..., "Deferred[Any]"], *args: Any, **kwargs: Any) -> "Deferred[Any]":
-        connection = self._take()
-        if not connection.detector.alive:
-            self.connections.add(connection)
+        # Called with a slot, so a connection is free: a live one if any.
+        for connection in self._free:
+            if connection.detector.alive:
+                break
+        else:
             return fail(DatabaseUnavailable("no connection to the database"))
+        self._free.remove(connection)
         d = method(connection, *args, **kwargs)
-        return d.addBoth(self._putBackAndPassthrough, connection)
+        return d.addBoth(self._put_back, connection)
 
-    def _runQuery(self, *args: Any, **kwargs: Any) -> "Deferred[Any]":
-        return self._run(txpostgres.Connection.runQuery, *args, **kwargs)
-
-    def _runOperation(self, *args: Any, **kwargs: Any) -> "Deferred[Any]":
-        return self._run(txpostgres.Connection.runOperation, *args, **kwargs)
-
-    def _runInteraction(self, *args: Any, **kwargs: Any) -> "Deferred[Any]":
-        return self._run(txpostgres.Connection.runInteraction, *args, **kwargs)
+    def _put_back(self, result: Any, connection: Connection) -> Any:
+        self._free.add(connection)
+        return result
 
 
 class DatabaseService(Service):
@@ -375,19 +294,22 @@ class DatabaseService(Service):
         self.prepare = prepare
         self.before = before
         self.fatal = fatal
-        self.ready = False
-        self._waiters: list[Deferred[None]] = []
+        self._ready = Latch()
         self._starting: Optional[Deferred[None]] = None
+
+    @property
+    def ready(self) -> bool:
+        """
+        Whether the database is prepared.
+        """
+        return self._ready.is_set
 
     def when_ready(self) -> "Deferred[None]":
         """
-        :return: a Deferred that fires once the database is prepared.
+        :return: a Deferred that fires once the database is prepared (at
+            once if it is); cancelling it stops the wait.
         """
-        if self.ready:
-            return succeed(None)
-        d: Deferred[None] = Deferred()
-        self._waiters.append(d)
-        return d
+        return self._ready.wait()
 
     def startService(self) -> None:
         super().startService()
@@ -398,24 +320,14 @@ class DatabaseService(Service):
         if self.before is not None:
             await self.before()
         await self.pool.start()
-        delays = reconnect_delays()
-        while True:
-            # No attempt while no connection is open: the pool reconnects
-            # with backoff and says when one is.
-            await self.pool.when_alive()
-            try:
-                await self.prepare()
-                break
-            except RETRIABLE as e:
-                self.log.warn(
-                    "database not ready: {why}; retrying", why=str(e).strip() or repr(e)
-                )
-                await deferLater(self.pool.reactor, next(delays), lambda: None)
-        self.ready = True
+        # No attempt while no connection is open: the pool reconnects with
+        # backoff and says when one is.
+        await retrying(
+            self.prepare, RETRIABLE, self.pool.reactor, self.log, "prepare the database",
+            ready=self.pool.when_alive,
+        )
         self.log.info("database ready")
-        waiters, self._waiters = self._waiters, []
-        for d in waiters:
-            d.callback(None)
+        self._ready.set()
 
     def _failed(self, f: Failure) -> None:
         if f.check(CancelledError) or not self.running:

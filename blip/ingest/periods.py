@@ -29,7 +29,7 @@ from twisted.logger import Logger
 
 from blip.common.lifecycle import AfterReady
 from blip.common.waiting import within
-from blip.db.store import Store
+from blip.db.node_state import IngestPeriods
 from blip.ingest.statefile import replace_file
 
 #: Seconds between two refreshes of the open period's ``alive_at``: how
@@ -74,7 +74,7 @@ class Periods:
     log = Logger()
 
     def __init__(
-        self, store: Store, node: str, clock: IReactorTime, path: Optional[Path] = None
+        self, store: IngestPeriods, node: str, clock: IReactorTime, path: Optional[Path] = None
     ) -> None:
         self.store = store
         self.node = node

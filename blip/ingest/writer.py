@@ -33,7 +33,7 @@ from blip.common.throttle import Throttle
 from blip.common.waiting import detached, within
 from blip.counters import Counters
 from blip.db.pool import RETRIABLE
-from blip.db.store import Store
+from blip.db.readings import Readings
 from blip.ingest.spool import AppendError, Spool
 from blip.ingest.stamps import Stamps
 from blip.live.hub import Hub
@@ -112,7 +112,7 @@ class Ingest:
 
     def __init__(
         self,
-        store: Store,
+        store: Readings,
         hub: Hub,
         stamps: Stamps,
         clock: IReactorTime,

@@ -1,6 +1,6 @@
 """
 Points between nodes: every ingest write announces its new points on a
-PostgreSQL channel (``NOTIFY``, sent by :meth:`blip.db.store.Store.insert` in
+PostgreSQL channel (``NOTIFY``, sent by :meth:`blip.db.readings.Readings.insert` in
 the write's own transaction), and every node that serves HTTP listens on it
 (``LISTEN``) and hands the points to its hub, so that a web node's
 long-polls and live streams get the points of every ingest node.
@@ -47,10 +47,10 @@ from blip.common.throttle import Throttle
 from blip.common.waiting import detached
 from blip.counters import Counters
 from blip.db.pool import RETRIABLE, connection_settings, own_connection
-from blip.db.store import CHANNEL, STAMP_MAX, STAMP_MIN, Store, listen
+from blip.db.readings import CHANNEL, Readings, listen
 from blip.live.hub import Hub
 from blip.meters import Meters
-from blip.model import INT_MAX, Point
+from blip.model import INT_MAX, STAMP_MAX, STAMP_MIN, Point
 
 #: Points read from the database per query when catching up.
 CATCH_UP_PAGE = 5000
@@ -83,7 +83,7 @@ class PayloadError(ValueError):
 def decode(payload: str) -> list[Point]:
     """
     Read the points of a notification (the format is described with
-    :data:`blip.db.store._INSERT`): groups separated by ``;``, one per meter,
+    :data:`blip.db.readings._INSERT`): groups separated by ``;``, one per meter,
     ``<meter>:<stamp>,<ms>`` followed by `` <step>,<ms>`` for each further
     point, where the step is the stamp's increase over the previous point.
 
@@ -161,7 +161,7 @@ class Listener:
     def __init__(
         self,
         dsn: str,
-        store: Store,
+        store: Readings,
         hub: Hub,
         meters: Meters,
         reactor: IReactorTime,
@@ -230,9 +230,7 @@ class Listener:
         if self._syncing is not None:
             self._syncing.cancel()
         if self.connection is not None:
-            self.connection.detector.stop()
-            if self.connection._connection is not None:
-                self.connection.close()
+            self.connection.close_for_good()
 
     def _not_opened(self, f: Failure) -> None:
         # Starts the reconnection (and logs, through _lost) when the

@@ -16,7 +16,7 @@ from blip.common.lifecycle import AfterReady
 from blip.common.retry import retrying
 from blip.common.waiting import detached
 from blip.db.pool import RETRIABLE
-from blip.db.store import Store
+from blip.db.readings import Readings
 from blip.ingest.writer import Ingest
 from blip.meters import Meters
 from blip.mqtt.broker import Broker
@@ -45,7 +45,7 @@ class MqttService(AfterReady):
         publisher: Publisher,
         link: Link,
         ingest: Ingest,
-        store: Store,
+        store: Readings,
         ready: Callable[[], "Deferred[None]"],
     ) -> None:
         super().__init__("MQTT publishing", ready, self._load, self._close, self._open)
@@ -82,7 +82,7 @@ def mqtt_service(
     interval: float,
     ingest: Ingest,
     meters: Meters,
-    store: Store,
+    store: Readings,
     ready: Callable[[], "Deferred[None]"],
     reactor: Any,
     clock: IReactorTime,

@@ -29,7 +29,7 @@ from blip.meters import Meter
 from blip.model import DEFAULT_METER, Point
 
 if TYPE_CHECKING:
-    from blip.db.store import Store
+    from blip.db.readings import Readings
     from blip.source.arduino import MeterFactory
 
 #: Appliances switched on at random: (name, watts, shortest, longest run in s).
@@ -256,7 +256,7 @@ class SimulatedHistory(AfterReady):
     def __init__(
         self,
         meters: list[Meter],
-        store: "Store",
+        store: "Readings",
         ready: Callable[[], "Deferred[None]"],
         clock: IReactorTime,
         days: float = HISTORY_DAYS,

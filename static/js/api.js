@@ -1,6 +1,8 @@
 // The page's calls to blipserver's /api/v1, by relative URL so that the page
 // works unchanged behind a reverse proxy under any path prefix.
 
+import { periodFor } from "./time.js";
+
 export class ApiError extends Error {}
 
 // The server (or the proxy in front of it) cannot be reached: one calm
@@ -15,14 +17,14 @@ export async function getJSON(path) {
   let answer;
   try {
     answer = await fetch(path, { headers: { accept: "application/json" } });
-  } catch (error) {
+  } catch {
     throw new Unreachable();
   }
   if (!answer.ok) {
     let why = null;
     try {
       why = (await answer.json()).error || null;
-    } catch (ignored) {
+    } catch {
       // not blipserver's JSON: a proxy's page
     }
     // A proxy answering for a server that is away, or the server itself
@@ -57,6 +59,12 @@ export function power(meter, from, to, maxPoints) {
 export function energy(meter, from, to, period) {
   const query = new URLSearchParams({ from: time(from), to: time(to), period });
   return getJSON(`api/v1/meters/${meter}/energy?${query}`);
+}
+
+// The energy and cost of [from, to), asked for in periods coarse enough
+// that the answer is a row or two.
+export async function total(meter, from, to) {
+  return (await energy(meter, from, to, periodFor(from, to, 1))).total;
 }
 
 // The stretches when the logger was down (those when the meter was merely

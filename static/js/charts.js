@@ -2,9 +2,8 @@
 // zone on the time axis, the page's colours, a tooltip, and a width that
 // follows the page.
 
-/* global uPlot */
-
 import { outageBands } from "./gaps.js";
+import { PERIODS, SECOND } from "./time.js";
 
 function css(name) {
   return getComputedStyle(document.documentElement).getPropertyValue(name).trim();
@@ -37,6 +36,7 @@ function tooltip(describe) {
       init: (u) => {
         tip = document.createElement("div");
         tip.className = "tooltip";
+        tip.setAttribute("role", "tooltip");
         tip.hidden = true;
         u.over.appendChild(tip);
         u.over.addEventListener("mouseleave", () => { tip.hidden = true; });
@@ -59,13 +59,14 @@ function tooltip(describe) {
   };
 }
 
-// A chart of `height` px in `element`, as wide as it (following it), with
-// times in `timeZone` and no legend; `options` gives the rest.
+// A chart of `height` px in `element`, as wide as it, with times in
+// `timeZone` and no legend; `options` gives the rest. `follow(true)` makes
+// it follow the element's width while on show, `follow(false)` stops it.
 function timeChart(element, timeZone, height, options, data) {
   const u = new uPlot({
     width: element.clientWidth || 600,
     height,
-    tzDate: (ts) => uPlot.tzDate(new Date(ts * 1e3), timeZone),
+    tzDate: (ts) => uPlot.tzDate(new Date(ts * SECOND), timeZone),
     legend: { show: false },
     ...options,
   }, data, element);
@@ -73,7 +74,7 @@ function timeChart(element, timeZone, height, options, data) {
     const width = element.clientWidth;
     if (width > 0 && width !== u.width) u.setSize({ width, height });
   });
-  observer.observe(element);
+  u.follow = (on) => (on ? observer.observe(element) : observer.disconnect());
   return u;
 }
 
@@ -117,7 +118,7 @@ function touchSelect(onSelect) {
           if (start && start.moved) {
             const { left, width } = u.select;
             u.setSelect({ left: 0, width: 0, top: 0, height: 0 }, false);
-            if (width >= 8) onSelect(u.posToVal(left, "x") * 1000, u.posToVal(left + width, "x") * 1000);
+            if (width >= 8) onSelect(u.posToVal(left, "x") * SECOND, u.posToVal(left + width, "x") * SECOND);
           }
           start = null;
         };
@@ -173,8 +174,8 @@ export function powerChart(element, timeZone, { onZoom, onReset, describe, outag
       setSelect: [(u) => {
         const { left, width } = u.select;
         if (width < 4) return;
-        const from = u.posToVal(left, "x") * 1000;
-        const to = u.posToVal(left + width, "x") * 1000;
+        const from = u.posToVal(left, "x") * SECOND;
+        const to = u.posToVal(left + width, "x") * SECOND;
         u.setSelect({ left: 0, width: 0, top: 0, height: 0 }, false);
         onZoom(from, to);
       }],
@@ -183,10 +184,11 @@ export function powerChart(element, timeZone, { onZoom, onReset, describe, outag
   }, [[], [], [], []]);
 }
 
-// Energy per calendar period, as bars as wide as their period (set
-// `u.period` to its length in s; months count as 28 days).
+// Energy per calendar period (set `u.period` to its name), as bars as wide
+// as the period's shortest (so that they never touch).
 export function energyChart(element, timeZone, describe) {
   const c = colours();
+  const length = (u) => PERIODS[u.period].shortest / SECOND;
   const u = timeChart(element, timeZone, 180, {
     cursor: { drag: { x: false, y: false } },
     scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(0.01, (max || 0) * 1.1)] } },
@@ -197,8 +199,8 @@ export function energyChart(element, timeZone, describe) {
         paths: uPlot.paths.bars({
           size: [1, Infinity, 1],
           disp: {
-            x0: { unit: 1, values: (u) => u.data[0].map((x) => x + u.period * 0.06) },
-            size: { unit: 1, values: (u) => [u.period * 0.88] },
+            x0: { unit: 1, values: (u) => u.data[0].map((x) => x + length(u) * 0.06) },
+            size: { unit: 1, values: (u) => [length(u) * 0.88] },
           },
         }),
       },
@@ -206,6 +208,6 @@ export function energyChart(element, timeZone, describe) {
     axes: axes(c, ""),
     plugins: [tooltip(describe)],
   }, [[], []]);
-  u.period = 3600;
+  u.period = "hour";
   return u;
 }

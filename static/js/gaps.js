@@ -2,6 +2,8 @@
 // and its line and fill stop at the edges, rather than being drawn across
 // the outage or down to zero.
 
+import { SECOND } from "./time.js";
+
 // Columns of a uPlot data set (times in s first) with the rows inside an
 // outage (times in ms) left out and a row of nulls in the middle of each, so
 // that no line or band crosses it. `rows` gives each kept row's index in the
@@ -18,16 +20,21 @@ export function breakAtOutages(columns, outages) {
     rows.push(i);
   };
   for (let i = 0; i < xs.length; i++) {
-    const ms = xs[i] * 1000;
+    const ms = xs[i] * SECOND;
     while (g < sorted.length && sorted[g].to <= ms) {
-      push((sorted[g].from + sorted[g].to) / 2000, -1);
+      push(middle(sorted[g]), -1);
       g++;
     }
     if (g < sorted.length && sorted[g].from < ms) continue;
     push(xs[i], i);
   }
-  for (; g < sorted.length; g++) push((sorted[g].from + sorted[g].to) / 2000, -1);
+  for (; g < sorted.length; g++) push(middle(sorted[g]), -1);
   return { data: out, rows };
+}
+
+// The middle of an outage, in s.
+function middle(outage) {
+  return (outage.from + outage.to) / 2 / SECOND;
 }
 
 // A uPlot plugin shading each outage of `outages()` (times in ms) and
@@ -47,8 +54,8 @@ export function outageBands(outages, colours) {
         ctx.textAlign = "center";
         ctx.textBaseline = "top";
         for (const outage of outages()) {
-          const a = Math.max(left, u.valToPos(outage.from / 1000, "x", true));
-          const b = Math.min(left + width, u.valToPos(outage.to / 1000, "x", true));
+          const a = Math.max(left, u.valToPos(outage.from / SECOND, "x", true));
+          const b = Math.min(left + width, u.valToPos(outage.to / SECOND, "x", true));
           if (b <= a) continue;
           ctx.fillStyle = colours.gap;
           ctx.fillRect(a, top, Math.max(b - a, ratio), height);
@@ -72,9 +79,4 @@ export function outageBands(outages, colours) {
       },
     },
   };
-}
-
-// The outages as a chart element tells tests what it shows.
-export function describeOutages(outages) {
-  return JSON.stringify(outages.map((o) => [o.from, o.to]));
 }

@@ -8,9 +8,6 @@ import { Fresh } from "./fresh.js";
 import * as t from "./time.js";
 
 const DAYS = 56;
-const MINUTE = 60000;
-// Refreshed this often while on show.
-const EVERY = 10 * MINUTE;
 // Days across rather than down when the grid is at least this wide (px).
 const WIDE = 700;
 
@@ -27,14 +24,13 @@ export class Heatmap {
   constructor(meter, element, report) {
     this.meter = meter;
     this.element = element;
-    this.active = false;
-    this.fresh = new Fresh(EVERY, () => this.active, () => this.load(), report);
+    this.fresh = new Fresh(t.REFRESH.heatmap, () => this.load(), report);
     this.days = [];
     this.grid = element.querySelector(".heat-grid");
     this.legend = element.querySelector(".heat-legend");
     this.tip = element.querySelector(".tooltip");
     this.wide = null;
-    new ResizeObserver(() => this.layout()).observe(element);
+    this.resizing = new ResizeObserver(() => this.layout());
     const point = (event) => {
       const cell = event.target.closest(".cell");
       if (!cell || !this.grid.contains(cell)) {
@@ -54,13 +50,11 @@ export class Heatmap {
     this.grid.addEventListener("pointerleave", () => { this.tip.hidden = true; });
   }
 
+  // On show, the grid follows the element's width and is kept fresh.
   setActive(active) {
-    this.active = active;
-    if (active) this.refresh(false);
-  }
-
-  refresh(force = true) {
-    return this.fresh.refresh(force);
+    if (active) this.resizing.observe(this.element);
+    else this.resizing.disconnect();
+    this.fresh.setShown(active);
   }
 
   async load() {
@@ -68,7 +62,7 @@ export class Heatmap {
     const now = Date.now();
     const today = t.local(now, tz).date;
     const first = t.addDays(today, 1 - DAYS);
-    const answer = await api.energy(this.meter.id, `${first}T00:00`, now, "hour");
+    const answer = await api.energy(this.meter.id, t.dayStart(first), now, "hour");
     const cells = new Map();
     for (const row of answer.rows) {
       const { date, hour } = t.local(row.start, tz);
@@ -86,7 +80,6 @@ export class Heatmap {
   }
 
   render() {
-    const tz = this.meter.timezone;
     const values = this.days.flatMap((d) => d.hours.filter(Boolean).map((c) => c.kwh)).sort((a, b) => a - b);
     // The top of the scale: nearly the highest hour, so that one spike does
     // not wash out the rest.
@@ -113,10 +106,8 @@ export class Heatmap {
         div.className = cell ? "cell" : "cell none";
         div.dataset.day = String(d);
         div.dataset.hour = String(h);
-        div.dataset.date = day.date;
         const when = `${t.dayLabel(noon, "UTC")}, ${t.hourLabel(h)}–${t.hourLabel((h + 1) % 24)}`;
         if (cell) {
-          div.dataset.kwh = String(cell.kwh);
           div.style.background = colour(cell.kwh / scale);
           div.dataset.label = `${when}: ${t.number(cell.kwh, 2)} kWh`;
         } else {
@@ -133,7 +124,6 @@ export class Heatmap {
       cells.push(label);
     }
     this.grid.replaceChildren(...cells);
-    Object.assign(this.element.dataset, { days: String(this.days.length), hours: "24" });
     const clipped = values.length && values[values.length - 1] > top;
     this.legend.querySelector("[data-role=top]").textContent = `${clipped ? "≥ " : ""}${t.number(top, 2)} kWh`;
     this.wide = null;

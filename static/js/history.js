@@ -1,36 +1,26 @@
 // The history of one meter: power over a day, week, month, year or chosen
-// dates, with zoom and pan, and the energy per hour, day or month beneath.
+// dates, with zoom and pan, and the energy per hour, day, week or month
+// beneath.
 // Where the logger was down, both charts show it.
 
 import * as api from "./api.js";
 import { energyChart, powerChart } from "./charts.js";
-import { breakAtOutages, describeOutages } from "./gaps.js";
+import { Every } from "./every.js";
+import { breakAtOutages } from "./gaps.js";
 import * as t from "./time.js";
+import { DAY, MINUTE, SECOND, WEEK } from "./time.js";
 
-const MINUTE = 60000;
-const HOUR = 3600000;
-const DAY = 24 * HOUR;
-const SPANS = { day: DAY, week: 7 * DAY, month: 30 * DAY, year: 365 * DAY };
-// Length of each bar period, in s (months as 28 days, so bars never touch).
-const BAR = { hour: 3600, day: 86400, month: 28 * 86400, year: 365 * 86400 };
-
-// The calendar period of the energy bars for a span of time.
-function periodFor(span) {
-  if (span <= 3 * DAY) return "hour";
-  if (span <= 93 * DAY) return "day";
-  if (span <= 3 * 366 * DAY) return "month";
-  return "year";
-}
+const SPANS = { day: DAY, week: WEEK, month: 30 * DAY, year: 365 * DAY };
+// Energy bars: in the finest period that makes at most this many (hours
+// for a day or two, days for a week or a month, months for a year), so
+// that each stays wide enough to point at.
+const BARS = 48;
 
 // Rows of power to ask for: enough for minute resolution over a day or two
 // on any screen (the server answers with raw points, minutes, hours or
 // wider buckets, whichever fits), a few thousand at most.
 function maxPoints(width) {
   return Math.min(4000, Math.max(3000, width * 2));
-}
-
-function ms(value) {
-  return typeof value === "number" ? value : Date.parse(value);
 }
 
 export class History {
@@ -50,13 +40,10 @@ export class History {
     this.outages = [];
     this.bars = [];
     this.barPeriod = "day";
-    this.active = false;
     this.loadedAt = 0;
 
     const tz = meter.timezone;
-    this.powerBox = section.querySelector("[data-role=power-chart]");
-    this.energyBox = section.querySelector("[data-role=energy-chart]");
-    this.power = powerChart(this.powerBox, tz, {
+    this.power = powerChart(section.querySelector("[data-role=power-chart]"), tz, {
       onZoom: (from, to) => this.load(from, to),
       onReset: () => this.reset(),
       outages: () => this.outages,
@@ -68,8 +55,8 @@ export class History {
         return `${t.dateTime(time, tz, this.raw)}: ${t.watts(mean)} W${spread}`;
       },
     });
-    this.energy = energyChart(this.energyBox, tz, (u) => {
-      const at = u.posToVal(u.cursor.left, "x") * 1000;
+    this.energy = energyChart(section.querySelector("[data-role=energy-chart]"), tz, (u) => {
+      const at = u.posToVal(u.cursor.left, "x") * SECOND;
       const row = this.bars.find((r) => r.start <= at && at < r.end);
       if (!row) return null;
       const cost = meter.price_per_kwh || meter.tariff ? `, ${t.number(row.cost, 2)} ${meter.currency}` : "";
@@ -92,20 +79,24 @@ export class History {
       this.custom(form.elements.from.value, form.elements.to.value);
     });
     this.form = form;
-    // Slide a view that ends now along with time, less often the longer it
-    // is: every 1.5 min for a day, 10 min for a week.
-    setInterval(() => this.slide(), MINUTE);
+    this.sliding = new Every(MINUTE, () => this.slide());
   }
 
-  // Show or hide: a hidden history asks the server for nothing.
+  // Show or hide: a hidden history asks the server for nothing, and its
+  // charts do not follow the page's width.
   setActive(active) {
-    this.active = active;
+    this.sliding.set(active);
+    this.power.follow(active);
+    this.energy.follow(active);
     if (active && !this.whole) this.show(this.view);
     else if (active) this.slide();
   }
 
+  // Slide a view that ends now along with time, less often the longer it
+  // is (when a thousandth of it has passed): every 1.5 min for a day, 10
+  // min for a week.
   slide() {
-    if (!this.active || !this.whole || this.range !== this.whole || this.view === "custom") return;
+    if (!this.whole || this.range !== this.whole || this.view === "custom") return;
     const span = this.whole.to - this.whole.from;
     if (Date.now() - this.loadedAt >= Math.max(MINUTE, span / 1000)) this.show(this.view);
   }
@@ -153,9 +144,7 @@ export class History {
   async load(from, to, isWhole = false) {
     const ticket = ++this.loading;
     const width = this.power.width || 600;
-    // Dates from the form are local to the meter; their span is near enough
-    // to choose the bars' period.
-    const period = periodFor(ms(to) - ms(from));
+    const period = t.periodFor(from, to, BARS);
     try {
       const [power, energy, outages] = await Promise.all([
         api.power(this.meter.id, from, to, maxPoints(width)),
@@ -171,14 +160,14 @@ export class History {
       this.raw = power.resolution_ms === 0;
       this.outages = outages;
       const { data, rows } = breakAtOutages([
-        power.points.map((p) => p[0] / 1000),
+        power.points.map((p) => p[0] / SECOND),
         power.points.map((p) => p[1]),
         power.points.map((p) => p[2]),
         power.points.map((p) => p[3]),
       ], outages);
       this.rowOf = rows;
       this.power.setData(data, false);
-      this.power.setScale("x", { min: range.from / 1000, max: range.to / 1000 });
+      this.power.setScale("x", { min: range.from / SECOND, max: range.to / SECOND });
       const tz = this.meter.timezone;
       const resolution = this.raw ? " · every blip" : ` · one value per ${t.duration(power.resolution_ms)}`;
       this.rangeLabel.textContent = `${t.dateTime(range.from, tz)} – ${t.dateTime(range.to, tz)}${resolution}`;
@@ -188,15 +177,9 @@ export class History {
       this.barPeriod = period;
       this.periodLabel.textContent = period;
       this.bars = energy.rows;
-      this.energy.period = BAR[period];
-      this.energy.setData([energy.rows.map((r) => r.start / 1000), energy.rows.map((r) => r.kwh)], false);
-      this.energy.setScale("x", { min: range.from / 1000, max: range.to / 1000 });
-      // Both charts change together; the figures tell tests what is shown.
-      this.energyBox.dataset.bars = String(energy.rows.length);
-      Object.assign(this.powerBox.dataset, {
-        points: String(power.points.length), from: String(range.from), to: String(range.to),
-        resolution: String(power.resolution_ms), gaps: describeOutages(outages),
-      });
+      this.energy.period = period;
+      this.energy.setData([energy.rows.map((r) => r.start / SECOND), energy.rows.map((r) => r.kwh)], false);
+      this.energy.setScale("x", { min: range.from / SECOND, max: range.to / SECOND });
       this.report(null);
     } catch (error) {
       if (ticket === this.loading) this.report(error.message);

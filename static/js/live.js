@@ -5,18 +5,32 @@
 // refuses the stream, it is reopened with growing delays and the page is
 // told to reload what it shows, since points may have been missed.
 
+import { backoff } from "./time.js";
+
 export class LiveStream {
   constructor(meterIds, { onPoint, onState, onResync }) {
     this.url = `api/v1/live?meters=${meterIds.join(",")}`;
     this.onPoint = onPoint;
     this.onState = onState;
     this.onResync = onResync;
-    this.delay = 1000;
+    this.delay = 0;
     this.source = null;
+    this.retry = null;
   }
 
-  start() {
-    this.open(false);
+  // Open the stream (again); `resync` when points may have been missed
+  // since it was last open.
+  start(resync = false) {
+    this.stop();
+    this.open(resync);
+  }
+
+  // Close the stream, and give up reopening it, until started again.
+  stop() {
+    clearTimeout(this.retry);
+    this.retry = null;
+    this.source?.close();
+    this.source = null;
   }
 
   open(resync) {
@@ -24,7 +38,7 @@ export class LiveStream {
     this.source = source;
     this.onState("connecting");
     source.addEventListener("open", () => {
-      this.delay = 1000;
+      this.delay = 0;
       this.onState("live");
       if (resync) {
         resync = false;
@@ -35,7 +49,7 @@ export class LiveStream {
       let point;
       try {
         point = JSON.parse(event.data);
-      } catch (ignored) {
+      } catch {
         return;
       }
       this.onPoint(point);
@@ -44,9 +58,11 @@ export class LiveStream {
       if (source.readyState === EventSource.CLOSED) {
         this.onState("down");
         source.close();
-        const delay = this.delay;
-        this.delay = Math.min(this.delay * 2, 30000);
-        setTimeout(() => this.open(true), delay);
+        this.delay = backoff(this.delay);
+        this.retry = setTimeout(() => {
+          this.retry = null;
+          this.open(true);
+        }, this.delay);
       } else {
         this.onState("connecting");
       }

@@ -1,18 +1,17 @@
 // One meter on the page: its power now, the last 20 minutes live, its
 // energy summary, its history and its heatmap. Only the meter on show asks
-// the server for its summary, history and heatmap.
+// the server for its summary, history and heatmap, and only it keeps
+// timers and observers running.
 
 import * as api from "./api.js";
 import { liveChart } from "./charts.js";
-import { breakAtOutages, describeOutages } from "./gaps.js";
+import { Every } from "./every.js";
+import { breakAtOutages } from "./gaps.js";
 import { Heatmap } from "./heatmap.js";
 import { History } from "./history.js";
 import { Summary } from "./summary.js";
 import * as t from "./time.js";
-
-const WINDOW = 20 * 60000;
-// A blip this long after the one before may end an outage.
-const LONG_BLIP = 2 * 60000;
+import { LIVE_WINDOW, LONG_BLIP, MINUTE, QUIET, SECOND, TICK } from "./time.js";
 
 export class MeterView {
   constructor(meter, section, report) {
@@ -31,8 +30,7 @@ export class MeterView {
     const tz = meter.timezone;
     // Watts of one blip per ms between blips: to tell a raw point's blip time.
     this.factor = 3.6e9 * meter.multiplier / meter.pulses_per_kwh;
-    this.chartBox = section.querySelector("[data-role=live-chart]");
-    this.chart = liveChart(this.chartBox, tz, (u, idx) => {
+    this.chart = liveChart(section.querySelector("[data-role=live-chart]"), tz, (u, idx) => {
       const point = this.points[this.rowOf[idx]];
       if (!point) return null;
       const when = point.stamp == null ? `${t.clock(point.time, tz)} (mean of a minute)` : t.clock(point.stamp, tz);
@@ -43,16 +41,19 @@ export class MeterView {
     this.heatmap = new Heatmap(meter, section.querySelector("[data-role=heatmap]"), report);
     this.onWatts = () => {};
     if (meter.last) this.show(meter.last);
-    setInterval(() => this.tick(), 1000);
+    this.ticking = new Every(TICK, () => this.tick());
   }
 
   // Show the meter (loading what it shows the first time) or hide it.
   setActive(active) {
     this.section.hidden = !active;
+    this.ticking.set(active);
+    this.chart.follow(active);
     if (active && !this.started) {
       this.started = true;
       this.reload();
     }
+    if (active) this.tick();
     this.history.setActive(active);
     this.summary.setActive(active);
     this.heatmap.setActive(active);
@@ -64,8 +65,8 @@ export class MeterView {
     const now = Date.now();
     try {
       const [answer, outages, settings] = await Promise.all([
-        api.power(this.meter.id, now - WINDOW, now, 5000),
-        api.outages(this.meter.id, now - WINDOW, now),
+        api.power(this.meter.id, now - LIVE_WINDOW, now, 5000),
+        api.outages(this.meter.id, now - LIVE_WINDOW, now),
         api.meter(this.meter.id),
       ]);
       const raw = answer.resolution_ms === 0;
@@ -86,7 +87,7 @@ export class MeterView {
   async reloadOutages() {
     const now = Date.now();
     try {
-      this.outages = await api.outages(this.meter.id, now - WINDOW, now);
+      this.outages = await api.outages(this.meter.id, now - LIVE_WINDOW, now);
       this.redraw();
     } catch (error) {
       this.report(error.message);
@@ -113,26 +114,24 @@ export class MeterView {
   }
 
   redraw() {
-    const start = Date.now() - WINDOW - 60000;
+    const start = Date.now() - LIVE_WINDOW - MINUTE;
     while (this.points.length && this.points[0].time < start) this.points.shift();
     this.outages = this.outages.filter((o) => o.to >= start);
     const { data, rows } = breakAtOutages(
-      [this.points.map((p) => p.time / 1000), this.points.map((p) => p.watts)], this.outages,
+      [this.points.map((p) => p.time / SECOND), this.points.map((p) => p.watts)], this.outages,
     );
     this.rowOf = rows;
     this.chart.setData(data, false);
     this.tick();
-    this.chartBox.dataset.points = String(this.points.length);
-    this.chartBox.dataset.gaps = describeOutages(this.outages);
   }
 
   // Slide the window with time; say so when the meter has gone quiet.
   tick() {
     const now = Date.now();
-    if (!this.section.hidden) this.chart.setScale("x", { min: (now - WINDOW) / 1000, max: now / 1000 });
+    if (!this.section.hidden) this.chart.setScale("x", { min: (now - LIVE_WINDOW) / SECOND, max: now / SECOND });
     const last = this.last;
     const quiet = last ? now - last.stamp : null;
-    const expected = last ? Math.max(60000, 3 * last.ms) : 0;
+    const expected = last ? Math.max(QUIET, 3 * last.ms) : 0;
     if (last && quiet > expected) {
       this.silentText.hidden = false;
       this.silentText.textContent = `no data for ${t.duration(quiet)}`;

@@ -5,9 +5,7 @@
 import * as api from "./api.js";
 import { Fresh } from "./fresh.js";
 import * as t from "./time.js";
-
-const MINUTE = 60000;
-const EVERY = 5 * MINUTE;
+import { MINUTE } from "./time.js";
 
 // Energy since the start of a day or month: as answered up to `to` (for
 // the local `date`), plus the blips seen live since.
@@ -20,11 +18,10 @@ export class Overview {
     this.meters = meters;
     this.element = element;
     this.cards = new Map();
-    this.fresh = new Fresh(EVERY, () => !this.element.hidden, () => this.load(), report);
+    this.fresh = new Fresh(t.REFRESH.overview, () => this.load(), report);
     const template = element.querySelector("template");
     for (const meter of meters) {
       const card = template.content.firstElementChild.cloneNode(true);
-      card.dataset.meter = String(meter.id);
       card.querySelector("[data-role=name]").textContent = meter.label || `Meter ${meter.id}`;
       card.tabIndex = 0;
       card.title = "show this meter";
@@ -44,13 +41,21 @@ export class Overview {
     }
     this.total = template.content.firstElementChild.cloneNode(true);
     this.total.classList.add("total");
-    this.total.dataset.meter = "total";
     this.total.querySelector("[data-role=name]").textContent = "Total";
     this.total.querySelector("[data-role=watts]").textContent = "–";
     element.insertBefore(this.total, template);
     for (const meter of meters) if (meter.last) this.watts(meter.id, meter.last);
     element.hidden = meters.length < 2;
-    if (meters.length >= 2) this.refresh();
+  }
+
+  // On show (while the page is, with several meters) it is kept fresh.
+  setActive(active) {
+    this.fresh.setShown(active && !this.element.hidden);
+  }
+
+  // Mark meter `id`'s card as the one whose views are on show.
+  choose(id) {
+    for (const [meter, { card }] of this.cards) card.setAttribute("aria-current", String(meter === id));
   }
 
   watts(id, point) {
@@ -58,7 +63,6 @@ export class Overview {
     if (!entry || (entry.watts && entry.watts.stamp > point.stamp)) return;
     entry.watts = point;
     entry.card.querySelector("[data-role=watts]").textContent = t.watts(point.watts);
-    entry.card.dataset.watts = String(point.watts);
     this.render();
   }
 
@@ -93,20 +97,19 @@ export class Overview {
   }
 
   async load() {
-    const to = Math.floor(Date.now() / MINUTE) * MINUTE;
+    const to = t.wholeMinute(Date.now());
     await Promise.all([...this.cards.values()].map(async (entry) => {
       const { date } = t.local(to, entry.meter.timezone);
       const [today, month] = await Promise.all([
-        api.energy(entry.meter.id, `${date}T00:00`, to, "day"),
-        api.energy(entry.meter.id, `${date.slice(0, 8)}01T00:00`, to, "month"),
+        api.total(entry.meter.id, t.dayStart(date), to),
+        api.total(entry.meter.id, t.monthStart(date), to),
       ]);
-      Object.assign(entry.today, { kwh: today.total.kwh, cost: today.total.cost, to, date });
-      Object.assign(entry.month, { kwh: month.total.kwh, cost: month.total.cost, to, date });
+      Object.assign(entry.today, { kwh: today.kwh, cost: today.cost, to, date });
+      Object.assign(entry.month, { kwh: month.kwh, cost: month.cost, to, date });
       // Blips seen while asking and not counted in the answer.
       for (const point of entry.recent) this.count(entry, point);
     }));
     this.render();
-    this.element.dataset.updated = String(to);
   }
 
   render() {
@@ -120,7 +123,6 @@ export class Overview {
     const heard = entries.filter((e) => e.watts);
     const watts = heard.reduce((sum, e) => sum + e.watts.watts, 0);
     this.total.querySelector("[data-role=watts]").textContent = heard.length ? t.watts(watts) : "–";
-    this.total.dataset.watts = String(watts);
     for (const which of ["today", "month"]) {
       const known = entries.filter((e) => e[which].kwh != null);
       if (known.length < entries.length) continue;
@@ -139,6 +141,5 @@ export class Overview {
     box.querySelector(".kwh").textContent = `${t.kwh(tally.kwh)} kWh`;
     box.querySelector(".cost").textContent = Object.entries(costs)
       .map(([currency, cost]) => `${t.number(cost, 2)} ${currency}`.trim()).join(" + ");
-    card.dataset[which === "today" ? "todayKwh" : "monthKwh"] = String(tally.kwh);
   }
 }

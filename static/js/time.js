@@ -1,4 +1,74 @@
-// Times and numbers as people read them, in the meter's time zone.
+// The page's lengths of time (every time constant of the page is here),
+// the choice of a calendar period for a range, and times and numbers as
+// people read them, in the meter's time zone.
+
+export const SECOND = 1000;
+export const MINUTE = 60 * SECOND;
+export const HOUR = 60 * MINUTE;
+export const DAY = 24 * HOUR;
+export const WEEK = 7 * DAY;
+
+// How far back the live chart reaches.
+export const LIVE_WINDOW = 20 * MINUTE;
+// How often the live view moves its window along and judges whether the
+// meter has gone quiet.
+export const TICK = SECOND;
+// A meter has gone quiet when nothing came for three of its last
+// intervals between blips, and at least this long.
+export const QUIET = MINUTE;
+// A blip this long after the one before may end an outage.
+export const LONG_BLIP = 2 * MINUTE;
+// How often a view on show looks whether what it shows is due to be
+// loaded again, and how old each may let it grow.
+export const LOOK = MINUTE;
+export const REFRESH = { summary: 5 * MINUTE, overview: 5 * MINUTE, heatmap: 10 * MINUTE };
+
+// The wait before trying again after a failure: a second at first, twice
+// the `previous` wait after that, at most half a minute.
+export function backoff(previous = 0) {
+  return previous ? Math.min(2 * previous, 30 * SECOND) : SECOND;
+}
+
+// The start of the minute of an instant (unix ms), as the server counts
+// energy.
+export function wholeMinute(ms) {
+  return Math.floor(ms / MINUTE) * MINUTE;
+}
+
+// The calendar periods the server sums energy by, finest first, each with
+// the shortest and the longest it can be (a day of 23 or 25 hours where
+// clocks change, a month of 28 to 31 days).
+export const PERIODS = {
+  hour: { shortest: HOUR, longest: HOUR },
+  day: { shortest: DAY - HOUR, longest: DAY + HOUR },
+  week: { shortest: WEEK - HOUR, longest: WEEK + HOUR },
+  month: { shortest: 28 * DAY - HOUR, longest: 31 * DAY + HOUR },
+  year: { shortest: 365 * DAY, longest: 366 * DAY },
+};
+
+// The finest calendar period whose rows the range [from, to) spans at
+// most `most` of (so `most + 1` at most, the first and last partial).
+// Times are unix ms, or ISO texts local to the meter, whose span is read
+// near enough in the browser's zone.
+export function periodFor(from, to, most) {
+  const span = instant(to) - instant(from);
+  const names = Object.keys(PERIODS);
+  return names.find((name) => span <= most * PERIODS[name].longest) ?? names[names.length - 1];
+}
+
+function instant(time) {
+  return typeof time === "number" ? time : Date.parse(time);
+}
+
+// Midnight starting a day or its month, given as YYYY-MM-DD, local to the
+// meter (as the API reads a time without an offset).
+export function dayStart(date) {
+  return `${date}T00:00`;
+}
+
+export function monthStart(date) {
+  return `${date.slice(0, 8)}01T00:00`;
+}
 
 const formats = new Map();
 
@@ -115,11 +185,8 @@ export function watts(value) {
 }
 
 export function duration(ms) {
-  const s = ms / 1000;
-  if (s < 60) return `${number(s, s < 10 ? 1 : 0, true)} s`;
-  const m = s / 60;
-  if (m < 60) return `${number(m, 0)} min`;
-  const h = m / 60;
-  if (h < 48) return `${number(h, h < 10 ? 1 : 0, true)} h`;
-  return `${number(h / 24, 1, true)} days`;
+  if (ms < MINUTE) return `${number(ms / SECOND, ms < 10 * SECOND ? 1 : 0, true)} s`;
+  if (ms < HOUR) return `${number(ms / MINUTE, 0)} min`;
+  if (ms < 2 * DAY) return `${number(ms / HOUR, ms < 10 * HOUR ? 1 : 0, true)} h`;
+  return `${number(ms / DAY, 1, true)} days`;
 }

@@ -1,25 +1,33 @@
 """
 Tests of the connection pool and the database service against real
 servers: closing while a connection attempt hangs, waiting for a
-connection, reconnecting after the test cluster restarts, and a database
-that cannot be prepared stopping the daemon instead of being retried for
-ever.
+connection or a free one, reconnecting after the test cluster restarts
+on the common backoff, preparing retried while the database is away, and
+a database that cannot be prepared stopping the daemon instead of being
+retried for ever.
 """
 
 import select
 import socket
 
+import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 
+from blip.common.retry import FIRST_DELAY, MAX_DELAY
 from blip.counters import Counters
-from blip.db.pool import DatabaseService, Pool
-from blip.db.store import SCHEMA_LOCK, Store
+from blip.db.pool import (
+    DatabaseService,
+    DatabaseUnavailable,
+    Pool,
+    PoolState,
+    reconnect_delays,
+)
+from blip.db.schema import SCHEMA_LOCK, Schema
 from tests import originals
-from tests.conftest import TIMEOUT
-from tests.web.test_legacy import wait_until
+from tests.conftest import TIMEOUT, wait_until
 
 
 @pytest_twisted.ensureDeferred
@@ -61,7 +69,7 @@ async def test_reconnects_after_a_restart_and_says_so(database, stoppable_cluste
 
     counters = Counters()
     pool = Pool(database.dsn, 2, reactor, counters)
-    service = DatabaseService(pool, Store(pool).apply_schema)
+    service = DatabaseService(pool, Schema(pool).apply)
     service.startService()
     try:
         await service.when_ready()
@@ -88,7 +96,7 @@ async def test_a_refused_database_is_fatal(database, log_events) -> None:
     originals.execute(database.dsn, "CREATE TABLE invoices (number INTEGER PRIMARY KEY)")
     pool = Pool(database.dsn, 1, reactor)
     stopped: Deferred[None] = Deferred()
-    service = DatabaseService(pool, Store(pool).apply_schema, fatal=lambda: stopped.callback(None))
+    service = DatabaseService(pool, Schema(pool).apply, fatal=lambda: stopped.callback(None))
     service.startService()
     try:
         await stopped.addTimeout(TIMEOUT, reactor)
@@ -118,7 +126,7 @@ async def test_stopping_while_preparing_is_not_a_failure(database, log_events) -
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
             pool = Pool(database.dsn, 1, reactor)
             fatal: list[None] = []
-            service = DatabaseService(pool, Store(pool).apply_schema, fatal=lambda: fatal.append(None))
+            service = DatabaseService(pool, Schema(pool).apply, fatal=lambda: fatal.append(None))
             service.startService()
             await wait_until(
                 lambda: database.sql(
@@ -146,10 +154,87 @@ async def test_connections_notice_a_vanished_server(database) -> None:
     await pool.start()
     try:
         assert await pool.runQuery("SELECT current_setting('work_mem')") == [("7MB",)]
-        (connection,) = pool._all
-        settings = connection._connection.get_dsn_parameters()
+        settings = await pool.runInteraction(lambda cursor: cursor.connection.get_dsn_parameters())
         assert (settings["keepalives"], settings["keepalives_idle"], settings["tcp_user_timeout"]) == (
             "1", "5", "60000"
         )
     finally:
         pool.close()
+
+
+def test_reconnection_delays_follow_the_common_backoff() -> None:
+    """
+    txpostgres is given the first attempt at once, then the waits of the
+    one backoff policy: doubling from half a second (plus up to a second
+    of jitter), up to its most.
+    """
+    delays = reconnect_delays()
+    assert next(delays) == 0.0
+    waits = [next(delays) for _ in range(12)]
+    for n, wait in enumerate(waits, 1):
+        base = min(FIRST_DELAY * 2**n, MAX_DELAY)
+        assert base <= wait < base + 1, (n, wait)
+
+
+@pytest_twisted.ensureDeferred
+async def test_queries_fail_at_once_without_a_connection_and_wait_for_a_free_one(database) -> None:
+    """
+    Before any connection is open a query fails at once (the database is
+    away); once one is, queries beyond the free connections wait their
+    turn, and the pool's state says how many are busy and waiting.
+    """
+    import psycopg2
+    from twisted.internet import reactor
+
+    pool = Pool(database.dsn, 1, reactor)
+    try:
+        with pytest.raises(DatabaseUnavailable):
+            await pool.runQuery("SELECT 1")
+        assert pool.state() == PoolState(size=1, alive=0, busy=0, waiting=0)
+        opened = pool.when_alive()
+        await pool.start()
+        await opened
+        holder = psycopg2.connect(database.dsn)
+        try:
+            with holder.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_lock(7)")
+                first = pool.runQuery("SELECT 'first' FROM pg_advisory_lock(7)")
+                second = pool.runQuery("SELECT 'second'")
+                assert pool.state() == PoolState(size=1, alive=1, busy=1, waiting=1)
+                cursor.execute("SELECT pg_advisory_unlock(7)")
+        finally:
+            holder.close()
+        assert await first == [("first",)]
+        assert await second == [("second",)]
+        assert pool.state() == PoolState(size=1, alive=1, busy=0, waiting=0)
+    finally:
+        pool.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_preparing_is_retried_while_the_database_is_away(database, log_events) -> None:
+    """
+    A preparation that fails because the database is away is tried again
+    with backoff; the failure is said once, and the database is ready once
+    it works.
+    """
+    import psycopg2
+    from twisted.internet import reactor
+
+    attempts: list[None] = []
+
+    async def prepare() -> None:
+        attempts.append(None)
+        if len(attempts) == 1:
+            raise psycopg2.OperationalError("the database is starting up")
+
+    pool = Pool(database.dsn, 1, reactor)
+    service = DatabaseService(pool, prepare)
+    service.startService()
+    try:
+        await service.when_ready().addTimeout(TIMEOUT, reactor)
+    finally:
+        service.stopService()
+    assert len(attempts) == 2 and service.ready
+    warned = [e for e in log_events if e["log_level"].name == "warn" and "why" in e]
+    assert [(e["what"], e["why"]) for e in warned] == [("prepare the database", "the database is starting up")]

@@ -8,8 +8,10 @@ import pytest_twisted
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
+from blip.db.node_state import IngestPeriods
+from blip.db.v1 import V1Queries
 from blip.ingest.periods import ALIVE_INTERVAL, Periods, PeriodsService
-from tests.web.test_legacy import wait_until
+from tests.conftest import wait_until
 
 T0 = 1_700_000_000_000
 
@@ -38,7 +40,7 @@ async def test_open_refresh_lose_reopen_and_stop(store, database) -> None:
     opening starts another, which ends with 'stop'.
     """
     clock = clock_at(T0)
-    periods = Periods(store, "n1", clock)
+    periods = Periods(IngestPeriods(store.pool), "n1", clock)
     periods.start()
     periods.opened()
     await wait_until(lambda: rows(database) == [(T0, T0, None, None)])
@@ -72,13 +74,13 @@ async def test_a_period_left_open_is_closed_as_a_crash(store, database, log_even
         " ('n1', %s, %s, NULL, NULL), ('n1', %s, %s, %s, 'stop'), ('n2', %s, %s, NULL, NULL)",
         (T0 - 9000, T0 - 5000, T0 - 20000, T0 - 19000, T0 - 19000, T0 - 9000, T0 - 1000),
     )
-    periods = Periods(store, "n1", clock_at(T0))
+    periods = Periods(IngestPeriods(store.pool), "n1", clock_at(T0))
     periods.start()
     await wait_until(lambda: any("left open by a crash" in e["log_format"] for e in log_events))
     assert (T0 - 9000, T0 - 5000, T0 - 5000, "crash") in rows(database)
     assert rows(database, "n2") == [(T0 - 9000, T0 - 1000, None, None)]
     assert rows(database)[0] == (T0 - 20000, T0 - 19000, T0 - 19000, "stop")
-    assert sorted(await store.ingest_periods(T0 - 10000, T0)) == [(T0 - 9000, T0 - 5000), (T0 - 9000, T0 - 1000)]
+    assert sorted(await V1Queries(store.pool).ingest_periods(T0 - 10000, T0)) == [(T0 - 9000, T0 - 5000), (T0 - 9000, T0 - 1000)]
 
 
 @pytest_twisted.ensureDeferred
@@ -88,7 +90,7 @@ async def test_periods_wait_in_memory_until_the_database_is_ready(store, databas
     once it is.
     """
     clock = clock_at(T0)
-    periods = Periods(store, "n1", clock)
+    periods = Periods(IngestPeriods(store.pool), "n1", clock)
     periods.opened()
     clock.advance(2)
     periods.lost()
@@ -107,7 +109,7 @@ async def test_two_openings_in_one_millisecond_are_two_periods(store, database) 
     Periods of a node are keyed by their start, so a source reopened in the
     same millisecond starts one millisecond later.
     """
-    periods = Periods(store, "n1", clock_at(T0))
+    periods = Periods(IngestPeriods(store.pool), "n1", clock_at(T0))
     periods.start()
     periods.opened()
     periods.lost()
@@ -127,7 +129,7 @@ async def test_a_stop_the_database_missed_is_recorded_at_the_next_start(
     """
     path = tmp_path / "periods.json"
     clock = clock_at(T0)
-    first = Periods(store, "n1", clock, path)
+    first = Periods(IngestPeriods(store.pool), "n1", clock, path)
     first.start()
     first.opened()
     await wait_until(lambda: rows(database) == [(T0, T0, None, None)])
@@ -138,7 +140,7 @@ async def test_a_stop_the_database_missed_is_recorded_at_the_next_start(
     assert path.exists()
     assert rows(database) == [(T0, T0, None, None)]
     clock.advance(10)
-    second = Periods(store, "n1", clock, path)
+    second = Periods(IngestPeriods(store.pool), "n1", clock, path)
     second.open()
     second.start()
     await wait_until(lambda: not path.exists())
@@ -156,7 +158,7 @@ async def test_a_crash_during_an_outage_ends_at_the_last_local_refresh(
     """
     path = tmp_path / "periods.json"
     clock = clock_at(T0)
-    first = Periods(store, "n1", clock, path)
+    first = Periods(IngestPeriods(store.pool), "n1", clock, path)
     first.opened()
     for _ in range(3):
         clock.advance(ALIVE_INTERVAL)
@@ -164,7 +166,7 @@ async def test_a_crash_during_an_outage_ends_at_the_last_local_refresh(
     assert path.exists()
     # The process dies here: no stop.
     clock.advance(100)
-    second = Periods(store, "n1", clock, path)
+    second = Periods(IngestPeriods(store.pool), "n1", clock, path)
     second.open()
     second.start()
     await wait_until(lambda: not path.exists())
@@ -185,7 +187,7 @@ async def test_the_service_refreshes_from_the_start_and_records_once_ready(
     path = tmp_path / "periods.json"
     clock = clock_at(T0)
     ready: Deferred[None] = Deferred()
-    periods = Periods(store, "n1", clock, path)
+    periods = Periods(IngestPeriods(store.pool), "n1", clock, path)
     kept: list[float] = []
     service = PeriodsService(periods, lambda: ready, clock, lambda: kept.append(clock.seconds()))
     service.startService()

@@ -18,7 +18,7 @@ from twisted.internet.threads import deferToThread
 
 from blip.counters import Counters
 from blip.db.pool import Pool
-from blip.db.store import Store
+from blip.db.readings import Readings
 from blip.ingest.spool import HEADER, RECORD, Spool
 from blip.ingest.stamps import Stamps
 from blip.ingest.writer import (
@@ -31,9 +31,8 @@ from blip.ingest.writer import (
 )
 from blip.live.hub import Hub
 from blip.model import Point
-from tests.conftest import SmallFilesystem, free_port
+from tests.conftest import SmallFilesystem, free_port, wait_until
 from tests.ingest.test_spool import damage, file_reads
-from tests.web.test_legacy import wait_until
 
 T0 = 1_700_000_000_000
 
@@ -522,7 +521,7 @@ async def test_observers_are_told_of_arrivals_and_commits(store) -> None:
 
 
 @pytest_twisted.async_yield_fixture
-async def unreachable_store() -> AsyncIterator[Store]:
+async def unreachable_store() -> AsyncIterator[Readings]:
     """
     A store whose database cannot be reached: nothing listens on its port.
     """
@@ -531,7 +530,7 @@ async def unreachable_store() -> AsyncIterator[Store]:
     pool = Pool(f"host=127.0.0.1 port={free_port()} dbname=nothing connect_timeout=2", 2, reactor)
     await pool.start()
     try:
-        yield Store(pool)
+        yield Readings(pool)
     finally:
         pool.close()
 

@@ -17,14 +17,14 @@ from twisted.internet.task import Clock
 
 from blip.counters import Counters
 from blip.db.meter_table import MeterTable
+from blip.db.node_state import MeterRows
 from blip.db.pool import own_connection
-from blip.db.store import CHANNEL, NOTIFY_POINTS, STAMP_MAX, listen
+from blip.db.readings import CHANNEL, NOTIFY_POINTS, listen
 from blip.live.hub import Hub
 from blip.live.notify import AHEAD, PAST, Listener, PayloadError, decode
 from blip.meters import Meter, Meters, default_meter
-from blip.model import INT_MAX, Point
-from tests.conftest import TIMEOUT, Forger, Served
-from tests.web.test_legacy import wait_until
+from blip.model import INT_MAX, STAMP_MAX, Point
+from tests.conftest import TIMEOUT, Forger, Served, wait_until
 from tests.web.v1.test_live import subscribe
 
 T0 = 1_700_000_000_000
@@ -371,7 +371,8 @@ async def test_a_meter_written_to_the_meters_table_is_taken_at_once(
 
     clock = clock_at(T0)
     meters = Meters([Meter(1)])
-    table = MeterTable(store, meters, clock)
+    rows = MeterRows(store.pool)
+    table = MeterTable(rows, meters, clock)
     await table.load()
     listener = Listener(
         database.dsn, store, Hub(), meters, reactor, Counters(), clock=clock,
@@ -381,7 +382,7 @@ async def test_a_meter_written_to_the_meters_table_is_taken_at_once(
     try:
         await listener.when_live().addTimeout(TIMEOUT, reactor)
         seen = published(listener.hub)
-        await store.note_meter(Meter(5, label="Garage"))
+        await rows.note_meter(Meter(5, label="Garage"))
         await store.insert([Point(5, T0, 1000)])
         await wait_until(lambda: 5 in meters)
         assert listener.counters.notified_refused == 1

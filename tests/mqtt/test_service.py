@@ -122,7 +122,7 @@ def test_daemon_publishes_what_it_stores(start_daemon, pty_meter, database, mosq
     counter continues across a daemon restart and across a broker restart
     during which ingest goes on; the password is never logged.
     """
-    from tests.test_service import eventually
+    from tests.conftest import eventually
 
     meters = tmp_path / "meters.toml"
     meters.write_text(
@@ -210,7 +210,8 @@ def test_forged_notifications_change_nothing_the_broker_sees(
     its live clients may take for points): Home Assistant's energy counter
     stays the count of the blips stored, and no forged power is published.
     """
-    from tests.test_service import eventually, metric
+    from tests.conftest import eventually
+    from tests.test_service import metric
 
     args = ["--serial", pty_meter.path, "--db", database.dsn,
             "--mqtt", mosquitto.url(), "--mqtt-interval", "0"]

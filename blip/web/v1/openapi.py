@@ -7,12 +7,24 @@ against it.
 from typing import Any
 
 import blip
+from blip.meters import DAYS
 from blip.model import INT_MAX
-from blip.web.v1.query import EARLIEST, LATEST, MAX_VALUE
+from blip.web.answers import V1_PREFIX
+from blip.web.limits import (
+    DEFAULT_PERIOD,
+    ENERGY_ROWS,
+    GAP_ROWS,
+    MAX_MIN_GAP,
+    PERIODS,
+    POWER_POINTS,
+    POWER_POINTS_CAP,
+)
+from blip.web.v1.live import HEARTBEAT
+from blip.web.v1.query import EARLIEST, INTEGER, LATEST, MAX_VALUE
 
 #: Where the paths below are, on the host that serves the document (a
 #: reverse proxy that serves blipserver under a path prefix adds it).
-SERVER = "/api/v1"
+SERVER = V1_PREFIX.decode()
 
 _PROBLEM = {"$ref": "#/components/responses/Problem"}
 
@@ -99,7 +111,7 @@ def document() -> dict[str, Any]:
                 "price_per_kwh": {"type": "number", "minimum": 0},
                 "days": {
                     "type": "array",
-                    "items": {"enum": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]},
+                    "items": {"enum": list(DAYS)},
                     "minItems": 1,
                 },
                 "hours": {
@@ -172,7 +184,7 @@ def document() -> dict[str, Any]:
         "Energy": _object(
             {
                 "meter": {"type": "integer"},
-                "period": {"enum": ["hour", "day", "week", "month", "year"]},
+                "period": {"enum": list(PERIODS)},
                 "timezone": {"type": "string"},
                 "currency": {"type": "string"},
                 "rows": {"type": "array", "items": _ref("EnergyRow")},
@@ -284,7 +296,12 @@ def document() -> dict[str, Any]:
                     "in": "query",
                     "required": False,
                     "description": "The most rows to answer.",
-                    "schema": {"type": "integer", "minimum": 1, "maximum": 20000, "default": 2000},
+                    "schema": {
+                        "type": "integer",
+                        "minimum": 1,
+                        "maximum": POWER_POINTS_CAP,
+                        "default": POWER_POINTS,
+                    },
                 },
             ],
             {"application/json": {"schema": _ref("Power")}},
@@ -297,8 +314,8 @@ def document() -> dict[str, Any]:
                 " blips inside the range count, to the minute: the first and last period may"
                 " be partial, and the total is the energy of the range."
                 " A day across a daylight-saving change has 23 or 25 hours. Cost follows the"
-                " meter's time-of-use tariff, or its `price_per_kwh`. At most 10000 rows; `next`"
-                " is the `from` of the rest."
+                " meter's time-of-use tariff, or its `price_per_kwh`."
+                f" At most {ENERGY_ROWS} rows; `next` is the `from` of the rest."
             ),
             [
                 *meter_range,
@@ -306,7 +323,7 @@ def document() -> dict[str, Any]:
                     "name": "period",
                     "in": "query",
                     "required": False,
-                    "schema": {"enum": ["hour", "day", "week", "month", "year"], "default": "day"},
+                    "schema": {"enum": list(PERIODS), "default": DEFAULT_PERIOD},
                 },
             ],
             {"application/json": {"schema": _ref("Energy")}},
@@ -318,7 +335,7 @@ def document() -> dict[str, Any]:
                 " blips, or between the range's edge and a blip, split into the parts when"
                 " ingest was not listening (`logger_down`) and when it was but the meter did"
                 " not blink (`idle`), or `unknown` before the first recorded period of ingest."
-                " At most 10000 gaps; `next` is the `from` of the rest."
+                f" At most {GAP_ROWS} gaps; `next` is the `from` of the rest."
             ),
             [
                 *meter_range,
@@ -332,7 +349,7 @@ def document() -> dict[str, Any]:
                         " minutes or more are found from the minute rollups, quickly for any"
                         " range; shorter ones take reading every point of the range."
                     ),
-                    "schema": {"type": "integer", "minimum": 1, "maximum": 10**15},
+                    "schema": {"type": "integer", "minimum": 1, "maximum": MAX_MIN_GAP},
                 },
             ],
             {"application/json": {"schema": _ref("Gaps")}},
@@ -362,7 +379,7 @@ def document() -> dict[str, Any]:
             (
                 "With `Accept: text/event-stream`: a stream of Server-Sent Events, one"
                 " `point` event per new point (`id` is its stamp, `data` a LivePoint), and a"
-                " heartbeat comment every 15 s. A client reconnecting with `Last-Event-ID`"
+                f" heartbeat comment every {HEARTBEAT:g} s. A client reconnecting with `Last-Event-ID`"
                 " first gets every point of its meters after that stamp. Without it: the"
                 " newest point of each meter, as JSON."
             ),
@@ -383,7 +400,7 @@ def document() -> dict[str, Any]:
                     "in": "header",
                     "required": False,
                     "description": "The `id` of the last event received, to resume after.",
-                    "schema": {"type": "string", "pattern": "^-?[0-9]{1,18}$"},
+                    "schema": {"type": "string", "pattern": f"^{INTEGER}$"},
                 },
             ],
             {

@@ -11,9 +11,10 @@ from datetime import datetime, timedelta, timezone
 from functools import lru_cache
 from typing import Optional
 
-from blip.db.store import Row, Store
+from blip.db.v1 import Rollup, V1Queries
 from blip.ingest.periods import ALIVE_INTERVAL
 from blip.meters import Meter
+from blip.web.limits import ENERGY_ROWS, GAP_ROWS
 
 MINUTE = 60_000
 HOUR = 3_600_000
@@ -28,10 +29,6 @@ LONGEST = {
     "month": 31 * DAY + HOUR,
     "year": 366 * DAY + HOUR,
 }
-#: Energy rows in one answer; the rest is a ``next`` page away.
-ENERGY_ROWS = 10_000
-#: Gaps in one answer; the rest is a ``next`` page away.
-GAP_ROWS = 10_000
 #: The shortest gap reported unless asked otherwise.
 MIN_GAP = 2 * MINUTE
 #: A gap is this many mean blip intervals long at least.
@@ -161,7 +158,7 @@ def whole_hours(zone: str) -> bool:
     return True
 
 
-def _rollup_watts(meter: Meter, width: int, rows: list[Row]) -> list[list[float]]:
+def _rollup_watts(meter: Meter, width: int, rows: list[Rollup]) -> list[list[float]]:
     factor = 3.6e9 * meter.multiplier / meter.pulses_per_kwh
     return [
         [start + width // 2, factor * int(events) / int(sum_ms), factor / max_ms, factor / min_ms]
@@ -180,7 +177,7 @@ class Series:
     :param store: the database.
     """
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: V1Queries) -> None:
         self.store = store
 
     async def power(self, meter: Meter, first: int, last: int, max_points: int) -> Power:
@@ -193,9 +190,8 @@ class Series:
             return Power(0)
         if await self.store.events_in(meter.id, first, last) <= max_points:
             factor = 3.6e9 * meter.multiplier / meter.pulses_per_kwh
-            rows = await self.store.points_page(meter.id, first, last, max_points)
             points = []
-            for stamp, ms in rows:
+            for stamp, ms in await self.store.points_page(meter.id, first, last, max_points):
                 watts = factor / ms
                 points.append([stamp - ms // 2, watts, watts, watts])
             return Power(0, points)

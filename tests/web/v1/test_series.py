@@ -11,7 +11,8 @@ from zoneinfo import ZoneInfo
 import pytest
 import pytest_twisted
 
-from blip.db.store import Store
+from blip.db.readings import Readings
+from blip.db.v1 import V1Queries
 from blip.meters import Meter, TariffRule
 from blip.model import Point
 from blip.web.v1.series import HOUR, MINUTE, Series, whole_hours
@@ -27,7 +28,7 @@ def ms(zone: str, *fields: int) -> int:
     return int(datetime(*fields, tzinfo=ZoneInfo(zone)).timestamp() * 1000)
 
 
-async def every(store: Store, meter: int, first: int, last: int, step: int) -> list[Point]:
+async def every(store: Readings, meter: int, first: int, last: int, step: int) -> list[Point]:
     """Store a point every ``step`` ms from ``first`` to before ``last``."""
     points = [Point(meter, s, step) for s in range(first, last, step)]
     for i in range(0, len(points), 5000):
@@ -36,13 +37,13 @@ async def every(store: Store, meter: int, first: int, last: int, step: int) -> l
 
 
 @pytest_twisted.ensureDeferred
-async def test_power_uses_raw_points_when_they_fit(store: Store) -> None:
+async def test_power_uses_raw_points_when_they_fit(store: Readings) -> None:
     """
     Few enough points come back raw: t in the middle of each point's
     interval, mean = min = max = its power.
     """
     await store.insert([Point(1, T0 + 1000, 1000), Point(1, T0 + 3000, 2000), Point(1, T0 + 9000, 1)])
-    power = await Series(store).power(METER, T0, T0 + 9000, 10)
+    power = await Series(V1Queries(store.pool)).power(METER, T0, T0 + 9000, 10)
     assert power.resolution_ms == 0
     assert power.points == [
         [T0 + 500, FACTOR / 1000, FACTOR / 1000, FACTOR / 1000],
@@ -51,7 +52,7 @@ async def test_power_uses_raw_points_when_they_fit(store: Store) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_power_resolution_steps_up_with_the_range(store: Store) -> None:
+async def test_power_resolution_steps_up_with_the_range(store: Readings) -> None:
     """
     As the range grows past max_points, rows come from minute rollups,
     then hour rollups, then buckets of whole hours summed from the hour
@@ -60,7 +61,7 @@ async def test_power_resolution_steps_up_with_the_range(store: Store) -> None:
     """
     await every(store, 1, T0, T0 + 48 * HOUR, 20_000)
     await store.insert([Point(1, T0 + 5, 5)])
-    series = Series(store)
+    series = Series(V1Queries(store.pool))
 
     minutes = await series.power(METER, T0, T0 + 100 * MINUTE, 100)
     assert minutes.resolution_ms == MINUTE
@@ -85,18 +86,18 @@ async def test_power_resolution_steps_up_with_the_range(store: Store) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_empty_and_reversed_ranges(store: Store) -> None:
+async def test_empty_and_reversed_ranges(store: Readings) -> None:
     """
     A range that ends where (or before) it starts holds nothing.
     """
-    series = Series(store)
+    series = Series(V1Queries(store.pool))
     assert (await series.power(METER, T0, T0, 10)).points == []
     assert (await series.energy(METER, "day", T0, T0 - 1)).rows == []
     assert (await series.gaps(METER, T0, T0, T0, None)).gaps == []
 
 
 @pytest_twisted.ensureDeferred
-async def test_energy_days_across_daylight_saving(store: Store) -> None:
+async def test_energy_days_across_daylight_saving(store: Readings) -> None:
     """
     In Europe/Copenhagen the day clocks go forward has 23 hours and the
     day they go back 25; blips count towards the local day they fall in;
@@ -116,7 +117,7 @@ async def test_energy_days_across_daylight_saving(store: Store) -> None:
         Point(1, autumn + 24 * HOUR, 10),   # 23:00 local on the 25-hour day, 1.0
         Point(1, autumn + 12 * HOUR, 10),   # 11:00 local (CET), 2.0
     ])
-    series = Series(store)
+    series = Series(V1Queries(store.pool))
     energy = await series.energy(meter, "day", spring - 1, spring + 23 * HOUR + 1)
     assert [(r.start, r.end) for r in energy.rows] == [
         (spring - 24 * HOUR, spring),
@@ -135,14 +136,14 @@ async def test_energy_days_across_daylight_saving(store: Store) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_energy_weeks_months_years_and_hours(store: Store) -> None:
+async def test_energy_weeks_months_years_and_hours(store: Readings) -> None:
     """
     Weeks start on Monday, months and years on their first day, local
     time; hours are real hours, 23 of them on the spring day.
     """
     zone = "Europe/Copenhagen"
     meter = Meter(1, timezone=zone)
-    series = Series(store)
+    series = Series(V1Queries(store.pool))
     weeks = await series.energy(meter, "week", ms(zone, 2024, 3, 28), ms(zone, 2024, 4, 2))
     assert [r.start for r in weeks.rows] == [ms(zone, 2024, 3, 25), ms(zone, 2024, 4, 1)]
     assert weeks.rows[0].end - weeks.rows[0].start == 7 * 24 * HOUR - HOUR
@@ -159,7 +160,7 @@ async def test_energy_weeks_months_years_and_hours(store: Store) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_energy_in_a_half_hour_zone(store: Store) -> None:
+async def test_energy_in_a_half_hour_zone(store: Readings) -> None:
     """
     Asia/Kolkata is 5:30 ahead of UTC: its days and hours start on half
     hours, so energy is summed from the minute rollups.
@@ -169,7 +170,7 @@ async def test_energy_in_a_half_hour_zone(store: Store) -> None:
     meter = Meter(1, timezone=zone, price_per_kwh=1.0, tariff=(TariffRule(5.0, hours="00-01"),))
     midnight = ms(zone, 2024, 5, 2)
     await store.insert([Point(1, midnight - 1, 10), Point(1, midnight, 10), Point(1, midnight + HOUR, 10)])
-    series = Series(store)
+    series = Series(V1Queries(store.pool))
     days = await series.energy(meter, "day", midnight - 1, midnight + 2 * HOUR)
     assert [(r.start, r.kwh, r.cost) for r in days.rows] == [
         (midnight - 24 * HOUR, 0.001, pytest.approx(0.001)),
@@ -182,7 +183,7 @@ async def test_energy_in_a_half_hour_zone(store: Store) -> None:
 
 @pytest_twisted.ensureDeferred
 @pytest.mark.parametrize("zone", ["Europe/Copenhagen", "Asia/Kolkata"])
-async def test_energy_counts_only_the_range_to_the_minute(store: Store, zone: str) -> None:
+async def test_energy_counts_only_the_range_to_the_minute(store: Readings, zone: str) -> None:
     """
     A rolling range that starts and ends inside hours (last 24 hours, or
     20 minutes within one hour) counts exactly the blips of its minutes:
@@ -194,7 +195,7 @@ async def test_energy_counts_only_the_range_to_the_minute(store: Store, zone: st
     start = T0 + 5 * MINUTE
     points = [Point(1, start + i * 7 * MINUTE + i % 5, 1000) for i in range(600)]
     await store.insert(points)
-    series = Series(store)
+    series = Series(V1Queries(store.pool))
 
     def count(first: int, last: int) -> int:
         last += -last % MINUTE
@@ -217,22 +218,22 @@ async def test_energy_counts_only_the_range_to_the_minute(store: Store, zone: st
 
 
 @pytest_twisted.ensureDeferred
-async def test_energy_pages(store: Store) -> None:
+async def test_energy_pages(store: Readings) -> None:
     """
     More periods than one answer holds: the first 10000, and the ``from``
     of the rest.
     """
     meter = Meter(1)
-    energy = await Series(store).energy(meter, "hour", T0 + 1, T0 + 20_000 * HOUR)
+    energy = await Series(V1Queries(store.pool)).energy(meter, "hour", T0 + 1, T0 + 20_000 * HOUR)
     assert len(energy.rows) == 10_000
     assert energy.rows[0].start == T0
     assert energy.next == T0 + 10_000 * HOUR
-    huge = await Series(store).energy(meter, "hour", -62_135_683_200_000, 253_402_387_200_000)
+    huge = await Series(V1Queries(store.pool)).energy(meter, "hour", -62_135_683_200_000, 253_402_387_200_000)
     assert len(huge.rows) == 10_000 and huge.next == huge.rows[-1].end
 
 
 @pytest_twisted.ensureDeferred
-async def test_gaps_are_classified_by_ingest_periods(store: Store, database) -> None:
+async def test_gaps_are_classified_by_ingest_periods(store: Readings, database) -> None:
     """
     Silences longer than min_gap are gaps, split into the parts when ingest
     was listening (idle) and when it was not (logger_down); the range's
@@ -244,7 +245,7 @@ async def test_gaps_are_classified_by_ingest_periods(store: Store, database) -> 
         " ('a', %s, %s, %s, 'crash'), ('b', %s, %s, NULL, NULL)",
         (T0 - HOUR, T0 + 10 * MINUTE, T0 + 10 * MINUTE, T0 + 20 * MINUTE, T0 + 200 * MINUTE),
     )
-    series = Series(store)
+    series = Series(V1Queries(store.pool))
     gaps = await series.gaps(METER, T0, T0 + 100 * MINUTE, T0 + 95 * MINUTE, 5 * MINUTE)
     assert [(g.start - T0, g.end - T0, g.kind) for g in gaps.gaps] == [
         (2 * MINUTE, 10 * MINUTE, "idle"),
@@ -272,7 +273,7 @@ async def test_gaps_are_classified_by_ingest_periods(store: Store, database) -> 
 
 
 @pytest_twisted.ensureDeferred
-async def test_gaps_before_the_first_record_of_ingest_are_unknown(store: Store, database) -> None:
+async def test_gaps_before_the_first_record_of_ingest_are_unknown(store: Readings, database) -> None:
     """
     History from before blipserver recorded ingest (an upgraded or
     imported database) has no record of whether a logger ran: its gaps are
@@ -280,7 +281,7 @@ async def test_gaps_before_the_first_record_of_ingest_are_unknown(store: Store, 
     any record, every gap is unknown.
     """
     await store.insert([Point(1, T0 + s * MINUTE, 1000) for s in (0, 10, 20, 40)])
-    series = Series(store)
+    series = Series(V1Queries(store.pool))
     gaps = await series.gaps(METER, T0, T0 + 40 * MINUTE, T0 + 40 * MINUTE, 5 * MINUTE)
     assert {g.kind for g in gaps.gaps} == {"unknown"}
     database.sql(
@@ -303,7 +304,7 @@ async def test_gaps_before_the_first_record_of_ingest_are_unknown(store: Store, 
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_running_node_listens_until_now(store: Store, database) -> None:
+async def test_a_running_node_listens_until_now(store: Readings, database) -> None:
     """
     A period still open whose node refreshed it lately (it runs) lasts
     until now: the silence between its start and the first blip is idle;
@@ -313,7 +314,7 @@ async def test_a_running_node_listens_until_now(store: Store, database) -> None:
     """
     await store.insert([Point(1, T0, 1000), Point(1, T0 + 30 * MINUTE, 1000)])
     now = T0 + 30 * MINUTE
-    series = Series(store)
+    series = Series(V1Queries(store.pool))
     database.sql(
         "INSERT INTO ingest_periods VALUES ('a', %s, %s, NULL, NULL), ('b', %s, %s, NULL, NULL)",
         (T0 + 10 * MINUTE, now - 5000, T0 + 5 * MINUTE, T0 + 5 * MINUTE),
@@ -353,7 +354,7 @@ def expected_gaps(stamps: list[int], first: int, last: int, now: int, longer: in
 
 
 @pytest_twisted.ensureDeferred
-async def test_gaps_match_a_pair_by_pair_count(store: Store) -> None:
+async def test_gaps_match_a_pair_by_pair_count(store: Readings) -> None:
     """
     For irregular points with silences of every length, the gaps found
     from the minute rollups (two minutes and more) and from the points
@@ -366,7 +367,7 @@ async def test_gaps_match_a_pair_by_pair_count(store: Store) -> None:
         stamp += rng.choice([rng.randint(1, 5000), rng.randint(50_000, 200_000), rng.randint(1, 900_000)])
         stamps.append(stamp)
     await store.insert([Point(7, s, 1000) for s in stamps])
-    series = Series(store)
+    series = Series(V1Queries(store.pool))
     meter = Meter(7)
     for _ in range(40):
         first = rng.randint(T0 - 10 * MINUTE, stamps[-1])

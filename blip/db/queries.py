@@ -1,0 +1,97 @@
+"""
+What every set of queries on the readings shares: the pool it runs on,
+whether the database answers, the newest points (which the legacy routes,
+``/api/v1``, the live stream and ingest all ask for), and running a
+statement the planner misprices without JIT compilation.
+
+Parameters are always bound by the driver. Stamps and widths are cast to
+BIGINT in the SQL so that arithmetic on them cannot overflow an INTEGER.
+"""
+
+from typing import Any, NamedTuple, Optional
+
+from twisted.internet.defer import Deferred
+
+from blip.db.pool import Pool
+from blip.model import Point
+
+
+class Reading(NamedTuple):
+    """
+    A point of the meter asked about.
+
+    :param stamp: unix ms of the blink.
+    :param ms: ms since the blink before.
+    """
+
+    stamp: int
+    ms: int
+
+
+class Queries:
+    """
+    The reads every user of the readings needs; the sets of queries of
+    each concern build on it.
+
+    :param pool: the connections to run statements on.
+    """
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+
+    async def ping(self) -> None:
+        """
+        Ask the database a trivial question (a health check).
+        """
+        await self.pool.runQuery("SELECT 1")
+
+    async def last(self, meter: int) -> Optional[Reading]:
+        """
+        :return: the meter's newest point, or None.
+        """
+        rows = await self.pool.runQuery(
+            "SELECT stamp, ms FROM readings WHERE id = %s"
+            " ORDER BY stamp DESC LIMIT 1",
+            (meter,),
+        )
+        return Reading(*rows[0]) if rows else None
+
+    async def last_points(self) -> list[Point]:
+        """
+        :return: the newest point of every meter that has readings.
+        """
+        rows = await self.pool.runQuery(
+            "SELECT r.id, r.stamp, r.ms"
+            "  FROM (SELECT DISTINCT id FROM readings_hourly) m"
+            " CROSS JOIN LATERAL (SELECT id, stamp, ms FROM readings"
+            "                      WHERE id = m.id"
+            "                      ORDER BY stamp DESC LIMIT 1) r"
+        )
+        return [Point(*row) for row in rows]
+
+
+# The planner's guesses for the lateral index ranges of some statements
+# (/aggregate across bucket edges, energy per calendar period) and the rows
+# of generate_series price queries of a few ms high enough that PostgreSQL
+# 11+ would spend 150 ms and more compiling them: they run with JIT off for
+# their transaction (PostgreSQL 10 has no such setting, and no JIT).
+_NO_JIT = (
+    "SELECT set_config('jit', 'off', true)"
+    " WHERE current_setting('server_version_num')::integer >= 110000"
+)
+
+
+async def uncompiled(pool: Pool, statement: str, params: Any) -> list[tuple[Any, ...]]:
+    """
+    Run a statement in a transaction of its own without JIT compilation.
+
+    :return: its rows, as the driver gives them.
+    """
+
+    async def run(cursor: Any) -> list[tuple[Any, ...]]:
+        await cursor.execute(_NO_JIT)
+        await cursor.execute(statement, params)
+        return list(cursor.fetchall())
+
+    rows: list[tuple[Any, ...]] = await pool.runInteraction(lambda c: Deferred.fromCoroutine(run(c)))
+    return rows

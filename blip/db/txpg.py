@@ -1,0 +1,138 @@
+"""
+Everything blipserver relies on in txpostgres beyond its documented use,
+in one place, each pinned by ``tests/db/test_txpg.py`` so that an upgrade
+of txpostgres that changes one fails a test rather than production:
+
+- how a :class:`~txpostgres.reconnection.DeadConnectionDetector` goes
+  about a reconnection (:class:`Detector` replaces that part, to be able to
+  stop it and to say when the connection is lost and back);
+- what :meth:`txpostgres.txpostgres.Connection.doRead` does when the server
+  closes an idle connection (:class:`Connection` turns the error it raises
+  into a lost connection);
+- that a connection's :meth:`~txpostgres.txpostgres.Connection.pollable`
+  is None until it was first opened (:meth:`Connection.close_for_good`).
+"""
+
+from typing import Any, Callable, Iterator, Optional
+
+import psycopg2
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from txpostgres import reconnection, retrying, txpostgres
+
+
+class Detector(reconnection.DeadConnectionDetector):
+    """
+    A dead-connection detector that says when its connection is lost and
+    back, and can be told to stop reconnecting.
+
+    txpostgres calls :meth:`startReconnecting` once when a failure shows the
+    connection dead (after setting ``connectionIsDead``); reconnecting
+    means calling :meth:`reconnect` (close, then connect again with the
+    arguments of the last ``connect``) until it works, then
+    :meth:`connectionRecovered`, which clears ``connectionIsDead`` and runs
+    the recovery handlers. txpostgres's own attempts cannot be stopped;
+    these can.
+
+    :param reactor: times the attempts.
+    :param delays: returns the delays before each attempt.
+    :param on_lost: called with the reason when the connection is lost.
+    :param on_alive: called when it is open again, ready for queries.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        delays: Callable[[], Iterator[float]],
+        on_lost: Callable[[str], None] = lambda why: None,
+        on_alive: Callable[[], None] = lambda: None,
+    ) -> None:
+        super().__init__(reconnectionIterator=delays, reactor=reactor)
+        self._retrying: Optional[Deferred[None]] = None
+        self.stopped = False
+        #: Whether the connection is open and usable.
+        self.alive = False
+        self.on_lost = on_lost
+        self.on_alive = on_alive
+
+    def startReconnecting(self, f: Failure) -> None:
+        self.alive = False
+        if self.stopped:
+            return
+        self.on_lost(f.getErrorMessage().strip())
+        call = retrying.RetryingCall(self.reconnect)
+        call.reactor = self.reactor
+        self._retrying = call.start(self.reconnectionIterator())
+        self._retrying.addCallback(lambda _: self.connectionRecovered())
+        self._retrying.addErrback(self._gave_up)
+
+    def connectionRecovered(self) -> "Deferred[Any]":
+        self._retrying = None
+        if self.stopped:
+            # An attempt under way when the connection closed for good has
+            # just succeeded.
+            self.reconnectable.close()
+            return succeed(None)
+        self.alive = True
+        # Clears txpostgres's own dead flag first: queries started by
+        # on_alive would fail while it is set.
+        recovered: Deferred[Any] = super().connectionRecovered()
+        self.on_alive()
+        return recovered
+
+    def _gave_up(self, f: Failure) -> None:
+        if not self.stopped:
+            self.log.failure("stopped reconnecting to the database", f)
+
+    def stop(self) -> None:
+        """
+        Stop any reconnection under way, for good.
+        """
+        self.stopped = True
+        self.alive = False
+        if self._retrying is not None:
+            try:
+                self._retrying.cancel()
+            except psycopg2.Error:
+                # psycopg2 cannot cancel a connection attempt under way; it
+                # is closed when it ends (connectionRecovered).
+                pass
+
+
+class Connection(txpostgres.Connection):
+    """
+    A txpostgres connection that reports the server going away while the
+    connection is idle as a lost connection (and so a reconnection by its
+    detector), rather than as an unhandled error with a traceback.
+
+    :param reactor: watches its socket.
+    :param cooperator: hands NOTIFY events to its observers (txpostgres's
+        default when None).
+    :param detector: reconnects it.
+    """
+
+    detector: Detector
+
+    def __init__(self, reactor: IReactorTime, cooperator: Any, detector: Detector) -> None:
+        super().__init__(reactor, cooperator, detector=detector)
+
+    def doRead(self) -> Optional[Exception]:
+        # The reactor takes an exception returned (not raised) by doRead as
+        # the reason the connection was lost.
+        try:
+            super().doRead()
+        except psycopg2.Error as e:
+            return e
+        return None
+
+    def close_for_good(self) -> None:
+        """
+        Stop reconnecting, and close the connection if it was ever opened.
+        """
+        self.detector.stop()
+        if self.pollable() is not None:
+            self.close()

@@ -1,0 +1,110 @@
+"""
+Tests of preparing a database against a real PostgreSQL: the schema and
+its rollup trigger, applied idempotently; nodes starting together take
+turns; blipserver's own databases are recognised.
+"""
+
+import io
+
+import pytest_twisted
+from twisted.internet.defer import Deferred, gatherResults
+
+from blip.db.layouts import ORIGINAL_MULTI, SCHEMA_VERSION
+from blip.db.pool import Pool
+from blip.db.readings import Readings
+from blip.db.schema import Schema, schema_sql
+from blip.model import Point
+from tests import originals
+from tests.originals import HOUR, MULTI, assert_rollups_match
+
+T0 = 1_700_000_000_000 - 1_700_000_000_000 % HOUR
+
+
+@pytest_twisted.ensureDeferred
+async def test_schema_has_the_originals_tables_and_is_idempotent(store, database) -> None:
+    """
+    The schema creates the original's tables and views with their columns,
+    and applying it again changes nothing.
+    """
+    await store.insert([Point(1, T0, 1000)])
+    await Schema(store.pool).apply()
+    columns = database.sql(
+        "SELECT table_name, string_agg(column_name, ',' ORDER BY ordinal_position)"
+        "  FROM information_schema.columns WHERE table_schema = 'public'"
+        " GROUP BY 1 ORDER BY 1"
+    )
+    assert dict(columns) == {
+        "blip_schema": "version,applied,note",
+        "ingest_periods": "node,started,alive_at,ended,end_reason",
+        "meters": "id,label,description,pulses_per_kwh,multiplier,price_per_kwh,currency,timezone",
+        "readings": "id,stamp,ms",
+        "readings_hourly": "id,stamp,events,sum_ms,min_ms,max_ms",
+        "readings_minutely": "id,stamp,events,sum_ms,min_ms,max_ms",
+        "usage_hourly": "id,stamp,wh,min_ms,max_ms,events",
+        "usage_minutely": "id,stamp,wh,min_ms,max_ms,events",
+    }
+    assert originals.rollups(database.sql, "readings_hourly") == [(1, T0, 1, 1000, 1000, 1000)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_rows_copied_in_by_another_writer_are_rolled_up(store, database) -> None:
+    """
+    Rows written by COPY (as ``psql \\copy`` does) reach the rollups too.
+    """
+    import psycopg2
+
+    await store.insert([Point(1, T0, 100)])
+    connection = psycopg2.connect(database.dsn)
+    try:
+        with connection, connection.cursor() as cursor:
+            data = "".join(f"1\t{T0 + i * 1000}\t{200 + i}\n" for i in range(1, 50))
+            cursor.copy_expert("COPY readings (id, stamp, ms) FROM STDIN", io.StringIO(data))
+    finally:
+        connection.close()
+    assert_rollups_match(database.sql)
+
+
+@pytest_twisted.ensureDeferred
+async def test_nodes_starting_together_take_turns(database) -> None:
+    """
+    Two nodes preparing the same original database at once: one upgrades
+    it, the other then finds it current.
+    """
+    from twisted.internet import reactor
+
+    originals.build(database.dsn, MULTI)
+    originals.fill(database.dsn, MULTI, 3000)
+    pools = [Pool(database.dsn, 1, reactor) for _ in range(2)]
+    await gatherResults([p.start() for p in pools])
+    try:
+        outcomes = await gatherResults(
+            [Deferred.fromCoroutine(Schema(p).apply()) for p in pools]
+        )
+    finally:
+        for p in pools:
+            p.close()
+    assert sorted(o.before for o in outcomes) == [ORIGINAL_MULTI, SCHEMA_VERSION]
+    assert_rollups_match(database.sql)
+
+
+def core_schema(database) -> None:
+    """
+    Lay out a database as blipserver did before it recorded schema
+    versions (and before its meters table).
+    """
+    originals.execute(database.dsn, schema_sql() + "DROP TABLE blip_schema; DROP TABLE meters;")
+
+
+@pytest_twisted.ensureDeferred
+async def test_blipservers_database_without_a_version_is_recognised(raw_pool, database) -> None:
+    """
+    A database blipserver made before versions were recorded is its own:
+    its version is recorded and no row changes.
+    """
+    core_schema(database)
+    await Readings(raw_pool).insert([Point(1, T0 + i * 1000, 1000) for i in range(100)])
+    rows = originals.rollups(database.sql, "readings_hourly")
+    outcome = await Schema(raw_pool).apply()
+    assert (outcome.before, outcome.notes) == (SCHEMA_VERSION, ("recorded its version",))
+    assert originals.rollups(database.sql, "readings_hourly") == rows
+    assert database.sql("SELECT version FROM blip_schema") == [(SCHEMA_VERSION,)]

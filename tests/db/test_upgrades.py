@@ -1,0 +1,212 @@
+"""
+Tests of the upgrade steps against a real PostgreSQL: the original
+blipserver's layouts, built and filled through their own per-row trigger,
+are upgraded in place and answer every legacy route as before; a step
+PostgreSQL refuses changes nothing.
+"""
+
+import json
+import uuid
+
+import psycopg2
+import pytest
+import pytest_twisted
+
+from blip.db.layouts import ORIGINAL_MULTI, ORIGINAL_SINGLE, SCHEMA_VERSION
+from blip.db.pool import Pool
+from blip.db.readings import Readings
+from blip.db.schema import Schema
+from blip.meters import Meters
+from blip.model import Point
+from tests import originals
+from tests.conftest import TIMEOUT, eventually, open_site
+from tests.db.test_schema import core_schema
+from tests.originals import (
+    HOUR,
+    MINUTE,
+    MULTI,
+    SINGLE_WITH_MINUTES,
+    T0,
+    assert_rollups_match,
+)
+
+#: Readings per meter in the layouts built here: about 12 hours.
+ROWS = 12_000
+#: The time the relative routes are asked at: the end of the data.
+NOW = T0 + ROWS * 3700
+
+
+async def answers(pool: Pool, paths: list[str]) -> dict[str, object]:
+    """
+    Ask blipserver's legacy API, on a real port, every path.
+
+    :return: each path's decoded JSON answer.
+    """
+    site = open_site(Readings(pool), Meters(), now=NOW / 1000, longpoll_timeout=5.0, max_waiters=10)
+    found = {}
+    try:
+        for path in paths:
+            code, _, body = await site.get(path)
+            assert code == 200, (path, body)
+            found[path] = json.loads(body)
+    finally:
+        await site.close()
+    return found
+
+
+def triggers(database) -> list[tuple]:
+    """:return: the triggers on readings, with their functions."""
+    return database.sql(
+        "SELECT tgname, tgfoid::regproc::text FROM pg_trigger"
+        " WHERE tgrelid = 'readings'::regclass AND NOT tgisinternal"
+    )
+
+
+@pytest.mark.parametrize("layout", originals.LAYOUTS)
+@pytest_twisted.ensureDeferred
+async def test_original_layout_is_upgraded_in_place(layout, raw_pool, database, log_events) -> None:
+    """
+    A database laid out as the original's (multi-meter, single-meter, and
+    single-meter with minute rollups), filled through its per-row trigger,
+    is upgraded in one step: every legacy route then answers with the same
+    data as the original's tables gave; both rollups equal a recount; only
+    blipserver's trigger remains, so new rows are counted once; privileges
+    on the views carry over; and preparing it again changes nothing.
+    """
+    originals.build(database.dsn, layout)
+    originals.fill(database.dsn, layout, ROWS)
+    reader = "reader_" + uuid.uuid4().hex[:8]
+    database.sql(f"CREATE ROLE {reader}")
+    try:
+        database.sql(f"GRANT SELECT ON usage_hourly TO {reader}")
+        before = originals.original_answers(database.sql, layout, NOW, ROWS)
+
+        outcome = await Schema(raw_pool).apply()
+
+        assert outcome.before == (ORIGINAL_MULTI if layout == MULTI else ORIGINAL_SINGLE)
+        after = await answers(raw_pool, [route.path for route in before])
+        for route in before:
+            assert after[route.path] == route.answer, route.path
+        assert len(before) >= (18 if layout == MULTI else 17)
+        assert all(route.answer for route in before)
+        assert_rollups_match(database.sql)
+        assert triggers(database) == [("blip_rollup", "blip_rollup")]
+        assert database.sql("SELECT count(*) FROM pg_proc WHERE proname = 'do_monthly_aggregate'") == [(0,)]
+        assert database.sql(
+            "SELECT data_type FROM information_schema.columns"
+            " WHERE table_name = 'readings_hourly' AND column_name = 'sum_ms'"
+        ) == [("bigint",)]
+        assert database.sql("SELECT has_table_privilege(%s, 'usage_hourly', 'SELECT')", (reader,)) == [(True,)]
+        notes = database.sql("SELECT version, note FROM blip_schema")
+        assert notes == [(SCHEMA_VERSION, f"upgraded from the original {'multi' if layout == MULTI else 'single'}-meter layout")]
+        logged = [e for e in log_events if "upgraded the database in place" in e.get("outcome", "")]
+        assert len(logged) == 1
+        assert "dropped the original's per-row trigger monthly_aggregate" in logged[0]["outcome"]
+
+        state = originals.snapshot(database.sql)
+        again = await Schema(raw_pool).apply()
+        assert (again.before, again.notes) == (SCHEMA_VERSION, ())
+        assert originals.snapshot(database.sql) == state
+
+        end = T0 + ROWS * 3700
+        await Readings(raw_pool).insert([Point(1, end + i * 1000, 1000) for i in range(1, 100)] + [Point(7, end, 5)])
+        assert_rollups_match(database.sql)
+    finally:
+        database.sql(f"DROP OWNED BY {reader}")
+        database.sql(f"DROP ROLE {reader}")
+
+
+@pytest_twisted.ensureDeferred
+async def test_history_and_hours_cut_in_another_time_zone(raw_pool, database) -> None:
+    """
+    Rollup rows older than a meter's first reading (their readings deleted
+    to save space) are kept as they were; hours the original cut in a time
+    zone half an hour off UTC are recomputed on UTC hours.
+    """
+    originals.build(database.dsn, SINGLE_WITH_MINUTES)
+    originals.fill(database.dsn, SINGLE_WITH_MINUTES, 4000, timezone="Asia/Kolkata")
+    database.sql("DELETE FROM readings WHERE stamp < %s", (T0 + 3 * HOUR,))
+    first = database.sql("SELECT min(stamp) FROM readings")[0][0]
+    kept_hours = database.sql(
+        "SELECT 1, stamp, events, sum_ms, min_ms, max_ms FROM readings_hourly"
+        " WHERE stamp + 3600000 <= %s ORDER BY stamp", (first,)
+    )
+    assert kept_hours and all(row[1] % HOUR == 30 * MINUTE for row in kept_hours)
+
+    outcome = await Schema(raw_pool).apply()
+
+    assert f"kept {len(kept_hours)} rows of readings_hourly older than the first reading" in outcome.notes
+    hourly = originals.rollups(database.sql, "readings_hourly")
+    assert hourly[: len(kept_hours)] == kept_hours
+    assert hourly[len(kept_hours):] == originals.recount(database.sql, HOUR)
+    assert all(row[1] % HOUR == 0 for row in hourly[len(kept_hours):])
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failing_upgrade_changes_nothing(raw_pool, database) -> None:
+    """
+    When PostgreSQL refuses a step (here: a view of the user's depends on
+    the original's view), the whole upgrade is rolled back: the original's
+    trigger still keeps its rollups.
+    """
+    originals.build(database.dsn, MULTI)
+    originals.fill(database.dsn, MULTI, 500)
+    database.sql("CREATE VIEW dashboard AS SELECT stamp, wh FROM usage_hourly")
+    state = originals.snapshot(database.sql)
+    with pytest.raises(psycopg2.errors.DependentObjectsStillExist, match="dashboard"):
+        await Schema(raw_pool).apply()
+    assert originals.snapshot(database.sql) == state
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_original_database_with_both_triggers_is_repaired(raw_pool, database) -> None:
+    """
+    An original database on which blipserver's schema was applied without
+    the upgrade (both triggers then counted every new row) is upgraded:
+    the original's trigger goes and the double counts are recomputed.
+    """
+    originals.build(database.dsn, MULTI)
+    originals.fill(database.dsn, MULTI, 1000)
+    core_schema(database)
+    await Readings(raw_pool).insert([Point(1, NOW + i * 1000, 700) for i in range(50)])
+    assert originals.rollups(database.sql, "readings_hourly") != originals.recount(database.sql, HOUR)
+
+    outcome = await Schema(raw_pool).apply()
+
+    assert outcome.before == ORIGINAL_MULTI
+    assert_rollups_match(database.sql)
+    assert triggers(database) == [("blip_rollup", "blip_rollup")]
+
+
+def test_twistd_upgrades_an_original_database_and_keeps_ingesting(start_daemon, pty_meter, database) -> None:
+    """
+    ``twistd -n blip --db`` on an original multi-meter database upgrades it
+    at start with one log line, answers the legacy routes as before, and
+    stores new blips counted once.
+    """
+    import urllib.request
+
+    rows = 30_000
+    originals.build(database.dsn, MULTI)
+    originals.fill(database.dsn, MULTI, rows)
+    before = [
+        route for route in originals.original_answers(database.sql, MULTI, NOW, rows)
+        if not route.path.startswith(("/usage", "/last/1/", "/last/2/"))
+    ]
+    daemon = start_daemon("--serial", pty_meter.path, "--db", database.dsn)
+    daemon.wait_for("upgraded the database in place from the original multi-meter layout")
+    daemon.wait_for("database ready")
+    for route in before:
+        with urllib.request.urlopen(daemon.url(route.path), timeout=TIMEOUT) as answer:
+            assert json.loads(answer.read()) == route.answer, route.path
+
+    count = database.sql("SELECT count(*) FROM readings")[0][0]
+    daemon.wait_for("reading serial device")
+    pty_meter.write(b"partial\nINFO 2 Workshop\\20lights\n")
+    for _ in range(20):
+        pty_meter.write(b"1 1000\n2 2000\n")
+    assert eventually(lambda: database.sql("SELECT count(*) FROM readings")[0][0] == count + 40)
+    assert eventually(lambda: database.sql("SELECT id, description FROM meters ORDER BY id")
+                      == [(1, ""), (2, "Workshop lights")])
+    assert daemon.stop() == 0, "\n".join(daemon.output)
+    assert_rollups_match(database.sql)
