@@ -12,12 +12,14 @@ Periods are kept in memory until the database has them, so an outage of the
 database delays the record but does not lose it. While the database cannot
 record them, and when the daemon stops, they are also kept in a small file
 in the state directory (at each refresh: no disk writes for them while the
-database is fine; fsynced and atomically replaced), which the next start
-records first — a period cut short by a crash during an outage then ends at
-its last refresh, not at the last one the database saw.
+database is fine; written whole, synced and renamed into place by
+:class:`blip.common.owned.Folder`), which the next start records first — a
+period cut short by a crash during an outage then ends at its last refresh,
+not at the last one the database saw.
 """
 
 import json
+import os
 from dataclasses import astuple, dataclass, replace
 from pathlib import Path
 from typing import Callable, Optional
@@ -28,9 +30,9 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from blip.common.lifecycle import AfterReady
+from blip.common.owned import Folder, Unsafe
 from blip.common.waiting import within
 from blip.db.node_state import IngestPeriods
-from blip.ingest.statefile import replace_file
 
 #: Seconds between two refreshes of the open period's ``alive_at``: how
 #: precisely the end of a period cut short by a crash is known.
@@ -185,9 +187,11 @@ class Periods:
         if self.path is None or not self._unsaved:
             return False
         rows = [astuple(p) for p in self._unsaved.values()]
+        data = json.dumps({"node": self.node, "periods": rows}).encode()
         try:
-            replace_file(self.path, json.dumps({"node": self.node, "periods": rows}).encode())
-        except OSError as e:
+            with Folder.trusted(self.path.parent) as folder:
+                folder.write(self.path.name, data, (os.geteuid(), os.getegid()))
+        except (OSError, Unsafe) as e:
             self.log.error(
                 "cannot keep ingest periods in {path}: {why}", path=str(self.path), why=str(e)
             )

@@ -8,12 +8,13 @@ stored before a power cut).
 """
 
 import json
+import os
 from pathlib import Path
 from typing import Optional
 
 from twisted.logger import Logger
 
-from blip.ingest.statefile import replace_file
+from blip.common.owned import Folder, Unsafe
 from blip.model import INT_MAX
 
 
@@ -101,8 +102,9 @@ class Stamps:
             return
         data = json.dumps({"stamps": {str(m): s for m, s in sorted(self._last.items())}})
         try:
-            replace_file(self.path, data.encode())
-        except OSError as e:
+            with Folder.trusted(self.path.parent) as folder:
+                folder.write(self.path.name, data.encode(), (os.geteuid(), os.getegid()))
+        except (OSError, Unsafe) as e:
             if not self._failing:
                 self.log.error(
                     "cannot keep the newest stamps in {path}: {why}", path=str(self.path), why=str(e)

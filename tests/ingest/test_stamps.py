@@ -63,7 +63,7 @@ def test_the_newest_stamps_are_kept_for_the_next_run(tmp_path) -> None:
     written = path.stat().st_mtime_ns
     stamps.keep()
     assert path.stat().st_mtime_ns == written, "nothing changed, nothing written"
-    assert not path.with_name("stamps.json.new").exists()
+    assert not path.with_name(".stamps.json.new").exists()
     later = Stamps(path)
     later.load()
     assert later.next(1, 100) == 5002
