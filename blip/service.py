@@ -66,6 +66,8 @@ SPOOL = "spool"
 METERS_REFRESH = 60.0
 #: Where ingest periods not yet recorded wait over a restart, in the state dir.
 PERIODS = "ingest-periods.json"
+#: Where each meter's newest stamp is kept over a restart, in the state dir.
+STAMPS = "stamps.json"
 
 
 def make_service(options: Options, reactor: Any = None, clock: Optional[IReactorTime] = None) -> IService:
@@ -110,7 +112,7 @@ def make_service(options: Options, reactor: Any = None, clock: Optional[IReactor
     TimerService(METERS_REFRESH, meter_table.refreshing).setServiceParent(top)
 
     if options["role"] in ("all", "ingest"):
-        stamps = Stamps()
+        stamps = Stamps(options["state-dir"] / STAMPS)
         spool = Spool(options["state-dir"] / SPOOL)
         ingest = Ingest(readings, hub, stamps, clock, counters, spool, pool.when_alive)
         AfterReady(
@@ -133,10 +135,10 @@ def make_service(options: Options, reactor: Any = None, clock: Optional[IReactor
             SimulatedHistory(list(meters), readings, database.when_ready, clock).setServiceParent(top)
             SimulatorService(list(meters), factory, clock).setServiceParent(top)
         # After the source, so that a stop is recorded before the source closes.
-        PeriodsService(periods, database.when_ready, clock).setServiceParent(top)
+        PeriodsService(periods, database.when_ready, clock, stamps.keep).setServiceParent(top)
         if options["mqtt"] is not None:
             mqtt_service(
-                options["mqtt"], options["mqtt-interval"], hub, meters, readings,
+                options["mqtt"], options["mqtt-interval"], ingest, meters, readings,
                 database.when_ready, reactor, clock,
             ).setServiceParent(top)
 
@@ -145,7 +147,10 @@ def make_service(options: Options, reactor: Any = None, clock: Optional[IReactor
     if options["role"] in ("all", "web"):
         # Live points of every ingest node (an all node's own are published
         # on arrival, and not again: see blip.live.notify).
-        listener = Listener(dsn, readings, hub, reactor, counters, options["node-name"])
+        listener = Listener(
+            dsn, readings, hub, meters, reactor, counters, options["node-name"], clock,
+            meter_table.refreshing,
+        )
         AfterReady(
             "listening for live points", database.when_ready, listener.start, listener.stop
         ).setServiceParent(top)

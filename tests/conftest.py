@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import psycopg2
+import psycopg2.errors
 import pytest
 import pytest_twisted
 from twisted.internet.testing import EventLoggingObserver
@@ -167,6 +168,64 @@ def database(pg_cluster: TestCluster) -> Iterator[Database]:
             pg_cluster.sql("postgres", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         except psycopg2.OperationalError:
             pass
+
+
+class Forger:
+    """
+    A session of a role that may only read the test's database (such as the
+    read-only role the README suggests for Grafana), announcing points
+    nobody stored on the points channel.
+
+    :param database: the test's database.
+    """
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+        self.role = "reader_" + uuid.uuid4().hex[:12]
+        database.sql(f"CREATE ROLE {self.role} LOGIN")
+        database.sql(f"GRANT CONNECT ON DATABASE {database.name} TO {self.role}")
+        database.sql(f"GRANT USAGE ON SCHEMA public TO {self.role}")
+        database.sql(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {self.role}")
+        self.connection = psycopg2.connect(database.dsn)
+        self.connection.autocommit = True
+        with self.connection.cursor() as cursor:
+            cursor.execute(f"SET ROLE {self.role}")
+
+    def may_write(self) -> bool:
+        """:return: whether the role may write readings (it may not)."""
+        try:
+            with self.connection.cursor() as cursor:
+                cursor.execute("INSERT INTO readings VALUES (1, 1, 1)")
+        except psycopg2.errors.InsufficientPrivilege:
+            return False
+        return True
+
+    def notify(self, *payloads: str) -> None:
+        """Send each payload on the points channel, as ``NOTIFY`` does."""
+        from blip.db.readings import CHANNEL
+
+        with self.connection.cursor() as cursor:
+            for payload in payloads:
+                cursor.execute(f"NOTIFY {CHANNEL}, %s", (payload,))
+
+    def close(self) -> None:
+        """Disconnect and drop the role."""
+        self.connection.close()
+        self.database.sql(f"DROP OWNED BY {self.role}")
+        self.database.sql(f"DROP ROLE {self.role}")
+
+
+@pytest.fixture
+def forger(database: Database) -> Iterator[Forger]:
+    """
+    A read-only role's session on the test's database that forges
+    notifications.
+    """
+    forger = Forger(database)
+    try:
+        yield forger
+    finally:
+        forger.close()
 
 
 @pytest_twisted.async_yield_fixture
@@ -475,6 +534,53 @@ def start_daemon(daemon_env: dict[str, str]) -> Iterator:
         if daemon.process is not None and daemon.process.poll() is None:
             daemon.stop(signal.SIGKILL)
     shutil.rmtree(state, ignore_errors=True)
+
+
+class SmallFilesystem:
+    """
+    A small tmpfs of the test's own, which the test can fill up and free.
+
+    :param path: where it is mounted.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._filler = path / "filler"
+
+    def fill(self) -> None:
+        """Take every byte left (the last ones one at a time)."""
+        with open(self._filler, "ab", buffering=0) as f:
+            for size in (1 << 20, 1 << 12, 1):
+                try:
+                    while True:
+                        f.write(b"\0" * size)
+                except OSError:
+                    pass
+
+    def free(self) -> None:
+        """Give back what :meth:`fill` took."""
+        self._filler.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def small_filesystem() -> Iterator[SmallFilesystem]:
+    """
+    A tmpfs of 8 MiB mounted on a temporary folder (the tests run as root),
+    unmounted after the test.
+    """
+    folder = shared_tempdir("blip-test-fs-")
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=8m,mode=0755", "tmpfs", str(folder)],
+        capture_output=True, text=True,
+    )
+    if done.returncode != 0:
+        folder.rmdir()
+        pytest.fail(f"the tests need to mount a tmpfs, as root: {done.stderr.strip()}", pytrace=False)
+    try:
+        yield SmallFilesystem(folder)
+    finally:
+        subprocess.run(["umount", "--lazy", str(folder)], capture_output=True)
+        folder.rmdir()
 
 
 @pytest.fixture

@@ -33,6 +33,16 @@ def get(daemon, path: str) -> tuple[int, bytes]:
         return e.code, e.read()
 
 
+def metric(daemon, name: str) -> float:
+    """:return: the value of a metric without labels, from /metrics."""
+    status, body = get(daemon, "/metrics")
+    assert status == 200
+    for line in body.decode().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"no metric {name}")
+
+
 def park(daemon, path: str) -> socket.socket:
     """Open a long-poll without waiting for its answer."""
     s = socket.create_connection(("127.0.0.1", daemon.port), timeout=TIMEOUT)
