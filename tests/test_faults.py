@@ -27,7 +27,14 @@ from zope.interface import implementer
 
 from blip.ingest.writer import MAX_PENDING
 from blip.service import Options, make_service
-from tests.conftest import TIMEOUT, MeterLink, Pty, SmallFilesystem, eventually, wait_until
+from tests.conftest import (
+    TIMEOUT,
+    MeterLink,
+    Pty,
+    SmallFilesystem,
+    eventually,
+    wait_until,
+)
 from tests.ingest.test_writer import rollups_match_readings
 from tests.test_service import answer, get, metric, park
 
