@@ -129,3 +129,18 @@ CREATE TABLE IF NOT EXISTS blip_schema (
     applied BIGINT  NOT NULL,   -- unix ms
     note    TEXT    NOT NULL
 );
+
+-- Device tokens of the write API (POST /api/v1/meters/<id>/readings): each
+-- writes only its meters. The token given out is "<id>.<secret>"; only the
+-- SHA-256 of its secret is kept (a secret of 32 random bytes needs no slow
+-- hash), and it is compared in constant time. `blip token` makes, lists
+-- and revokes them.
+CREATE TABLE IF NOT EXISTS device_tokens (
+    id      TEXT      PRIMARY KEY,   -- the token's public part
+    name    TEXT      NOT NULL,      -- what it is for (the device)
+    meters  INTEGER[] NOT NULL,      -- the meters it may write
+    hash    BYTEA     NOT NULL,      -- SHA-256 of its secret
+    created BIGINT    NOT NULL,      -- unix ms
+    revoked BIGINT                   -- unix ms; NULL while it is valid
+);
+

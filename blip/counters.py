@@ -71,6 +71,11 @@ class Counters:
     notified_refused: int = 0
     #: Requests refused by --allow.
     forbidden: int = 0
+    #: Points the write API stored (new ones; those already stored are not
+    #: counted).
+    api_stored: int = 0
+    #: Write API requests refused for their token (401 and 403).
+    api_refused: int = 0
     #: Gauge: long-polls parked now.
     waiters: int = 0
     #: Gauge: points received and not yet committed to the database, in

@@ -29,6 +29,7 @@ from blip.db.pool import DatabaseService, Pool, PoolService
 from blip.db.queries import Queries
 from blip.db.readings import Readings
 from blip.db.schema import Schema, schema_sql
+from blip.db.tokens import Tokens
 from blip.db.v1 import V1Queries
 from blip.ingest.periods import Periods, PeriodsService
 from blip.ingest.spool import Spool
@@ -51,6 +52,7 @@ from blip.web.metrics import RequestMetrics, StateCollector
 from blip.web.site import QuietSite, site_root
 from blip.web.v1.live import Live, LiveService
 from blip.web.v1.routes import ApiV1
+from blip.web.v1.writes import Writes
 
 __all__ = ["Options", "makeService", "make_service"]
 
@@ -170,7 +172,13 @@ def make_service(options: Options, reactor: Any = None, clock: Optional[IReactor
         root = site_root(
             HotRoutes(hub, latest, meters, clock, options["longpoll-timeout"], reactor),
             LegacyApi(LegacyQueries(read_pool), clock, STATIC),
-            ApiV1(V1Queries(read_pool), latest, live, meters, clock),
+            ApiV1(
+                V1Queries(read_pool), latest, live, meters, clock,
+                Writes(
+                    Tokens(pool), readings, hub, counters, clock,
+                    lambda meter: meter_table.notice(meter, "through the write API"),
+                ),
+            ),
             Operations(health, registry),
             RequestMetrics(registry),
             Rules(options["allow"], options["trusted-proxy"]),

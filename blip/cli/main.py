@@ -9,21 +9,27 @@ database beside the daemon, or without it.
     blip rollups check   [--meter ID] [--from MS] [--to MS]
     blip import FILE.csv --meter ID                FILE may be - for standard input
     blip export --meter ID [--from MS] [--to MS]   CSV on standard output
+    blip token create --meter ID [--meter ID ...] --name NAME   prints a new token once
+    blip token list
+    blip token revoke TOKEN-ID
 
 Each finds the database as the daemon does: ``--db`` or ``BLIP_DB``, else
 the embedded cluster under ``--state-dir`` (``BLIP_STATE_DIR``, ``./var``),
 which a daemon must be running. Commands that write (``upgrade``,
-``import``, ``rollups rebuild``) first prepare the database exactly as the
-daemon does at start (creating or upgrading its schema); those that only
-read want it prepared already. They are not the daemon: they use plain
-blocking psycopg2, and their SQL lives in :mod:`blip.db.sync_store` all the same.
+``import``, ``rollups rebuild``, ``token create``) first prepare the
+database exactly as the daemon does at start (creating or upgrading its
+schema); those that only read want it prepared already. They are not the
+daemon: they use plain blocking psycopg2, and their SQL lives in
+:mod:`blip.db.sync_store` all the same.
 """
 
 import argparse
 import os
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -35,6 +41,7 @@ from blip.common.env import env_name
 from blip.db.embedded import Cluster, EmbeddedError
 from blip.db.layouts import LAYOUTS, SCHEMA_VERSION, Refused
 from blip.db.sync_store import SyncStore
+from blip.db.tokens import new_token
 from blip.meters import default_meter
 from blip.model import INT_MAX, STAMP_MAX
 
@@ -49,6 +56,12 @@ def _meter(text: str) -> int:
     if not (text.isascii() and text.isdigit()) or int(text) > INT_MAX:
         raise argparse.ArgumentTypeError(f"not a meter id (0 to {INT_MAX}): {text!r}")
     return int(text)
+
+
+def _name(text: str) -> str:
+    if not text.strip() or len(text) > 200 or not text.isprintable():
+        raise argparse.ArgumentTypeError(f"a name of 1 to 200 printable characters, not {text[:40]!r}")
+    return text.strip()
 
 
 def _stamp(text: str) -> int:
@@ -122,6 +135,30 @@ def parser() -> argparse.ArgumentParser:
     )
     dump.add_argument("--meter", type=_meter, metavar="ID", required=True)
     dump.set_defaults(run=run_export)
+
+    tokens = commands.add_parser("token", help="make, list or revoke device tokens of the write API")
+    token_actions = tokens.add_subparsers(dest="action", required=True, metavar="ACTION")
+    create = token_actions.add_parser(
+        "create", parents=[database], help="make a token and print it (once)",
+        description="Make a device token that may write the given meters through"
+                    " POST /api/v1/meters/<id>/readings, and print it: it is shown this once"
+                    " (only its hash is stored).",
+    )
+    create.add_argument("--meter", type=_meter, metavar="ID", required=True, action="append",
+                        help="a meter it may write; repeat for several")
+    create.add_argument("--name", required=True, type=_name, help="what it is for (the device)")
+    create.set_defaults(run=run_token_create)
+    listing = token_actions.add_parser(
+        "list", parents=[database], help="list the tokens (never the tokens themselves)",
+        description="List every device token: id, name, meters, when made and revoked.",
+    )
+    listing.set_defaults(run=run_token_list)
+    revoke = token_actions.add_parser(
+        "revoke", parents=[database], help="revoke a token",
+        description="Revoke a device token: from now on it writes nothing.",
+    )
+    revoke.add_argument("id", metavar="TOKEN-ID", help="the token's id (before its dot, or as listed)")
+    revoke.set_defaults(run=run_token_revoke)
     return top
 
 
@@ -269,3 +306,52 @@ def run_export(store: SyncStore, args: Any) -> int:
     transfer.export_csv(store, args.meter, first, last, sys.stdout.buffer)
     sys.stdout.flush()
     return 0
+
+
+def _now() -> int:
+    return int(time.time() * 1000)
+
+
+def _when(ms: Optional[int]) -> str:
+    if ms is None:
+        return "-"
+    return datetime.fromtimestamp(ms / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def run_token_create(store: SyncStore, args: Any) -> int:
+    """``blip token create``."""
+    prepared(store)
+    for meter in args.meter:
+        store.note_meter(default_meter(meter))
+    made = new_token(args.name, args.meter, _now())
+    store.create_token(made)
+    print(made.token)
+    meters = ", ".join(map(str, sorted(set(args.meter))))
+    print(
+        f"blip: token {made.token.partition('.')[0]} ({args.name}) may write meter(s) {meters};"
+        " this is the only time it is shown",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def run_token_list(store: SyncStore, args: Any) -> int:
+    """``blip token list``."""
+    current(store)
+    print("id\tname\tmeters\tcreated\trevoked")
+    for row in store.tokens():
+        meters = ",".join(map(str, row.meters))
+        print(f"{row.id}\t{row.name}\t{meters}\t{_when(row.created)}\t{_when(row.revoked)}")
+    return 0
+
+
+def run_token_revoke(store: SyncStore, args: Any) -> int:
+    """``blip token revoke``."""
+    current(store)
+    ident = args.id.partition(".")[0]
+    revoked = store.revoke_token(ident, _now())
+    if revoked is None:
+        raise CommandError(f"no token {ident!r} (see blip token list)")
+    print(f"token {ident} revoked at {_when(revoked)}")
+    return 0
+

@@ -16,6 +16,7 @@ from blip.db.node_state import NOTE_METER, meter_row
 from blip.db.program import run_sync
 from blip.db.readings import METERS_WITH_READINGS
 from blip.db.schema import prepare, read_catalog
+from blip.db.tokens import CREATE, LIST, REVOKE, NewToken, TokenRow, token_row
 from blip.db.upgrades import rebuild_statements
 from blip.meters import Meter
 from blip.model import DEFAULT_METER
@@ -238,6 +239,29 @@ class SyncStore:
         with self.connection, self.connection.cursor() as cursor:
             query = cursor.mogrify(_EXPORT, (meter, first, last)).decode()
             cursor.copy_expert(f"COPY ({query}) TO STDOUT WITH (FORMAT csv, HEADER)", out)
+
+    def create_token(self, token: NewToken) -> None:
+        """
+        Store a new device token (its hash, never the token).
+        """
+        with self.connection, self.connection.cursor() as cursor:
+            cursor.execute(CREATE, token.row)
+
+    def tokens(self) -> list[TokenRow]:
+        """
+        :return: every device token, newest first.
+        """
+        return [token_row(row) for row in self._rows(LIST)]
+
+    def revoke_token(self, ident: str, now: int) -> Optional[int]:
+        """
+        Revoke a device token: from now on it authorises nothing.
+
+        :return: when it was revoked (earlier, if it already was), or None
+            when there is no such token.
+        """
+        rows = self._rows(REVOKE, (now, ident))
+        return None if not rows else int(rows[0][0])
 
     def _rows(self, statement: Any, params: Any = None) -> list[tuple[Any, ...]]:
         with self.connection, self.connection.cursor() as cursor:

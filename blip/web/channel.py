@@ -66,6 +66,15 @@ class Channel(HookedChannel):
         self._answer(400, "malformed HTTP request")
         self.loseConnection()
 
+    def refuse_body(self, status: int, message: str) -> None:
+        """
+        Refuse the request whose body is arriving (413: too large, see
+        :mod:`blip.web.body`): answer in JSON at once, then read and throw
+        away the rest, as after a 414, and close.
+        """
+        self._answer(status, message)
+        self._drained = 0
+
     def _drain(self, data: bytes) -> None:
         assert self._drained is not None
         # TCP and TLS transports have it; ITransport does not declare it.

@@ -29,3 +29,10 @@ ENERGY_ROWS = 10_000
 GAP_ROWS = 10_000
 #: The longest ``min_gap`` of the gaps, in ms.
 MAX_MIN_GAP = 10**15
+#: Most bytes of a request body (the write API's batch of points); a
+#: longer one is refused with 413 before it is read whole.
+WRITE_BODY = 1 << 20
+#: Most points in one batch of the write API.
+WRITE_POINTS = 10_000
+#: Seconds a written point may be stamped ahead of this node's clock.
+WRITE_AHEAD = 300

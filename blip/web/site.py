@@ -16,7 +16,8 @@ from twisted.web.server import Request, Site
 
 from blip.counters import Counters
 from blip.web.access import Rules, protect
-from blip.web.channel import MAX_URI, Channel, TargetRequest
+from blip.web.body import CappedRequest
+from blip.web.channel import MAX_URI, Channel
 from blip.web.errors import refuse
 from blip.web.health import Operations
 from blip.web.hot import HotRoutes
@@ -111,7 +112,8 @@ class QuietSite(Site):
     # its default, a wrapper that can switch to HTTP/2 (blipserver speaks
     # HTTP/1.1).
     protocol = Channel  # type: ignore[assignment]
-    requestFactory = TargetRequest
+    # Bodies capped, in memory (see blip.web.body).
+    requestFactory = CappedRequest
 
     def log(self, request: Any) -> None:
         pass

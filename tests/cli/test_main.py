@@ -340,3 +340,42 @@ def test_commands_find_the_daemons_embedded_database(start_daemon, tmp_path) -> 
     stopped = blip("export", "--meter", "1", "--state-dir", state, command=script)
     assert stopped.returncode == 1
     assert f"cannot connect to the embedded database in {state}/pg (it runs while the daemon runs)" in stopped.stderr
+
+
+def test_tokens_are_made_listed_and_revoked(database) -> None:
+    """
+    ``blip token create`` prints a new token once (and stores only its
+    hash), ``list`` shows every token without it, ``revoke`` revokes one by
+    id (a second time changes nothing) and refuses an unknown id; bad
+    arguments are one line each.
+    """
+    made = blip("token", "create", "--meter", "3", "--meter", "4", "--name", "cellar pi", db=database.dsn)
+    assert made.returncode == 0, made.stderr
+    token = made.stdout.strip()
+    ident, _, secret = token.partition(".")
+    assert len(ident) == 12 and len(secret) == 43
+    assert f"token {ident} (cellar pi) may write meter(s) 3, 4" in made.stderr
+    rows = database.sql("SELECT id, name, meters, revoked FROM device_tokens")
+    assert rows == [(ident, "cellar pi", [3, 4], None)]
+    assert secret.encode() not in bytes(database.sql("SELECT hash FROM device_tokens")[0][0])
+    assert database.sql("SELECT id FROM meters ORDER BY id") == [(3,), (4,)]
+    listed = blip("token", "list", db=database.dsn)
+    assert listed.returncode == 0 and secret not in listed.stdout
+    header, line = listed.stdout.splitlines()
+    assert header.split("\t") == ["id", "name", "meters", "created", "revoked"]
+    assert line.split("\t")[:3] == [ident, "cellar pi", "3,4"] and line.endswith("\t-")
+    revoked = blip("token", "revoke", token, db=database.dsn)
+    assert revoked.returncode == 0 and revoked.stdout.startswith(f"token {ident} revoked at ")
+    first = database.sql("SELECT revoked FROM device_tokens")[0][0]
+    assert blip("token", "revoke", ident, db=database.dsn).stdout == revoked.stdout
+    assert database.sql("SELECT revoked FROM device_tokens")[0][0] == first
+    assert not blip("token", "list", db=database.dsn).stdout.splitlines()[1].endswith("\t-")
+    for args, status, message in (
+        (["token", "revoke", "nosuchtoken0"], 1, "no token 'nosuchtoken0'"),
+        (["token", "create", "--meter", "1"], 2, "required: --name"),
+        (["token", "create", "--name", "x"], 2, "required: --meter"),
+        (["token", "create", "--meter", "1", "--name", " "], 2, "a name of 1 to 200"),
+    ):
+        done = blip(*args, db=database.dsn)
+        assert done.returncode == status and message in done.stderr, (args, done.stderr)
+

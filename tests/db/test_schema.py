@@ -35,6 +35,7 @@ async def test_schema_has_the_originals_tables_and_is_idempotent(store, database
     )
     assert dict(columns) == {
         "blip_schema": "version,applied,note",
+        "device_tokens": "id,name,meters,hash,created,revoked",
         "ingest_periods": "node,started,alive_at,ended,end_reason",
         "meters": "id,label,description,pulses_per_kwh,multiplier,price_per_kwh,currency,timezone",
         "readings": "id,stamp,ms",

@@ -8,7 +8,7 @@ from typing import Any
 
 import blip
 from blip.meters import DAYS
-from blip.model import INT_MAX
+from blip.model import INT_MAX, STAMP_MAX
 from blip.web.answers import V1_PREFIX
 from blip.web.limits import (
     DEFAULT_PERIOD,
@@ -18,6 +18,9 @@ from blip.web.limits import (
     PERIODS,
     POWER_POINTS,
     POWER_POINTS_CAP,
+    WRITE_AHEAD,
+    WRITE_BODY,
+    WRITE_POINTS,
 )
 from blip.web.v1.live import HEARTBEAT
 from blip.web.v1.query import EARLIEST, INTEGER, LATEST, MAX_VALUE
@@ -88,6 +91,60 @@ def _time(name: str, default: str) -> dict[str, Any]:
                 {"type": "string", "format": "date-time"},
             ]
         },
+    }
+
+
+def _write() -> dict[str, Any]:
+    """
+    :return: the write API's operation.
+    """
+    return {
+        "post": {
+            "operationId": "writeReadings",
+            "summary": "Store points from a device",
+            "description": (
+                "Store a batch of the meter's points, sent by a logger elsewhere (another"
+                " blipserver forwarding its points, a device) with a token that may write the"
+                " meter (`blip token create --meter ID --name NAME`). The batch is checked"
+                f" whole before anything is stored: at most {WRITE_POINTS} points, stamps"
+                f" strictly increasing and at most {WRITE_AHEAD} s ahead of the server's clock,"
+                " ms from 1. Points already stored are skipped, so a batch sent again stores"
+                " nothing twice. Recent points reach the long-polls and live streams as if"
+                " read from a serial line; older ones are history. A body over"
+                f" {WRITE_BODY} bytes is refused (413) before it is read."
+            ),
+            "security": [{"token": []}],
+            "parameters": [_param("MeterId")],
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": _ref("Batch")},
+                    "text/csv": {
+                        "schema": {
+                            "type": "string",
+                            "description": "`stamp,ms` lines; a `stamp,ms` header is optional.",
+                        }
+                    },
+                },
+            },
+            "responses": {
+                "200": {
+                    "description": "Stored.",
+                    "content": {"application/json": {"schema": _ref("Written")}},
+                },
+                "400": _PROBLEM,
+                "401": {
+                    **_PROBLEM,
+                    "description": "No token, or one that is malformed, unknown or revoked.",
+                },
+                "403": {**_PROBLEM, "description": "A token that may not write this meter."},
+                "404": _PROBLEM,
+                "405": _PROBLEM,
+                "413": _PROBLEM,
+                "415": _PROBLEM,
+                "503": _PROBLEM,
+            },
+        }
     }
 
 
@@ -252,6 +309,33 @@ def document() -> dict[str, Any]:
             "The `data` of a `point` event.",
         ),
         "LiveSnapshot": _object({"points": {"type": "array", "items": _ref("LivePoint")}}),
+        "Batch": {
+            "type": "array",
+            "maxItems": WRITE_POINTS,
+            "description": (
+                "`[stamp, ms]` pairs: unix ms of each blink and ms since the one before, stamps"
+                " strictly increasing."
+            ),
+            "items": {
+                "type": "array",
+                "prefixItems": [
+                    {"type": "integer", "minimum": 0, "maximum": STAMP_MAX},
+                    {"type": "integer", "minimum": 1, "maximum": INT_MAX},
+                ],
+                "minItems": 2,
+                "maxItems": 2,
+            },
+        },
+        "Written": _object(
+            {
+                "stored": {"type": "integer", "minimum": 0, "description": "Points stored."},
+                "duplicates": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "Points of the batch that were stored already.",
+                },
+            }
+        ),
     }
     parameters = {
         "MeterId": {
@@ -373,7 +457,8 @@ def document() -> dict[str, Any]:
                 "application/json": {"schema": _ref("Readings")},
                 "text/csv": {"schema": {"type": "string"}},
             },
-        ),
+        )
+        | _write(),
         "/live": _get(
             "live", "Live points",
             (
@@ -430,6 +515,16 @@ def document() -> dict[str, Any]:
                 "Problem": {
                     "description": "An error.",
                     "content": {"application/problem+json": {"schema": _ref("Problem")}},
+                }
+            },
+            "securitySchemes": {
+                "token": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": (
+                        "A device token (`blip token create`), as `Authorization: Bearer"
+                        " <token>`; it writes only its meters."
+                    ),
                 }
             },
         },

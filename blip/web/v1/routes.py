@@ -1,15 +1,17 @@
 """
 The modern API under ``/api/v1``: meters with their settings and last
 point, power in W at a resolution that fits, energy and cost per calendar
-period, the gaps in the readings, every point streamed as JSON or CSV, and
-a live stream of Server-Sent Events; described by the OpenAPI document it
-serves at ``/api/v1/openapi.json``.
+period, the gaps in the readings, every point streamed as JSON or CSV, a
+live stream of Server-Sent Events, and the write API for devices with a
+token (see :mod:`blip.web.v1.writes`); described by the OpenAPI document
+it serves at ``/api/v1/openapi.json``.
 
 Times are unix ms; ranges are half-open, ``from <= t < to``. Every error is
 ``application/problem+json`` (RFC 9457) whose ``detail`` also appears as
 ``error``, as in the legacy routes' ``{"error": "..."}``.
 """
 
+from dataclasses import replace
 from functools import wraps
 from typing import Any, Awaitable, Callable, Optional
 
@@ -24,7 +26,7 @@ from twisted.web.server import Request
 from blip.db.v1 import V1Queries
 from blip.meters import Meter, Meters
 from blip.model import Point
-from blip.web.answers import V1, V1_PREFIX, dress, encode, json_body, options
+from blip.web.answers import V1, V1_PREFIX, Style, dress, encode, json_body, options
 from blip.web.errors import Busy, NotFound, answer_error
 from blip.web.latest import Latest
 from blip.web.limits import (
@@ -40,6 +42,7 @@ from blip.web.v1.live import Live
 from blip.web.v1.openapi import document
 from blip.web.v1.query import EARLIEST, Query, last_event_id
 from blip.web.v1.series import Series
+from blip.web.v1.writes import NoWrites, Writes, check_batch, read_batch
 
 PREFIX = V1_PREFIX.decode()
 #: A range without ``from`` starts this long before its end.
@@ -48,18 +51,23 @@ DEFAULT_SPAN = 86_400_000
 Handler = Callable[..., Awaitable[Any]]
 
 
-def route(app: Klein, path: str) -> Callable[[Handler], Handler]:
+#: The answers of a path that also takes POST (the write API).
+WRITABLE = replace(V1, allow=b"GET, HEAD, OPTIONS, POST")
+
+
+def route(app: Klein, path: str, style: Style = V1) -> Callable[[Handler], Handler]:
     """
     Register a route of the API at ``PREFIX + path``, answering GET and HEAD
     with what the handler returns (data as JSON; bytes or None when it
-    wrote the answer itself) and OPTIONS with the CORS headers.
+    wrote the answer itself) and OPTIONS with the CORS headers and the
+    ``Allow`` header of ``style``.
     """
 
     def register(f: Handler) -> Handler:
         @wraps(f)
         async def handler(self: Any, request: IRequest, **kwargs: str) -> Optional[bytes]:
             if request.method == b"OPTIONS":
-                return options(request, V1)
+                return options(request, style)
             dress(request, V1)
             result = await f(self, request, **kwargs)
             if result is None or isinstance(result, bytes):
@@ -105,6 +113,7 @@ class ApiV1:
     :param live: the live streams.
     :param meters: the configured meters.
     :param clock: the current time, for ranges that end now.
+    :param writes: the write API (None: this node takes no writes, 405).
     """
 
     app = Klein()
@@ -114,9 +123,16 @@ class ApiV1:
     log = Logger()
 
     def __init__(
-        self, store: V1Queries, latest: Latest, live: Live, meters: Meters, clock: IReactorTime
+        self,
+        store: V1Queries,
+        latest: Latest,
+        live: Live,
+        meters: Meters,
+        clock: IReactorTime,
+        writes: Optional[Writes] = None,
     ) -> None:
         self.store = store
+        self.writes = writes
         self.latest = latest
         self.live = live
         self.meters = meters
@@ -226,7 +242,7 @@ class ApiV1:
             "next": gaps.next,
         }
 
-    @route(app, "/meters/<meter>/readings")
+    @route(app, "/meters/<meter>/readings", WRITABLE)
     async def readings(self, request: Request, meter: str) -> Optional[bytes]:
         settings = await self.meter(meter)
         query = Query(request)
@@ -244,6 +260,19 @@ class ApiV1:
             return b""
         await Export(self.store, settings.id, first, last, csv).write_to(request)
         return None
+
+    @app.route(PREFIX + "/meters/<meter>/readings", methods=["POST"], endpoint="write_readings")
+    async def write_readings(self, request: IRequest, meter: str) -> bytes:
+        dress(request, V1)
+        if self.writes is None:
+            raise NoWrites("this node takes no writes")
+        m = meter_id(meter)
+        await self.writes.authorise(request, m)
+        media = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
+        assert request.content is not None  # a request with a body has one
+        points = read_batch(request.content.read(), media)
+        check_batch(points, self.now())
+        return json_body(request, encode(await self.writes.write(m, points)))
 
     @route(app, "/live")
     async def live_points(self, request: Request) -> Any:
