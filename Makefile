@@ -89,7 +89,10 @@ bench-queries: venv postgres $(BENCH_STAMP)
 bench-disk: venv postgres $(BENCH_STAMP)
 	@$(call BENCH_RUN,disk)
 
-bench: bench-ingest bench-fanout bench-queries bench-disk
+bench-forward: venv postgres $(BENCH_STAMP)
+	@$(call BENCH_RUN,forward)
+
+bench: bench-ingest bench-fanout bench-queries bench-disk bench-forward
 
 clean:
 	rm -rf $(VENV) var node_modules

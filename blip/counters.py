@@ -18,7 +18,7 @@ LOG_INTERVAL = 60.0
 
 #: The fields of :class:`Counters` that are current values (gauges) rather
 #: than running totals.
-GAUGES = frozenset({"waiters", "backlog"})
+GAUGES = frozenset({"waiters", "backlog", "forward_backlog"})
 
 
 @dataclass
@@ -76,11 +76,17 @@ class Counters:
     api_stored: int = 0
     #: Write API requests refused for their token (401 and 403).
     api_refused: int = 0
+    #: Points the --upstream server acknowledged (stored, or already there).
+    forwarded: int = 0
+    #: Batches the --upstream server refused or could not take.
+    forward_failures: int = 0
     #: Gauge: long-polls parked now.
     waiters: int = 0
     #: Gauge: points received and not yet committed to the database, in
     #: memory or in the spool (updated at least once per batch).
     backlog: int = 0
+    #: Gauge: points not yet acknowledged by the --upstream server.
+    forward_backlog: int = 0
 
     def as_dict(self) -> dict[str, int]:
         """

@@ -20,6 +20,7 @@ from blip.common.owned import Folder, Unsafe, user_name
 from blip.db.embedded import Cluster, EmbeddedError
 from blip.meters import Meters, MetersError
 from blip.mqtt.broker import Broker, BrokerError, parse_broker
+from blip.remote.client import UrlError, base_url, read_token
 from blip.source.relay import Relay, RelayError, is_relay, parse_relay
 from blip.web import access
 
@@ -75,6 +76,10 @@ class Options(usage.Options):
         ["db-read", None, None,
          "libpq connection string or URI of a read replica for the HTTP side's queries"
          " (live points still come from --db) [default: --db]."],
+        ["upstream", None, None,
+         "Send every point to this central blipserver's write API too (http:// or https://,"
+         " where it is served); without --db, this node keeps no database and serves no HTTP."],
+        ["token-file", None, None, "File holding the --upstream token (blip token create)."],
     ]
 
     #: Options that may be given several times; in the environment, a list
@@ -113,6 +118,35 @@ class Options(usage.Options):
         _method.__doc__ = " ".join((_method.__doc__ or "").split())
     del _method
 
+    def _remotes(self) -> None:
+        """
+        Check --upstream and --token-file, and read the token (now, while
+        the daemon may still be root).
+        """
+        #: Whether this node has a database (none: it only forwards).
+        self.database = self["db"] is not None or not self["upstream"]
+        try:
+            self["upstream"] = base_url(self["upstream"]) if self["upstream"] else None
+        except UrlError as e:
+            raise usage.UsageError(f"--upstream: {e}") from None
+        try:
+            if self["upstream"] is not None:
+                if not self["token-file"]:
+                    raise usage.UsageError("--upstream: needs --token-file (the token of blip token create)")
+                self["token-file"] = read_token(self["token-file"], "--token-file")
+            elif self["token-file"]:
+                raise usage.UsageError("--token-file: is the token of --upstream, which is not given")
+            else:
+                self["token-file"] = None
+        except UrlError as e:
+            raise usage.UsageError(str(e)) from None
+        if self["upstream"] is not None and self["role"] == "web":
+            raise usage.UsageError("--upstream: forwards what this node reads (--role all or ingest)")
+        if not self.database and self["mqtt"]:
+            raise usage.UsageError(
+                "--mqtt: counts energy from the database, and with --upstream but no --db this node has none"
+            )
+
     def postOptions(self) -> None:
         flag = self["simulate"]
         if isinstance(flag, str):
@@ -143,7 +177,7 @@ class Options(usage.Options):
         self["db"] = self["db"] or None
         if self["db"] is not None:
             _check_dsn(self["db"], "--db")
-        else:
+        elif not self["upstream"]:
             try:
                 Cluster.at(state / "pg", run_as[0] if run_as else None).check()
             except EmbeddedError as e:
@@ -161,6 +195,7 @@ class Options(usage.Options):
                 self[name] = tuple(access.network(value) for value in values)
             except ValueError as e:
                 raise usage.UsageError(f"--{name}: {e}") from None
+        self._remotes()
         self["meters"] = _meters(self["meters"])
         _check_endpoint(self["listen"])
         self["mqtt"] = _broker(self["mqtt"], self["role"])

@@ -154,11 +154,7 @@ class Database:
         return self.cluster.sql(self.name, statement, params)
 
 
-@pytest.fixture
-def database(pg_cluster: TestCluster) -> Iterator[Database]:
-    """
-    An empty database, dropped after the test.
-    """
+def _fresh_database(pg_cluster: TestCluster) -> Iterator[Database]:
     name = "t_" + uuid.uuid4().hex[:16]
     pg_cluster.sql("postgres", f"CREATE DATABASE {name}")
     try:
@@ -168,6 +164,23 @@ def database(pg_cluster: TestCluster) -> Iterator[Database]:
             pg_cluster.sql("postgres", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         except psycopg2.OperationalError:
             pass
+
+
+@pytest.fixture
+def database(pg_cluster: TestCluster) -> Iterator[Database]:
+    """
+    An empty database, dropped after the test.
+    """
+    yield from _fresh_database(pg_cluster)
+
+
+@pytest.fixture
+def other_database(pg_cluster: TestCluster) -> Iterator[Database]:
+    """
+    A second empty database (another logger's, say), dropped after the
+    test.
+    """
+    yield from _fresh_database(pg_cluster)
 
 
 class Forger:

@@ -225,6 +225,51 @@ def test_networks_and_replica(monkeypatch) -> None:
         parse(["--db-read", "dbname=replica"])
 
 
+def test_upstream(monkeypatch, tmp_path) -> None:
+    """
+    --upstream takes a server's URL and needs --token-file, whose token is
+    read at once; without --db such a node has no database (and needs no
+    PostgreSQL).
+    """
+    token = tmp_path / "token"
+    token.write_text("abc.def\n")
+    options = parse(["--db", "dbname=x"])
+    assert (options["upstream"], options["token-file"], options.database) == (None, None, True)
+    options = parse(["--upstream", "https://power.example/ajax/", "--token-file", str(token)])
+    assert (options["upstream"], options["token-file"], options.database) == (
+        "https://power.example/ajax", "abc.def", False,
+    )
+    options = parse(["--upstream", "http://central:8080", "--token-file", str(token), "--db", "dbname=x"])
+    assert options.database
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--upstream", "ftp://central"], "--upstream: expected http"),
+        (["--upstream", "http://central"], "--upstream: needs --token-file"),
+        (["--upstream", "http://central", "--token-file", "/nonexistent"], "--token-file: cannot read"),
+        (["--upstream", "http://central", "--token-file", "{token}", "--role", "web", "--db", "dbname=x"],
+         "--upstream: forwards what this node reads"),
+        (["--token-file", "{token}"], "--token-file: is the token of --upstream"),
+        (["--upstream", "http://central", "--token-file", "{token}", "--mqtt", "mqtt://b"],
+         "--mqtt: counts energy from the database"),
+    ],
+)
+def test_bad_remote_options(args: list[str], message: str, tmp_path) -> None:
+    """
+    A bad --upstream or --token-file, or one given with what it cannot go
+    with, is one clear error naming the option.
+    """
+    token = tmp_path / "token"
+    token.write_text("abc.def\n")
+    args = [arg.replace("{token}", str(token)) for arg in args]
+    if "--db" not in args and "--upstream" not in args:
+        args = [*args, "--db", "dbname=x"]
+    with pytest.raises(usage.UsageError, match=message):
+        parse(args)
+
+
 def test_a_password_in_a_bad_connection_string_is_not_repeated() -> None:
     """
     A connection string that cannot be read is refused without quoting

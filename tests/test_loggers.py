@@ -1,0 +1,273 @@
+"""
+Loggers anywhere, end to end with ``twistd -n blip`` children: a logger
+without a database forwarding every blip to a central server through a
+link the test cuts, while the central server restarts and a live client of
+it resumes; and a logger with a database forwarding too.
+"""
+
+import json
+import select
+import socket
+import threading
+import time
+from typing import Optional
+
+from tests.conftest import TIMEOUT, eventually, free_port, make_token
+
+# --- A logger forwarding to a central server ---------------------------------
+
+#: Blips a second, and for how many seconds.
+RATE, BLINKING = 50, 120
+#: When the link goes dark (s after the first blip), and for how long.
+DARK_FROM, DARK_FOR = 20, 60
+
+
+class Relay:
+    """
+    A TCP relay the test controls, in front of the central server: while
+    cut, it lets nothing through and answers nothing (connections opened
+    meanwhile are held open, silent), as a link gone dark; when the link
+    is back, what was held is closed and new connections pass.
+    """
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.cut = threading.Event()
+        self.pairs: list[tuple[socket.socket, Optional[socket.socket]]] = []
+        self.lock = threading.Lock()
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = None
+            if not self.cut.is_set():
+                try:
+                    server = socket.create_connection(("127.0.0.1", self.target), timeout=5)
+                except OSError:
+                    client.close()
+                    continue
+            with self.lock:
+                self.pairs.append((client, server))
+            if server is not None:
+                threading.Thread(target=self._pump, args=(client, server), daemon=True).start()
+
+    def _pump(self, a: socket.socket, b: socket.socket) -> None:
+        try:
+            while True:
+                ready, _, _ = select.select([a, b], [], [], 0.2)
+                if self.cut.is_set():
+                    # Dark: nothing passes; the connection dies with the link.
+                    continue
+                for source in ready:
+                    data = source.recv(65536)
+                    if not data:
+                        return
+                    (b if source is a else a).sendall(data)
+        except OSError:
+            pass
+        finally:
+            if not self.cut.is_set():
+                for s in (a, b):
+                    s.close()
+
+    def go_dark(self) -> None:
+        """Cut the link: nothing passes from now on."""
+        self.cut.set()
+
+    def restore(self) -> None:
+        """The link is back: connections held meanwhile are gone, new ones pass."""
+        with self.lock:
+            held, self.pairs = self.pairs, []
+        self.cut.clear()
+        for client, server in held:
+            for s in (client, server):
+                if s is not None:
+                    try:
+                        s.close()
+                    except OSError:
+                        pass
+
+    def close(self) -> None:
+        """Stop relaying."""
+        self._closed = True
+        self.listener.close()
+        self.restore()
+
+
+class LiveClient:
+    """
+    A live client of the central server (Server-Sent Events) in a thread
+    that, like a browser's EventSource, connects again with Last-Event-ID
+    whenever its stream ends, and records every point event.
+    """
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.events: list[tuple[int, int]] = []
+        self.connections = 0
+        self.changed = threading.Condition()
+        self._stop = False
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        while not self._stop:
+            try:
+                self._stream()
+            except OSError:
+                pass
+            time.sleep(0.2)
+
+    def _stream(self) -> None:
+        last = self.events[-1][0] if self.events else None
+        request = "GET /api/v1/live?meters=1 HTTP/1.1\r\nHost: blip\r\nAccept: text/event-stream\r\n"
+        if last is not None:
+            request += f"Last-Event-ID: {last}\r\n"
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
+            s.sendall((request + "\r\n").encode())
+            s.settimeout(60)
+            with self.changed:
+                self.connections += 1
+                self.changed.notify_all()
+            buffer = b""
+            while not self._stop:
+                data = s.recv(65536)
+                if not data:
+                    return
+                buffer += data
+                while b"\n\n" in buffer:
+                    event, buffer = buffer.split(b"\n\n", 1)
+                    self._event(event.decode())
+
+    def _event(self, text: str) -> None:
+        fields = dict(line.split(": ", 1) for line in text.splitlines() if ": " in line)
+        if fields.get("event") == "point":
+            point = json.loads(fields["data"])
+            with self.changed:
+                self.events.append((point["stamp"], point["ms"]))
+                self.changed.notify_all()
+
+    def stop(self) -> None:
+        """Stop listening."""
+        self._stop = True
+
+
+def test_a_forwarding_logger_loses_nothing(start_daemon, database, pty_meter, tmp_path) -> None:
+    """
+    A logger without a database reads blips at 50/s for two minutes and
+    forwards them to a central server through a relay the test controls.
+    The link goes dark for a minute (requests hang, time out, and the
+    points wait in the forwarder's spool) and the central daemon is
+    restarted meanwhile. Once the link is back every blip reaches the
+    central database exactly once, in order; a live client of the central
+    server, reconnecting with Last-Event-ID after the restart, has every
+    point once; and the forwarder's metrics count them.
+    """
+    central_port = free_port()
+    central_args = (
+        "--db", database.dsn, "--node-name", "central",
+        "--listen", f"tcp:{central_port}:interface=127.0.0.1",
+    )
+    central = start_daemon(*central_args, listen=False, state_dir=tmp_path / "central")
+    central.wait_for("receiving live points from the database")
+    token_file = tmp_path / "token"
+    token_file.write_text(make_token(database, [1], "meter pi") + "\n")
+    relay = Relay(central_port)
+    live = LiveClient(central_port)
+    forwarder = start_daemon(
+        "--serial", pty_meter.path, "--upstream", f"http://127.0.0.1:{relay.port}",
+        "--token-file", str(token_file), "--node-name", "meter-pi",
+        listen=False, state_dir=tmp_path / "pi", ready="reading serial device",
+    )
+    written = 0
+    stop = threading.Event()
+
+    def blink() -> None:
+        nonlocal written
+        pty_meter.write(b"partial\n")
+        deadline = time.monotonic()
+        while not stop.is_set():
+            deadline += 1 / RATE
+            time.sleep(max(0.0, deadline - time.monotonic()))
+            pty_meter.write(b"20\n")
+            written += 1
+
+    feeder = threading.Thread(target=blink, daemon=True)
+    try:
+        assert not (tmp_path / "pi" / "pg").exists()
+        forwarder.wait_for("forwarding points to")
+        began = time.monotonic()
+        feeder.start()
+
+        def at(seconds: float) -> None:
+            time.sleep(max(0.0, began + seconds - time.monotonic()))
+
+        stored = lambda: database.sql("SELECT count(*) FROM readings")[0][0]
+        assert eventually(lambda: stored() > 3 * RATE)
+        at(DARK_FROM)
+        relay.go_dark()
+        at(DARK_FROM + 15)
+        assert central.stop() == 0
+        central.start()
+        central.wait_for("receiving live points from the database")
+        at(DARK_FROM + DARK_FOR)
+        relay.restore()
+        at(BLINKING)
+        stop.set()
+        feeder.join(TIMEOUT)
+        assert eventually(lambda: stored() == written, timeout=60), (stored(), written, "\n".join(forwarder.output[-30:]))
+        rows = database.sql("SELECT stamp, ms FROM readings ORDER BY stamp")
+        assert {ms for _, ms in rows} == {20} and len(rows) == written
+        assert any("cannot write to the upstream" in line for line in forwarder.output)
+        with live.changed:
+            assert live.changed.wait_for(lambda: len(live.events) >= written - 1, TIMEOUT)
+            events = list(live.events)
+        stamps = [stamp for stamp, _ in events]
+        assert stamps == sorted(set(stamps)), "live events out of order or repeated"
+        assert set(stamps) <= {stamp for stamp, _ in rows}
+        assert stamps[-1] == rows[-1][0] and live.connections >= 2
+        # From its first event on, the live client missed nothing.
+        assert stamps == [s for s, _ in rows if s >= stamps[0]]
+        assert forwarder.stop() == 0
+        # Every blip acknowledged; a batch whose answer the dark link lost
+        # was sent again, and counted as forwarded twice.
+        counted = [line for line in forwarder.output if "counters:" in line][-1]
+        forwarded = int(counted.split("forwarded ")[1].split(",")[0])
+        assert forwarded >= written and "forward_backlog 0" in counted, counted
+    finally:
+        stop.set()
+        live.stop()
+        relay.close()
+
+
+def test_a_logger_with_a_database_forwards_too(start_daemon, database, other_database, pty_meter, tmp_path) -> None:
+    """
+    A logger with a database of its own and --upstream stores every blip
+    it reads and sends each to the central server too: both databases end
+    with the same points, once.
+    """
+    central = start_daemon("--db", database.dsn, "--node-name", "central", state_dir=tmp_path / "central")
+    central.wait_for("database ready")
+    token_file = tmp_path / "token"
+    token_file.write_text(make_token(database, [1], "logger") + "\n")
+    logger = start_daemon(
+        "--serial", pty_meter.path, "--db", other_database.dsn, "--node-name", "logger",
+        "--upstream", central.url("/"), "--token-file", str(token_file),
+        state_dir=tmp_path / "logger",
+    )
+    for line in ("forwarding points to", "reading serial device", "database ready"):
+        logger.wait_for(line)
+    pty_meter.write(b"partial\n")
+    for i in range(30):
+        pty_meter.write(b"%d\n" % (100 + i))
+    query = "SELECT stamp, ms FROM readings ORDER BY stamp"
+    own = other_database.sql
+    assert eventually(lambda: len(own(query)) == 30 and database.sql(query) == own(query))
+    assert [ms for _, ms in own(query)] == list(range(100, 130))
+    assert logger.stop() == 0
