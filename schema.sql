@@ -144,3 +144,15 @@ CREATE TABLE IF NOT EXISTS device_tokens (
     revoked BIGINT                   -- unix ms; NULL while it is valid
 );
 
+-- Stretches when this node's logger was down, filled with the points of a
+-- peer logger of the same meter (--peer, `blip repair`): one row per
+-- stretch, each repaired once, from one peer.
+CREATE TABLE IF NOT EXISTS repairs (
+    meter    INTEGER NOT NULL,
+    started  BIGINT  NOT NULL,   -- unix ms the stretch starts
+    ended    BIGINT  NOT NULL,   -- unix ms it ends
+    peer     TEXT    NOT NULL,   -- the peer's URL
+    points   INTEGER NOT NULL,   -- points stored from it
+    repaired BIGINT  NOT NULL,   -- unix ms of the repair
+    PRIMARY KEY (meter, started)
+);

@@ -80,6 +80,14 @@ class Counters:
     forwarded: int = 0
     #: Batches the --upstream server refused or could not take.
     forward_failures: int = 0
+    #: Points of --peer loggers stored where this node's logger was down.
+    repaired: int = 0
+    #: Attempts to repair a stretch that failed (the peer away, slow or
+    #: wrong); they are made again later.
+    repair_failures: int = 0
+    #: Points of a peer refused: not strictly increasing, in the future or
+    #: out of range.
+    peer_refused: int = 0
     #: Gauge: long-polls parked now.
     waiters: int = 0
     #: Gauge: points received and not yet committed to the database, in

@@ -21,6 +21,7 @@ from blip.db.embedded import Cluster, EmbeddedError
 from blip.meters import Meters, MetersError
 from blip.mqtt.broker import Broker, BrokerError, parse_broker
 from blip.remote.client import UrlError, base_url, read_token
+from blip.remote.repair import WINDOW_DAYS
 from blip.source.relay import Relay, RelayError, is_relay, parse_relay
 from blip.web import access
 
@@ -80,11 +81,14 @@ class Options(usage.Options):
          "Send every point to this central blipserver's write API too (http:// or https://,"
          " where it is served); without --db, this node keeps no database and serves no HTTP."],
         ["token-file", None, None, "File holding the --upstream token (blip token create)."],
+        ["peer-window", None, str(WINDOW_DAYS), "Days of the past repaired from --peer loggers."],
+        ["peer-token-file", None, None,
+         "File holding a bearer token sent to every --peer (for a peer behind a proxy that wants one)."],
     ]
 
     #: Options that may be given several times; in the environment, a list
     #: separated by spaces or commas.
-    lists = ("allow", "trusted-proxy")
+    lists = ("allow", "trusted-proxy", "peer")
 
     def __init__(self) -> None:
         super().__init__()
@@ -113,15 +117,23 @@ class Options(usage.Options):
         """
         self["trusted-proxy"].append(network)
 
+    def opt_peer(self, url: str) -> None:
+        """
+        Another blipserver reading the same meter (http:// or https://, where
+        it is served): this node's stretches when its logger was down are
+        filled with the peer's points; repeat for several.
+        """
+        self["peer"].append(url)
+
     # --help prints an option's docstring as it is written: one line each.
-    for _method in (opt_allow, opt_trusted_proxy):
+    for _method in (opt_allow, opt_trusted_proxy, opt_peer):
         _method.__doc__ = " ".join((_method.__doc__ or "").split())
     del _method
 
     def _remotes(self) -> None:
         """
-        Check --upstream and --token-file, and read the token (now, while
-        the daemon may still be root).
+        Check --upstream, --token-file, --peer and their company, and read
+        the tokens (now, while the daemon may still be root).
         """
         #: Whether this node has a database (none: it only forwards).
         self.database = self["db"] is not None or not self["upstream"]
@@ -129,6 +141,11 @@ class Options(usage.Options):
             self["upstream"] = base_url(self["upstream"]) if self["upstream"] else None
         except UrlError as e:
             raise usage.UsageError(f"--upstream: {e}") from None
+        try:
+            self["peer"] = tuple(base_url(url) for url in self["peer"] or _env_list("peer"))
+        except UrlError as e:
+            raise usage.UsageError(f"--peer: {e}") from None
+        self["peer-window"] = _days(self["peer-window"], "--peer-window")
         try:
             if self["upstream"] is not None:
                 if not self["token-file"]:
@@ -138,14 +155,27 @@ class Options(usage.Options):
                 raise usage.UsageError("--token-file: is the token of --upstream, which is not given")
             else:
                 self["token-file"] = None
+            if self["peer-token-file"]:
+                if not self["peer"]:
+                    raise usage.UsageError("--peer-token-file: is the token of --peer, which is not given")
+                self["peer-token-file"] = read_token(self["peer-token-file"], "--peer-token-file")
+            else:
+                self["peer-token-file"] = None
         except UrlError as e:
             raise usage.UsageError(str(e)) from None
         if self["upstream"] is not None and self["role"] == "web":
             raise usage.UsageError("--upstream: forwards what this node reads (--role all or ingest)")
-        if not self.database and self["mqtt"]:
-            raise usage.UsageError(
-                "--mqtt: counts energy from the database, and with --upstream but no --db this node has none"
-            )
+        if self["peer"] and self["role"] == "web":
+            raise usage.UsageError("--peer: repairs the outages of this node's logger (--role all or ingest)")
+        if not self.database:
+            for name, why in (
+                ("peer", "repairs this node's database"),
+                ("mqtt", "counts energy from the database"),
+            ):
+                if self[name]:
+                    raise usage.UsageError(
+                        f"--{name}: {why}, and with --upstream but no --db this node has none"
+                    )
 
     def postOptions(self) -> None:
         flag = self["simulate"]
@@ -189,7 +219,7 @@ class Options(usage.Options):
             if self["role"] == "ingest":
                 raise usage.UsageError("--db-read: an ingest node serves no queries")
             _check_dsn(self["db-read"], "--db-read")
-        for name in self.lists:
+        for name in ("allow", "trusted-proxy"):
             values = self[name] or _env_list(name)
             try:
                 self[name] = tuple(access.network(value) for value in values)
@@ -234,6 +264,16 @@ def _seconds(value: Any, option: str) -> float:
     if not 0 <= seconds < 1e9:
         raise usage.UsageError(f"{option}: must be 0 or more seconds, not {value}")
     return seconds
+
+
+def _days(value: Any, option: str) -> float:
+    try:
+        days = float(str(value).strip())
+    except ValueError:
+        raise usage.UsageError(f"{option}: not a number of days: {value!r}") from None
+    if not 0 < days <= 36_500:
+        raise usage.UsageError(f"{option}: must be more than 0 and at most 36500 days, not {value}")
+    return days
 
 
 def _meters(path: Optional[str]) -> Meters:

@@ -41,6 +41,7 @@ from blip.live.notify import Listener
 from blip.mqtt.service import mqtt_service
 from blip.options import TwistdOptions as Options
 from blip.remote.client import Client
+from blip.remote.repair import Repairer, RepairService
 from blip.remote.upstream import RETRIABLE as UPSTREAM_RETRIABLE
 from blip.remote.upstream import UPSTREAM_SPOOL, Copies, Forwarding, Upstream
 from blip.source.arduino import MeterFactory
@@ -130,9 +131,22 @@ def make_service(options: Options, reactor: Any = None, clock: Optional[IReactor
             forward = _forwarding(options, reactor, clock, counters, Hub(), stamps, top)
             ingest.observe(Copies(forward))
         periods = Periods(IngestPeriods(pool), options["node-name"], clock, options["state-dir"] / PERIODS)
+        opened = periods.opened
+        if options["peer"]:
+            peers = [Client(reactor, url, options["peer-token-file"]) for url in options["peer"]]
+            repairs = RepairService(
+                Repairer(peers, pool, counters, clock), lambda: [m.id for m in meters],
+                options["peer-window"] * 86_400, database.when_ready, clock,
+            )
+            repairs.setServiceParent(top)
+
+            def opened() -> None:
+                periods.opened()
+                repairs.outage_ended()
+
         factory = MeterFactory(
             meter_table.noticing(ingest.receive), stamps, clock, counters, meter_table.describe,
-            opened=periods.opened, lost=periods.lost,
+            opened=opened, lost=periods.lost,
         )
         _source(options, reactor, clock, counters, factory, top)
         if options["simulate"]:

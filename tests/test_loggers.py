@@ -1,8 +1,9 @@
 """
-Loggers anywhere, end to end with ``twistd -n blip`` children: a logger
-without a database forwarding every blip to a central server through a
-link the test cuts, while the central server restarts and a live client of
-it resumes; and a logger with a database forwarding too.
+Loggers anywhere, end to end with ``twistd -n blip`` children: two loggers
+of one meter, each with its own pty and database, that repair each other's
+outages; and a logger without a database forwarding every blip to a
+central server through a link the test cuts, while the central server
+restarts and a live client of it resumes.
 """
 
 import json
@@ -10,9 +11,161 @@ import select
 import socket
 import threading
 import time
-from typing import Optional
+from pathlib import Path
+from typing import Callable, Optional
 
-from tests.conftest import TIMEOUT, eventually, free_port, make_token
+from tests.conftest import TIMEOUT, eventually, free_port, make_token, open_pty
+from tests.test_service import get
+
+# --- Two loggers of one meter repairing each other ----------------------------
+
+#: ms between blinks: the two loggers' stamps of one blink differ by tens
+#: of ms, far less than half of this.
+BLINK = 400
+#: How far the second logger's clock is behind the first's (ms).
+OFFSET = 45
+
+
+def clock_behind(folder: Path, ms: int) -> dict[str, str]:
+    """
+    :return: the environment of a daemon whose clock (``time.time``, which
+        the reactor's is) runs ``ms`` behind this machine's, through a
+        ``sitecustomize`` module in ``folder``.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sitecustomize.py").write_text(
+        "import time\n"
+        "_time = time.time\n"
+        f"time.time = lambda: _time() - {ms / 1000!r}\n"
+    )
+    return {"PYTHONPATH": str(folder)}
+
+
+class Pair:
+    """
+    Feeds the same blink sequence to two ptys from a thread, skipping a
+    pty whose logger is down (as a USB Arduino's lines are lost while
+    nothing reads them).
+    """
+
+    def __init__(self, ptys: list) -> None:
+        self.ptys = ptys
+        self.up = [True, True]
+        self.written: list[int] = []
+        self.lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        """Begin blinking."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop blinking, after the blink under way."""
+        self._stop.set()
+        self._thread.join(TIMEOUT)
+
+    def _run(self) -> None:
+        count = 0
+        deadline = time.monotonic()
+        while not self._stop.is_set():
+            ms = BLINK + (count % 5) * 10
+            deadline += ms / 1000
+            time.sleep(max(0.0, deadline - time.monotonic()))
+            line = b"%d\n" % ms
+            with self.lock:
+                self.written.append(ms)
+                up = list(self.up)
+            for pty, listening in zip(self.ptys, up):
+                if listening:
+                    pty.write(line)
+            count += 1
+
+
+def test_two_loggers_repair_each_others_outages(start_daemon, database, other_database, tmp_path) -> None:
+    """
+    Two daemons read the same blink sequence, each from its own pty, into
+    their own databases, each the other's --peer; the second one's clock
+    is 45 ms behind the first's. Each is
+    stopped for a while at a different time (its lines then lost, and the
+    first line after it opens its device again dropped). Afterwards each
+    database holds every blink exactly once — no blink of either edge of
+    an outage twice, none missing — its energy is the blinks written, and
+    /gaps names the peer where the outage was.
+    """
+    other = other_database
+    ptys = [open_pty(), open_pty()]
+    ports = [free_port(), free_port()]
+    daemons = []
+    try:
+        for i, (name, db) in enumerate((("a", database), ("b", other))):
+            daemons.append(start_daemon(
+                "--serial", ptys[i].path, "--db", db.dsn, "--node-name", name,
+                "--listen", f"tcp:{ports[i]}:interface=127.0.0.1",
+                "--peer", f"http://127.0.0.1:{ports[1 - i]}/",
+                listen=False, state_dir=tmp_path / name,
+                env=clock_behind(tmp_path / "clock", OFFSET) if i else None,
+            ))
+        for daemon in daemons:
+            daemon.wait_for("reading serial device")
+        for pty in ptys:
+            pty.write(b"partial\n")
+        feeder = Pair(ptys)
+        feeder.start()
+        for i in (0, 1):
+            time.sleep(3.0)
+            with feeder.lock:
+                feeder.up[i] = False
+            assert daemons[i].stop() == 0
+            time.sleep(2.5)
+            daemons[i].start()
+            daemons[i].wait_for("reading serial device")
+            with feeder.lock:
+                feeder.up[i] = True
+        time.sleep(3.0)
+        feeder.stop()
+        written = list(feeder.written)
+        sums = [sum(written), len(written)]
+
+        def settled(sql: Callable) -> bool:
+            return sql("SELECT coalesce(sum(ms), 0), count(*) FROM readings")[0] == tuple(sums)
+
+        for sql, daemon in zip((database.sql, other.sql), daemons):
+            assert eventually(lambda: settled(sql), timeout=60), (
+                sql("SELECT sum(ms), count(*) FROM readings"), sums, "\n".join(daemon.output[-40:])
+            )
+            rows = sql("SELECT stamp, ms FROM readings ORDER BY stamp")
+            assert [ms for _, ms in rows] == written
+            # Each blink once: stamps follow the blinks' intervals, never
+            # two stamps of one blink tens of ms apart.
+            steps = [b[0] - a[0] - b[1] for a, b in zip(rows, rows[1:])]
+            assert max(map(abs, steps)) < BLINK / 2, steps
+            assert sql("SELECT sum(events) FROM readings_hourly")[0][0] == len(written)
+            assert sql("SELECT count(*) FROM repairs")[0][0] == 1
+        # The clocks were as far apart as meant: a blink both loggers saw
+        # is stamped 45 ms earlier by the second.
+        apart = [
+            a - b for (a,), (b,) in zip(
+                database.sql("SELECT stamp FROM readings ORDER BY stamp"),
+                other.sql("SELECT stamp FROM readings ORDER BY stamp"),
+            )
+        ]
+        assert OFFSET - 15 < sorted(apart)[len(apart) // 2] < OFFSET + 15, apart
+        for i, daemon in enumerate(daemons):
+            status, body = get(daemon, "/api/v1/meters/1/gaps?min_gap=1000")
+            gaps = json.loads(body)
+            peer = f"http://127.0.0.1:{ports[1 - i]}"
+            assert [r["peer"] for r in gaps["repairs"]] == [peer]
+            assert all(g["kind"] != "logger_down" for g in gaps["gaps"]), gaps
+        for daemon in daemons:
+            assert daemon.stop() == 0
+    finally:
+        for pty in ptys:
+            pty.close()
+        for daemon in daemons:
+            if daemon.process is not None and daemon.process.poll() is None:
+                daemon.stop()
+
 
 # --- A logger forwarding to a central server ---------------------------------
 

@@ -12,15 +12,17 @@ database beside the daemon, or without it.
     blip token create --meter ID [--meter ID ...] --name NAME   prints a new token once
     blip token list
     blip token revoke TOKEN-ID
+    blip repair --peer URL [--peer URL ...] --from MS --to MS [--meter ID] [--token-file FILE]
 
 Each finds the database as the daemon does: ``--db`` or ``BLIP_DB``, else
 the embedded cluster under ``--state-dir`` (``BLIP_STATE_DIR``, ``./var``),
 which a daemon must be running. Commands that write (``upgrade``,
-``import``, ``rollups rebuild``, ``token create``) first prepare the
-database exactly as the daemon does at start (creating or upgrading its
-schema); those that only read want it prepared already. They are not the
-daemon: they use plain blocking psycopg2, and their SQL lives in
-:mod:`blip.db.sync_store` all the same.
+``import``, ``rollups rebuild``, ``token create``, ``repair``) first
+prepare the database exactly as the daemon does at start (creating or
+upgrading its schema); those that only read want it prepared already. They
+are not the daemon: they use plain blocking psycopg2, and their SQL lives
+in :mod:`blip.db.sync_store` all the same; ``repair`` alone runs the
+daemon's own repair (:mod:`blip.remote.repair`) on a reactor of its own.
 """
 
 import argparse
@@ -37,6 +39,7 @@ import psycopg2
 import psycopg2.extensions
 
 from blip.cli import rollups, transfer
+from blip.cli.repair import repair_once
 from blip.common.env import env_name
 from blip.db.embedded import Cluster, EmbeddedError
 from blip.db.layouts import LAYOUTS, SCHEMA_VERSION, Refused
@@ -44,6 +47,7 @@ from blip.db.sync_store import SyncStore
 from blip.db.tokens import new_token
 from blip.meters import default_meter
 from blip.model import INT_MAX, STAMP_MAX
+from blip.remote.client import UrlError, base_url, read_token
 
 
 class CommandError(Exception):
@@ -159,6 +163,22 @@ def parser() -> argparse.ArgumentParser:
     )
     revoke.add_argument("id", metavar="TOKEN-ID", help="the token's id (before its dot, or as listed)")
     revoke.set_defaults(run=run_token_revoke)
+
+    repair = commands.add_parser(
+        "repair", parents=[database], help="fill gaps with a peer logger's points, once",
+        description="Fill the stretches of --from to --to when no logger of this database was"
+                    " listening (and those before its first record of ingest: history) with the"
+                    " points of a peer blipserver reading the same meter, as the daemon's --peer"
+                    " does; stretches repaired before are left alone.",
+    )
+    repair.add_argument("--peer", metavar="URL", required=True, action="append",
+                        help="the peer (http:// or https://, where it is served); repeat to try several")
+    repair.add_argument("--token-file", metavar="FILE", help="a bearer token sent to the peers")
+    repair.add_argument("--from", dest="first", metavar="MS", type=_stamp, required=True)
+    repair.add_argument("--to", dest="last", metavar="MS", type=_stamp, required=True)
+    repair.add_argument("--meter", type=_meter, metavar="ID", action="append",
+                        help="only this meter; repeat for several [default: every meter]")
+    repair.set_defaults(run=run_repair)
     return top
 
 
@@ -355,3 +375,27 @@ def run_token_revoke(store: SyncStore, args: Any) -> int:
     print(f"token {ident} revoked at {_when(revoked)}")
     return 0
 
+
+def run_repair(store: SyncStore, args: Any) -> int:
+    """``blip repair``."""
+    prepared(store)
+    if args.first >= args.last:
+        raise CommandError("--from must be before --to")
+    try:
+        peers = [base_url(url) for url in args.peer]
+    except UrlError as e:
+        raise CommandError(f"--peer: {e}") from None
+    try:
+        token = None if args.token_file is None else read_token(args.token_file, "--token-file")
+    except UrlError as e:
+        raise CommandError(str(e)) from None
+    meters = args.meter or store.meter_ids()
+    dsn, _ = dsn_of(args)
+    outcome = repair_once(dsn, peers, token, meters, args.first, args.last)
+    for problem in outcome.problems:
+        print(f"blip: cannot repair {problem}", file=sys.stderr)
+    print(
+        f"{outcome.repaired} stretches repaired, {outcome.points} points stored;"
+        f" {outcome.failed} stretches could not be repaired"
+    )
+    return 0 if outcome.done else 1

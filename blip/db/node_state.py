@@ -95,7 +95,8 @@ class IngestSpan(NamedTuple):
 class IngestPeriods:
     """
     The rows of the ingest periods table: written by ingest, read for the
-    gaps of ``/api/v1`` (see :mod:`blip.ingest.downtime`).
+    gaps of ``/api/v1`` and for the repair of gaps from a peer (see
+    :mod:`blip.ingest.downtime`).
 
     :param pool: the connections to run statements on.
     """

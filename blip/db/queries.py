@@ -2,7 +2,7 @@
 What every set of queries on the readings shares: the pool it runs on,
 whether the database answers, the newest points (which the legacy routes,
 ``/api/v1``, the live stream and ingest all ask for), a meter's points a
-page at a time, and running a
+page at a time (``/api/v1`` and the repair of gaps), and running a
 statement the planner misprices without JIT compilation.
 
 Parameters are always bound by the driver. Stamps and widths are cast to

@@ -2,23 +2,26 @@
 When a logger was listening, and when none was: the record of ingest
 periods (see :mod:`blip.ingest.periods`) turned into the stretches of a
 range when ingest ran with its source open (``idle``, for a silence of the
-meter), when none did (``logger_down``), and before the first record of
-ingest (``unknown``).
+meter), when none did (``logger_down``), before the first record of ingest
+(``unknown``), and when this node's logger was down but a peer logger's
+points fill the stretch (``repaired``, see :mod:`blip.remote.repair`).
 
-The gaps of ``/api/v1`` classify the silences of a meter this way.
+The gaps of ``/api/v1`` classify the silences of a meter this way; the
+repair of gaps from a peer looks for the ``logger_down`` stretches.
 """
 
 from dataclasses import dataclass, replace
 from typing import Iterable, Optional, Sequence
 
 from blip.db.node_state import IngestPeriods
+from blip.db.repairs import Repair
 from blip.ingest.periods import ALIVE_INTERVAL
 
 #: An open period of ingest refreshed this recently is of a node that runs:
 #: it lasts until now.
 FRESH = int(2.5 * ALIVE_INTERVAL * 1000)
 
-LOGGER_DOWN, IDLE, UNKNOWN = "logger_down", "idle", "unknown"
+LOGGER_DOWN, IDLE, UNKNOWN, REPAIRED = "logger_down", "idle", "unknown", "repaired"
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,12 +32,16 @@ class Stretch:
     :param start: when it starts.
     :param end: when it ends.
     :param kind: ``logger_down`` when no ingest was listening, ``idle`` when
-        one was, ``unknown`` before the first record of ingest.
+        one was, ``unknown`` before the first record of ingest,
+        ``repaired`` when no ingest was listening and a peer's points fill
+        the stretch.
+    :param peer: the peer of a ``repaired`` stretch.
     """
 
     start: int
     end: int
     kind: str
+    peer: Optional[str] = None
 
 
 class Downtime:
@@ -123,3 +130,34 @@ def unrecorded(parts: list[Stretch], recorded: Optional[int]) -> list[Stretch]:
             split += [Stretch(part.start, recorded, UNKNOWN), Stretch(recorded, part.end, LOGGER_DOWN)]
     return split
 
+
+def repaired(parts: list[Stretch], repairs: Sequence[Repair]) -> list[Stretch]:
+    """
+    :param parts: sorted, disjoint.
+    :param repairs: sorted by start, disjoint.
+    :return: ``parts``, with what is ``logger_down`` inside a repaired
+        stretch ``repaired``, naming its peer.
+    """
+    split: list[Stretch] = []
+    first = 0
+    for part in parts:
+        # Repairs that end before this part end before every later one.
+        while first < len(repairs) and repairs[first].end <= part.start:
+            first += 1
+        if part.kind != LOGGER_DOWN:
+            split.append(part)
+            continue
+        at = part.start
+        for repair in repairs[first:]:
+            if repair.start >= part.end:
+                break
+            lo, hi = max(repair.start, at), min(repair.end, part.end)
+            if lo >= hi:
+                continue
+            if lo > at:
+                split.append(Stretch(at, lo, LOGGER_DOWN))
+            split.append(Stretch(lo, hi, REPAIRED, repair.peer))
+            at = hi
+        if at < part.end:
+            split.append(Stretch(at, part.end, LOGGER_DOWN))
+    return split

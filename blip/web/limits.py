@@ -29,6 +29,10 @@ ENERGY_ROWS = 10_000
 GAP_ROWS = 10_000
 #: The longest ``min_gap`` of the gaps, in ms.
 MAX_MIN_GAP = 10**15
+#: The most ``limit`` of ``/readings`` (one page of points; ask again from
+#: the last stamp + 1 for more).
+READINGS_LIMIT = 100_000
+
 #: Most bytes of a request body (the write API's batch of points); a
 #: longer one is refused with 413 before it is read whole.
 WRITE_BODY = 1 << 20

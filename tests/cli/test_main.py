@@ -14,7 +14,7 @@ from pathlib import Path
 import psycopg2
 
 from tests import originals
-from tests.conftest import ROOT, TIMEOUT, eventually
+from tests.conftest import ROOT, TIMEOUT, eventually, free_port
 from tests.originals import HOUR, MINUTE, MULTI
 
 DAY = 24 * HOUR
@@ -379,3 +379,33 @@ def test_tokens_are_made_listed_and_revoked(database) -> None:
         done = blip(*args, db=database.dsn)
         assert done.returncode == status and message in done.stderr, (args, done.stderr)
 
+
+def test_repair_fills_history_from_a_peer(start_daemon, database, other_database) -> None:
+    """
+    ``blip repair`` fills what this database lacks of a range with no
+    record of ingest (history) from a peer that has every blink, each blink
+    once at both edges though the peer's stamps are 30 ms off; a peer that
+    is away fails the repair (status 1, saying why) and records nothing;
+    a second run finds the range repaired and stores nothing.
+    """
+
+    def blinks(indices, offset: int = 0) -> str:
+        return "".join(f"{T0 + i * 1000 + offset},1000\n" for i in indices)
+
+    assert blip("import", "-", "--meter", "1", stdin=blinks([*range(10), *range(21, 41)]), db=database.dsn).returncode == 0
+    assert blip("import", "-", "--meter", "1", stdin=blinks(range(41), 30), db=other_database.dsn).returncode == 0
+    span = ["--from", str(T0 - 1000), "--to", str(T0 + 41_000)]
+    away = blip("repair", "--peer", f"http://127.0.0.1:{free_port()}", *span, db=database.dsn)
+    assert away.returncode == 1 and "blip: cannot repair meter 1 from" in away.stderr, away.stderr
+    assert database.sql("SELECT count(*) FROM repairs") == [(0,)]
+    peer = start_daemon("--db", other_database.dsn, "--role", "web")
+    done = blip("repair", "--peer", "http://127.0.0.1:1", "--peer", peer.url("/"), *span, db=database.dsn)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "1 stretches repaired, 11 points stored; 0 stretches could not be repaired\n"
+    stamps = [s for (s,) in database.sql("SELECT stamp FROM readings ORDER BY stamp")]
+    assert [round((s - T0) / 1000) for s in stamps] == list(range(41))
+    assert database.sql("SELECT sum(events) FROM readings_hourly") == [(41,)]
+    again = blip("repair", "--peer", peer.url("/"), *span, db=database.dsn)
+    assert again.stdout.startswith("0 stretches repaired, 0 points stored") and again.returncode == 0
+    wrong = blip("repair", "--peer", "ftp://x", *span, db=database.dsn)
+    assert wrong.returncode == 1 and wrong.stderr.startswith("blip: error: --peer: expected http://"), wrong.stderr

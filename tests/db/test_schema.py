@@ -41,6 +41,7 @@ async def test_schema_has_the_originals_tables_and_is_idempotent(store, database
         "readings": "id,stamp,ms",
         "readings_hourly": "id,stamp,events,sum_ms,min_ms,max_ms",
         "readings_minutely": "id,stamp,events,sum_ms,min_ms,max_ms",
+        "repairs": "meter,started,ended,peer,points,repaired",
         "usage_hourly": "id,stamp,wh,min_ms,max_ms,events",
         "usage_minutely": "id,stamp,wh,min_ms,max_ms,events",
     }

@@ -18,6 +18,7 @@ from blip.web.limits import (
     PERIODS,
     POWER_POINTS,
     POWER_POINTS_CAP,
+    READINGS_LIMIT,
     WRITE_AHEAD,
     WRITE_BODY,
     WRITE_POINTS,
@@ -254,20 +255,36 @@ def document() -> dict[str, Any]:
                 },
             }
         ),
-        "Gap": _object(
+        "Gap": {
+            **_object(
+                {
+                    "from": _UNIX_MS,
+                    "to": _UNIX_MS,
+                    "kind": {
+                        "enum": ["logger_down", "idle", "unknown", "repaired"],
+                        "description": (
+                            "`logger_down`: no ingest was listening to the serial device;"
+                            " `idle`: one was, and the meter did not blink; `unknown`: before"
+                            " the first recorded period of ingest (history from before"
+                            " blipserver, or imported), when nothing says which; `repaired`:"
+                            " no ingest of this node was listening, and the points of the"
+                            " stretch are those of the peer logger named by `peer`."
+                        ),
+                    },
+                    "peer": {"type": "string", "description": "The peer of a `repaired` gap."},
+                }
+            ),
+            "required": ["from", "to", "kind"],
+        },
+        "Repair": _object(
             {
                 "from": _UNIX_MS,
                 "to": _UNIX_MS,
-                "kind": {
-                    "enum": ["logger_down", "idle", "unknown"],
-                    "description": (
-                        "`logger_down`: no ingest was listening to the serial device;"
-                        " `idle`: one was, and the meter did not blink; `unknown`: before"
-                        " the first recorded period of ingest (history from before"
-                        " blipserver, or imported), when nothing says which."
-                    ),
-                },
-            }
+                "peer": {"type": "string", "description": "The peer logger's URL."},
+                "points": {"type": "integer", "minimum": 0, "description": "Points stored from it."},
+                "at": {**_UNIX_MS, "description": "When the stretch was repaired."},
+            },
+            "A stretch when this node's logger was down, filled with a peer logger's points.",
         ),
         "Gaps": _object(
             {
@@ -276,6 +293,7 @@ def document() -> dict[str, Any]:
                 "to": _UNIX_MS,
                 "min_gap": {"type": "integer", "minimum": 1, "description": "The threshold used, in ms."},
                 "gaps": {"type": "array", "items": _ref("Gap")},
+                "repairs": {"type": "array", "items": _ref("Repair")},
                 "next": {
                     "type": ["integer", "null"],
                     "description": "The `from` of the next page, when there are more gaps than one answer holds.",
@@ -451,6 +469,16 @@ def document() -> dict[str, Any]:
                     "in": "query",
                     "required": False,
                     "schema": {"enum": ["json", "csv"], "default": "json"},
+                },
+                {
+                    "name": "limit",
+                    "in": "query",
+                    "required": False,
+                    "description": (
+                        "At most this many points (the first ones); ask again from the last"
+                        " stamp + 1 for more. Every point of the range by default."
+                    ),
+                    "schema": {"type": "integer", "minimum": 1, "maximum": READINGS_LIMIT},
                 },
             ],
             {

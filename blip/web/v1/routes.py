@@ -35,6 +35,7 @@ from blip.web.limits import (
     PERIODS,
     POWER_POINTS,
     POWER_POINTS_CAP,
+    READINGS_LIMIT,
 )
 from blip.web.paths import meter_id
 from blip.web.v1.export import Export
@@ -238,7 +239,15 @@ class ApiV1:
             "from": first,
             "to": last,
             "min_gap": gaps.min_gap,
-            "gaps": [{"from": g.start, "to": g.end, "kind": g.kind} for g in gaps.gaps],
+            "gaps": [
+                {"from": g.start, "to": g.end, "kind": g.kind}
+                | ({} if g.peer is None else {"peer": g.peer})
+                for g in gaps.gaps
+            ],
+            "repairs": [
+                {"from": r.start, "to": r.end, "peer": r.peer, "points": r.points, "at": r.at}
+                for r in gaps.repairs
+            ],
             "next": gaps.next,
         }
 
@@ -248,6 +257,9 @@ class ApiV1:
         query = Query(request)
         first, last = self.span(query, settings)
         csv = query.choice("format", "json", ("json", "csv")) == "csv"
+        limit = None
+        if query.text("limit") is not None:
+            limit = query.integer("limit", 0, 1, READINGS_LIMIT)
         if csv:
             request.setHeader(b"Content-Type", b"text/csv; charset=utf-8")
             request.setHeader(
@@ -258,7 +270,7 @@ class ApiV1:
             request.setHeader(b"Content-Type", b"application/json")
         if request.method == b"HEAD":
             return b""
-        await Export(self.store, settings.id, first, last, csv).write_to(request)
+        await Export(self.store, settings.id, first, last, csv, limit).write_to(request)
         return None
 
     @app.route(PREFIX + "/meters/<meter>/readings", methods=["POST"], endpoint="write_readings")

@@ -12,8 +12,9 @@ from functools import lru_cache
 from typing import Optional
 
 from blip.db.node_state import IngestPeriods
+from blip.db.repairs import Repair, Repairs
 from blip.db.v1 import Rollup, V1Queries
-from blip.ingest.downtime import Downtime, Stretch
+from blip.ingest.downtime import Downtime, Stretch, repaired
 from blip.meters import Meter
 from blip.web.limits import ENERGY_ROWS, GAP_ROWS
 
@@ -103,11 +104,14 @@ class Gaps:
     :param min_gap: the shortest silence counted as a gap, in ms.
     :param next: the ``from`` that asks for the gaps after these, when
         there are more than one answer holds; else None.
+    :param repairs: the stretches of the range (up to ``next``) filled
+        with a peer's points, oldest first.
     """
 
     gaps: list[Stretch]
     min_gap: int
     next: Optional[int]
+    repairs: list[Repair] = field(default_factory=list)
 
 
 def offset_ms(zone: str, instant: int) -> int:
@@ -161,6 +165,7 @@ class Series:
     def __init__(self, store: V1Queries) -> None:
         self.store = store
         self.downtime = Downtime(IngestPeriods(store.pool))
+        self.repairs = Repairs(store.pool)
 
     async def power(self, meter: Meter, first: int, last: int, max_points: int) -> Power:
         """
@@ -228,9 +233,11 @@ class Series:
         the meter did not blink for longer than ``min_gap`` ms (by default
         :data:`GAP_FACTOR` mean blip intervals of the range, and at least
         :data:`MIN_GAP`), each split into the parts when ingest was
-        listening (``idle``) and when it was not (``logger_down``), or
+        listening (``idle``) and when it was not (``logger_down``, or
+        ``repaired`` where a peer's points fill the stretch), or
         ``unknown`` before the first recorded period of ingest (history
-        from before blipserver, or imported).
+        from before blipserver, or imported); with the repairs of the
+        range.
 
         Silences of two minutes or more are found from the minute rollups,
         at a cost that does not grow with the points in the range; shorter
@@ -268,5 +275,8 @@ class Series:
                 silences.append((start, end))
         spans = [(max(a, first), min(b, last)) for a, b in silences]
         spans = [(a, b) for a, b in spans if a < b]
-        gaps = await self.downtime.split(spans, now)
-        return Gaps(gaps, min_gap, following)
+        repairs = await self.repairs.overlapping(
+            meter.id, first, last if following is None else following, GAP_ROWS
+        )
+        gaps = repaired(await self.downtime.split(spans, now), repairs)
+        return Gaps(gaps, min_gap, following, repairs)
