@@ -27,7 +27,7 @@ from twisted.web.static import File, getTypeAndEncoding
 from werkzeug.exceptions import HTTPException
 
 from blip.db.legacy import LegacyQueries
-from blip.db.pool import RETRIABLE
+from blip.db.pool import RETRIABLE, QueryCancelled
 from blip.live.hub import Hub, TooManyWaiters
 from blip.meters import Meters
 from blip.model import DEFAULT_METER, INT_MAX
@@ -79,6 +79,8 @@ def describe_error(failure: Failure) -> tuple[int, str]:
         return error.code or 400, error.name
     if isinstance(error, TooManyWaiters):
         return 503, "too many long-poll clients; try again later"
+    if isinstance(error, QueryCancelled):
+        return 503, "the query took longer than this server allows; ask for less"
     if isinstance(error, RETRIABLE):
         return 503, "database unavailable; try again later"
     if isinstance(error, psycopg2.errors.UndefinedTable):
