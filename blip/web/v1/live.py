@@ -46,6 +46,9 @@ MAX_BACKLOG = 1000
 PAGE = 2000
 #: How long a client waits before reconnecting, in ms.
 RETRY = 2000
+#: How far back, in ms, a client may resume (``Last-Event-ID``); one that
+#: would replay more opens a new stream and reloads what it shows.
+REPLAY_DEPTH = 3_600_000
 
 
 class Stream:
@@ -283,10 +286,14 @@ class Live:
         if not self._streams and self._beat.running:
             self._beat.stop()
 
-    async def run(self, stream: Stream, last_id: Optional[int]) -> None:
+    async def run(
+        self, stream: Stream, last_id: Optional[int], replayed: Callable[[], None] = lambda: None
+    ) -> None:
         """
         Replay what the client missed after ``last_id`` (if given), then
         send live points until the stream ends.
+
+        :param replayed: called when the replay is over.
         """
         if last_id is not None:
             held = stream.held = deque()
@@ -299,6 +306,7 @@ class Live:
                     stream.send(held.popleft())
             finally:
                 stream.held = None
+                replayed()
         await stream.done
 
     async def _replay(self, stream: Stream, last_id: int) -> None:

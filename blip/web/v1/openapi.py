@@ -8,7 +8,10 @@ from typing import Any
 
 import blip
 from blip.model import INT_MAX
+from blip.web.v1.heavy import HEAVY_REQUESTS, HEAVY_SPAN
+from blip.web.v1.live import REPLAY_DEPTH
 from blip.web.v1.query import EARLIEST, LATEST, MAX_VALUE
+from blip.web.v1.series import RAW_GAP_SPAN, ROLLUP_GAP
 
 #: Where the paths below are, on the host that serves the document (a
 #: reverse proxy that serves blipserver under a path prefix adds it).
@@ -58,6 +61,10 @@ def _get(
 
 
 _UNIX_MS = {"type": "integer", "description": "Unix time in milliseconds."}
+_HEAVY = (
+    f" Over a range of more than {HEAVY_SPAN // 86_400_000} days, a heavy request: at most"
+    f" {HEAVY_REQUESTS} run at once, and more get 503 with `Retry-After`."
+)
 _WATTS = {"type": "number", "minimum": 0, "description": "Power in W."}
 
 
@@ -319,6 +326,7 @@ def document() -> dict[str, Any]:
                 " ingest was not listening (`logger_down`) and when it was but the meter did"
                 " not blink (`idle`), or `unknown` before the first recorded period of ingest."
                 " At most 10000 gaps; `next` is the `from` of the rest."
+                + _HEAVY
             ),
             [
                 *meter_range,
@@ -330,7 +338,9 @@ def document() -> dict[str, Any]:
                         "The shortest stretch counted, in ms; by default three times the mean"
                         " blip interval of the range, and at least two minutes. Gaps of two"
                         " minutes or more are found from the minute rollups, quickly for any"
-                        " range; shorter ones take reading every point of the range."
+                        f" range; shorter ones (under {ROLLUP_GAP} ms) take reading every point,"
+                        f" of {RAW_GAP_SPAN // 86_400_000} days of the range at most per answer:"
+                        " `next` is then the `from` of the rest."
                     ),
                     "schema": {"type": "integer", "minimum": 1, "maximum": 10**15},
                 },
@@ -342,6 +352,7 @@ def document() -> dict[str, Any]:
             (
                 "Every point of the range, oldest first, streamed without a row cap: as JSON,"
                 " or as CSV (`stamp,ms` header) to download."
+                + _HEAVY
             ),
             [
                 *meter_range,
@@ -363,8 +374,9 @@ def document() -> dict[str, Any]:
                 "With `Accept: text/event-stream`: a stream of Server-Sent Events, one"
                 " `point` event per new point (`id` is its stamp, `data` a LivePoint), and a"
                 " heartbeat comment every 15 s. A client reconnecting with `Last-Event-ID`"
-                " first gets every point of its meters after that stamp. Without it: the"
-                " newest point of each meter, as JSON."
+                " first gets every point of its meters after that stamp (a heavy request"
+                f" while it replays: at most {HEAVY_REQUESTS} at once, more get 503 with"
+                " `Retry-After`). Without it: the newest point of each meter, as JSON."
             ),
             [
                 {
@@ -382,7 +394,11 @@ def document() -> dict[str, Any]:
                     "name": "Last-Event-ID",
                     "in": "header",
                     "required": False,
-                    "description": "The `id` of the last event received, to resume after.",
+                    "description": (
+                        "The `id` of the last event received, to resume after: at most"
+                        f" {REPLAY_DEPTH} ms ({REPLAY_DEPTH // 60_000} minutes) before now (400"
+                        " further back: open a new stream without it)."
+                    ),
                     "schema": {"type": "string", "pattern": "^-?[0-9]{1,18}$"},
                 },
             ],

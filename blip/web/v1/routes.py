@@ -38,7 +38,8 @@ from blip.web.legacy import (
     problem,
 )
 from blip.web.v1.export import Export
-from blip.web.v1.live import Live
+from blip.web.v1.heavy import Heavy, Ticket
+from blip.web.v1.live import REPLAY_DEPTH, Live
 from blip.web.v1.openapi import document
 from blip.web.v1.query import EARLIEST, BadParameter, Query
 from blip.web.v1.series import Series
@@ -156,6 +157,7 @@ class ApiV1:
         self.meters = meters
         self.clock = clock
         self.series = Series(store)
+        self.heavy = Heavy()
         self._document = _json(document())
 
     def resource(self) -> IResource:
@@ -288,7 +290,8 @@ class ApiV1:
         min_gap = None
         if query.text("min_gap") is not None:
             min_gap = query.integer("min_gap", 0, 1, 10**15)
-        gaps = await self.series.gaps(settings, first, last, self.now(), min_gap)
+        with self.heavy.take(request, last - first):
+            gaps = await self.series.gaps(settings, first, last, self.now(), min_gap)
         return {
             "meter": settings.id,
             "from": first,
@@ -304,6 +307,7 @@ class ApiV1:
         query = Query(request)
         first, last = self.span(query, settings)
         csv = query.choice("format", "json", ("json", "csv")) == "csv"
+        heavy = self.heavy.take(request, last - first)
         if csv:
             request.setHeader(b"Content-Type", b"text/csv; charset=utf-8")
             request.setHeader(
@@ -312,9 +316,10 @@ class ApiV1:
             )
         else:
             request.setHeader(b"Content-Type", b"application/json")
-        if request.method == b"HEAD":
-            return b""
-        await Export(self.store, settings.id, first, last, csv).write_to(request)
+        with heavy:
+            if request.method == b"HEAD":
+                return b""
+            await Export(self.store, settings.id, first, last, csv).write_to(request)
         return None
 
     @route(app, "/live")
@@ -342,16 +347,25 @@ class ApiV1:
             }
         if self.live.clients >= self.live.max_clients:
             raise Busy("too many live clients; try again later")
+        replaying = Ticket(None)
+        if last_id is not None:
+            if last_id < self.now() - REPLAY_DEPTH:
+                raise BadParameter(
+                    "Last-Event-ID", f"a stream resumes at most {REPLAY_DEPTH} ms"
+                    f" ({REPLAY_DEPTH // 60_000} minutes) back; open it without Last-Event-ID",
+                )
+            replaying = self.heavy.take(request)
         request.setHeader(b"Content-Type", b"text/event-stream")
         request.setHeader(b"Cache-Control", b"no-cache")
         request.setHeader(b"X-Accel-Buffering", b"no")
-        if request.method == b"HEAD":
-            return b""
-        stream = self.live.open(request, meters)
-        try:
-            await self.live.run(stream, last_id)
-        finally:
-            stream.end()
+        with replaying:
+            if request.method == b"HEAD":
+                return b""
+            stream = self.live.open(request, meters)
+            try:
+                await self.live.run(stream, last_id, replaying.release)
+            finally:
+                stream.end()
         return None
 
 
