@@ -36,6 +36,11 @@ postgres:
 mosquitto:
 	@./tools/need mosquitto
 
+# ser2net, which relays a pty over TCP for the tests of a serial line
+# relayed over the network: installed from Debian's package the same way.
+ser2net:
+	@./tools/need ser2net
+
 # Chromium, for the tests of the page in a real browser.
 chromium:
 	@./tools/need chromium
@@ -60,7 +65,7 @@ lint-js: $(NODE_STAMP)
 demo: $(RUN_STAMP) postgres
 	$(BIN)/twistd --nodaemon --pidfile= blip --simulate
 
-test: venv postgres mosquitto chromium proxies lint-js
+test: venv postgres mosquitto ser2net chromium proxies lint-js
 	$(BIN)/pytest
 
 # Benchmarks: each prints one JSON object (see bench/README.md).

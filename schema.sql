@@ -123,7 +123,7 @@ CREATE TABLE IF NOT EXISTS meters (
 
 -- The schema's version: one row per version reached, with where it came
 -- from (created, or upgraded from one of the original's layouts). Upgrades
--- are ordered steps from the highest version here (see blip/upgrade.py).
+-- are ordered steps from the highest version here (see blip/db/upgrades.py).
 CREATE TABLE IF NOT EXISTS blip_schema (
     version INTEGER PRIMARY KEY,
     applied BIGINT  NOT NULL,   -- unix ms

@@ -44,6 +44,12 @@ class Counters:
     replayed: int = 0
     #: Batches the database refused or could not take.
     write_failures: int = 0
+    #: Points dropped because neither the database nor the spool took them
+    #: (a full disk during an outage) and memory held as many as it may.
+    dropped_points: int = 0
+    #: Records of a spool left by a previous run that were not valid points
+    #: (torn by a crash, damaged on disk), skipped.
+    spool_invalid: int = 0
     #: Database connections opened again after they were lost.
     db_reconnects: int = 0
     #: Times the serial device was opened.
@@ -60,6 +66,9 @@ class Counters:
     caught_up: int = 0
     #: Notifications on the points channel that were not lists of points.
     bad_notifications: int = 0
+    #: Points received by LISTEN that did not reach the hub: of a meter not
+    #: known here, or stamped too far from now (see blip.live.notify).
+    notified_refused: int = 0
     #: Requests refused by --allow.
     forbidden: int = 0
     #: Gauge: long-polls parked now.

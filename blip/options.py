@@ -20,6 +20,7 @@ from blip.common.owned import Folder, Unsafe, user_name
 from blip.db.embedded import Cluster, EmbeddedError
 from blip.meters import Meters, MetersError
 from blip.mqtt.broker import Broker, BrokerError, parse_broker
+from blip.source.relay import Relay, RelayError, is_relay, parse_relay
 from blip.web import access
 
 ROLES = ("all", "ingest", "web")
@@ -45,8 +46,12 @@ class Options(usage.Options):
     ]
 
     optParameters: list[list[Any]] = [
-        ["serial", None, None, "Serial device of the Arduino (a path; a pty works)."],
-        ["baudrate", None, "9600", "Serial speed."],
+        ["serial", None, None,
+         "Serial device of the Arduino (a path; a pty works), or its serial line relayed"
+         " over the network: tcp://HOST:PORT (raw, as ser2net and ESP-Link serve it)"
+         " or rfc2217://HOST:PORT."],
+        ["baudrate", None, "9600",
+         "Serial speed (of a relayed line: set through rfc2217://; a tcp:// relay keeps its own)."],
         ["db", None, None,
          "libpq connection string or URI of PostgreSQL"
          " [default: an embedded private cluster in the state dir]."],
@@ -131,6 +136,7 @@ class Options(usage.Options):
             self["serial"] = None
         if self["serial"] and self["simulate"]:
             raise usage.UsageError("--serial and --simulate: choose one source of blips")
+        self["serial"] = _serial(self["serial"])
         self["state-dir"] = state = Path(self["state-dir"] or "./var")
         #: The user and group twistd switches to after start (--uid/--gid).
         self.run_as = run_as = _run_as(self.parent)
@@ -206,6 +212,15 @@ def _meters(path: Optional[str]) -> Meters:
         return Meters.from_file(Path(path))
     except MetersError as e:
         raise usage.UsageError(f"--meters: {e}") from None
+
+
+def _serial(serial: Optional[str]) -> "str | Relay | None":
+    if not serial or not is_relay(serial):
+        return serial
+    try:
+        return parse_relay(serial)
+    except RelayError as e:
+        raise usage.UsageError(f"--serial: {e}") from None
 
 
 def _check_endpoint(description: str) -> None:

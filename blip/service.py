@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 from twisted.application import strports
 from twisted.application.internet import TimerService
 from twisted.application.service import IService
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 
 from blip.common.lifecycle import AfterReady, CleanExit, Sequence
 from blip.common.owned import Unsafe
@@ -26,6 +26,7 @@ from blip.db.legacy import LegacyQueries
 from blip.db.meter_table import MeterTable
 from blip.db.node_state import IngestPeriods, MeterRows
 from blip.db.pool import DatabaseService, Pool, PoolService
+from blip.db.queries import Queries
 from blip.db.readings import Readings
 from blip.db.schema import Schema, schema_sql
 from blip.db.v1 import V1Queries
@@ -39,9 +40,12 @@ from blip.mqtt.service import mqtt_service
 from blip.options import TwistdOptions as Options
 from blip.source.arduino import MeterFactory
 from blip.source.device import SerialEndpoint, SerialService
+from blip.source.relay import Relay, RelayEndpoint
 from blip.source.simulate import SimulatedHistory, SimulatorService
-from blip.web.access import Rules, protect
+from blip.web.access import Rules
 from blip.web.health import Health, Operations
+from blip.web.hot import HotRoutes
+from blip.web.latest import Latest
 from blip.web.legacy import LegacyApi
 from blip.web.metrics import RequestMetrics, StateCollector
 from blip.web.site import QuietSite, site_root
@@ -68,6 +72,8 @@ SPOOL = "spool"
 METERS_REFRESH = 60.0
 #: Where ingest periods not yet recorded wait over a restart, in the state dir.
 PERIODS = "ingest-periods.json"
+#: Where each meter's newest stamp is kept over a restart, in the state dir.
+STAMPS = "stamps.json"
 
 
 def make_service(options: Options, reactor: Any = None, clock: Optional[IReactorTime] = None) -> IService:
@@ -116,7 +122,7 @@ def make_service(options: Options, reactor: Any = None, clock: Optional[IReactor
     TimerService(METERS_REFRESH, meter_table.refreshing).setServiceParent(top)
 
     if options["role"] in ("all", "ingest"):
-        stamps = Stamps()
+        stamps = Stamps(options["state-dir"] / STAMPS)
         spool = Spool(options["state-dir"] / SPOOL)
         ingest = Ingest(readings, hub, stamps, clock, counters, spool, pool.when_alive)
         AfterReady(
@@ -127,17 +133,22 @@ def make_service(options: Options, reactor: Any = None, clock: Optional[IReactor
             meter_table.noticing(ingest.receive), stamps, clock, counters, meter_table.describe,
             opened=periods.opened, lost=periods.lost,
         )
-        if options["serial"]:
-            endpoint = SerialEndpoint(reactor, options["serial"], options["baudrate"], counters)
+        source = options["serial"]
+        if source:
+            endpoint: IStreamClientEndpoint
+            if isinstance(source, Relay):
+                endpoint = RelayEndpoint(reactor, source, options["baudrate"], counters)
+            else:
+                endpoint = SerialEndpoint(reactor, source, options["baudrate"], counters)
             SerialService(endpoint, factory, clock).setServiceParent(top)
         if options["simulate"]:
             SimulatedHistory(list(meters), readings, database.when_ready, clock).setServiceParent(top)
             SimulatorService(list(meters), factory, clock).setServiceParent(top)
         # After the source, so that a stop is recorded before the source closes.
-        PeriodsService(periods, database.when_ready, clock).setServiceParent(top)
+        PeriodsService(periods, database.when_ready, clock, stamps.keep).setServiceParent(top)
         if options["mqtt"] is not None:
             mqtt_service(
-                options["mqtt"], options["mqtt-interval"], hub, meters, readings,
+                options["mqtt"], options["mqtt-interval"], ingest, meters, readings,
                 database.when_ready, reactor, clock,
             ).setServiceParent(top)
 
@@ -146,7 +157,10 @@ def make_service(options: Options, reactor: Any = None, clock: Optional[IReactor
     if serves:
         # Live points of every ingest node (an all node's own are published
         # on arrival, and not again: see blip.live.notify).
-        listener = Listener(dsn, readings, hub, reactor, counters, options["node-name"])
+        listener = Listener(
+            dsn, readings, hub, meters, reactor, counters, options["node-name"], clock,
+            meter_table.refreshing,
+        )
         AfterReady(
             "listening for live points", database.when_ready, listener.start, listener.stop
         ).setServiceParent(top)
@@ -158,20 +172,22 @@ def make_service(options: Options, reactor: Any = None, clock: Optional[IReactor
         # notifications.
         live = Live(hub, Readings(queries), meters, clock, max_clients=options["max-waiters"])
         LiveService(live).setServiceParent(top)
-        api = LegacyApi(LegacyQueries(read_pool), hub, meters, clock, options["longpoll-timeout"], STATIC)
         registry = CollectorRegistry()
         registry.register(StateCollector(counters, hub, live, queries))
         has_source = options["role"] == "all" and bool(options["serial"] or options["simulate"])
         health = Health(hub, readings, clock, options["health-window"], has_source)
+        latest = Latest(hub, Queries(read_pool))
         root = site_root(
-            api,
-            ApiV1(V1Queries(read_pool), hub, live, meters, clock),
+            HotRoutes(hub, latest, meters, clock, options["longpoll-timeout"], reactor),
+            LegacyApi(LegacyQueries(read_pool), clock, STATIC),
+            ApiV1(V1Queries(read_pool), latest, live, meters, clock),
             Operations(health, registry),
             RequestMetrics(registry),
-            reactor,
+            Rules(options["allow"], options["trusted-proxy"]),
+            counters,
+            clock,
         )
-        rules = Rules(options["allow"], options["trusted-proxy"])
-        site = QuietSite(protect(root, rules, counters, clock))
+        site = QuietSite(root)
         site.noisy = False
         strports.service(options["listen"], site).setServiceParent(top)
     return top

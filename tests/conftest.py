@@ -19,9 +19,10 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import psycopg2
+import psycopg2.errors
 import pytest
 import pytest_twisted
 from twisted.internet.testing import EventLoggingObserver
@@ -167,6 +168,64 @@ def database(pg_cluster: TestCluster) -> Iterator[Database]:
             pg_cluster.sql("postgres", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         except psycopg2.OperationalError:
             pass
+
+
+class Forger:
+    """
+    A session of a role that may only read the test's database (such as the
+    read-only role the README suggests for Grafana), announcing points
+    nobody stored on the points channel.
+
+    :param database: the test's database.
+    """
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+        self.role = "reader_" + uuid.uuid4().hex[:12]
+        database.sql(f"CREATE ROLE {self.role} LOGIN")
+        database.sql(f"GRANT CONNECT ON DATABASE {database.name} TO {self.role}")
+        database.sql(f"GRANT USAGE ON SCHEMA public TO {self.role}")
+        database.sql(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {self.role}")
+        self.connection = psycopg2.connect(database.dsn)
+        self.connection.autocommit = True
+        with self.connection.cursor() as cursor:
+            cursor.execute(f"SET ROLE {self.role}")
+
+    def may_write(self) -> bool:
+        """:return: whether the role may write readings (it may not)."""
+        try:
+            with self.connection.cursor() as cursor:
+                cursor.execute("INSERT INTO readings VALUES (1, 1, 1)")
+        except psycopg2.errors.InsufficientPrivilege:
+            return False
+        return True
+
+    def notify(self, *payloads: str) -> None:
+        """Send each payload on the points channel, as ``NOTIFY`` does."""
+        from blip.db.readings import CHANNEL
+
+        with self.connection.cursor() as cursor:
+            for payload in payloads:
+                cursor.execute(f"NOTIFY {CHANNEL}, %s", (payload,))
+
+    def close(self) -> None:
+        """Disconnect and drop the role."""
+        self.connection.close()
+        self.database.sql(f"DROP OWNED BY {self.role}")
+        self.database.sql(f"DROP ROLE {self.role}")
+
+
+@pytest.fixture
+def forger(database: Database) -> Iterator[Forger]:
+    """
+    A read-only role's session on the test's database that forges
+    notifications.
+    """
+    forger = Forger(database)
+    try:
+        yield forger
+    finally:
+        forger.close()
 
 
 @pytest_twisted.async_yield_fixture
@@ -477,6 +536,53 @@ def start_daemon(daemon_env: dict[str, str]) -> Iterator:
     shutil.rmtree(state, ignore_errors=True)
 
 
+class SmallFilesystem:
+    """
+    A small tmpfs of the test's own, which the test can fill up and free.
+
+    :param path: where it is mounted.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._filler = path / "filler"
+
+    def fill(self) -> None:
+        """Take every byte left (the last ones one at a time)."""
+        with open(self._filler, "ab", buffering=0) as f:
+            for size in (1 << 20, 1 << 12, 1):
+                try:
+                    while True:
+                        f.write(b"\0" * size)
+                except OSError:
+                    pass
+
+    def free(self) -> None:
+        """Give back what :meth:`fill` took."""
+        self._filler.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def small_filesystem() -> Iterator[SmallFilesystem]:
+    """
+    A tmpfs of 8 MiB mounted on a temporary folder (the tests run as root),
+    unmounted after the test.
+    """
+    folder = shared_tempdir("blip-test-fs-")
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=8m,mode=0755", "tmpfs", str(folder)],
+        capture_output=True, text=True,
+    )
+    if done.returncode != 0:
+        folder.rmdir()
+        pytest.fail(f"the tests need to mount a tmpfs, as root: {done.stderr.strip()}", pytrace=False)
+    try:
+        yield SmallFilesystem(folder)
+    finally:
+        subprocess.run(["umount", "--lazy", str(folder)], capture_output=True)
+        folder.rmdir()
+
+
 @pytest.fixture
 def log_events() -> Iterator[EventLoggingObserver]:
     """
@@ -494,8 +600,13 @@ if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
     from twisted.internet.task import Clock
     from twisted.web.http_headers import Headers
+    from twisted.web.iweb import IAgent
+    from twisted.web.resource import IResource
 
+    from blip.counters import Counters
     from blip.live.hub import Hub
+    from blip.meters import Meters
+    from blip.web.access import Rules
     from blip.web.health import Health
     from blip.web.v1.live import Live
 
@@ -504,8 +615,10 @@ if TYPE_CHECKING:
 class Served:
     """
     The daemon's whole HTTP site (legacy routes, /api/v1, /healthz,
-    /metrics) on a real port, over a real database, with a fake clock for
-    "now", heartbeats and health.
+    /metrics), built as the daemon builds it (``site_root``: access
+    control, metrics, the hot routes and every application) over a real
+    database, with a fake clock for "now", timeouts, heartbeats and
+    health; reached over a real port or in memory.
     """
 
     url: str
@@ -514,18 +627,33 @@ class Served:
     live: "Live"
     clock: "Clock"
     health: "Health"
+    counters: "Counters"
+    #: Makes the HTTP client of one request.
+    agent: Any
+    #: What listens on the real port (None in memory).
+    listening: Any = None
+
+    async def close(self) -> None:
+        """End the live streams, release the long-polls, stop listening."""
+        self.live.close()
+        self.hub.close()
+        if self.listening is not None:
+            await self.listening.stopListening()
+
+    @property
+    def port(self) -> int:
+        """The port it listens on (a site on a real port)."""
+        return int(self.url.rsplit(":", 1)[1])
 
     async def get(
         self, path: str, headers: Optional[dict[str, str]] = None, method: str = "GET"
     ) -> tuple[int, "Headers", bytes]:
         """:return: status, headers and body of one request."""
-        from twisted.internet import reactor
-        from twisted.web.client import Agent, HTTPConnectionPool, readBody
+        from twisted.web.client import readBody
         from twisted.web.http_headers import Headers
 
-        agent = Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
         sent = Headers({k.encode(): [v.encode()] for k, v in (headers or {}).items()})
-        response = await agent.request(method.encode(), (self.url + path).encode(), sent)
+        response = await self.agent().request(method.encode(), (self.url + path).encode(), sent)
         received = response.headers.copy()
         if isinstance(response.length, int):
             # Twisted's client moves Content-Length out of the headers.
@@ -533,59 +661,145 @@ class Served:
         return response.code, received, await readBody(response)
 
 
-@pytest_twisted.async_yield_fixture
-async def serve(store: Readings) -> AsyncIterator:
+def in_memory(root: "IResource") -> "IAgent":
     """
-    A function that serves the whole site for the given meters (and
-    health settings) on a real port; every site is closed after the test.
+    :return: an HTTP client of ``root`` in memory (treq's
+        ``RequestTraversalAgent``: a real HTTP client and server over
+        ``twisted.test.iosim``), whose answers arrive as soon as they are
+        finished, however late.
+    """
+    from treq.testing import RequestTraversalAgent
+    from twisted.internet import reactor
+    from twisted.web.resource import Resource
+
+    class Flushing(Resource):
+        # Above the site's root, it only moves each finished answer to the
+        # client (the in-memory connections move data when flushed).
+        isLeaf = True
+
+        def render(self, request: Any) -> Any:
+            request.notifyFinish().addBoth(lambda _: reactor.callLater(0, agent.flush))
+            return root.render(request)
+
+    agent = RequestTraversalAgent(Flushing())
+    return agent
+
+
+def open_site(
+    store: Readings, meters: "Meters", now: float = 1_700_000_000.0, has_source: bool = True,
+    max_clients: int = 100, counters: Optional["Counters"] = None, longpoll_timeout: float = 0.0,
+    max_waiters: int = 10_000, rules: Optional["Rules"] = None, memory: bool = False,
+) -> Served:
+    """
+    Build the daemon's site over ``store`` as ``blip.service`` builds it,
+    with a fake clock at ``now``, and serve it on a real port of 127.0.0.1
+    or in memory; :meth:`Served.close` closes it.
     """
     from prometheus_client import CollectorRegistry
     from twisted.internet import reactor
     from twisted.internet.task import Clock
+    from twisted.web.client import Agent, HTTPConnectionPool
 
     from blip.counters import Counters
     from blip.db.legacy import LegacyQueries
     from blip.db.v1 import V1Queries
     from blip.live.hub import Hub
-    from blip.meters import Meters
     from blip.service import STATIC
+    from blip.web.access import Rules
     from blip.web.health import Health, Operations
+    from blip.web.hot import HotRoutes
+    from blip.web.latest import Latest
     from blip.web.legacy import LegacyApi
     from blip.web.metrics import RequestMetrics, StateCollector
     from blip.web.site import QuietSite, site_root
     from blip.web.v1.live import Live
     from blip.web.v1.routes import ApiV1
 
-    ports, lives = [], []
+    clock = Clock()
+    clock.advance(now)
+    counters = counters or Counters()
+    hub = Hub(max_waiters=max_waiters)
+    live = Live(hub, store, meters, clock, max_clients=max_clients)
+    registry = CollectorRegistry()
+    registry.register(StateCollector(counters, hub, live, store.pool))
+    health = Health(hub, store, clock, 600.0, has_source)
+    latest = Latest(hub, store)
+    root = site_root(
+        HotRoutes(hub, latest, meters, clock, longpoll_timeout, reactor),
+        LegacyApi(LegacyQueries(store.pool), clock, STATIC),
+        ApiV1(V1Queries(store.pool), latest, live, meters, clock),
+        Operations(health, registry),
+        RequestMetrics(registry),
+        rules or Rules(),
+        counters,
+        clock,
+    )
+    if memory:
+        client = in_memory(root)
+        return Served("http://blip.test", store, hub, live, clock, health, counters, lambda: client)
+    port = reactor.listenTCP(0, QuietSite(root), interface="127.0.0.1")
+    return Served(
+        f"http://127.0.0.1:{port.getHost().port}", store, hub, live, clock, health, counters,
+        lambda: Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)), port,
+    )
 
-    def start(
-        meters: Meters, now: float = 1_700_000_000.0, has_source: bool = True,
-        max_clients: int = 100, counters: Optional[Counters] = None,
-    ) -> Served:
-        clock = Clock()
-        clock.advance(now)
-        hub = Hub()
-        live = Live(hub, store, meters, clock, max_clients=max_clients)
-        registry = CollectorRegistry()
-        registry.register(StateCollector(counters or Counters(), hub, live, store.pool))
-        health = Health(hub, store, clock, 600.0, has_source)
-        root = site_root(
-            LegacyApi(LegacyQueries(store.pool), hub, meters, clock, 0, STATIC),
-            ApiV1(V1Queries(store.pool), hub, live, meters, clock),
-            Operations(health, registry),
-            RequestMetrics(registry),
-            reactor,
-        )
-        port = reactor.listenTCP(0, QuietSite(root), interface="127.0.0.1")
-        ports.append(port)
-        lives.append(live)
-        return Served(f"http://127.0.0.1:{port.getHost().port}", store, hub, live, clock, health)
+
+@pytest_twisted.async_yield_fixture
+async def serve(store: Readings) -> AsyncIterator:
+    """
+    A function that serves the whole site for the given meters (and
+    settings, as :func:`open_site` takes them) over the test's database,
+    or over ``database``; every site is closed after the test.
+    """
+    sites = []
+
+    def start(meters: "Meters", database: Optional[Readings] = None, **settings: Any) -> Served:
+        site = open_site(store if database is None else database, meters, **settings)
+        sites.append(site)
+        return site
 
     yield start
-    for live in lives:
-        live.close()
-    for port in ports:
-        await port.stopListening()
+    for site in sites:
+        await site.close()
+
+
+def exchange(port: int, request: bytes, timeout: float = TIMEOUT) -> tuple[Optional[int], bytes]:
+    """
+    Send raw bytes to a server on 127.0.0.1 and read until it closes the
+    connection (blocking: run it in a thread from the reactor).
+
+    :return: the status code (None if there was no status line) and the
+        body.
+    """
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(request)
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    answer = b"".join(chunks)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    parts = head.split(b" ", 2)
+    if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
+        return None, answer
+    return int(parts[1]), body
+
+
+def read_response(s: socket.socket) -> tuple[bytes, bytes]:
+    """
+    :return: the head and body of one HTTP response (with a Content-Length)
+        read from ``s``, which may stay open.
+    """
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(65536)
+        assert chunk, "connection closed before the answer"
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    length = int([line.split(b":")[1] for line in head.split(b"\r\n")
+                  if line.lower().startswith(b"content-length:")][0])
+    while len(body) < length:
+        body += s.recv(65536)
+    return head, body
 
 
 def within(d: "Deferred[Any]", timeout: float = TIMEOUT) -> "Deferred[Any]":
@@ -597,6 +811,58 @@ def within(d: "Deferred[Any]", timeout: float = TIMEOUT) -> "Deferred[Any]":
     from twisted.internet import reactor
 
     return d.addTimeout(timeout, reactor)
+
+
+# --- Waiting for what has no event to wait on: one helper, in two forms ---
+
+#: Seconds between two looks at a condition.
+POLL = 0.005
+
+
+def _looks(timeout: float) -> Iterator[None]:
+    """Yield once per look at a condition, until ``timeout`` seconds passed."""
+    deadline = time.monotonic() + timeout
+    yield
+    while time.monotonic() < deadline:
+        yield
+
+
+async def wait_until(check: Callable[[], Any], timeout: float = TIMEOUT) -> Any:
+    """
+    Wait, letting the reactor run, until ``check()`` returns something
+    true (for a test on the reactor: the code under test runs meanwhile).
+
+    :return: what ``check()`` returned.
+    :raise AssertionError: when it never does within ``timeout`` seconds.
+    """
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    for _ in _looks(timeout):
+        result = check()
+        if result:
+            return result
+        await deferLater(reactor, POLL, lambda: None)
+    raise AssertionError("condition not reached in time")
+
+
+def eventually(check: Callable[[], Any], timeout: float = TIMEOUT) -> Any:
+    """
+    Ask ``check()`` until it returns something true, blocking (for a test
+    off the reactor, of a daemon running as a child: the daemon writes in
+    batches, so a point is queryable a moment after it is live).
+
+    :return: what ``check()`` returned last: something true, or what it
+        returned when ``timeout`` seconds passed (the caller's ``assert``
+        says what was expected).
+    """
+    result = None
+    for _ in _looks(timeout):
+        result = check()
+        if result:
+            return result
+        time.sleep(POLL * 4)
+    return result
 
 
 # --- MQTT: a private Mosquitto broker and a subscriber ---
@@ -834,3 +1100,161 @@ def _write_certificates(folder: Path) -> None:
         serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
         serialization.NoEncryption(),
     ))
+
+
+# --- A serial line relayed over TCP: Debian's ser2net in front of a pty ---
+
+
+def _relay_program(name: str, package: str) -> str:
+    path = shutil.which(name, path=os.environ.get("PATH", "") + ":/usr/sbin:/usr/local/sbin")
+    if path is None:
+        pytest.fail(
+            f"the tests of a relayed serial line need {name} (not found);"
+            f" run ./tools/need ser2net or: sudo apt-get install {package}",
+            pytrace=False,
+        )
+    return path
+
+
+@dataclass
+class Ser2net:
+    """
+    ser2net relaying a pty (as an ESP-Link or a ser2net on a Raspberry Pi
+    relays an Arduino's serial port) on a port of 127.0.0.1, in the
+    foreground, with its configuration in a folder of the test; a test may
+    kill it and start it again on the same port.
+
+    With :attr:`isolated`, it runs in a network namespace of its own (with
+    its own loopback), which a daemon started through :meth:`twistd` joins,
+    and which :meth:`silence` cuts off: the relay then vanishes without
+    closing anything, as a relay does that loses its power or its network.
+
+    :param folder: where its configuration and log are.
+    :param pty: the pty it relays.
+    :param port: its TCP port.
+    :param rfc2217: whether it speaks RFC 2217 (Telnet) rather than raw TCP.
+    :param speed: the serial speed it sets.
+    :param isolated: whether it runs in a network namespace of its own (a
+        new one at each start).
+    """
+
+    folder: Path
+    pty: Pty
+    port: int
+    rfc2217: bool = False
+    speed: int = 9600
+    isolated: bool = False
+    process: Optional[subprocess.Popen[bytes]] = None
+
+    @property
+    def url(self) -> str:
+        """The daemon's ``--serial``."""
+        return f"{'rfc2217' if self.rfc2217 else 'tcp'}://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        """Start it and wait until it listens."""
+        accepter = "telnet(rfc2217),tcp" if self.rfc2217 else "tcp"
+        config = self.folder / f"ser2net-{self.port}.yaml"
+        config.write_text(
+            "%YAML 1.1\n---\n"
+            "connection: &meter\n"
+            f"  accepter: {accepter},127.0.0.1,{self.port}\n"
+            f"  connector: serialdev,{self.pty.path},{self.speed}n81,local\n"
+            "  options:\n"
+            "    kickolduser: true\n"
+            "    mdns: false\n"
+        )
+        argv = [_relay_program("ser2net", "ser2net"), "-d", "-c", str(config)]
+        if self.isolated:
+            if os.geteuid() != 0:
+                pytest.fail("this test needs root (it puts the relay in a network namespace)", pytrace=False)
+            # unshare and sh exec into ser2net: the same process holds the
+            # namespace. Without an address other than the loopback ones,
+            # getaddrinfo (AI_ADDRCONFIG) finds no IPv4 address for 127.0.0.1.
+            ip = _relay_program("ip", "iproute2")
+            setup = f"{ip} link set lo up && {ip} addr add 192.0.2.1/32 dev lo"
+            unshare = _relay_program("unshare", "util-linux")
+            argv = [unshare, "--net", "--", "sh", "-c", f'{setup} && exec "$@"', "sh", *argv]
+        log = open(self._log, "ab")
+        self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        deadline = time.monotonic() + TIMEOUT
+        while not self._listening():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError("ser2net did not start:\n" + self.log())
+            time.sleep(0.02)
+
+    def _listening(self) -> bool:
+        assert self.process is not None
+        try:
+            table = Path(f"/proc/{self.process.pid}/net/tcp").read_text()
+        except OSError:
+            return False
+        # local_address is ADDRESS:PORT in hex; state 0A is LISTEN.
+        return any(
+            fields[1].endswith(f":{self.port:04X}") and fields[3] == "0A"
+            for fields in (line.split() for line in table.splitlines()[1:])
+        )
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Stop it with ``sig`` and wait for the end."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(sig)
+            self.process.wait(TIMEOUT)
+
+    def _in_namespace(self, *argv: str) -> None:
+        assert self.isolated and self.process is not None
+        nsenter = _relay_program("nsenter", "util-linux")
+        subprocess.run([nsenter, f"--net=/proc/{self.process.pid}/ns/net", "--", *argv], check=True)
+
+    def silence(self) -> None:
+        """Cut the namespace's loopback: nothing gets through, nothing is closed."""
+        self._in_namespace(_relay_program("ip", "iproute2"), "link", "set", "lo", "down")
+
+    def restore(self) -> None:
+        """Bring the loopback back."""
+        self._in_namespace(_relay_program("ip", "iproute2"), "link", "set", "lo", "up")
+
+    def twistd(self) -> Path:
+        """:return: a twistd program that runs in the relay's namespace."""
+        assert self.isolated and self.process is not None
+        program = self.folder / f"twistd-in-namespace-{self.port}"
+        nsenter = _relay_program("nsenter", "util-linux")
+        program.write_text(
+            "#!/bin/sh\n"
+            f"exec {nsenter} --net=/proc/{self.process.pid}/ns/net -- "
+            f"'{Path(sys.executable).parent / 'twistd'}' \"$@\"\n"
+        )
+        program.chmod(0o755)
+        return program
+
+    def log(self) -> str:
+        """:return: what it logged."""
+        return self._log.read_text(errors="replace") if self._log.exists() else ""
+
+    @property
+    def _log(self) -> Path:
+        return self.folder / f"ser2net-{self.port}.log"
+
+
+@pytest.fixture
+def ser2net(pty_meter: Pty) -> Iterator[Callable[..., Ser2net]]:
+    """
+    A function that makes (not starts) a ser2net relaying the pty
+    ``pty_meter`` on a free port (``rfc2217``, ``speed``, ``isolated`` as
+    :class:`Ser2net` takes them); each is killed after the test.
+    """
+    folder = shared_tempdir("blip-test-ser2net-")
+    made: list[Ser2net] = []
+
+    def make(**options: Any) -> Ser2net:
+        relay = Ser2net(folder, pty_meter, free_port(), **options)
+        made.append(relay)
+        return relay
+
+    try:
+        yield make
+    finally:
+        for relay in made:
+            relay.kill()
+        shutil.rmtree(folder, ignore_errors=True)

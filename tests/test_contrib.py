@@ -31,8 +31,8 @@ from typing import Optional
 import pytest
 
 from blip.options import Options, env_name
-from tests.conftest import ROOT, TIMEOUT, free_port, shared_tempdir
-from tests.test_service import eventually, get
+from tests.conftest import ROOT, TIMEOUT, eventually, free_port, shared_tempdir
+from tests.test_service import get
 
 CONTRIB = ROOT / "contrib"
 #: Where system programs live, for a PATH without the sbin folders.

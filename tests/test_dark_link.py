@@ -17,9 +17,9 @@ from psycopg2.extensions import make_dsn
 
 from blip.db.embedded import PORT
 from blip.web.health import DATABASE_TIMEOUT
-from tests.conftest import TIMEOUT
+from tests.conftest import TIMEOUT, eventually
 from tests.link import Link
-from tests.test_service import answer, eventually, get, park
+from tests.test_service import answer, get, park
 
 #: Lines written while the link is dark, and seconds between them: longer
 #: than the health check's timeout and ingest's write timeout.

@@ -2,21 +2,41 @@
 Fault injection, end to end: ``twistd -n blip`` reads a pty behind a symlink
 and writes to the test cluster while the cluster is stopped and started,
 the daemon is killed with SIGKILL and restarted, the device is unplugged and
-plugged back, and the daemon is stopped with SIGTERM while the database is
-down. Every line written must end up in ``readings`` exactly once — all but
-the first line after each opening of the device, which is documented to be
-dropped — with rollups matching a recount.
+plugged back, the daemon is stopped with SIGTERM while the database is
+down, its disk fills up while the database is down, and it starts with its
+clock behind the points it stored and the database down. Every line written
+must end up in ``readings`` exactly once — all but the first line after each
+opening of the device, which is documented to be dropped, and those counted
+as dropped when neither the database nor the disk could take them — with
+rollups matching a recount.
 """
 
 import json
+import re
 import select
 import signal
 import threading
 import time
+from pathlib import Path
+from typing import Any, Callable
 
-from tests.conftest import TIMEOUT, MeterLink
+import pytest_twisted
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.threads import deferToThread
+from zope.interface import implementer
+
+from blip.ingest.writer import MAX_PENDING
+from blip.service import Options, make_service
+from tests.conftest import (
+    TIMEOUT,
+    MeterLink,
+    Pty,
+    SmallFilesystem,
+    eventually,
+    wait_until,
+)
 from tests.ingest.test_writer import rollups_match_readings
-from tests.test_service import answer, eventually, get, park
+from tests.test_service import answer, get, metric, park
 
 
 def ms_of(line: int) -> int:
@@ -178,3 +198,156 @@ def test_sigterm_with_the_database_down(start_daemon, database, pty_meter, stopp
     reasons = database.sql("SELECT end_reason FROM ingest_periods WHERE node = 'attic' ORDER BY started")
     assert reasons == [("stop",), ("stop",)]
     assert rollups_match_readings(database)
+
+
+def resident_bytes(pid: int) -> int:
+    """:return: the resident memory of process ``pid``."""
+    with open(f"/proc/{pid}/status") as status:
+        match = re.search(r"VmRSS:\s+(\d+) kB", status.read())
+    assert match is not None
+    return int(match.group(1)) * 1024
+
+
+def test_a_full_disk_during_an_outage_keeps_memory_bounded(
+    start_daemon, database, pty_meter, stoppable_cluster, small_filesystem: SmallFilesystem
+) -> None:
+    """
+    The database stops and then the state dir's filesystem fills up: the
+    daemon keeps running and answering, holds at most MAX_PENDING points
+    in memory (its memory stops growing), drops the others and says how
+    many in /metrics. Once there is room and the database is back, every
+    line not counted as dropped is stored exactly once, in order.
+    """
+    state = small_filesystem.path / "state"
+    daemon = start_daemon("--serial", pty_meter.path, "--db", database.dsn, state_dir=state)
+    daemon.wait_for("database ready")
+    daemon.wait_for("reading serial device")
+    sent = 0
+
+    def send(count: int) -> None:
+        nonlocal sent
+        lines = b"".join(b"%d\n" % ms_of(n) for n in range(sent, sent + count))
+        pty_meter.write(lines)
+        sent += count
+        assert eventually(lambda: metric(daemon, "blip_blips_total") == sent, TIMEOUT * 2)
+
+    pty_meter.write(b"\n")
+    send(100)
+    assert eventually(lambda: len(stored_lines(database)) == 100)
+    spooled = metric(daemon, "blip_spooled_total")
+    stoppable_cluster.stop()
+    send(100)
+    daemon.wait_for("cannot write to the database")
+    assert eventually(lambda: metric(daemon, "blip_spooled_total") == spooled + 100)
+    small_filesystem.fill()
+    before = resident_bytes(daemon.pid)
+    send(MAX_PENDING)
+    daemon.wait_for("cannot write the spool")
+    holding = resident_bytes(daemon.pid)
+    send(MAX_PENDING // 2)
+    daemon.wait_for("dropping new points")
+    dropped = metric(daemon, "blip_dropped_points_total")
+    # All but what the spool file's last, partly used, page could take.
+    assert MAX_PENDING // 2 - 250 <= dropped <= MAX_PENDING // 2
+    assert metric(daemon, "blip_backlog") + dropped == sent - 100
+    growth = resident_bytes(daemon.pid) - holding
+    assert growth < (holding - before) / 4, (before, holding, growth)
+    status, body = get(daemon, "/last/1")
+    assert status == 200 and json.loads(body)[1] == ms_of(sent - 1)
+
+    small_filesystem.free()
+    assert eventually(lambda: metric(daemon, "blip_spooled_total") == spooled + sent - 100 - dropped)
+    stoppable_cluster.start()
+    assert eventually(lambda: metric(daemon, "blip_backlog") == 0, TIMEOUT * 2)
+    assert daemon.stop() == 0
+    lines = stored_lines(database)
+    assert lines == sorted(set(lines)), "lines stored twice or out of order"
+    assert len(lines) == sent - dropped
+    assert set(lines) <= set(range(sent)) and set(range(100 + 100)) <= set(lines)
+    assert rollups_match_readings(database)
+
+
+@implementer(IReactorTime)
+class StoppedClock:
+    """
+    A clock that shows one moment for ever (as one without a battery, set
+    at boot from what it last saved), with the reactor's timers.
+
+    :param reactor: runs the timers.
+    :param seconds: the moment shown.
+    """
+
+    def __init__(self, reactor: Any, seconds: float) -> None:
+        self.reactor = reactor
+        self._seconds = seconds
+
+    def seconds(self) -> float:
+        """:return: the moment shown."""
+        return self._seconds
+
+    def callLater(self, delay: float, callable: Callable[..., Any], *args: Any, **kw: Any) -> IDelayedCall:
+        """Run ``callable`` after ``delay`` seconds of the reactor's time."""
+        return self.reactor.callLater(delay, callable, *args, **kw)
+
+    def getDelayedCalls(self) -> list[IDelayedCall]:
+        """:return: the reactor's timers."""
+        return self.reactor.getDelayedCalls()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_clock_behind_the_stored_points_loses_no_blip(
+    database, pty_meter: Pty, stoppable_cluster, tmp_path: Path
+) -> None:
+    """
+    A Raspberry Pi without a real-time clock: an ingest node whose clock
+    stands still stamps 20 blips (one millisecond apart) and stops; it
+    starts again with its clock showing the same moment, behind what it
+    stored, while the database is down, and reads 30 more blips. Stamps
+    continue from those the first run kept in its state dir, so once the
+    database is back no blip is dropped as a duplicate of a stored one.
+    """
+    from twisted.internet import reactor
+
+    handlers = {n: signal.getsignal(n) for n in (signal.SIGTERM, signal.SIGINT)}
+    clock = StoppedClock(reactor, 1_700_000_000.0)
+
+    def node() -> Any:
+        options = Options()
+        options.parseOptions([
+            "--role", "ingest", "--serial", pty_meter.path, "--db", database.dsn,
+            "--state-dir", str(tmp_path / "state"),
+        ])
+        service = make_service(options, reactor, clock)
+        service.startService()
+        return service
+
+    def stored() -> list[int]:
+        if database.sql("SELECT to_regclass('readings')") == [(None,)]:
+            return []
+        return [ms for (ms,) in database.sql("SELECT ms FROM readings ORDER BY stamp")]
+
+    def blips(first: int, count: int) -> None:
+        # The first line after the device opens may be partial: dropped.
+        pty_meter.write(b"\n" + b"".join(b"%d\n" % ms_of(n) for n in range(first, first + count)))
+
+    try:
+        first = node()
+        try:
+            blips(0, 20)
+            await wait_until(lambda: len(stored()) == 20, TIMEOUT)
+        finally:
+            await first.stopService()
+        await deferToThread(stoppable_cluster.stop)
+        second = node()
+        try:
+            blips(20, 30)
+            spool = tmp_path / "state" / "spool"
+            await wait_until(lambda: spool.exists() and spool.stat().st_size >= 8 + 30 * 20, TIMEOUT)
+            await deferToThread(stoppable_cluster.start)
+            await wait_until(lambda: len(stored()) == 50, TIMEOUT)
+        finally:
+            await second.stopService()
+    finally:
+        for number, handler in handlers.items():
+            signal.signal(number, handler)
+    assert stored() == [ms_of(n) for n in range(50)]

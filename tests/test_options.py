@@ -76,6 +76,23 @@ def test_node_name(monkeypatch) -> None:
     assert parse(["--db", "dbname=x", "--node-name", "attic"])["node-name"] == "attic"
 
 
+def test_a_serial_line_relayed_over_the_network(monkeypatch) -> None:
+    """
+    --serial (or BLIP_SERIAL) takes tcp://HOST:PORT or rfc2217://HOST:PORT
+    for a serial line relayed over the network; a path stays a path.
+    """
+    from blip.source.relay import Relay
+
+    assert parse(["--db", "dbname=x", "--serial", "rfc2217://[fd00::7]:2217"])["serial"] == Relay(
+        "rfc2217", "fd00::7", 2217
+    )
+    monkeypatch.setenv("BLIP_SERIAL", "tcp://esp-link.lan:23")
+    assert parse(["--db", "dbname=x"])["serial"] == Relay("tcp", "esp-link.lan", 23)
+    assert parse(["--db", "dbname=x", "--serial", "/dev/ttyUSB0"])["serial"] == "/dev/ttyUSB0"
+    with pytest.raises(usage.UsageError, match="--serial and --simulate"):
+        parse(["--db", "dbname=x", "--simulate"])
+
+
 def test_simulate_from_the_environment(monkeypatch) -> None:
     """
     BLIP_SIMULATE=1 turns the simulator on; a value that is not a yes or
@@ -104,6 +121,8 @@ def test_simulate_from_the_environment(monkeypatch) -> None:
         (["--db", "host=x = y"], "--db"),
         (["--meters", "/nonexistent/meters.toml"], "--meters"),
         (["--serial", "/dev/ttyUSB0", "--simulate"], "--serial and --simulate"),
+        (["--serial", "tcp://esp-link.lan"], "--serial: no port in 'tcp://esp-link.lan'"),
+        (["--serial", "ftp://esp-link.lan:21"], "--serial: unknown kind of relay 'ftp'"),
         (["--node-name", " "], "--node-name"),
         (["--node-name", "n" * 201], "--node-name"),
         (["--db-read", "host=x = y"], "--db-read"),

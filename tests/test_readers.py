@@ -21,9 +21,9 @@ import psycopg2.extensions
 from blip.db.readings import CHANNEL
 from blip.db.sync_store import SyncStore
 from blip.live.notify import decode
-from tests.conftest import TIMEOUT
+from tests.conftest import TIMEOUT, eventually
 from tests.test_faults import Blips, ms_of
-from tests.test_service import eventually, get
+from tests.test_service import get
 
 HOUR, DAY = 3_600_000, 86_400_000
 #: Seconds the clients ask and the blips arrive.

@@ -13,8 +13,8 @@ import time
 
 import psycopg2
 
-from tests.conftest import open_pty
-from tests.test_service import answer, eventually, get, park
+from tests.conftest import eventually, open_pty
+from tests.test_service import answer, get, park
 
 INGEST_READY = r"database ready"
 

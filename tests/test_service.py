@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, TIMEOUT, free_port, shared_tempdir
+from tests.conftest import ROOT, TIMEOUT, eventually, free_port, shared_tempdir
 
 HOUR = 3_600_000
 
@@ -33,17 +33,14 @@ def get(daemon, path: str) -> tuple[int, bytes]:
         return e.code, e.read()
 
 
-def eventually(check, timeout: float = TIMEOUT):
-    """
-    Ask ``check()`` until it returns something true (the daemon writes in
-    batches, so a point is queryable a moment after it is live).
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result or time.monotonic() > deadline:
-            return result
-        time.sleep(0.02)
+def metric(daemon, name: str) -> float:
+    """:return: the value of a metric without labels, from /metrics."""
+    status, body = get(daemon, "/metrics")
+    assert status == 200
+    for line in body.decode().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"no metric {name}")
 
 
 def park(daemon, path: str) -> socket.socket:

@@ -11,10 +11,11 @@ closed at its ``alive_at`` for reason ``crash`` when the node starts again.
 Periods are kept in memory until the database has them, so an outage of the
 database delays the record but does not lose it. While the database cannot
 record them, and when the daemon stops, they are also kept in a small file
-in the state directory (at each refresh: no disk writes while the database
-is fine), which the next start records first — a period cut short by a
-crash during an outage then ends at its last refresh, not at the last one
-the database saw.
+in the state directory (at each refresh: no disk writes for them while the
+database is fine; written whole, synced and renamed into place by
+:class:`blip.common.owned.Folder`), which the next start records first — a
+period cut short by a crash during an outage then ends at its last refresh,
+not at the last one the database saw.
 """
 
 import json
@@ -29,6 +30,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from blip.common.lifecycle import AfterReady
+from blip.common.owned import Folder, Unsafe
 from blip.common.waiting import within
 from blip.db.node_state import IngestPeriods
 
@@ -185,11 +187,11 @@ class Periods:
         if self.path is None or not self._unsaved:
             return False
         rows = [astuple(p) for p in self._unsaved.values()]
-        staged = self.path.with_name(self.path.name + ".new")
+        data = json.dumps({"node": self.node, "periods": rows}).encode()
         try:
-            staged.write_text(json.dumps({"node": self.node, "periods": rows}), encoding="utf-8")
-            os.replace(staged, self.path)
-        except OSError as e:
+            with Folder.trusted(self.path.parent) as folder:
+                folder.write(self.path.name, data, (os.geteuid(), os.getegid()))
+        except (OSError, Unsafe) as e:
             self.log.error(
                 "cannot keep ingest periods in {path}: {why}", path=str(self.path), why=str(e)
             )
@@ -264,17 +266,29 @@ class PeriodsService(AfterReady):
     :param periods: the record.
     :param ready: returns a Deferred that fires when the database is ready.
     :param clock: times the refreshes.
+    :param keep: also done at each refresh (keeping other state of ingest
+        in the state dir).
     """
 
     log = Logger()
 
     def __init__(
-        self, periods: Periods, ready: Callable[[], "Deferred[None]"], clock: IReactorTime
+        self,
+        periods: Periods,
+        ready: Callable[[], "Deferred[None]"],
+        clock: IReactorTime,
+        keep: Optional[Callable[[], None]] = None,
     ) -> None:
         super().__init__("recording ingest periods", ready, periods.start, self._close, self._open)
         self.periods = periods
-        self._refresh = LoopingCall(periods.alive)
+        self.keep = keep
+        self._refresh = LoopingCall(self._alive)
         self._refresh.clock = clock
+
+    def _alive(self) -> None:
+        self.periods.alive()
+        if self.keep is not None:
+            self.keep()
 
     def _open(self) -> None:
         self.periods.open()

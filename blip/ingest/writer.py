@@ -12,9 +12,16 @@ period, and it is written to the database in order, chunk by chunk, with
 backoff between failed attempts, until it is empty; then points go straight
 to the database again. Writes are idempotent, so a chunk that was committed
 just before a failure or a crash and is written again changes nothing.
+
+When the spool cannot be written either (a full disk), points wait in
+memory, up to :data:`MAX_PENDING` of them; the spool is tried again every
+:data:`SPOOL_RETRY` seconds, and only the points it has not taken yet are
+appended. Beyond that bound new points are dropped (they still go live),
+counted and logged: memory stays bounded however long the disk stays full.
 """
 
-from typing import Any, Callable, Optional
+import typing
+from typing import Any, Callable, Optional, Sequence
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -22,11 +29,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from blip.common.retry import backoff, retrying
+from blip.common.throttle import Throttle
 from blip.common.waiting import detached, within
 from blip.counters import Counters
 from blip.db.pool import RETRIABLE
 from blip.db.readings import Readings
-from blip.ingest.spool import Spool
+from blip.ingest.spool import AppendError, Spool
 from blip.ingest.stamps import Stamps
 from blip.live.hub import Hub
 from blip.model import Point
@@ -44,8 +52,32 @@ STOP_TIMEOUT = 2.0
 #: Seconds without an answer after which a write counts as failed (its
 #: points are in the spool by then; a late commit of it is harmless).
 WRITE_TIMEOUT = 10.0
+#: Most points kept in memory while neither the database nor the spool
+#: takes them; later points are dropped.
+MAX_PENDING = 100_000
+#: Seconds between two attempts to write the spool after it failed.
+SPOOL_RETRY = 1.0
+#: Seconds between two warnings about dropped points.
+DROP_WARN_INTERVAL = 60.0
 
 DatabaseAlive = Callable[[], "Deferred[None]"]
+
+
+class Observer(typing.Protocol):
+    """
+    What is told of this node's own points (see :meth:`Ingest.observe`).
+    """
+
+    def receive(self, point: Point) -> None:
+        """
+        A point arrived from this node's source.
+        """
+
+    def stored(self, points: Sequence[Point]) -> None:
+        """
+        A write of this node committed ``points`` (some may have been
+        stored before: a spool written again).
+        """
 
 
 class WriteStalled(Exception):
@@ -72,6 +104,8 @@ class Ingest:
     :param db_alive: returns a Deferred that fires as soon as a database
         connection is open, so that a retry waits for the database rather
         than for a timer; when None, retries run on their timer.
+    :param max_pending: most points kept in memory while neither the
+        database nor the spool takes them.
     """
 
     log = Logger()
@@ -85,6 +119,7 @@ class Ingest:
         counters: Counters,
         spool: Optional[Spool] = None,
         db_alive: Optional[DatabaseAlive] = None,
+        max_pending: int = MAX_PENDING,
     ) -> None:
         self.store = store
         self.hub = hub
@@ -93,6 +128,7 @@ class Ingest:
         self.counters = counters
         self.spool = spool if spool is not None else Spool(None)
         self.db_alive = db_alive
+        self.max_pending = max_pending
         #: Points received and neither written nor spooled yet.
         self.pending: list[Point] = []
         # Whether new points go to the spool (rather than to pending).
@@ -101,6 +137,9 @@ class Ingest:
         self._stopping = False
         self._closed = False
         self._spool_failing = False
+        self._spool_retry: Optional[IDelayedCall] = None
+        self._drops = Throttle(clock, DROP_WARN_INTERVAL)
+        self._observers: list[Observer] = []
         self._timer: Optional[IDelayedCall] = None
         self._retry: Optional[IDelayedCall] = None
         # Waits that stop cancels (never a query: that would block on
@@ -115,11 +154,26 @@ class Ingest:
         self._failures = 0
         self._retry_delay = backoff()
 
+    def observe(self, observer: Observer) -> Callable[[], None]:
+        """
+        Tell ``observer`` of every point that arrives from now on, and of
+        every write committed.
+
+        :return: a function that stops it.
+        """
+        self._observers.append(observer)
+        return lambda: self._observers.remove(observer)
+
     def receive(self, point: Point) -> None:
         """
         Take a new point: publish it, and queue it for the database.
         """
         self.hub.publish(point)
+        if self._observers:
+            self._tell(lambda observer: observer.receive(point))
+        if self._spool_failing and len(self.pending) >= self.max_pending:
+            self._drop()
+            return
         self.pending.append(point)
         if self._spooling:
             self._spool_pending()
@@ -133,11 +187,14 @@ class Ingest:
         """
         Take over the spool a previous run left: its points are written
         before any new one, and each meter's newest spooled point seeds the
-        stamps and the hub.
+        stamps and the hub. The newest stamps a previous run kept seed the
+        stamps too.
         """
         for point in self.spool.open():
             self.stamps.seed(point.meter, point.stamp)
             self.hub.remember(point)
+        self.counters.spool_invalid += self.spool.invalid
+        self.stamps.load()
         if len(self.spool):
             self.log.info(
                 "{count} points of a previous run wait in the spool; they are"
@@ -192,6 +249,9 @@ class Ingest:
             self._timer.cancel()
         self._timer = None
         self._cancel_retry()
+        if self._spool_retry is not None and self._spool_retry.active():
+            self._spool_retry.cancel()
+        self._spool_retry = None
         if self._starting is not None:
             self._starting.cancel()
         deadline = self.clock.seconds() + STOP_TIMEOUT
@@ -210,7 +270,7 @@ class Ingest:
                     self._batch_spooled = True
                 break
         self._spooling = True
-        self._spool_pending()
+        self._spool_pending(retry=True)
         self._closed = True
         try:
             self.spool.close()
@@ -229,6 +289,7 @@ class Ingest:
                 what=what,
             )
         self._update_backlog()
+        self.stamps.keep()
 
     def _tick(self) -> None:
         self._timer = None
@@ -250,22 +311,67 @@ class Ingest:
         self._spool_pending()
         self._sync()
 
-    def _spool_pending(self) -> None:
+    def _spool_pending(self, retry: bool = False) -> None:
+        """
+        Append the pending points to the spool. After a failure, only the
+        retry timer (or a stop) tries again.
+        """
         if not self.pending:
             return
+        if self._spool_failing and not retry:
+            self._retry_spool_later()
+            return
+        error: Optional[AppendError] = None
         try:
             self.spool.append(self.pending)
-        except OSError as e:
-            if not self._spool_failing:
-                self.log.error(
-                    "cannot write the spool: {why}; keeping points in memory",
-                    why=str(e),
-                )
-                self._spool_failing = True
+            appended = len(self.pending)
+        except AppendError as e:
+            error, appended = e, e.appended
+        self.counters.spooled += appended
+        del self.pending[:appended]
+        if error is None:
+            if self._spool_failing:
+                self.log.info("the spool can be written again")
+            self._spool_failing = False
             return
-        self.counters.spooled += len(self.pending)
-        self.pending.clear()
-        self._spool_failing = False
+        if not self._spool_failing:
+            self.log.error(
+                "cannot write the spool: {why}; keeping up to {most} points in memory"
+                " and trying again every {every:g} s",
+                why=error.strerror or str(error),
+                most=self.max_pending,
+                every=SPOOL_RETRY,
+            )
+            self._spool_failing = True
+        self._retry_spool_later()
+
+    def _retry_spool_later(self) -> None:
+        if self._spool_retry is None and not self._stopping:
+            self._spool_retry = self.clock.callLater(SPOOL_RETRY, self._retry_spool)
+
+    def _retry_spool(self) -> None:
+        self._spool_retry = None
+        if self._spooling:
+            self._spool_pending(retry=True)
+            self._sync()
+            self._update_backlog()
+
+    def _tell(self, news: Callable[[Observer], None]) -> None:
+        for observer in self._observers:
+            try:
+                news(observer)
+            except Exception:
+                self.log.failure("ingest observer {observer!r} failed", observer=observer)
+
+    def _drop(self) -> None:
+        self.counters.dropped_points += 1
+        if self._drops.due() is not None:
+            self.log.error(
+                "dropping new points: neither the database nor the spool takes them,"
+                " and {most} points wait in memory ({count} dropped so far)",
+                most=self.max_pending,
+                count=self.counters.dropped_points,
+            )
 
     def _sync(self) -> None:
         try:
@@ -334,6 +440,7 @@ class Ingest:
 
     def _written(self, batch: list[Point], from_spool: bool, new: int) -> None:
         self.counters.stored += new
+        self._tell(lambda observer: observer.stored(batch))
         if from_spool:
             self.spool.consume(len(batch))
             self.counters.replayed += len(batch)

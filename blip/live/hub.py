@@ -59,6 +59,10 @@ class Hub:
             if d in waiters:
                 del waiters[d]
                 self.waiting -= 1
+                # Nothing is kept for a meter nobody waits for: a client
+                # may ask for any meter id.
+                if not waiters and self._waiters.get(meter) is waiters:
+                    del self._waiters[meter]
 
         d: Deferred[Point] = Deferred(cancel)
         waiters[d] = None

@@ -18,9 +18,23 @@ read by one ingest node, so this drops exactly what the hub has had:
 points a node ingested itself (an ``all`` node publishes them on arrival,
 before they are committed and announced), and points read from the
 database that were also announced.
+
+Any login of the database may ``NOTIFY`` on the channel (a read-only role
+too: notifications have no privileges), so an announced point is not
+trusted blindly: it reaches the hub only if its meter is known here
+(configured, in the meters table, or with points stored) and its stamp lies
+between :data:`PAST` seconds before and :data:`AHEAD` seconds after now.
+Anything else is counted and logged (at most once a minute): a stamp far
+ahead would freeze the meter's live feed here (later points would look
+older), unknown meter ids would grow memory without bound. A point of a
+meter not known yet makes the meters table be read again (at most every
+:data:`METERS_CHECK` seconds): a meter first seen by another node is known
+once that node has written it there. After the connection was lost, a
+meter the hub has not seen starts from its newest stored point, not from
+its first (history imported meanwhile is not live).
 """
 
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -35,6 +49,7 @@ from blip.counters import Counters
 from blip.db.pool import RETRIABLE, connection_settings, own_connection
 from blip.db.readings import CHANNEL, Readings, listen
 from blip.live.hub import Hub
+from blip.meters import Meters
 from blip.model import INT_MAX, STAMP_MAX, STAMP_MIN, Point
 
 #: Points read from the database per query when catching up.
@@ -42,8 +57,21 @@ CATCH_UP_PAGE = 5000
 #: Most notified points held back while catching up; beyond that they are
 #: dropped and read from the database instead (they are all committed).
 MAX_HELD = 200_000
-#: Seconds between two warnings about notifications that cannot be read.
+#: Seconds between two warnings about notifications that cannot be read,
+#: or points that are refused.
 WARN_INTERVAL = 60.0
+#: Oldest stamp of an announced point taken, in seconds before now: points
+#: are announced once committed, within a batch period normally, later when
+#: an ingest node writes what it spooled during an outage (those are then
+#: for queries, not live).
+PAST = 300.0
+#: Newest stamp of an announced point taken, in seconds after now: only
+#: clocks of two nodes that disagree put a point committed elsewhere ahead
+#: of this node's clock.
+AHEAD = 60.0
+#: Least seconds between two readings of the meters table prompted by
+#: points of meters not known here.
+METERS_CHECK = 5.0
 
 
 class PayloadError(ValueError):
@@ -118,9 +146,14 @@ class Listener:
     :param store: reads the last points and the points missed, from the
         same database.
     :param hub: where the points go.
+    :param meters: the meters known here.
     :param reactor: runs the connection and times retries.
     :param counters: the daemon's counters.
     :param node: this node's name, for ``pg_stat_activity``.
+    :param clock: what "now" is for the stamps of announced points (the
+        reactor when None).
+    :param refresh_meters: reads the meters table again into ``meters``;
+        returns a Deferred that never fails.
     """
 
     log = Logger()
@@ -130,15 +163,21 @@ class Listener:
         dsn: str,
         store: Readings,
         hub: Hub,
+        meters: Meters,
         reactor: IReactorTime,
         counters: Counters,
         node: str = "",
+        clock: Optional[IReactorTime] = None,
+        refresh_meters: Optional[Callable[[], "Deferred[None]"]] = None,
     ) -> None:
         self.dsn = dsn
         self.node = node
         self.store = store
         self.hub = hub
+        self.meters = meters
         self.reactor = reactor
+        self.clock = clock if clock is not None else reactor
+        self.refresh_meters = refresh_meters
         self.counters = counters
         self.connection: Any = None
         self._live = Latch()
@@ -150,6 +189,9 @@ class Listener:
         self._down = False
         self._syncing: Optional[Deferred[None]] = None
         self._bad_warnings = Throttle(reactor, WARN_INTERVAL)
+        self._refusals = Throttle(self.clock, WARN_INTERVAL)
+        self._meter_checks = Throttle(self.clock, METERS_CHECK)
+        self._checking: Optional[Deferred[None]] = None
 
     @property
     def live(self) -> bool:
@@ -230,12 +272,16 @@ class Listener:
         async def read() -> None:
             nonlocal caught_up
             while generation == self._generation:
-                if not self._seeded:
-                    for point in await self.store.last_points():
+                # Each meter's newest point: all of them the first time;
+                # later, those of meters the hub has not seen (first stored
+                # while the connection was down, or imported), which then
+                # start from there rather than from their first point.
+                for point in await self.store.last_points():
+                    if not self._seeded or self.hub.last(point.meter) is None:
                         self.hub.remember(point)
-                    self._seeded = True
-                else:
+                if self._seeded:
                     caught_up += await self._read_missed(generation)
+                self._seeded = True
                 if not self._overflowed:
                     return
                 # More was announced meanwhile than is held: read it too.
@@ -305,6 +351,7 @@ class Listener:
                 self._bad(notify, str(e))
                 return
             self.counters.notified += len(points)
+            points = self._trusted(points, notify.pid)
             if self._held is None:
                 for point in points:
                     self._deliver(point)
@@ -315,6 +362,56 @@ class Listener:
                 self._held.extend(points)
         except Exception:
             self.log.failure("handling a notification failed")
+
+    def _trusted(self, points: list[Point], pid: int) -> list[Point]:
+        """
+        :return: the points of known meters stamped near now; the others
+            are counted and logged.
+        """
+        now = int(self.clock.seconds() * 1000)
+        oldest, newest = now - int(PAST * 1000), now + int(AHEAD * 1000)
+        taken: list[Point] = []
+        refused: Optional[tuple[Point, str]] = None
+        count = 0
+        for point in points:
+            if point.meter not in self.meters and self.hub.last(point.meter) is None:
+                why = "its meter is not known here"
+                self._check_meters()
+            elif not oldest <= point.stamp <= newest:
+                why = f"stamped {(point.stamp - now) / 1000:+.0f} s from now"
+            else:
+                taken.append(point)
+                continue
+            count += 1
+            refused = refused or (point, why)
+        if refused is not None:
+            self.counters.notified_refused += count
+            if self._refusals.due() is not None:
+                point, why = refused
+                self.log.warn(
+                    "ignoring {count} points announced on {channel} by server process"
+                    " {pid}, such as meter {meter} at {stamp}: {why}; only points of known"
+                    " meters stamped from {past:g} s before to {ahead:g} s after now go"
+                    " live ({total} ignored so far)",
+                    count=count, channel=CHANNEL, pid=pid, meter=point.meter,
+                    stamp=point.stamp, why=why, past=PAST, ahead=AHEAD,
+                    total=self.counters.notified_refused,
+                )
+        return taken
+
+    def _check_meters(self) -> None:
+        if (
+            self.refresh_meters is None
+            or self._checking is not None
+            or self._meter_checks.due() is None
+        ):
+            return
+        checking = self._checking = self.refresh_meters()
+
+        def done(_: object) -> None:
+            self._checking = None
+
+        checking.addBoth(done)
 
     def _deliver(self, point: Point) -> None:
         last = self.hub.last(point.meter)

@@ -4,6 +4,11 @@ each meter (the mean over the last ``--mqtt-interval``, at most once per
 interval) and its energy (a counter of every blip stored, that survives
 restarts).
 
+Only this node's own points are published: power from the blips its source
+reads, energy from the points its ingest commits (see
+:class:`blip.ingest.writer.Observer`), never from points announced by the
+database, which any login of it could forge.
+
 A broker outage never slows ingest: only the latest message of each topic
 waits for the broker, so what waits is bounded by the number of meters;
 every (re)connection gets availability, discovery and the latest states
@@ -12,7 +17,7 @@ first.
 
 import typing
 from collections import deque
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Sequence
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
@@ -21,7 +26,7 @@ from blip.meters import Meter, Meters
 from blip.model import Point
 from blip.mqtt.broker import Broker, Message, discovery_messages
 
-#: Stamps of blips seen before the stored count is known, kept per meter.
+#: Stamps of blips stored before the stored count is known, kept per meter.
 EARLY_MAX = 100_000
 
 
@@ -43,7 +48,8 @@ def watts_text(watts: float) -> str:
 class _Tally:
     """
     What is known of one meter: blips since its power was last published,
-    and its count of blips, once the stored count is known.
+    and its count of blips stored, once the count in the database is known,
+    with the stamp of the newest blip counted.
     """
 
     def __init__(self) -> None:
@@ -52,6 +58,7 @@ class _Tally:
         self.sent_at = float("-inf")
         self.timer: Optional[IDelayedCall] = None
         self.count: Optional[int] = None
+        self.newest: Optional[int] = None
         self.early: deque[int] = deque(maxlen=EARLY_MAX)
 
 
@@ -103,24 +110,53 @@ class Publisher:
 
     def receive(self, point: Point) -> None:
         """
-        Take a new point (a hub listener: never raises, never blocks).
+        Take a point this node's source read, for the power (an ingest
+        observer: never raises, never blocks).
         """
         try:
             self._receive(point)
         except Exception:
             self.log.failure("MQTT publisher failed on {point}", point=point)
 
-    def _receive(self, point: Point) -> None:
-        tally = self._tallies.get(point.meter)
+    def stored(self, points: Sequence[Point]) -> None:
+        """
+        Count the points a write of this node committed, for the energy (an
+        ingest observer: never raises, never blocks). A point is counted
+        once, whatever is written again: stamps of a meter are stored in
+        increasing order, so only those after the newest counted are new.
+        """
+        try:
+            self._stored(points)
+        except Exception:
+            self.log.failure("MQTT publisher failed on {count} stored points", count=len(points))
+
+    def _tally(self, meter_id: int) -> _Tally:
+        tally = self._tallies.get(meter_id)
         if tally is None:
-            tally = self._tallies[point.meter] = _Tally()
-            self._discover(self.meters.get(point.meter))
+            tally = self._tallies[meter_id] = _Tally()
+            self._discover(self.meters.get(meter_id))
+        return tally
+
+    def _stored(self, points: Sequence[Point]) -> None:
+        counted: dict[int, None] = {}
+        for point in points:
+            tally = self._tally(point.meter)
+            if tally.count is None:
+                tally.early.append(point.stamp)
+            elif tally.newest is None or point.stamp > tally.newest:
+                tally.count += 1
+                tally.newest = point.stamp
+                counted[point.meter] = None
+        for meter_id in counted:
+            # Along with the next power message if one is due, else now.
+            if self._tallies[meter_id].timer is None:
+                self._publish_energy(meter_id)
+        self._flush()
+
+    def _receive(self, point: Point) -> None:
+        tally = self._tally(point.meter)
         tally.blips += 1
         tally.sum_ms += point.ms
-        if tally.count is None:
-            tally.early.append(point.stamp)
-        else:
-            tally.count += 1
         if tally.timer is None:
             wait = tally.sent_at + self.interval - self.clock.seconds()
             if wait <= 0:
@@ -134,15 +170,17 @@ class Publisher:
         energy counters.
 
         :param totals: ``(meter, blips stored, stamp of its newest stored
-            blip)``; blips seen here with a later stamp are counted on top.
+            blip)``; blips this node stored with a later stamp are counted
+            on top.
         """
         stored = {meter: (events, last) for meter, events, last in totals}
         for meter in self.meters:
             stored.setdefault(meter.id, (0, None))
         for meter_id, (events, last) in sorted(stored.items()):
-            tally = self._tallies.setdefault(meter_id, _Tally())
-            unstored = sum(1 for stamp in tally.early if last is None or stamp > last)
-            tally.count = int(events) + unstored
+            tally = self._tally(meter_id)
+            later = [stamp for stamp in tally.early if last is None or stamp > last]
+            tally.count = int(events) + len(later)
+            tally.newest = later[-1] if later else last
             tally.early.clear()
             self._discover(self.meters.get(meter_id))
         for meter_id in sorted(self._tallies):

@@ -1,8 +1,9 @@
 """
 MQTT publishing while the daemon runs, the way Home Assistant discovers
-sensors: the publisher (:mod:`blip.mqtt.publisher`) listens to the hub, the
-link (:mod:`blip.mqtt.connection`) keeps the broker connection, and each
-meter's stored blip count is loaded once the database is ready.
+sensors: the publisher (:mod:`blip.mqtt.publisher`) observes this node's
+ingest (the points its source reads, and those it stores), the link
+(:mod:`blip.mqtt.connection`) keeps the broker connection, and each meter's
+stored blip count is loaded once the database is ready.
 """
 
 from typing import Any, Callable, Optional
@@ -16,7 +17,7 @@ from blip.common.retry import retrying
 from blip.common.waiting import detached
 from blip.db.pool import RETRIABLE
 from blip.db.readings import Readings
-from blip.live.hub import Hub
+from blip.ingest.writer import Ingest
 from blip.meters import Meters
 from blip.mqtt.broker import Broker
 from blip.mqtt.connection import Link, broker_endpoint
@@ -25,14 +26,14 @@ from blip.mqtt.publisher import Publisher
 
 class MqttService(AfterReady):
     """
-    Publishes the meters over MQTT while the daemon runs: listens to the
-    hub and keeps the broker connection from the start, and loads each
-    meter's stored blip count once the database is ready (retried while it
-    is away).
+    Publishes the meters over MQTT while the daemon runs: observes ingest
+    and keeps the broker connection from the start, and loads each meter's
+    stored blip count once the database is ready (retried while it is
+    away).
 
     :param publisher: the publisher.
     :param link: the broker connection.
-    :param hub: the live points.
+    :param ingest: this node's ingest.
     :param store: the database.
     :param ready: returns a Deferred that fires when the database is ready.
     """
@@ -43,19 +44,19 @@ class MqttService(AfterReady):
         self,
         publisher: Publisher,
         link: Link,
-        hub: Hub,
+        ingest: Ingest,
         store: Readings,
         ready: Callable[[], "Deferred[None]"],
     ) -> None:
         super().__init__("MQTT publishing", ready, self._load, self._close, self._open)
         self.publisher = publisher
         self.link = link
-        self.hub = hub
+        self.ingest = ingest
         self.store = store
         self._unlisten: Optional[Callable[[], None]] = None
 
     def _open(self) -> None:
-        self._unlisten = self.hub.listen(self.publisher.receive)
+        self._unlisten = self.ingest.observe(self.publisher)
         self.link.service.startService()
 
     async def _load(self) -> None:
@@ -79,7 +80,7 @@ class MqttService(AfterReady):
 def mqtt_service(
     broker: Broker,
     interval: float,
-    hub: Hub,
+    ingest: Ingest,
     meters: Meters,
     store: Readings,
     ready: Callable[[], "Deferred[None]"],
@@ -91,4 +92,4 @@ def mqtt_service(
     """
     publisher = Publisher(broker, meters, clock, interval)
     link = Link(broker, publisher, broker_endpoint(reactor, broker), clock)
-    return MqttService(publisher, link, hub, store, ready)
+    return MqttService(publisher, link, ingest, store, ready)

@@ -72,6 +72,8 @@ class MeterFactory(_Factory):
     """
 
     log = Logger()
+    #: Not "Starting factory" at each connection to a relay.
+    noisy = False
 
     def __init__(
         self,

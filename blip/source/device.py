@@ -2,11 +2,12 @@
 The serial device the Arduino writes to: opened as a client endpoint, and
 kept open by :class:`SerialService`, which waits for a device missing at
 start and reopens one that vanishes (a USB unplug) with backoff, each
-outage logged once.
+outage logged once. The same service keeps a serial line relayed over the
+network open (:mod:`blip.source.relay`).
 """
 
 import os
-from typing import Optional
+from typing import Any, Optional
 
 from serial import SerialException
 from twisted.application.internet import ClientService
@@ -31,6 +32,40 @@ from blip.source.kept_input import KeptInputPort
 FIRST_REOPEN_DELAY = 0.5
 #: Most seconds between two attempts to reopen a lost serial device.
 MAX_REOPEN_DELAY = 5.0
+
+
+class Openings:
+    """
+    Counts the openings of a serial source and the attempts to open it that
+    failed, and warns of a failure only until the source was first open:
+    after that its loss was logged (by
+    :meth:`~blip.source.arduino.MeterFactory.source_closed`), and the
+    failed attempts to open it again are only counted.
+
+    :param counters: where openings and failures are counted.
+    """
+
+    def __init__(self, counters: Counters) -> None:
+        self.counters = counters
+        self._warned = False
+
+    def failed(self, log: Logger, format: str, **fields: Any) -> None:
+        """
+        Count a failed attempt; warn with ``format`` and ``fields`` if it
+        is the first since the daemon started and the source was never
+        open.
+        """
+        self.counters.serial_failures += 1
+        if not self._warned:
+            log.warn(format, **fields)
+            self._warned = True
+
+    def opened(self) -> None:
+        """
+        Count an opening.
+        """
+        self._warned = True
+        self.counters.serial_opens += 1
 
 
 @implementer(IStreamClientEndpoint)
@@ -62,8 +97,7 @@ class SerialEndpoint:
         self.reactor = reactor
         self.device = device
         self.baudrate = baudrate
-        self.counters = counters
-        self._warned = False
+        self.openings = Openings(counters)
         self._held: Optional[int] = None
 
     def __repr__(self) -> str:
@@ -105,17 +139,14 @@ class SerialEndpoint:
                 protocol, self.device, self.reactor, baudrate=self.baudrate, held_fd=held
             )
         except (SerialException, OSError, ValueError) as e:
-            self.counters.serial_failures += 1
-            if not self._warned:
-                self.log.warn(
-                    "cannot open serial device {device}: {why}; waiting for it",
-                    device=self.device,
-                    why=str(e),
-                )
-                self._warned = True
+            self.openings.failed(
+                self.log,
+                "cannot open serial device {device}: {why}; waiting for it",
+                device=self.device,
+                why=str(e),
+            )
             return fail(e)
-        self._warned = True
-        self.counters.serial_opens += 1
+        self.openings.opened()
         self.log.info(
             "reading serial device {device} at {baudrate} baud",
             device=self.device,
@@ -130,7 +161,9 @@ class SerialService(ClientService):
     it with backoff (up to :data:`MAX_REOPEN_DELAY`) when it is lost, and
     tells the factory when it closes it on purpose.
 
-    :param endpoint: the device.
+    :param endpoint: the device (a :class:`SerialEndpoint`), or the serial
+        line relayed over the network (a
+        :class:`~blip.source.relay.RelayEndpoint`).
     :param factory: builds the protocol for each opening.
     :param clock: times the attempts.
     """

@@ -32,8 +32,9 @@ from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 
+from blip.common.throttle import Throttle
 from blip.counters import Counters
-from blip.web.legacy import refuse
+from blip.web.errors import refuse
 
 IP = Union[IPv4Address, IPv6Address]
 Network = Union[IPv4Network, IPv6Network]
@@ -183,7 +184,7 @@ class AccessControl(Resource):
     :param inner: the site's root resource.
     :param rules: who is served.
     :param counters: where refusals are counted.
-    :param clock: times the log lines about refusals.
+    :param clock: spaces out the log lines about refusals.
     """
 
     isLeaf = True
@@ -196,9 +197,7 @@ class AccessControl(Resource):
         self.inner = inner
         self.rules = rules
         self.counters = counters
-        self.clock = clock
-        self._logged_at: Optional[float] = None
-        self._logged_count = 0
+        self._throttle = Throttle(clock, LOG_INTERVAL)
 
     def render(self, request: IRequest) -> Any:
         headers = request.requestHeaders
@@ -216,16 +215,14 @@ class AccessControl(Resource):
         return refuse(request, 403, f"access from {who} is not allowed")
 
     def _note(self, who: str) -> None:
-        now = self.clock.seconds()
-        if self._logged_at is None or now - self._logged_at >= LOG_INTERVAL:
+        held = self._throttle.due()
+        if held is not None:
             self.log.info(
                 "refused {count} requests from clients not in --allow since the last"
                 " such line; the last from {client}",
-                count=self.counters.forbidden - self._logged_count,
+                count=held + 1,
                 client=who,
             )
-            self._logged_at = now
-            self._logged_count = self.counters.forbidden
 
 
 def protect(resource: IResource, rules: Rules, counters: Counters, clock: IReactorTime) -> IResource:

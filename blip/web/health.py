@@ -3,8 +3,7 @@ The operators' routes: ``/healthz`` for load balancers and service
 monitors, ``/metrics`` for Prometheus.
 """
 
-import json
-from typing import Any
+from typing import Any, Optional
 
 from klein import Klein
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -18,7 +17,8 @@ from twisted.web.resource import IResource
 from blip.db.queries import Queries
 from blip.live.hub import Hub
 from blip.model import Point
-from blip.web.legacy import answer_error
+from blip.web.answers import encode
+from blip.web.errors import answer_error
 
 #: Seconds the database has to answer a health check.
 DATABASE_TIMEOUT = 5.0
@@ -106,7 +106,7 @@ class Operations:
         return self.app.resource()
 
     @app.handle_errors(Exception)
-    def error(self, request: IRequest, failure: Failure) -> bytes:
+    def error(self, request: IRequest, failure: Failure) -> Optional[bytes]:
         return answer_error(request, failure, self.log)
 
     @app.route("/healthz", methods=["GET", "HEAD"])
@@ -115,7 +115,7 @@ class Operations:
         request.setResponseCode(200 if ok else 503)
         request.setHeader(b"Content-Type", b"application/json")
         request.setHeader(b"Cache-Control", b"no-store")
-        return json.dumps(report, separators=(",", ":")).encode()
+        return encode(report)
 
     @app.route("/metrics", methods=["GET", "HEAD"])
     async def metrics(self, request: IRequest) -> bytes:

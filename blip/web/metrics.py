@@ -144,7 +144,10 @@ def route_of(mounts: Mapping[bytes, Klein], default: Klein) -> Callable[[IReques
         except UnicodeDecodeError:
             return "none"
         adapter = mounts.get(first, default).url_map.bind("blip", path_info=path)
-        for method in ("GET", "OPTIONS"):
+        # Every API route answers OPTIONS, and the page's catch-all does
+        # not: asked first, OPTIONS names the route of a path whose GET
+        # is answered before the router (the hot routes), not the page's.
+        for method in ("OPTIONS", "GET"):
             try:
                 rule, _ = adapter.match(path, method=method, return_rule=True)
             except HTTPException:

@@ -1,7 +1,10 @@
 """
-The HTTP site: which application answers which path. ``/api/v1/...`` is the
-modern API, ``/healthz`` and ``/metrics`` serve operators, everything else
-is the legacy API and the page; every request is counted and timed.
+The HTTP site: which application answers which path. What must not reach
+any route is refused first; ``/blip`` and ``/last`` are answered before the
+router (:mod:`blip.web.hot`); ``/api/v1/...`` is the modern API,
+``/healthz`` and ``/metrics`` serve operators, everything else is the
+legacy API and the page. Every request is counted and timed, behind
+access control.
 """
 
 from typing import Any, Mapping
@@ -9,13 +12,50 @@ from typing import Any, Mapping
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
-from twisted.web.server import Site
+from twisted.web.server import Request, Site
 
-from blip.web.front import Channel, Guard, HotRoutes
+from blip.counters import Counters
+from blip.web.access import Rules, protect
+from blip.web.channel import MAX_URI, Channel, TargetRequest
+from blip.web.errors import refuse
 from blip.web.health import Operations
+from blip.web.hot import HotRoutes
 from blip.web.legacy import LegacyApi
 from blip.web.metrics import Metered, RequestMetrics, route_of
 from blip.web.v1.routes import ApiV1
+
+
+class Guard(Resource):
+    """
+    Refuses, with JSON, what must not reach the routes: request targets
+    over :data:`~blip.web.channel.MAX_URI` bytes (414), paths that are not
+    UTF-8 (400), and methods that are not upper case (405: methods are
+    case-sensitive, but the router would take ``get`` for ``GET``); then
+    lets :class:`~blip.web.hot.HotRoutes` answer what it can, and the
+    router the rest.
+    """
+
+    isLeaf = True
+
+    def __init__(self, hot: HotRoutes, router: IResource) -> None:
+        super().__init__()
+        self.hot = hot
+        self.router = router
+
+    def render(self, request: Request) -> Any:
+        if len(request.uri) > MAX_URI:
+            return refuse(request, 414, f"request target longer than {MAX_URI} bytes")
+        if request.method != request.method.upper():
+            return refuse(request, 405, "method not allowed")
+        assert request.postpath is not None  # set by the site before it renders
+        try:
+            b"/".join(request.postpath).decode("utf-8")
+        except UnicodeDecodeError:
+            return refuse(request, 400, "path is not UTF-8")
+        answer = self.hot.render(request)
+        if answer is not None:
+            return answer
+        return self.router.render(request)
 
 
 class Mount(Resource):
@@ -40,19 +80,25 @@ class Mount(Resource):
 
 
 def site_root(
+    hot: HotRoutes,
     legacy: LegacyApi,
     api: ApiV1,
     operations: Operations,
     metrics: RequestMetrics,
-    reactor: IReactorTime,
+    rules: Rules,
+    counters: Counters,
+    clock: IReactorTime,
 ) -> IResource:
     """
+    :param rules: who is served.
+    :param counters: where refused clients are counted.
+    :param clock: spaces out the log lines about refused clients.
     :return: the root resource of the site.
     """
     apps = {b"api": api.app, b"healthz": operations.app, b"metrics": operations.app}
     mount = Mount({first: app.resource() for first, app in apps.items()}, legacy.app.resource())
-    hot = HotRoutes(legacy.hub, legacy.meters, legacy.clock, legacy.longpoll_timeout, reactor)
-    return Metered(Guard(hot, mount), route_of(apps, legacy.app), metrics)
+    metered = Metered(Guard(hot, mount), route_of(apps, legacy.app), metrics)
+    return protect(metered, rules, counters, clock)
 
 
 class QuietSite(Site):
@@ -65,6 +111,7 @@ class QuietSite(Site):
     # its default, a wrapper that can switch to HTTP/2 (blipserver speaks
     # HTTP/1.1).
     protocol = Channel  # type: ignore[assignment]
+    requestFactory = TargetRequest
 
     def log(self, request: Any) -> None:
         pass

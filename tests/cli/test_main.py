@@ -14,9 +14,8 @@ from pathlib import Path
 import psycopg2
 
 from tests import originals
-from tests.conftest import ROOT, TIMEOUT
+from tests.conftest import ROOT, TIMEOUT, eventually
 from tests.originals import HOUR, MINUTE, MULTI
-from tests.test_service import eventually
 
 DAY = 24 * HOUR
 T0 = 1_600_000_000_000

@@ -18,9 +18,8 @@ from zope.interface import implementer
 from blip.db.embedded import PORT
 from blip.db.hosts import addressed
 from blip.db.pool import Pool
-from tests.conftest import TIMEOUT
+from tests.conftest import TIMEOUT, wait_until
 from tests.link import Link
-from tests.web.test_legacy import wait_until
 
 
 @implementer(IHostnameResolver)

@@ -12,7 +12,7 @@ from blip.db.node_state import MeterRows
 from blip.db.pool import Pool
 from blip.meters import Meter, Meters
 from blip.model import Point
-from tests.web.test_legacy import wait_until
+from tests.conftest import wait_until
 
 HOUSE = Meter(1, "Hus", "", 600.0, 4.0, 2.0, "kr", "Europe/Copenhagen")
 WORKSHOP = Meter(2, "Værksted", "Lathe", 1000.0, 1.0, 2.0, "kr", "Europe/Copenhagen")

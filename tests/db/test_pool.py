@@ -31,8 +31,7 @@ from blip.db.pool import (
 )
 from blip.db.schema import SCHEMA_LOCK, Schema
 from tests import originals
-from tests.conftest import TIMEOUT
-from tests.web.test_legacy import wait_until
+from tests.conftest import TIMEOUT, wait_until
 
 
 @pytest_twisted.ensureDeferred

@@ -16,7 +16,7 @@ from twisted.python.failure import Failure
 from txpostgres import reconnection, txpostgres
 
 from blip.db.txpg import Connection, Detector
-from tests.web.test_legacy import wait_until
+from tests.conftest import wait_until
 
 
 class Reconnectable:

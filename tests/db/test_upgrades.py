@@ -11,23 +11,15 @@ import uuid
 import psycopg2
 import pytest
 import pytest_twisted
-from twisted.internet.task import Clock
-from twisted.web.client import Agent, HTTPConnectionPool, readBody
 
 from blip.db.layouts import ORIGINAL_MULTI, ORIGINAL_SINGLE, SCHEMA_VERSION
-from blip.db.legacy import LegacyQueries
 from blip.db.pool import Pool
 from blip.db.readings import Readings
 from blip.db.schema import Schema
-from blip.live.hub import Hub
 from blip.meters import Meters
 from blip.model import Point
-from blip.service import STATIC
-from blip.web.front import root
-from blip.web.legacy import LegacyApi
-from blip.web.site import QuietSite
 from tests import originals
-from tests.conftest import TIMEOUT
+from tests.conftest import TIMEOUT, eventually, open_site
 from tests.db.test_schema import core_schema
 from tests.originals import (
     HOUR,
@@ -37,7 +29,6 @@ from tests.originals import (
     T0,
     assert_rollups_match,
 )
-from tests.test_service import eventually
 
 #: Readings per meter in the layouts built here: about 12 hours.
 ROWS = 12_000
@@ -51,25 +42,15 @@ async def answers(pool: Pool, paths: list[str]) -> dict[str, object]:
 
     :return: each path's decoded JSON answer.
     """
-    from twisted.internet import reactor
-
-    clock = Clock()
-    clock.advance(NOW / 1000)
-    hub = Hub(max_waiters=10)
-    app = LegacyApi(LegacyQueries(pool), hub, Meters(), clock, 5.0, STATIC)
-    port = reactor.listenTCP(0, QuietSite(root(app, reactor)), interface="127.0.0.1")
-    agent = Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
+    site = open_site(Readings(pool), Meters(), now=NOW / 1000, longpoll_timeout=5.0, max_waiters=10)
     found = {}
     try:
         for path in paths:
-            url = f"http://127.0.0.1:{port.getHost().port}{path}"
-            response = await agent.request(b"GET", url.encode())
-            body = await readBody(response)
-            assert response.code == 200, (path, body)
+            code, _, body = await site.get(path)
+            assert code == 200, (path, body)
             found[path] = json.loads(body)
     finally:
-        hub.close()
-        await port.stopListening()
+        await site.close()
     return found
 
 

@@ -11,7 +11,7 @@ from twisted.internet.task import Clock
 from blip.db.node_state import IngestPeriods
 from blip.db.v1 import V1Queries
 from blip.ingest.periods import ALIVE_INTERVAL, Periods, PeriodsService
-from tests.web.test_legacy import wait_until
+from tests.conftest import wait_until
 
 T0 = 1_700_000_000_000
 
@@ -180,18 +180,21 @@ async def test_the_service_refreshes_from_the_start_and_records_once_ready(
 ) -> None:
     """
     The service refreshes the open period every ALIVE_INTERVAL from the
-    start (keeping it in the file while the database is not ready),
-    records once the database is ready, and records the end on stop.
+    start (keeping it in the file while the database is not ready, and
+    keeping the other state it is given each time), records once the
+    database is ready, and records the end on stop.
     """
     path = tmp_path / "periods.json"
     clock = clock_at(T0)
     ready: Deferred[None] = Deferred()
     periods = Periods(IngestPeriods(store.pool), "n1", clock, path)
-    service = PeriodsService(periods, lambda: ready, clock)
+    kept: list[float] = []
+    service = PeriodsService(periods, lambda: ready, clock, lambda: kept.append(clock.seconds()))
     service.startService()
     periods.opened()
     clock.advance(ALIVE_INTERVAL)
     assert path.exists() and rows(database) == []
+    assert kept == [clock.seconds()]
     ready.callback(None)
     alive = T0 + int(ALIVE_INTERVAL * 1000)
     await wait_until(lambda: rows(database) == [(T0, alive, None, None)])

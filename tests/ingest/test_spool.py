@@ -1,15 +1,18 @@
 """
 Tests of the spool: order, durability across a new process, a record torn
-by a crash, the memory cap, removal once drained, and a full disk.
+by a crash, damaged records, the earlier format, the memory cap, removal
+once drained, and a full disk.
 """
 
 import os
+import struct
 from pathlib import Path
 
 import pytest
 
-from blip.ingest.spool import HEADER, RECORD, Spool
-from blip.model import Point
+from blip.ingest.spool import CURRENT, HEADER, RECORD, AppendError, Spool
+from blip.model import INT_MAX, Point
+from tests.conftest import SmallFilesystem
 
 T0 = 1_700_000_000_000
 
@@ -102,7 +105,7 @@ def test_a_record_torn_by_a_crash_is_dropped(tmp_path: Path, log_events) -> None
     spool.append(points(2))
     spool.close()
     with open(path, "ab") as f:
-        f.write(RECORD.pack(1, T0 + 2, 3)[:7])
+        f.write(CURRENT.pack([Point(1, T0 + 2, 3)])[:7])
     again = Spool(path)
     again.open()
     assert again.peek(10) == points(2)
@@ -110,6 +113,106 @@ def test_a_record_torn_by_a_crash_is_dropped(tmp_path: Path, log_events) -> None
     assert again.peek(10) == points(2) + [Point(1, T0 + 9, 9)]
     assert any("torn" in e["log_format"] for e in log_events)
     again.close()
+
+
+def drain(spool: Spool, chunk: int) -> list[Point]:
+    """:return: every point of ``spool``, peeked and consumed ``chunk`` at a time."""
+    seen: list[Point] = []
+    while len(spool):
+        page = spool.peek(chunk)
+        assert page, "nothing peeked from a spool that is not empty"
+        seen.extend(page)
+        spool.consume(len(page))
+    return seen
+
+
+def damage(path: Path, index: int, data: bytes, offset: int = 0) -> None:
+    """Overwrite bytes of record number ``index`` of the spool at ``path``."""
+    with open(path, "r+b") as f:
+        f.seek(len(HEADER) + index * RECORD.size + offset)
+        f.write(data)
+
+
+def test_damaged_records_are_skipped_and_counted(tmp_path: Path, log_events) -> None:
+    """
+    Records whose checksum does not match (a bit flipped in a stamp, which
+    would otherwise seed the stamps years ahead), zeroed ones (blocks a
+    power cut left empty), and a torn end are skipped, counted and logged;
+    every valid record is read back, in order, around them.
+    """
+    path = tmp_path / "spool"
+    written = points(8) + points(2, meter=7, start=T0 + 100)
+    spool = Spool(path)
+    spool.append(written)
+    spool.close()
+    flipped = struct.pack("<q", (T0 + 7) ^ (1 << 45))
+    damage(path, 7, flipped, offset=4)
+    damage(path, 2, bytes(RECORD.size))
+    damage(path, 3, bytes(RECORD.size))
+    with open(path, "ab") as f:
+        f.write(b"\xff" * 5)
+    again = Spool(path)
+    newest = again.open()
+    assert sorted(newest, key=lambda p: p.meter) == [Point(1, T0 + 6, 7), Point(7, T0 + 101, 2)]
+    assert again.invalid == 4
+    assert len(again) == 7
+    assert drain(again, 2) == written[:2] + written[4:7] + written[8:]
+    assert not path.exists()
+    warned = [e for e in log_events if "not valid points" in e.get("log_format", "")]
+    assert len(warned) == 1 and warned[0]["count"] == 4
+
+
+def test_a_spool_of_the_earlier_format_is_read_and_appended_to(tmp_path: Path) -> None:
+    """
+    A spool left by an earlier version (records without a checksum) is
+    taken over: records with a meter or ms out of range are skipped, new
+    points go after the others in its format, and once drained the next
+    file has the current format.
+    """
+    path = tmp_path / "spool"
+    body = struct.Struct("<iqi")
+    records = [(1, T0, 10), (1, T0 + 1, 0), (-5, T0 + 2, 10), (1, T0 + 3, 11), (2, T0 + 4, INT_MAX)]
+    path.write_bytes(b"BLIPSPL1" + b"".join(body.pack(*r) for r in records))
+    spool = Spool(path)
+    spool.open()
+    assert spool.invalid == 2
+    spool.append([Point(1, T0 + 9, 12)])
+    spool.close()
+    assert path.read_bytes().startswith(b"BLIPSPL1")
+    assert (path.stat().st_size - 8) % body.size == 0
+    again = Spool(path)
+    again.open()
+    expected = [Point(1, T0, 10), Point(1, T0 + 3, 11), Point(2, T0 + 4, INT_MAX), Point(1, T0 + 9, 12)]
+    assert drain(again, 10) == expected
+    assert not path.exists()
+    again.append(points(1))
+    assert path.read_bytes().startswith(HEADER)
+    again.close()
+
+
+def test_a_full_filesystem_takes_whole_records_only(small_filesystem: SmallFilesystem) -> None:
+    """
+    On a filesystem that fills up during an append, the spool keeps the
+    whole records that fitted, says how many, and holds exactly those; the
+    rest can be appended once there is room.
+    """
+    path = small_filesystem.path / "spool"
+    spool = Spool(path)
+    spool.append(points(10))
+    small_filesystem.fill()
+    more = points(20_000, start=T0 + 10)
+    with pytest.raises(AppendError) as failed:
+        spool.append(more)
+    appended = failed.value.appended
+    assert appended < len(more)
+    assert (path.stat().st_size - len(HEADER)) % RECORD.size == 0
+    assert len(spool) == 10 + appended
+    small_filesystem.free()
+    spool.append(more[appended:])
+    spool.close()
+    again = Spool(path)
+    again.open()
+    assert drain(again, 30_000) == points(10) + more
 
 
 def test_past_the_memory_cap_the_file_alone_holds_the_points(

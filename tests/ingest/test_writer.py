@@ -1,9 +1,11 @@
 """
 Tests of ingest: live first, batches by time and size, order, retries after
-a failed write, the flush on stop, and the spool through database outages
-(the test cluster stopped mid-stream), restarts, stalls and a full disk.
+a failed write, the flush on stop, the spool through database outages
+(the test cluster stopped mid-stream), restarts, stalls, damaged records and
+a full disk, and what observers of ingest are told.
 """
 
+import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,32 +19,32 @@ from twisted.internet.threads import deferToThread
 from blip.counters import Counters
 from blip.db.pool import Pool
 from blip.db.readings import Readings
-from blip.ingest.spool import RECORD, Spool
+from blip.ingest.spool import HEADER, RECORD, Spool
 from blip.ingest.stamps import Stamps
 from blip.ingest.writer import (
     BATCH_DELAY,
     BATCH_SIZE,
     MAX_STATEMENT,
+    SPOOL_RETRY,
     STOP_TIMEOUT,
     Ingest,
 )
 from blip.live.hub import Hub
 from blip.model import Point
-from tests.conftest import free_port
-from tests.ingest.test_spool import file_reads
-from tests.web.test_legacy import wait_until
+from tests.conftest import SmallFilesystem, free_port, wait_until
+from tests.ingest.test_spool import damage, file_reads
 
 T0 = 1_700_000_000_000
 
 
 def make_ingest(
-    store, spool: Optional[Spool] = None, clock=None
+    store, spool: Optional[Spool] = None, clock=None, **options
 ) -> tuple[Ingest, Clock, Hub, Counters]:
     """:return: an ingest on ``store`` and its clock, hub and counters."""
     clock = clock or Clock()
     hub = Hub()
     counters = Counters()
-    ingest = Ingest(store, hub, Stamps(), clock, counters, spool, store.pool.when_alive)
+    ingest = Ingest(store, hub, Stamps(), clock, counters, spool, store.pool.when_alive, **options)
     return ingest, clock, hub, counters
 
 
@@ -329,7 +331,7 @@ async def test_memory_stays_bounded_in_a_long_outage(
         if i % 1000 == 0:
             clock.advance(BATCH_DELAY)
     assert ingest.pending == []
-    assert path.stat().st_size == 8 + count * 16
+    assert path.stat().st_size == len(HEADER) + count * RECORD.size
     reads = file_reads(monkeypatch)
     await ingest.start()
     await wait_until(lambda: counters.stored == count, 60)
@@ -357,6 +359,165 @@ async def test_a_full_disk_keeps_points_in_memory(store, database, log_events) -
     await ingest.start()
     clock.advance(BATCH_DELAY)
     await wait_until(lambda: counters.stored == 3)
+
+
+def writes_to(monkeypatch, path: Path) -> list[int]:
+    """
+    :return: a list that gets the size of every write made from now on to
+        the file at ``path``.
+    """
+    sizes: list[int] = []
+    write = os.write
+
+    def counted(fd: int, data) -> int:
+        if os.path.realpath(f"/proc/self/fd/{fd}") == str(path):
+            sizes.append(len(data))
+        return write(fd, data)
+
+    monkeypatch.setattr(os, "write", counted)
+    return sizes
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_full_disk_is_retried_on_a_timer_with_only_the_new_points(
+    store, database, small_filesystem: SmallFilesystem, monkeypatch, log_events
+) -> None:
+    """
+    Once the spool cannot be written, new points wait in memory without a
+    write each (no rewriting of everything held at every point): the spool
+    is tried again every SPOOL_RETRY seconds, and once there is room again
+    it takes what waits, once; then everything is stored once, in order.
+    """
+    path = small_filesystem.path / "spool"
+    ingest, clock, hub, counters = make_ingest(store, Spool(path))
+    ingest.open()
+    ingest.receive(Point(1, T0, 10))
+    small_filesystem.fill()
+    writes = writes_to(monkeypatch, path)
+    sent = [Point(1, T0 + i, 10 + i) for i in range(1, 3001)]
+    for point in sent[:2000]:
+        ingest.receive(point)
+    clock.advance(BATCH_DELAY)
+    # The file's last page took a few; then one failed attempt, not one
+    # per point, each rewriting all that waits.
+    spooled = counters.spooled
+    assert 0 < len(ingest.pending) == 2001 - spooled
+    assert len(writes) <= spooled + 2
+    assert sum(writes) <= (spooled + 2) * RECORD.size
+    clock.advance(SPOOL_RETRY)
+    assert len(writes) <= spooled + 3 and counters.spooled == spooled
+    for point in sent[2000:]:
+        ingest.receive(point)
+    small_filesystem.free()
+    clock.advance(SPOOL_RETRY)
+    assert ingest.pending == []
+    assert len(ingest.spool) == 3001 and counters.spooled == 3001
+    assert sum(writes) < 3 * 3001 * RECORD.size, "each point written about once"
+    assert [e["log_format"] for e in log_events].count("the spool can be written again") == 1
+    await ingest.start()
+    await wait_until(lambda: counters.stored == 3001)
+    assert database.sql("SELECT stamp, ms FROM readings ORDER BY stamp") == [
+        (p.stamp, p.ms) for p in [Point(1, T0, 10), *sent]
+    ]
+    assert not path.exists()
+    await ingest.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_memory_is_bounded_while_the_spool_cannot_be_written(
+    store, database, log_events
+) -> None:
+    """
+    With neither the database nor the spool taking points, at most
+    max_pending wait in memory; later ones still go live but are dropped,
+    counted, and logged once a minute at most. Once the database is there,
+    every point not counted as dropped is stored, once.
+    """
+    ingest, clock, hub, counters = make_ingest(store, Spool(Path("/dev/full")), max_pending=100)
+    seen: list[Point] = []
+    hub.listen(seen.append)
+    sent = [Point(1, T0 + i, 10) for i in range(250)]
+    for point in sent:
+        ingest.receive(point)
+        clock.advance(0.01)
+    assert seen == sent
+    assert len(ingest.pending) == 100
+    assert counters.dropped_points == 150 and counters.backlog == 100
+    dropping = [e for e in log_events if "dropping new points" in e["log_format"]]
+    assert len(dropping) == 1
+    await ingest.start()
+    clock.advance(BATCH_DELAY)
+    await wait_until(lambda: counters.stored == 100)
+    assert database.sql("SELECT stamp FROM readings ORDER BY stamp") == [(p.stamp,) for p in sent[:100]]
+    assert counters.backlog == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_damaged_spool_records_never_become_points(store, database, tmp_path: Path) -> None:
+    """
+    A spool left by a previous run with damaged records (a flipped bit, a
+    zeroed block) stores only its valid points, counts the others, and its
+    damaged stamps seed nothing.
+    """
+    path = tmp_path / "spool"
+    left = Spool(path)
+    left.append([Point(1, T0 + i, 100 + i) for i in range(6)])
+    left.close()
+    damage(path, 5, (T0 + 10**12).to_bytes(8, "little"), offset=4)
+    damage(path, 1, bytes(RECORD.size))
+    ingest, clock, hub, counters = make_ingest(store, Spool(path))
+    ingest.open()
+    assert counters.spool_invalid == 2
+    assert ingest.stamps.next(1, T0) == T0 + 5
+    await ingest.start()
+    await wait_until(lambda: not path.exists())
+    assert database.sql("SELECT stamp, ms FROM readings ORDER BY stamp") == [
+        (T0 + i, 100 + i) for i in (0, 2, 3, 4)
+    ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_observers_are_told_of_arrivals_and_commits(store) -> None:
+    """
+    An observer of ingest hears of each point as it arrives, and of each
+    write once it is committed; one that fails does not disturb ingest, and
+    one that stopped observing hears nothing more.
+    """
+    ingest, clock, hub, counters = make_ingest(store)
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.arrived: list[Point] = []
+            self.committed: list[Point] = []
+
+        def receive(self, point: Point) -> None:
+            self.arrived.append(point)
+
+        def stored(self, points) -> None:
+            self.committed.extend(points)
+
+    class Broken:
+        def receive(self, point: Point) -> None:
+            raise RuntimeError("broken")
+
+        def stored(self, points) -> None:
+            raise RuntimeError("broken")
+
+    recorder = Recorder()
+    ingest.observe(Broken())
+    stop = ingest.observe(recorder)
+    await ingest.start()
+    points = [Point(1, T0 + i, 10) for i in range(3)]
+    for point in points:
+        ingest.receive(point)
+    assert recorder.arrived == points and recorder.committed == []
+    clock.advance(BATCH_DELAY)
+    await wait_until(lambda: recorder.committed == points)
+    stop()
+    ingest.receive(Point(1, T0 + 5, 10))
+    clock.advance(BATCH_DELAY)
+    await wait_until(lambda: counters.stored == 4)
+    assert len(recorder.arrived) == 3 and len(recorder.committed) == 3
 
 
 @pytest_twisted.async_yield_fixture

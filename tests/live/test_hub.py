@@ -46,6 +46,25 @@ def test_cancelled_waiter_is_removed_at_once() -> None:
     assert hub.waiting == 0
 
 
+def test_waiters_for_any_meter_id_leave_nothing_behind() -> None:
+    """
+    Clients may park on any meter id: once they hang up, nothing is kept
+    for those meters (memory does not grow with the ids asked for), and a
+    meter that still has a waiter keeps it.
+    """
+    hub = Hub()
+    kept = hub.wait(1)
+    for meter in range(2, 1002):
+        d = hub.wait(meter)
+        d.cancel()
+        d.addErrback(lambda f: f.trap(CancelledError))
+    assert hub._waiters.keys() == {1}
+    got: list[Point] = []
+    kept.addCallback(got.append)
+    hub.publish(Point(1, 1000, 50))
+    assert got == [Point(1, 1000, 50)] and hub._waiters == {}
+
+
 def test_cancel_after_publish_is_harmless() -> None:
     """
     Cancelling a waiter that already fired changes nothing.

@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import time
+from typing import Callable
 
 import pytest_twisted
 from twisted.internet import reactor
@@ -15,7 +16,6 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 
-from blip.live.hub import Hub
 from blip.meters import Meter, Meters
 from blip.model import Point
 from blip.mqtt.broker import Broker, parse_broker
@@ -27,14 +27,32 @@ from tests.conftest import TIMEOUT
 HOUSE = Meter(id=1, label="House", pulses_per_kwh=600.0, multiplier=4.0)
 
 
-def running(broker: Broker, meters: Meters, hub: Hub, store, interval: float = 0.0) -> MqttService:
+class Source:
+    """This node's ingest, as its observers see it."""
+
+    def __init__(self) -> None:
+        self.observers: list = []
+
+    def observe(self, observer) -> Callable[[], None]:
+        """Tell ``observer`` of points from now on."""
+        self.observers.append(observer)
+        return lambda: self.observers.remove(observer)
+
+    def blip(self, point: Point) -> None:
+        """A point arrives, and is stored."""
+        for observer in self.observers:
+            observer.receive(point)
+            observer.stored([point])
+
+
+def running(broker: Broker, meters: Meters, source: Source, store, interval: float = 0.0) -> MqttService:
     """
     :return: a started MQTT service on the real reactor, counting the
-        blips of ``store``.
+        blips of ``store`` and of ``source``.
     """
     publisher_ = Publisher(broker, meters, reactor, interval)
     link = Link(broker, publisher_, broker_endpoint(reactor, broker), reactor)
-    service = MqttService(publisher_, link, hub, store, lambda: Deferred.fromCoroutine(_nothing()))
+    service = MqttService(publisher_, link, source, store, lambda: Deferred.fromCoroutine(_nothing()))
     service.startService()
     return service
 
@@ -66,20 +84,20 @@ async def test_publishes_and_survives_a_broker_restart(mosquitto, store, log_eve
     reconnects with backoff and publishes availability, discovery and the
     latest states again; the password never appears in the log.
     """
-    hub = Hub()
+    source = Source()
     broker = parse_broker(mosquitto.url())
     subscriber = mosquitto.subscribe()
     await store.insert([Point(1, stamp, 1000) for stamp in range(1, 601)])
-    service = running(broker, Meters([HOUSE]), hub, store)
+    service = running(broker, Meters([HOUSE]), source, store)
     try:
         await waiting(subscriber, latest_is("blip/status", "online"), "online")
         await waiting(subscriber, latest_is("blip/1/energy", "4"), "energy of 600 blips")
-        hub.publish(Point(1, 610, 1500))
+        source.blip(Point(1, 610, 1500))
         await waiting(subscriber, latest_is("blip/1/power", f"{HOUSE.watts(1500):.1f}"), "power")
 
         await deferToThread(mosquitto.stop)
         for stamp in range(611, 911):
-            hub.publish(Point(1, stamp, 1000))
+            source.blip(Point(1, stamp, 1000))
         await deferLater(reactor, 0.2, lambda: None)
         assert service.publisher.waiting <= 8
         subscriber.close()
@@ -115,12 +133,12 @@ async def test_stopping_says_offline_and_a_crash_leaves_the_will(mosquitto, stor
     ``offline``.
     """
     subscriber = mosquitto.subscribe("blip/status")
-    service = running(parse_broker(mosquitto.url()), Meters([HOUSE]), Hub(), store)
+    service = running(parse_broker(mosquitto.url()), Meters([HOUSE]), Source(), store)
     await waiting(subscriber, latest_is("blip/status", "online"), "online")
     await service.stopService()
     await waiting(subscriber, latest_is("blip/status", "offline"), "offline at stop")
 
-    service = running(parse_broker(mosquitto.url()), Meters([HOUSE]), Hub(), store)
+    service = running(parse_broker(mosquitto.url()), Meters([HOUSE]), Source(), store)
     await waiting(subscriber, latest_is("blip/status", "online"), "online again")
     service.link.connection.transport.abortConnection()
     await waiting(subscriber, latest_is("blip/status", "offline"), "the will")
@@ -136,7 +154,7 @@ async def test_a_refused_login_is_retried_with_backoff(mosquitto, store, log_eve
     the password), and attempts are spaced by a growing delay.
     """
     broker = parse_broker(mosquitto.url(password="wrong-secret"))
-    service = running(broker, Meters([HOUSE]), Hub(), store)
+    service = running(broker, Meters([HOUSE]), Source(), store)
     try:
         def refusals() -> list:
             return [e for e in log_events if "refused to connect" in str(e.get("log_format"))]
@@ -162,11 +180,11 @@ async def test_tls(mosquitto, store, monkeypatch) -> None:
     """
     monkeypatch.setenv("SSL_CERT_FILE", str(mosquitto.folder / "ca.pem"))
     subscriber = mosquitto.subscribe()
-    hub = Hub()
-    service = running(parse_broker(mosquitto.url(tls=True)), Meters([HOUSE]), hub, store)
+    source = Source()
+    service = running(parse_broker(mosquitto.url(tls=True)), Meters([HOUSE]), source, store)
     try:
         await waiting(subscriber, latest_is("blip/status", "online"), "online over TLS")
-        hub.publish(Point(1, 1, 900))
+        source.blip(Point(1, 1, 900))
         await waiting(subscriber, latest_is("blip/1/power", f"{HOUSE.watts(900):.1f}"), "power over TLS")
     finally:
         await service.stopService()
@@ -181,9 +199,9 @@ async def test_a_stalled_broker_holds_nothing_up(mosquitto, store) -> None:
     latest states (nothing more is written, what waits stays bounded by
     the topics), and stopping is not held up beyond the grace period.
     """
-    hub = Hub()
+    source = Source()
     meters = Meters([Meter(id=m, label=f"M{m}") for m in range(1, 51)])
-    service = running(parse_broker(mosquitto.url()), meters, hub, store)
+    service = running(parse_broker(mosquitto.url()), meters, source, store)
     subscriber = mosquitto.subscribe("blip/status")
     await waiting(subscriber, latest_is("blip/status", "online"), "online")
     subscriber.close()
@@ -198,7 +216,7 @@ async def test_a_stalled_broker_holds_nothing_up(mosquitto, store) -> None:
         while connection.writable or stamp < 2 * pushed_back:
             stamp += 1
             for meter in range(1, 51):
-                hub.publish(Point(meter, stamp, 1000 + stamp % 1000))
+                source.blip(Point(meter, stamp, 1000 + stamp % 1000))
             if stamp % 20 == 0:
                 # Let the reactor write.
                 await deferLater(reactor, 0, lambda: None)

@@ -1,7 +1,8 @@
 """
 Tests of MQTT publishing as the daemon runs it: the stored counts loaded
-once the database is ready, and ``twistd -n blip`` fed through a pty
-publishing to a real broker across its own restart and the broker's.
+once the database is ready, ``twistd -n blip`` fed through a pty
+publishing to a real broker across its own restart and the broker's, and
+notifications forged by a read-only login, which the broker never sees.
 """
 
 import json
@@ -14,13 +15,13 @@ from twisted.internet.task import Clock
 from zope.interface import implementer
 
 from blip.db.pool import DatabaseUnavailable
-from blip.live.hub import Hub
 from blip.meters import Meter, Meters
 from blip.model import Point
 from blip.mqtt.broker import parse_broker
 from blip.mqtt.connection import Link
 from blip.mqtt.publisher import Publisher, kwh_text
 from blip.mqtt.service import MqttService
+from tests.mqtt.test_connection import Source
 
 HOUSE = Meter(id=1, label="House", pulses_per_kwh=600.0, multiplier=4.0)
 
@@ -52,14 +53,14 @@ class AwayStore:
         return [(1, 10, 5)]
 
 
-def mqtt(store: AwayStore, ready: Deferred) -> tuple[MqttService, Publisher, Hub, Clock]:
-    """:return: an MQTT service on a clock, its publisher, hub and clock."""
+def mqtt(store: AwayStore, ready: Deferred) -> tuple[MqttService, Publisher, Source, Clock]:
+    """:return: an MQTT service on a clock, its publisher, ingest and clock."""
     clock = Clock()
     broker = parse_broker("mqtt://broker")
     publisher = Publisher(broker, Meters([HOUSE]), clock, 0)
     link = Link(broker, publisher, Unreachable(), clock)
-    hub = Hub()
-    return MqttService(publisher, link, hub, store, lambda: ready), publisher, hub, clock
+    source = Source()
+    return MqttService(publisher, link, source, store, lambda: ready), publisher, source, clock
 
 
 def test_stored_counts_are_loaded_once_the_database_is_ready(log_events) -> None:
@@ -70,9 +71,9 @@ def test_stored_counts_are_loaded_once_the_database_is_ready(log_events) -> None
     """
     store = AwayStore(away=2)
     ready: Deferred[None] = Deferred()
-    service, publisher, hub, clock = mqtt(store, ready)
+    service, publisher, source, clock = mqtt(store, ready)
     service.startService()
-    hub.publish(Point(1, 100, 1000))
+    source.blip(Point(1, 100, 1000))
     assert store.reads == 0 and publisher.energy(1) is None
     ready.callback(None)
     assert store.reads == 1
@@ -94,13 +95,13 @@ def test_stopped_before_the_database_is_ready_it_never_reads() -> None:
     """
     store = AwayStore(away=0)
     ready: Deferred[None] = Deferred()
-    service, publisher, hub, clock = mqtt(store, ready)
+    service, publisher, source, clock = mqtt(store, ready)
     service.startService()
     stopped = service.stopService()
     clock.advance(60)
     assert stopped.called
     waiting = publisher.waiting
-    hub.publish(Point(1, 100, 1000))
+    source.blip(Point(1, 100, 1000))
     assert publisher.waiting == waiting
     assert store.reads == 0
 
@@ -121,7 +122,7 @@ def test_daemon_publishes_what_it_stores(start_daemon, pty_meter, database, mosq
     counter continues across a daemon restart and across a broker restart
     during which ingest goes on; the password is never logged.
     """
-    from tests.test_service import eventually
+    from tests.conftest import eventually
 
     meters = tmp_path / "meters.toml"
     meters.write_text(
@@ -198,3 +199,41 @@ def test_daemon_publishes_what_it_stores(start_daemon, pty_meter, database, mosq
     assert daemon.stop() == 0
     subscriber.close()
     assert not any(mosquitto.password in line for line in daemon.output)
+
+
+def test_forged_notifications_change_nothing_the_broker_sees(
+    start_daemon, pty_meter, database, mosquitto, forger
+) -> None:
+    """
+    A node that ingests, listens and publishes to MQTT gets notifications
+    forged by a read-only login for its own meter, stamped near now (which
+    its live clients may take for points): Home Assistant's energy counter
+    stays the count of the blips stored, and no forged power is published.
+    """
+    from tests.conftest import eventually
+    from tests.test_service import metric
+
+    args = ["--serial", pty_meter.path, "--db", database.dsn,
+            "--mqtt", mosquitto.url(), "--mqtt-interval", "0"]
+    subscriber = mosquitto.subscribe()
+    daemon = start_daemon(*args)
+    daemon.wait_for("reading serial device")
+    daemon.wait_for("receiving live points from the database")
+    house = Meters().get(1)
+    pty_meter.write(b"first line, dropped\n" + b"1500\n" * 10)
+    assert eventually(lambda: hourly_events(daemon, 1) == 10)
+    subscriber.wait_latest("blip/1/energy", lambda p: p == kwh_text(10 * house.kwh_per_blip))
+    now = int(time.time() * 1000)
+    forger.notify(*[f"1:{now + i * 100},1" for i in range(1, 51)], "77:%d,1" % now)
+    assert eventually(lambda: metric(daemon, "blip_notified_total") >= 10 + 51)
+    pty_meter.write(b"1500\n" * 5)
+    assert eventually(lambda: hourly_events(daemon, 1) == 15)
+    subscriber.wait_latest("blip/1/energy", lambda p: p == kwh_text(15 * house.kwh_per_blip))
+    energies = [float(m.payload) for m in subscriber.messages if m.topic == "blip/1/energy"]
+    assert max(energies) == 15 * house.kwh_per_blip
+    powers = {m.payload for m in subscriber.messages if m.topic == "blip/1/power"}
+    assert powers == {f"{house.watts(1500):.1f}"}
+    assert not any(m.topic.startswith("blip/77/") for m in subscriber.messages)
+    assert metric(daemon, "blip_notified_refused_total") == 1
+    assert daemon.stop() == 0
+    subscriber.close()

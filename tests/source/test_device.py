@@ -17,7 +17,7 @@ from blip.ingest.stamps import Stamps
 from blip.model import Point
 from blip.source.arduino import MeterFactory
 from blip.source.device import SerialEndpoint, SerialService
-from tests.web.test_legacy import wait_until
+from tests.conftest import wait_until
 
 
 @pytest_twisted.ensureDeferred

@@ -15,8 +15,8 @@ from blip.meters import Meter
 from blip.model import Point
 from blip.source.arduino import MeterFactory
 from blip.source.simulate import House, SimulatedHistory, SimulatorService, history
+from tests.conftest import wait_until
 from tests.live.test_notify import announcements  # noqa: F401 (a fixture)
-from tests.web.test_legacy import wait_until
 
 #: A morning in local time, when the household is up.
 NOON = time.mktime((2026, 6, 1, 9, 0, 0, 0, 0, -1))

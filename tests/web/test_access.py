@@ -1,28 +1,26 @@
 """
 Tests of access control: reading networks and forwarding headers, finding
-the client behind trusted proxies, and the legacy API behind it over a real
-port, refusing with 403 JSON.
+the client behind trusted proxies, the site behind it refusing with 403
+JSON, and the refusals logged at most once a minute.
 """
 
 import json
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator
 from ipaddress import ip_address, ip_network
+from typing import Callable
 
 import pytest
 import pytest_twisted
 from twisted.internet import address
 from twisted.internet.task import Clock
+from twisted.internet.testing import EventLoggingObserver
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from twisted.web.http_headers import Headers
 
 from blip.counters import Counters
-from blip.db.legacy import LegacyQueries
-from blip.live.hub import Hub
 from blip.meters import Meters
 from blip.model import Point
-from blip.service import STATIC
 from blip.web.access import (
     Rules,
     forwarded_for,
@@ -31,10 +29,7 @@ from blip.web.access import (
     peer_address,
     protect,
 )
-from blip.web.front import root
-from blip.web.legacy import LegacyApi
-from blip.web.site import QuietSite
-from tests.conftest import TIMEOUT
+from tests.conftest import TIMEOUT, Served
 from tests.test_service import get
 
 
@@ -147,29 +142,19 @@ def test_without_allow_everyone_is_served() -> None:
     assert protect(inner, rules, Counters(), Clock()) is inner
 
 
-@pytest_twisted.async_yield_fixture
-async def guarded(store) -> AsyncIterator[tuple[str, Counters]]:
-    """
-    The legacy API on a real port behind access control: 192.0.2.0/24 and
-    the proxy 127.0.0.1 are allowed, and 127.0.0.1 is a trusted proxy.
-    """
-    from twisted.internet import reactor
+RULES = Rules(
+    allow=(ip_network("192.0.2.0/24"), ip_network("127.0.0.1/32")),
+    proxies=(ip_network("127.0.0.1/32"),),
+)
 
-    await store.insert([Point(1, 1_700_000_000_000, 1000)])
-    counters = Counters()
-    hub = Hub()
-    app = LegacyApi(LegacyQueries(store.pool), hub, Meters(), reactor, 0, STATIC)
-    rules = Rules(
-        allow=(ip_network("192.0.2.0/24"), ip_network("127.0.0.1/32")),
-        proxies=(ip_network("127.0.0.1/32"),),
-    )
-    site = QuietSite(protect(root(app, reactor), rules, counters, reactor))
-    port = reactor.listenTCP(0, site, interface="127.0.0.1")
-    try:
-        yield f"http://127.0.0.1:{port.getHost().port}", counters
-    finally:
-        hub.close()
-        await port.stopListening()
+
+@pytest.fixture
+def guarded(serve: Callable[..., Served]) -> Served:
+    """
+    The site on a real port behind access control: 192.0.2.0/24 and the
+    proxy 127.0.0.1 are allowed, and 127.0.0.1 is a trusted proxy.
+    """
+    return serve(Meters(), rules=RULES)
 
 
 async def request(url: str, headers: dict[bytes, list[bytes]], method: bytes = b"GET"):
@@ -182,14 +167,15 @@ async def request(url: str, headers: dict[bytes, list[bytes]], method: bytes = b
 
 
 @pytest_twisted.ensureDeferred
-async def test_allowed_clients_are_served_and_others_get_403_json(guarded) -> None:
+async def test_allowed_clients_are_served_and_others_get_403_json(guarded: Served) -> None:
     """
     Through the trusted proxy, an allowed client is served and any other
     gets 403 with a JSON body naming its address (a problem document
     under /api/v1), also for HEAD (without a body) and for routes that do
     not exist; every refusal is counted.
     """
-    url, counters = guarded
+    url, counters = guarded.url, guarded.counters
+    await guarded.store.insert([Point(1, 1_700_000_000_000, 1000)])
     code, _, content = await request(url + "/last/1", {b"X-Forwarded-For": [b"192.0.2.44"]})
     assert (code, content) == (200, b"[1700000000000,1000]")
     code, _, content = await request(url + "/last/1", {})
@@ -237,3 +223,25 @@ def test_daemon_serves_only_allowed_networks(start_daemon, database) -> None:
     daemon = start_daemon("--db", database.dsn, env={"BLIP_ALLOW": "10.0.0.0/8, 127.0.0.0/8"})
     daemon.wait_for("database ready")
     assert get(daemon, "/last/1") == (404, b'{"error":"no readings for meter 1"}'), "\n".join(daemon.output)
+
+
+@pytest_twisted.ensureDeferred
+async def test_refusals_are_logged_once_a_minute(
+    serve: Callable[..., Served], log_events: EventLoggingObserver
+) -> None:
+    """
+    Refused clients are logged at most once a minute, each line saying how
+    many were refused since the last and who was last.
+    """
+    site = serve(Meters(), rules=Rules(allow=(ip_network("192.0.2.0/24"),)), memory=True)
+
+    def lines() -> list[dict]:
+        return [e for e in log_events if "not in --allow" in e.get("log_format", "")]
+
+    for _ in range(3):
+        assert (await site.get("/last/1"))[0] == 403
+    assert [(e["count"], e["client"]) for e in lines()] == [(1, "127.0.0.1")]
+    site.clock.advance(60)
+    assert (await site.get("/since/1/0"))[0] == 403
+    assert [(e["count"], e["client"]) for e in lines()] == [(1, "127.0.0.1"), (3, "127.0.0.1")]
+    assert site.counters.forbidden == 4

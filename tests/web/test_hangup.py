@@ -16,8 +16,7 @@ from twisted.internet.defer import Deferred
 
 from blip.meters import Meters
 from blip.model import Point
-from tests.conftest import Served
-from tests.web.test_legacy import wait_until
+from tests.conftest import Served, wait_until
 
 T0 = 1_700_000_000_000
 

@@ -11,21 +11,8 @@ from typing import Any, Optional
 
 from twisted.web.iweb import IRequest
 
-from blip.web.legacy import ApiError
-
-#: Heavy requests that may run at once (of the four connections the HTTP
-#: side has to the database).
-HEAVY_REQUESTS = 2
-#: A range longer than this, in ms, makes an export or gaps heavy.
-HEAVY_SPAN = 7 * 86_400_000
-#: Seconds a refused client is told to wait.
-RETRY_AFTER = 2
-
-
-class TooBusy(ApiError):
-    """As many heavy requests as may run at once are running."""
-
-    status = 503
+from blip.web.errors import Busy
+from blip.web.limits import HEAVY_REQUESTS, HEAVY_SPAN, RETRY_AFTER
 
 
 class Ticket:
@@ -70,13 +57,13 @@ class Heavy:
             :data:`HEAVY_SPAN` is light, and takes no place; None: heavy
             whatever its range.
         :return: its place, to release when it is done.
-        :raise TooBusy: when no place is free (``Retry-After`` is set).
+        :raise Busy: when no place is free (``Retry-After`` is set).
         """
         if span is not None and span <= HEAVY_SPAN:
             return Ticket(None)
         if self.running >= self.limit:
             request.setHeader(b"Retry-After", b"%d" % RETRY_AFTER)
-            raise TooBusy(
+            raise Busy(
                 f"{self.limit} requests that read long ranges or replay live points are running;"
                 f" try again in {RETRY_AFTER} s"
             )

@@ -15,25 +15,23 @@ the clock (two blips in one millisecond) followed within that millisecond
 by another meter's point.
 """
 
-import json
 from collections import deque
 from typing import Callable, Iterable, Optional
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from twisted.web.server import Request
-from zope.interface import implementer
 
 from blip.db.readings import Readings
 from blip.live.hub import Hub
 from blip.meters import Meter, Meters
 from blip.model import INT_MAX, Point
-from blip.web.front import send_now
-from blip.web.v1.export import unregister
+from blip.web.answers import encode
+from blip.web.backpressure import Backpressure
 
 #: Seconds between heartbeat comments.
 HEARTBEAT = 15.0
@@ -46,9 +44,6 @@ MAX_BACKLOG = 1000
 PAGE = 2000
 #: How long a client waits before reconnecting, in ms.
 RETRY = 2000
-#: How far back, in ms, a client may resume (``Last-Event-ID``); one that
-#: would replay more opens a new stream and reloads what it shows.
-REPLAY_DEPTH = 3_600_000
 
 
 class Stream:
@@ -74,8 +69,8 @@ class Stream:
         self.done: Deferred[None] = Deferred()
         #: Whether the stream is over.
         self.ended = False
-        self._producer = _Backpressure(request)
-        request.registerProducer(self._producer, True)
+        #: Knows whether the client's connection takes more.
+        self.producer = Backpressure(request)
 
     def wants(self, point: Point) -> bool:
         """
@@ -111,24 +106,15 @@ class Stream:
         Write ``data``, or queue it while the connection is saturated; drop
         the client when its queue is full.
         """
-        if self.ended:
-            return
-        producer = self._producer
-        if producer.paused or producer.queue:
-            producer.queue.append(data)
-            if len(producer.queue) > MAX_BACKLOG:
-                self.drop("too slow")
-        else:
-            self.request.write(data)
-            send_now(self.request.channel.transport)
+        if not self.ended and self.producer.send(data) > MAX_BACKLOG:
+            self.drop("too slow")
 
     async def pace(self) -> None:
         """
         Wait, if the connection is saturated, until it takes data again.
         """
-        producer = self._producer
-        if not self.ended and (producer.paused or producer.queue):
-            await producer.ready()
+        if not self.ended:
+            await self.producer.ready()
 
     def drop(self, why: str) -> None:
         """
@@ -147,54 +133,9 @@ class Stream:
             return
         self.ended = True
         self.live.forget(self)
-        self._producer.release()
-        unregister(self.request)
+        self.producer.close()
         if not self.done.called:
             self.done.callback(None)
-
-
-@implementer(IPushProducer)
-class _Backpressure:
-    """
-    Tells a stream whether its connection takes more, and flushes what it
-    queued when it does.
-    """
-
-    def __init__(self, request: IRequest) -> None:
-        self.paused = False
-        self.queue: deque[bytes] = deque()
-        self._request = request
-        self._waiting: list[Deferred[None]] = []
-
-    def pauseProducing(self) -> None:
-        self.paused = True
-
-    def resumeProducing(self) -> None:
-        self.paused = False
-        while self.queue and not self.paused:
-            self._request.write(self.queue.popleft())
-        if not self.paused:
-            self._wake()
-
-    def stopProducing(self) -> None:
-        self.queue.clear()
-
-    def release(self) -> None:
-        """
-        Drop what is queued and let whoever waits go on (the stream ends).
-        """
-        self.queue.clear()
-        self._wake()
-
-    def _wake(self) -> None:
-        waiting, self._waiting = self._waiting, []
-        for d in waiting:
-            d.callback(None)
-
-    async def ready(self) -> None:
-        d: Deferred[None] = Deferred(lambda d: self._waiting.remove(d))
-        self._waiting.append(d)
-        await d
 
 
 def _peer(request: IRequest) -> str:
@@ -230,7 +171,8 @@ class Live:
         self.max_clients = max_clients
         #: Streams dropped for falling behind, since start.
         self.dropped = 0
-        self._streams: dict[Stream, None] = {}
+        #: The open streams (a dict for its order).
+        self.streams: dict[Stream, None] = {}
         self._recent: deque[Point] = deque(maxlen=KEEP)
         # The newest point's event, written to every stream as it is, with
         # the point and the meter settings it was made from.
@@ -242,7 +184,7 @@ class Live:
     @property
     def clients(self) -> int:
         """How many streams are open."""
-        return len(self._streams)
+        return len(self.streams)
 
     def event(self, point: Point) -> bytes:
         """
@@ -251,16 +193,15 @@ class Live:
         meter = self.meters.get(point.meter)
         if self._event[0] is point and self._event[1] is meter:
             return self._event[2]
-        data = json.dumps(
+        data = encode(
             {
                 "meter": point.meter,
                 "stamp": point.stamp,
                 "ms": point.ms,
                 "watts": meter.watts(point.ms),
-            },
-            separators=(",", ":"),
+            }
         )
-        event = b"id: %d\nevent: point\ndata: %s\n\n" % (point.stamp, data.encode())
+        event = b"id: %d\nevent: point\ndata: %s\n\n" % (point.stamp, data)
         self._event = (point, meter, event)
         return event
 
@@ -269,7 +210,7 @@ class Live:
         Start a stream on ``request`` (whose status and headers are set).
         """
         stream = Stream(self, request, None if meters is None else frozenset(meters))
-        self._streams[stream] = None
+        self.streams[stream] = None
         if not self._beat.running:
             self._beat.start(HEARTBEAT, now=False).addErrback(
                 lambda f: self.log.failure("heartbeat failed", f)
@@ -282,8 +223,8 @@ class Live:
         """
         Stop sending to ``stream``.
         """
-        self._streams.pop(stream, None)
-        if not self._streams and self._beat.running:
+        self.streams.pop(stream, None)
+        if not self.streams and self._beat.running:
             self._beat.stop()
 
     async def run(
@@ -333,11 +274,11 @@ class Live:
 
     def _publish(self, point: Point) -> None:
         self._recent.append(point)
-        for stream in list(self._streams):
+        for stream in list(self.streams):
             stream.offer(point)
 
     def _heartbeat(self) -> None:
-        for stream in list(self._streams):
+        for stream in list(self.streams):
             stream.write(b": heartbeat\n\n")
 
     def close(self) -> None:
@@ -347,7 +288,7 @@ class Live:
         if self._unlisten is not None:
             self._unlisten()
             self._unlisten = None
-        for stream in list(self._streams):
+        for stream in list(self.streams):
             stream.end()
 
 

@@ -7,15 +7,30 @@ against it.
 from typing import Any
 
 import blip
+from blip.meters import DAYS
 from blip.model import INT_MAX
-from blip.web.v1.heavy import HEAVY_REQUESTS, HEAVY_SPAN
-from blip.web.v1.live import REPLAY_DEPTH
-from blip.web.v1.query import EARLIEST, LATEST, MAX_VALUE
-from blip.web.v1.series import RAW_GAP_SPAN, ROLLUP_GAP
+from blip.web.answers import V1_PREFIX
+from blip.web.limits import (
+    DEFAULT_PERIOD,
+    ENERGY_ROWS,
+    GAP_ROWS,
+    HEAVY_REQUESTS,
+    HEAVY_SPAN,
+    MAX_MIN_GAP,
+    PERIODS,
+    POWER_POINTS,
+    POWER_POINTS_CAP,
+    RAW_GAP_SPAN,
+    REPLAY_DEPTH,
+    RETRY_AFTER,
+    ROLLUP_GAP,
+)
+from blip.web.v1.live import HEARTBEAT
+from blip.web.v1.query import EARLIEST, INTEGER, LATEST, MAX_VALUE
 
 #: Where the paths below are, on the host that serves the document (a
 #: reverse proxy that serves blipserver under a path prefix adds it).
-SERVER = "/api/v1"
+SERVER = V1_PREFIX.decode()
 
 _PROBLEM = {"$ref": "#/components/responses/Problem"}
 
@@ -63,7 +78,7 @@ def _get(
 _UNIX_MS = {"type": "integer", "description": "Unix time in milliseconds."}
 _HEAVY = (
     f" Over a range of more than {HEAVY_SPAN // 86_400_000} days, a heavy request: at most"
-    f" {HEAVY_REQUESTS} run at once, and more get 503 with `Retry-After`."
+    f" {HEAVY_REQUESTS} run at once, and more get 503 with `Retry-After: {RETRY_AFTER}`."
 )
 _WATTS = {"type": "number", "minimum": 0, "description": "Power in W."}
 
@@ -106,7 +121,7 @@ def document() -> dict[str, Any]:
                 "price_per_kwh": {"type": "number", "minimum": 0},
                 "days": {
                     "type": "array",
-                    "items": {"enum": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]},
+                    "items": {"enum": list(DAYS)},
                     "minItems": 1,
                 },
                 "hours": {
@@ -179,7 +194,7 @@ def document() -> dict[str, Any]:
         "Energy": _object(
             {
                 "meter": {"type": "integer"},
-                "period": {"enum": ["hour", "day", "week", "month", "year"]},
+                "period": {"enum": list(PERIODS)},
                 "timezone": {"type": "string"},
                 "currency": {"type": "string"},
                 "rows": {"type": "array", "items": _ref("EnergyRow")},
@@ -291,7 +306,12 @@ def document() -> dict[str, Any]:
                     "in": "query",
                     "required": False,
                     "description": "The most rows to answer.",
-                    "schema": {"type": "integer", "minimum": 1, "maximum": 20000, "default": 2000},
+                    "schema": {
+                        "type": "integer",
+                        "minimum": 1,
+                        "maximum": POWER_POINTS_CAP,
+                        "default": POWER_POINTS,
+                    },
                 },
             ],
             {"application/json": {"schema": _ref("Power")}},
@@ -304,8 +324,8 @@ def document() -> dict[str, Any]:
                 " blips inside the range count, to the minute: the first and last period may"
                 " be partial, and the total is the energy of the range."
                 " A day across a daylight-saving change has 23 or 25 hours. Cost follows the"
-                " meter's time-of-use tariff, or its `price_per_kwh`. At most 10000 rows; `next`"
-                " is the `from` of the rest."
+                " meter's time-of-use tariff, or its `price_per_kwh`."
+                f" At most {ENERGY_ROWS} rows; `next` is the `from` of the rest."
             ),
             [
                 *meter_range,
@@ -313,7 +333,7 @@ def document() -> dict[str, Any]:
                     "name": "period",
                     "in": "query",
                     "required": False,
-                    "schema": {"enum": ["hour", "day", "week", "month", "year"], "default": "day"},
+                    "schema": {"enum": list(PERIODS), "default": DEFAULT_PERIOD},
                 },
             ],
             {"application/json": {"schema": _ref("Energy")}},
@@ -325,7 +345,7 @@ def document() -> dict[str, Any]:
                 " blips, or between the range's edge and a blip, split into the parts when"
                 " ingest was not listening (`logger_down`) and when it was but the meter did"
                 " not blink (`idle`), or `unknown` before the first recorded period of ingest."
-                " At most 10000 gaps; `next` is the `from` of the rest."
+                f" At most {GAP_ROWS} gaps; `next` is the `from` of the rest."
                 + _HEAVY
             ),
             [
@@ -342,7 +362,7 @@ def document() -> dict[str, Any]:
                         f" of {RAW_GAP_SPAN // 86_400_000} days of the range at most per answer:"
                         " `next` is then the `from` of the rest."
                     ),
-                    "schema": {"type": "integer", "minimum": 1, "maximum": 10**15},
+                    "schema": {"type": "integer", "minimum": 1, "maximum": MAX_MIN_GAP},
                 },
             ],
             {"application/json": {"schema": _ref("Gaps")}},
@@ -373,7 +393,7 @@ def document() -> dict[str, Any]:
             (
                 "With `Accept: text/event-stream`: a stream of Server-Sent Events, one"
                 " `point` event per new point (`id` is its stamp, `data` a LivePoint), and a"
-                " heartbeat comment every 15 s. A client reconnecting with `Last-Event-ID`"
+                f" heartbeat comment every {HEARTBEAT:g} s. A client reconnecting with `Last-Event-ID`"
                 " first gets every point of its meters after that stamp (a heavy request"
                 f" while it replays: at most {HEAVY_REQUESTS} at once, more get 503 with"
                 " `Retry-After`). Without it: the newest point of each meter, as JSON."
@@ -399,7 +419,7 @@ def document() -> dict[str, Any]:
                         f" {REPLAY_DEPTH} ms ({REPLAY_DEPTH // 60_000} minutes) before now (400"
                         " further back: open a new stream without it)."
                     ),
-                    "schema": {"type": "string", "pattern": "^-?[0-9]{1,18}$"},
+                    "schema": {"type": "string", "pattern": f"^{INTEGER}$"},
                 },
             ],
             {

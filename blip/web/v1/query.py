@@ -1,7 +1,7 @@
 """
-The query parameters of the modern API: each is read from the query string
-and turned into a value, or into a 400 answer that names the parameter and
-says what is wrong with it.
+The parameters of the modern API: each is read from the query string (or,
+for ``Last-Event-ID``, a header) and turned into a value, or into a 400
+answer that names the parameter and says what is wrong with it.
 """
 
 import re
@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 
 from twisted.web.iweb import IRequest
 
-from blip.web.legacy import BadRequest
+from blip.web.errors import BadRequest
 
 #: The earliest and latest instants, in unix ms, that a time may name: those
 #: of RFC 3339 date-times (years 1 to 9999, offsets up to a day), rounded out.
@@ -21,7 +21,11 @@ LATEST = 253_402_387_200_000
 #: Longest parameter value read.
 MAX_VALUE = 200
 
-_INTEGER = re.compile(r"-?[0-9]{1,18}")
+#: An integer parameter (and an event id): what a signed 64-bit integer
+#: surely holds.
+INTEGER = "-?[0-9]{1,18}"
+
+_INTEGER = re.compile(INTEGER)
 # An offset whose "+" arrived unescaped in a query string, as a space.
 _SPACED_OFFSET = re.compile(r"(T[0-9:.,]+) ([0-9]{2}(:?[0-9]{2})?)$")
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -147,3 +151,18 @@ def instant(text: str, name: str, zone: str) -> int:
     if not EARLIEST <= value <= LATEST:
         raise BadParameter(name, f"must be from {EARLIEST} to {LATEST} (unix ms), not {value}")
     return value
+
+
+def last_event_id(request: IRequest) -> Optional[int]:
+    """
+    :return: the ``Last-Event-ID`` a live stream resumes after (the stamp
+        of the last event its client received), or None without one.
+    :raise BadParameter: when it is not an integer.
+    """
+    raw = request.getHeader(b"last-event-id")
+    if raw is None:
+        return None
+    text = raw.decode("latin-1").strip()
+    if not _INTEGER.fullmatch(text):
+        raise BadParameter("Last-Event-ID", f"must be the stamp of an event, not {text[:40]!r}")
+    return int(text)

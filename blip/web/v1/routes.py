@@ -10,8 +10,6 @@ Times are unix ms; ranges are half-open, ``from <= t < to``. Every error is
 ``error``, as in the legacy routes' ``{"error": "..."}``.
 """
 
-import json
-import re
 from functools import wraps
 from typing import Any, Awaitable, Callable, Optional
 
@@ -22,59 +20,32 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 from twisted.web.server import Request
-from werkzeug.exceptions import MethodNotAllowed
 
 from blip.db.v1 import V1Queries
-from blip.live.hub import Hub
 from blip.meters import Meter, Meters
 from blip.model import Point
-from blip.web.legacy import (
-    MODERN_PREFIX,
-    ApiError,
-    NotFound,
-    describe_error,
-    meter_id,
-    no_content,
-    problem,
+from blip.web.answers import V1, V1_PREFIX, dress, encode, json_body, options
+from blip.web.errors import Busy, NotFound, answer_error
+from blip.web.latest import Latest
+from blip.web.limits import (
+    DEFAULT_PERIOD,
+    MAX_MIN_GAP,
+    PERIODS,
+    POWER_POINTS,
+    POWER_POINTS_CAP,
+    REPLAY_DEPTH,
 )
+from blip.web.paths import meter_id
 from blip.web.v1.export import Export
 from blip.web.v1.heavy import Heavy, Ticket
-from blip.web.v1.live import REPLAY_DEPTH, Live
+from blip.web.v1.live import Live
 from blip.web.v1.openapi import document
-from blip.web.v1.query import EARLIEST, BadParameter, Query
+from blip.web.v1.query import EARLIEST, BadParameter, Query, last_event_id
 from blip.web.v1.series import Series
 
-PREFIX = MODERN_PREFIX.decode()
-#: Rows of a power series unless asked otherwise, and at most.
-MAX_POINTS = 2000
-MAX_POINTS_CAP = 20_000
+PREFIX = V1_PREFIX.decode()
 #: A range without ``from`` starts this long before its end.
 DEFAULT_SPAN = 86_400_000
-PERIODS = ("hour", "day", "week", "month", "year")
-ALLOW = b"GET, HEAD, OPTIONS"
-
-_EVENT_ID = re.compile(r"-?[0-9]{1,18}")
-
-
-class Busy(ApiError):
-    """Too many clients of some kind; try again later."""
-
-    status = 503
-
-
-def _json(data: Any) -> bytes:
-    return json.dumps(data, separators=(",", ":"), allow_nan=False).encode()
-
-
-def _headers(request: IRequest) -> None:
-    request.setHeader(b"Access-Control-Allow-Origin", b"*")
-    request.setHeader(b"Access-Control-Allow-Methods", b"GET")
-    request.setHeader(
-        b"Access-Control-Allow-Headers", b"origin, x-requested-with, accept, last-event-id"
-    )
-    request.setHeader(b"Access-Control-Max-Age", b"60")
-    request.setHeader(b"Cache-Control", b"max-age=0, must-revalidate")
-
 
 Handler = Callable[..., Awaitable[Any]]
 
@@ -89,17 +60,13 @@ def route(app: Klein, path: str) -> Callable[[Handler], Handler]:
     def register(f: Handler) -> Handler:
         @wraps(f)
         async def handler(self: Any, request: IRequest, **kwargs: str) -> Optional[bytes]:
-            _headers(request)
             if request.method == b"OPTIONS":
-                request.setHeader(b"Allow", ALLOW)
-                return no_content(request)
+                return options(request, V1)
+            dress(request, V1)
             result = await f(self, request, **kwargs)
             if result is None or isinstance(result, bytes):
                 return result
-            body = _json(result)
-            request.setHeader(b"Content-Type", b"application/json")
-            request.setHeader(b"Content-Length", b"%d" % len(body))
-            return body
+            return json_body(request, encode(result))
 
         app.route(PREFIX + path, methods=["GET", "HEAD", "OPTIONS"], endpoint=f.__name__)(handler)
         return handler
@@ -136,7 +103,7 @@ class ApiV1:
     The routes under ``/api/v1``.
 
     :param store: the database.
-    :param hub: each meter's last point.
+    :param latest: each meter's last point.
     :param live: the live streams.
     :param meters: the configured meters.
     :param clock: the current time, for ranges that end now.
@@ -149,16 +116,16 @@ class ApiV1:
     log = Logger()
 
     def __init__(
-        self, store: V1Queries, hub: Hub, live: Live, meters: Meters, clock: IReactorTime
+        self, store: V1Queries, latest: Latest, live: Live, meters: Meters, clock: IReactorTime
     ) -> None:
         self.store = store
-        self.hub = hub
+        self.latest = latest
         self.live = live
         self.meters = meters
         self.clock = clock
         self.series = Series(store)
         self.heavy = Heavy()
-        self._document = _json(document())
+        self._document = encode(document())
 
     def resource(self) -> IResource:
         """
@@ -174,27 +141,7 @@ class ApiV1:
 
     @app.handle_errors(Exception)
     def error(self, request: IRequest, failure: Failure) -> Optional[bytes]:
-        status, message = describe_error(failure)
-        if status == 500:
-            self.log.failure("error answering {uri}", failure, uri=request.uri)
-        if isinstance(request, Request) and request.startedWriting:
-            # Too late for an error answer: cut the connection, so that the
-            # client sees a truncated answer, not a complete one.
-            if status != 500:
-                self.log.warn(
-                    "answer to {uri} cut short: {why}", uri=request.uri, why=message
-                )
-            # A TCP or TLS connection, though ITransport names no abortConnection.
-            request.transport.abortConnection()  # type: ignore[union-attr]
-            return None
-        request.setResponseCode(status)
-        _headers(request)
-        if failure.check(MethodNotAllowed):
-            request.setHeader(b"Allow", ALLOW)
-        request.setHeader(b"Content-Type", b"application/problem+json")
-        body = problem(status, message)
-        request.setHeader(b"Content-Length", b"%d" % len(body))
-        return body
+        return answer_error(request, failure, self.log, V1)
 
     async def meter(self, text: str) -> Meter:
         """
@@ -202,21 +149,9 @@ class ApiV1:
         :raise NotFound: unless it is configured or has readings.
         """
         m = meter_id(text)
-        if m in self.meters or self.hub.last(m) is not None or await self.store.last(m):
+        if m in self.meters or await self.latest.point(m) is not None:
             return self.meters.get(m)
         raise NotFound(f"unknown meter {m}")
-
-    async def last_points(self) -> dict[int, Point]:
-        """
-        :return: the newest point of each meter with readings, live ones
-            first.
-        """
-        latest = {p.meter: p for p in await self.store.last_points()}
-        for m in set(latest) | {m.id for m in self.meters}:
-            point = self.hub.last(m)
-            if point is not None and (m not in latest or latest[m].stamp < point.stamp):
-                latest[m] = point
-        return latest
 
     def span(self, query: Query, meter: Meter) -> tuple[int, int]:
         """
@@ -229,31 +164,25 @@ class ApiV1:
 
     @route(app, "/openapi.json")
     async def openapi(self, request: IRequest) -> bytes:
-        request.setHeader(b"Content-Type", b"application/json")
-        request.setHeader(b"Content-Length", b"%d" % len(self._document))
-        return self._document
+        return json_body(request, self._document)
 
     @route(app, "/meters")
     async def list_meters(self, request: IRequest) -> Any:
-        latest = await self.last_points()
+        latest = await self.latest.points(m.id for m in self.meters)
         ids = sorted({m.id for m in self.meters} | set(latest))
         return {"meters": [meter_json(self.meters.get(m), latest.get(m)) for m in ids]}
 
     @route(app, "/meters/<meter>")
     async def one_meter(self, request: IRequest, meter: str) -> Any:
         settings = await self.meter(meter)
-        last = self.hub.last(settings.id)
-        if last is None:
-            row = await self.store.last(settings.id)
-            last = None if row is None else Point(settings.id, *row)
-        return meter_json(settings, last)
+        return meter_json(settings, await self.latest.point(settings.id))
 
     @route(app, "/meters/<meter>/power")
     async def power(self, request: IRequest, meter: str) -> Any:
         settings = await self.meter(meter)
         query = Query(request)
         first, last = self.span(query, settings)
-        max_points = query.integer("max_points", MAX_POINTS, 1, MAX_POINTS_CAP)
+        max_points = query.integer("max_points", POWER_POINTS, 1, POWER_POINTS_CAP)
         power = await self.series.power(settings, first, last, max_points)
         return {
             "meter": settings.id,
@@ -268,7 +197,7 @@ class ApiV1:
         settings = await self.meter(meter)
         query = Query(request)
         first, last = self.span(query, settings)
-        period = query.choice("period", "day", PERIODS)
+        period = query.choice("period", DEFAULT_PERIOD, PERIODS)
         energy = await self.series.energy(settings, period, first, last)
         return {
             "meter": settings.id,
@@ -289,7 +218,7 @@ class ApiV1:
         first, last = self.span(query, settings)
         min_gap = None
         if query.text("min_gap") is not None:
-            min_gap = query.integer("min_gap", 0, 1, 10**15)
+            min_gap = query.integer("min_gap", 0, 1, MAX_MIN_GAP)
         with self.heavy.take(request, last - first):
             gaps = await self.series.gaps(settings, first, last, self.now(), min_gap)
         return {
@@ -326,13 +255,13 @@ class ApiV1:
     async def live_points(self, request: Request) -> Any:
         query = Query(request)
         meters = query.meters("meters")
-        last_id = _last_event_id(request)
+        last_id = last_event_id(request)
         if meters is not None:
             for m in meters:
                 await self.meter(str(m))
         accept = (request.getHeader(b"accept") or b"").lower()
         if b"text/event-stream" not in accept:
-            latest = await self.last_points()
+            latest = await self.latest.points(m.id for m in self.meters)
             wanted = sorted(latest) if meters is None else [m for m in meters if m in latest]
             return {
                 "points": [
@@ -367,14 +296,4 @@ class ApiV1:
             finally:
                 stream.end()
         return None
-
-
-def _last_event_id(request: IRequest) -> Optional[int]:
-    raw = request.getHeader(b"last-event-id")
-    if raw is None:
-        return None
-    text = raw.decode("latin-1").strip()
-    if not _EVENT_ID.fullmatch(text):
-        raise BadParameter("Last-Event-ID", f"must be the stamp of an event, not {text[:40]!r}")
-    return int(text)
 

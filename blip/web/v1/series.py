@@ -14,6 +14,7 @@ from typing import Optional
 from blip.db.v1 import Rollup, V1Queries
 from blip.ingest.periods import ALIVE_INTERVAL
 from blip.meters import Meter
+from blip.web.limits import ENERGY_ROWS, GAP_ROWS, RAW_GAP_SPAN, ROLLUP_GAP
 
 MINUTE = 60_000
 HOUR = 3_600_000
@@ -28,17 +29,8 @@ LONGEST = {
     "month": 31 * DAY + HOUR,
     "year": 366 * DAY + HOUR,
 }
-#: Energy rows in one answer; the rest is a ``next`` page away.
-ENERGY_ROWS = 10_000
-#: Gaps in one answer; the rest is a ``next`` page away.
-GAP_ROWS = 10_000
 #: The shortest gap reported unless asked otherwise.
 MIN_GAP = 2 * MINUTE
-#: Gaps this long or longer are found from the minute rollups; shorter ones
-#: by reading every point, of at most :data:`RAW_GAP_SPAN` ms of the range
-#: per answer (the rest is a ``next`` page away).
-ROLLUP_GAP = 2 * MINUTE
-RAW_GAP_SPAN = 7 * DAY
 #: A gap is this many mean blip intervals long at least.
 GAP_FACTOR = 3
 #: An open period of ingest refreshed this recently is of a node that runs:

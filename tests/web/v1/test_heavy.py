@@ -14,10 +14,8 @@ from twisted.internet.defer import Deferred
 
 from blip.meters import Meters
 from blip.model import Point
-from blip.web.v1.heavy import HEAVY_REQUESTS, HEAVY_SPAN, RETRY_AFTER
-from blip.web.v1.live import REPLAY_DEPTH
-from tests.conftest import Served
-from tests.web.test_legacy import wait_until
+from blip.web.limits import HEAVY_REQUESTS, HEAVY_SPAN, REPLAY_DEPTH, RETRY_AFTER
+from tests.conftest import Served, wait_until
 from tests.web.v1.test_live import subscribe
 
 NOW = 1_700_000_000_000

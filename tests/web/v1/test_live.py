@@ -21,8 +21,7 @@ from twisted.web.http_headers import Headers
 from blip.meters import Meter, Meters
 from blip.model import Point
 from blip.web.v1.live import HEARTBEAT, MAX_BACKLOG, PAGE
-from tests.conftest import TIMEOUT, Served, within
-from tests.web.test_legacy import wait_until
+from tests.conftest import TIMEOUT, Served, eventually, wait_until, within
 
 T0 = 1_700_000_000_000
 METERS = Meters([Meter(1, pulses_per_kwh=1000.0), Meter(2, pulses_per_kwh=500.0)])
@@ -153,7 +152,7 @@ async def test_clients_that_go_are_removed(site: Served) -> None:
     await wait_until(lambda: site.live.clients == 1)
     readers[2].close()
     await wait_until(lambda: site.live.clients == 0)
-    assert not site.live._beat.running
+    assert not site.clock.getDelayedCalls()
 
 
 @pytest_twisted.ensureDeferred
@@ -253,8 +252,8 @@ async def test_a_client_that_falls_behind_while_catching_up(site: Served) -> Non
     _, _, reader = await subscribe(site, "?meters=1", last_id=T0 - 1)
     reader.transport.pauseProducing()
     await wait_until(lambda: site.live.clients == 1)
-    (stream,) = site.live._streams
-    await wait_until(lambda: stream._producer.paused)
+    (stream,) = site.live.streams
+    await wait_until(lambda: stream.producer.paused)
     new = [Point(1, T0 + 100_000 + i, 1000) for i in range(MAX_BACKLOG + 1)]
     for point in new:
         site.hub.publish(point)
@@ -383,14 +382,3 @@ def urllib_get(url: str) -> Any:
     import urllib.request
 
     return urllib.request.urlopen(url, timeout=TIMEOUT)
-
-
-def eventually(check: Callable[[], Any], timeout: float = TIMEOUT) -> Any:
-    """Ask ``check()`` until it returns something true."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.02)

@@ -15,7 +15,8 @@ from blip.db.readings import Readings
 from blip.db.v1 import V1Queries
 from blip.meters import Meter, TariffRule
 from blip.model import Point
-from blip.web.v1.series import HOUR, MINUTE, RAW_GAP_SPAN, Series, whole_hours
+from blip.web.limits import RAW_GAP_SPAN
+from blip.web.v1.series import HOUR, MINUTE, Series, whole_hours
 
 T0 = 1_700_000_000_000 - 1_700_000_000_000 % HOUR
 METER = Meter(1, pulses_per_kwh=600.0, multiplier=4.0, price_per_kwh=2.0)

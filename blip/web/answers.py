@@ -1,0 +1,98 @@
+"""
+How every answer of the HTTP API is dressed: the CORS and caching headers
+(the legacy routes' and, allowing ``Last-Event-ID`` too, ``/api/v1``'s),
+the one JSON writer, and the empty answer of ``OPTIONS``.
+"""
+
+import json
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from twisted.web.iweb import IRequest
+
+#: Where the modern API lives; its errors are problem documents.
+V1_PREFIX = b"/api/v1"
+
+HeaderPairs = tuple[tuple[bytes, bytes], ...]
+
+
+def _cors(request_headers: bytes) -> HeaderPairs:
+    return (
+        (b"Access-Control-Allow-Origin", b"*"),
+        (b"Access-Control-Allow-Methods", b"GET"),
+        (b"Access-Control-Allow-Headers", request_headers),
+        (b"Access-Control-Max-Age", b"60"),
+        (b"Cache-Control", b"max-age=0, must-revalidate"),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Style:
+    """
+    What an API adds to each of its answers.
+
+    :param headers: the CORS and caching headers, in order.
+    :param allow: the ``Allow`` header of its ``OPTIONS`` and ``405``
+        answers; None for none.
+    :param problems: whether its errors are problem documents (RFC 9457)
+        rather than the legacy ``{"error": message}``.
+    """
+
+    headers: HeaderPairs
+    allow: Optional[bytes] = None
+    problems: bool = False
+
+
+_REQUEST_HEADERS = b"origin, x-requested-with, accept"
+#: The original blipserver's routes.
+LEGACY = Style(_cors(_REQUEST_HEADERS))
+#: ``/api/v1``, whose live stream a browser resumes with ``Last-Event-ID``.
+V1 = Style(_cors(_REQUEST_HEADERS + b", last-event-id"), b"GET, HEAD, OPTIONS", problems=True)
+
+
+def dress(request: IRequest, style: Style) -> None:
+    """
+    Set the CORS and caching headers of ``style``.
+    """
+    for name, value in style.headers:
+        request.setHeader(name, value)
+
+
+def encode(data: Any) -> bytes:
+    """
+    :return: ``data`` as compact JSON (no spaces; NaN and infinities are
+        refused, as JSON has no such numbers).
+    """
+    return json.dumps(data, separators=(",", ":"), allow_nan=False).encode()
+
+
+def json_body(request: IRequest, body: bytes, content_type: bytes = b"application/json") -> bytes:
+    """
+    Say what ``body`` is and how long.
+
+    :return: the body to render: empty for HEAD (whose Content-Length still
+        gives the length), as Twisted otherwise logs a warning for each one.
+    """
+    request.setHeader(b"Content-Type", content_type)
+    request.setHeader(b"Content-Length", b"%d" % len(body))
+    return b"" if request.method == b"HEAD" else body
+
+
+def no_content(request: IRequest) -> bytes:
+    """
+    :return: an empty body, said to be empty (no chunked encoding) and
+        without the default text/html type.
+    """
+    request.setHeader(b"Content-Length", b"0")
+    request.defaultContentType = None  # type: ignore[attr-defined]  # server.Request's
+    return b""
+
+
+def options(request: IRequest, style: Style) -> bytes:
+    """
+    Answer ``OPTIONS``: the headers of ``style`` and nothing else.
+    """
+    dress(request, style)
+    if style.allow is not None:
+        request.setHeader(b"Allow", style.allow)
+    return no_content(request)

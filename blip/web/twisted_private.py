@@ -1,0 +1,136 @@
+"""
+All that blipserver relies on of Twisted Web beyond its public API, in one
+place: each reliance is pinned by ``tests/web/test_twisted_private.py``, so
+that a Twisted upgrade that changes one fails a test, not the daemon.
+
+- :class:`HookedChannel`: which line of a request was too long, and the
+  answer to a request Twisted cannot parse (``HTTPChannel``'s private
+  ``_respondToBadRequestAndDisconnect``).
+- :class:`HookedRequest`: a request target that is not a path, before
+  the request is handled (``Request.requestReceived``, "not intended for
+  users").
+- :func:`send_prerendered`, :func:`prerenderable` and
+  :func:`started_writing`: a whole answer rendered once and written as it
+  is to many clients, around the request's own writing
+  (``Request.startedWriting``, ``HTTPChannel.persistent``).
+- :func:`send_now`: a connection's buffer sent at once
+  (``FileDescriptor.doWrite``).
+- :func:`connection_gone`: a request whose connection is lost has no
+  channel.
+"""
+
+from typing import Any
+
+from twisted.web.http import HTTPChannel
+from twisted.web.iweb import IRequest
+from twisted.web.server import Request
+
+
+class HookedChannel(HTTPChannel):
+    """
+    Twisted's HTTP connection, with two of its own answers replaced by
+    hooks.
+    """
+
+    def line_too_long(self, request_line: bool, line: bytes) -> None:
+        """
+        A line longer than ``MAX_LENGTH`` arrived (the default answer:
+        Twisted's, closing the connection).
+
+        :param request_line: whether it is the request line, not a header.
+        :param line: what arrived of it.
+        """
+        super().lineLengthExceeded(line)
+
+    def bad_request(self) -> None:
+        """
+        A request Twisted cannot parse arrived (the default answer:
+        Twisted's bare 400, closing the connection).
+        """
+        super()._respondToBadRequestAndDisconnect()
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        # HTTPChannel makes a connection's request when its request line
+        # arrives, and forgets it once answered; lines are not read while a
+        # request is handled (pipelined ones wait), so no request means the
+        # request line.
+        self.line_too_long(not self.requests, line)
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        self.bad_request()
+
+
+class HookedRequest(Request):
+    """
+    Twisted's request, whose target, unless it is a path, passes through a
+    hook before anything reads it.
+    """
+
+    def target(self, target: bytes) -> bytes:
+        """
+        :param target: a request target that does not start with ``/``.
+        :return: the request target to handle instead (by default
+            ``target``).
+        """
+        return target
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if not path.startswith(b"/"):
+            path = self.target(path)
+        super().requestReceived(command, path, version)
+
+
+def prerenderable(request: Request) -> bool:
+    """
+    :return: whether the answer to ``request`` may be a pre-rendered one: a
+        GET on a persistent HTTP/1.1 connection (no ``Connection: close``
+        to add, a body to send).
+    """
+    return (
+        request.method == b"GET"
+        and request.clientproto == b"HTTP/1.1"
+        and getattr(request.channel, "persistent", False)
+    )
+
+
+def send_prerendered(request: Request, answer: bytes) -> Any:
+    """
+    Write ``answer``, a whole HTTP answer (status line, headers and body)
+    of a :func:`prerenderable` request, as it is; the request is to be
+    finished as usual, and writes nothing more.
+
+    :return: the connection's transport.
+    """
+    request.startedWriting = 1
+    transport = request.channel.transport
+    assert transport is not None  # set while the request is answered
+    transport.write(answer)
+    return transport
+
+
+def started_writing(request: IRequest) -> bool:
+    """
+    :return: whether the status line and headers of the answer to
+        ``request`` are written already.
+    """
+    return bool(getattr(request, "startedWriting", False))
+
+
+def send_now(transport: Any) -> None:
+    """
+    Send what ``transport`` holds now, rather than when the reactor next
+    looks at the connection: during a fan-out the first clients need not
+    wait for the last. What does not fit stays buffered and is sent as
+    usual; a connection that this finds closing or broken is left to the
+    reactor, which closes it on its next look.
+    """
+    send = getattr(transport, "doWrite", None)
+    if send is not None and send() is not None:
+        transport.startWriting()
+
+
+def connection_gone(request: IRequest) -> bool:
+    """
+    :return: whether the connection of ``request`` is lost.
+    """
+    return getattr(request, "channel", None) is None

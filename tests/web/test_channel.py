@@ -1,0 +1,103 @@
+"""
+Tests of the HTTP connection over a real port: what it refuses before a
+request reaches the site answers JSON that the client can read, and
+request targets in absolute form are served like their path.
+"""
+
+import json
+from typing import Callable
+
+import pytest
+import pytest_twisted
+from twisted.internet.threads import deferToThread
+from twisted.web.test.requesthelper import DummyChannel
+
+from blip.meters import Meters
+from blip.model import Point
+from blip.web.channel import TargetRequest
+from tests.conftest import Served, exchange
+
+
+@pytest.mark.parametrize(
+    "target, path",
+    [
+        (b"http://blip.example/last/1", b"/last/1"),
+        (b"HTTP://blip.example:8080/last?x=1", b"/last?x=1"),
+        (b"https://blip.example", b"/"),
+        (b"http://blip.example?q", b"/?q"),
+        (b"ftp://blip.example/last/1", b"ftp://blip.example/last/1"),
+        (b"*", b"*"),
+    ],
+)
+def test_absolute_form_targets(target: bytes, path: bytes) -> None:
+    """
+    An http or https target in absolute form stands for its path and
+    query; anything else is left as it came.
+    """
+    assert TargetRequest(DummyChannel()).target(target) == path
+
+
+@pytest_twisted.ensureDeferred
+async def test_absolute_form_targets_are_served(serve: Callable[..., Served]) -> None:
+    """
+    A request line with an absolute-form target (as a client talking to a
+    proxy sends it) is answered like its path: the route, the page, and a
+    404 for an unknown path; other schemes are not paths.
+    """
+    site = serve(Meters())
+    await site.store.insert([Point(1, 1_700_000_000_000, 1000)])
+    for target, status, body in [
+        (b"http://blip.example/last/1", 200, b"[1700000000000,1000]"),
+        (b"HTTP://blip.example:8080/last?x=1", 200, b"[1700000000000,1000]"),
+        (b"https://blip.example/nowhere", 404, b'{"error":"no such route"}'),
+        (b"ftp://blip.example/last/1", 404, None),
+    ]:
+        request = b"GET " + target + b" HTTP/1.1\r\nHost: blip.example\r\nConnection: close\r\n\r\n"
+        code, answer = await deferToThread(exchange, site.port, request)
+        assert code == status, target
+        if body is not None:
+            assert answer == body, target
+
+
+@pytest.mark.parametrize(
+    "request_bytes, status",
+    [
+        (b"GET /since/" + b"9" * 20000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
+        (b"GET /" + b"a" * 300_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
+        (b"GET /last/1 HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 20000 + b"\r\n\r\n", 431),
+        (b"GET /last/1 HTTP/1.1 extra\r\nHost: x\r\n\r\n", 400),
+        (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n", 400),
+        (b"GET /last/1 HTTP/1.1\r\nHost: x\r\nContent-Length: lots\r\n\r\n", 400),
+        (b"BREW /last/1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 405),
+        (b"DELETE /since/1/5 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 405),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_refusals_before_routing_are_json(
+    serve: Callable[..., Served], request_bytes: bytes, status: int
+) -> None:
+    """
+    What Twisted refuses before a request reaches the app — a request line
+    of any length over its limit, a huge header, a malformed request — and
+    unknown methods get a JSON error with a meaningful status, which the
+    client can read (no connection reset).
+    """
+    site = serve(Meters())
+    code, body = await deferToThread(exchange, site.port, request_bytes)
+    assert code == status
+    assert set(json.loads(body)) == {"error"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_long_request_line_after_an_answer_is_414(serve: Callable[..., Served]) -> None:
+    """
+    On a keep-alive connection, a request line over the limit after a
+    request already answered is a request line too (414, not 431).
+    """
+    site = serve(Meters())
+    await site.store.insert([Point(1, 1_700_000_000_000, 1000)])
+    request = b"GET /last/1 HTTP/1.1\r\nHost: x\r\n\r\nGET /" + b"a" * 20000 + b" HTTP/1.1\r\n\r\n"
+    code, rest = await deferToThread(exchange, site.port, request)
+    assert code == 200
+    assert rest.startswith(b"[1700000000000,1000]HTTP/1.1 414 ")
+    assert json.loads(rest.split(b"\r\n\r\n", 1)[1]) == {"error": "request target longer than 8192 bytes"}

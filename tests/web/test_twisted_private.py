@@ -1,0 +1,287 @@
+"""
+Tests pinning each behaviour of Twisted Web beyond its public API that
+:mod:`blip.web.twisted_private` relies on, so that a Twisted upgrade that
+changes one fails here rather than in the daemon.
+"""
+
+import socket
+from typing import Any, Optional
+
+import pytest
+import pytest_twisted
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request, Site
+
+from blip.web.twisted_private import (
+    HookedChannel,
+    HookedRequest,
+    connection_gone,
+    prerenderable,
+    send_now,
+    send_prerendered,
+    started_writing,
+)
+from tests.conftest import within
+
+
+class Parking(Resource):
+    """Keeps every request it is given, unanswered."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: list[Request] = []
+
+    def render(self, request: Request) -> Any:
+        self.requests.append(request)
+        return NOT_DONE_YET
+
+
+class Recording(HookedChannel):
+    """Records what its hooks are told."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.long_lines: list[bool] = []
+        self.bad = 0
+
+    def line_too_long(self, request_line: bool, line: bytes) -> None:
+        self.long_lines.append(request_line)
+        self.transport.loseConnection()
+
+    def bad_request(self) -> None:
+        self.bad += 1
+        self.transport.loseConnection()
+
+
+class Targeted(HookedRequest):
+    """Serves every target as ``/hooked``, remembering what came."""
+
+    seen: list[bytes] = []
+
+    def target(self, target: bytes) -> bytes:
+        self.seen.append(target)
+        return b"/hooked"
+
+
+def connect(resource: Resource) -> tuple[Recording, StringTransport]:
+    """:return: a channel of a site of ``resource``, and its transport."""
+    site = Site(resource, requestFactory=Targeted)
+    site.protocol = Recording  # type: ignore[assignment]
+    channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 4711))
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    return channel, transport
+
+
+@pytest.mark.parametrize(
+    "data, request_line",
+    [
+        (b"GET /" + b"a" * 20000, True),
+        (b"GET / HTTP/1.1\r\nX-Big: " + b"b" * 20000, False),
+    ],
+)
+def test_which_line_is_too_long(data: bytes, request_line: bool) -> None:
+    """
+    HTTPChannel tells a too-long request line from a too-long header line
+    (it makes a request when the request line arrives).
+    """
+    channel, _ = connect(Parking())
+    channel.dataReceived(data)
+    assert channel.long_lines == [request_line]
+
+
+def test_a_long_request_line_after_an_answered_request() -> None:
+    """
+    Once a request is answered, its connection's next line is a request
+    line again (HTTPChannel forgets the answered request).
+    """
+    parking = Parking()
+    channel, transport = connect(parking)
+    channel.dataReceived(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+    (request,) = parking.requests
+    request.write(b"")
+    request.finish()
+    channel.dataReceived(b"GET /" + b"a" * 20000)
+    assert channel.long_lines == [True]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"GET /last/1 HTTP/1.1 extra\r\n\r\n",
+        b"GET / HTTP/1.1\r\nContent-Length: lots\r\n\r\n",
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n",
+    ],
+)
+def test_bad_requests_go_to_the_hook(data: bytes) -> None:
+    """
+    HTTPChannel answers what it cannot parse through
+    ``_respondToBadRequestAndDisconnect``, which the hook replaces.
+    """
+    channel, transport = connect(Parking())
+    channel.dataReceived(data)
+    assert channel.bad == 1
+    assert b"400" not in transport.value()
+
+
+def test_the_target_hook_sees_targets_that_are_not_paths_first() -> None:
+    """
+    ``requestReceived`` gets each request's target before anything reads
+    it: a target that is not a path is handled as the hook says; a path
+    as it came.
+    """
+    parking = Parking()
+    channel, _ = connect(parking)
+    Targeted.seen = []
+    channel.dataReceived(b"GET http://host/x?y HTTP/1.1\r\nHost: x\r\n\r\n")
+    (request,) = parking.requests
+    assert Targeted.seen == [b"http://host/x?y"]
+    assert (request.uri, request.path, request.postpath) == (b"/hooked", b"/hooked", [b"hooked"])
+    request.write(b"")
+    request.finish()
+    channel.dataReceived(b"GET /x?y HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert Targeted.seen == [b"http://host/x?y"]
+    assert (parking.requests[1].uri, parking.requests[1].path) == (b"/x?y", b"/x")
+
+
+@pytest.mark.parametrize(
+    "head, expected",
+    [
+        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", True),
+        (b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n", False),
+        (b"GET / HTTP/1.0\r\n\r\n", False),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", False),
+    ],
+)
+def test_which_requests_take_a_prerendered_answer(head: bytes, expected: bool) -> None:
+    """
+    Only a GET on a connection that stays open after it (HTTP/1.1 without
+    ``Connection: close``: the channel knows once the headers are in) may
+    be answered with bytes rendered for another request.
+    """
+    parking = Parking()
+    channel, _ = connect(parking)
+    channel.dataReceived(head)
+    assert prerenderable(parking.requests[0]) is expected
+
+
+def test_a_prerendered_answer_stands_for_the_requests_own() -> None:
+    """
+    A request marked as written and given a whole answer on its transport
+    writes nothing of its own when finished, and its connection goes on to
+    the next request.
+    """
+    parking = Parking()
+    channel, transport = connect(parking)
+    channel.dataReceived(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n")
+    first = parking.requests[0]
+    assert not started_writing(first)
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n[]"
+    assert send_prerendered(first, answer) is transport
+    assert started_writing(first)
+    first.finish()
+    assert transport.value() == answer
+    assert len(parking.requests) == 2
+    parking.requests[1].write(b"x")
+    assert started_writing(parking.requests[1])
+
+
+def test_a_request_whose_connection_is_lost_has_no_channel() -> None:
+    """
+    A request whose client went away has no channel left (so its producer
+    is gone with the connection).
+    """
+    parking = Parking()
+    channel, _ = connect(parking)
+    channel.dataReceived(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+    (request,) = parking.requests
+    assert not connection_gone(request)
+    request.notifyFinish().addErrback(lambda _: None)
+    channel.connectionLost(Failure(ConnectionError()))
+    assert connection_gone(request)
+
+
+class Sender(Protocol):
+    """Writes a message as soon as it is connected, then reads the peer."""
+
+    def __init__(self, now: bool, peer: socket.socket, done: "Deferred[Optional[bytes]]") -> None:
+        self.now = now
+        self.peer = peer
+        self.done = done
+
+    def connectionMade(self) -> None:
+        self.transport.write(b"hello")
+        if self.now:
+            send_now(self.transport)
+        try:
+            arrived: Optional[bytes] = self.peer.recv(100, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            arrived = None
+        self.transport.loseConnection()
+        self.done.callback(arrived)
+
+
+@pytest.mark.parametrize("now", [True, False])
+@pytest_twisted.ensureDeferred
+async def test_send_now_sends_before_the_reactor_looks(now: bool) -> None:
+    """
+    A TCP transport's ``doWrite`` sends what it holds at once: the peer
+    can read it before the reactor's next turn (without it, not yet).
+    """
+    from twisted.internet import reactor
+
+    done: Deferred[Optional[bytes]] = Deferred()
+    peer = socket.socket()
+    port = reactor.listenTCP(
+        0, Factory.forProtocol(lambda: Sender(now, peer, done)), interface="127.0.0.1"
+    )
+    try:
+        peer.connect(("127.0.0.1", port.getHost().port))
+        assert await within(done) == (b"hello" if now else None)
+    finally:
+        peer.close()
+        await port.stopListening()
+
+
+class Closer(Protocol):
+    """Writes, closes, and sends at once; notes when the connection is gone."""
+
+    def __init__(self, lost: "Deferred[None]") -> None:
+        self.lost = lost
+
+    def connectionMade(self) -> None:
+        self.transport.write(b"bye")
+        self.transport.loseConnection()
+        send_now(self.transport)
+
+    def connectionLost(self, reason: Failure = None) -> None:
+        self.lost.callback(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_send_now_leaves_a_closing_connection_to_the_reactor() -> None:
+    """
+    ``doWrite`` on a closing connection sends what it holds and says the
+    connection is done, without closing it: the reactor, asked to look
+    again, closes it.
+    """
+    from twisted.internet import reactor
+
+    lost: Deferred[None] = Deferred()
+    peer = socket.socket()
+    port = reactor.listenTCP(0, Factory.forProtocol(lambda: Closer(lost)), interface="127.0.0.1")
+    try:
+        peer.connect(("127.0.0.1", port.getHost().port))
+        await within(lost, 10)
+        peer.settimeout(10)
+        assert peer.recv(100) == b"bye"
+    finally:
+        peer.close()
+        await port.stopListening()
