@@ -18,7 +18,6 @@ a pool sets on its connections when given a ``statement_timeout``.
 """
 
 import os
-
 from dataclasses import dataclass
 from itertools import count
 from typing import Any, Awaitable, Callable, Iterator, Optional, Sequence
@@ -290,7 +289,8 @@ class Pool:
 
         :return: what ``interaction`` returned (or its Deferred's result).
         """
-        return Deferred.fromCoroutine(self._run(Connection.runInteraction, (interaction, *args), kwargs))
+        run = self._run(Connection.runInteraction, (interaction, *args), kwargs)
+        return Deferred.fromCoroutine(run)
 
     async def _run(self, method: Callable[..., "Deferred[Any]"], args: Any, kwargs: Any) -> Any:
         # A slot per connection: once one is taken, a connection is free

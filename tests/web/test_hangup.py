@@ -8,6 +8,7 @@ the moment are answered as usual.
 
 import json
 import socket
+import time
 from typing import Callable
 
 import psycopg2
@@ -16,7 +17,7 @@ from twisted.internet.defer import Deferred
 
 from blip.meters import Meters
 from blip.model import Point
-from tests.conftest import Served, wait_until
+from tests.conftest import TIMEOUT, Served, wait_until
 
 T0 = 1_700_000_000_000
 
@@ -50,8 +51,9 @@ async def test_a_client_hanging_up_mid_query(serve: Callable[..., Served], datab
             await wait_until(lambda: waiting() == 3)
             hanging.close()
             # The site has seen the client go once it counts its request.
+            deadline = time.monotonic() + TIMEOUT
             while b'route="/since/<meter>/<since>"' not in (await site.get("/metrics"))[2]:
-                pass
+                assert time.monotonic() < deadline, "the hang-up was never seen"
             # The query of the client gone still runs: nothing cancelled it.
             still_waiting = waiting()
         holder.rollback()
