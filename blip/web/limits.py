@@ -39,10 +39,10 @@ RAW_GAP_SPAN = 7 * 86_400_000
 #: shows.
 REPLAY_DEPTH = 3_600_000
 
-#: Heavy requests, whose cost grows with their range without a cap on rows
-#: (exports and gaps over more than :data:`HEAVY_SPAN` ms, live streams
-#: while they replay), that may run at once; more get 503, told to come
-#: back after :data:`RETRY_AFTER` seconds.
+#: Heavy requests, which read every point of their range without a cap on
+#: rows (exports over more than :data:`HEAVY_SPAN` ms, live streams while
+#: they replay), that may run at once; more get 503, told to come back
+#: after :data:`RETRY_AFTER` seconds.
 HEAVY_REQUESTS = 2
 HEAVY_SPAN = 7 * 86_400_000
 RETRY_AFTER = 2

@@ -1,10 +1,13 @@
 """
-The cap on heavy requests: those whose cost grows with their range without
-a cap on rows, because they read raw points or rollups over all of it
-(exports and gaps over more than :data:`HEAVY_SPAN`, and live replays). At
-most :data:`HEAVY_REQUESTS` of them run at once, so that they always leave
-the other requests connections to the database; more are refused at once
-with 503 and ``Retry-After`` rather than queued behind each other.
+The cap on heavy requests: those that read every point of their range
+without a cap on rows (exports over more than
+:data:`~blip.web.limits.HEAVY_SPAN`, and live streams while they replay).
+At most :data:`~blip.web.limits.HEAVY_REQUESTS` of them run at once, so
+that they always leave the other requests connections to the database;
+more are refused at once with 503 and ``Retry-After`` rather than queued
+behind each other. (Every other request is bounded: by a cap on its rows,
+by a week of points per answer for short gaps, or by the rollups, which
+hold a row per minute or hour; the statement timeout bounds them all.)
 """
 
 from typing import Any, Optional

@@ -346,7 +346,6 @@ def document() -> dict[str, Any]:
                 " ingest was not listening (`logger_down`) and when it was but the meter did"
                 " not blink (`idle`), or `unknown` before the first recorded period of ingest."
                 f" At most {GAP_ROWS} gaps; `next` is the `from` of the rest."
-                + _HEAVY
             ),
             [
                 *meter_range,

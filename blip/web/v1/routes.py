@@ -219,8 +219,7 @@ class ApiV1:
         min_gap = None
         if query.text("min_gap") is not None:
             min_gap = query.integer("min_gap", 0, 1, MAX_MIN_GAP)
-        with self.heavy.take(request, last - first):
-            gaps = await self.series.gaps(settings, first, last, self.now(), min_gap)
+        gaps = await self.series.gaps(settings, first, last, self.now(), min_gap)
         return {
             "meter": settings.id,
             "from": first,
