@@ -72,6 +72,9 @@ class Options(usage.Options):
          "MQTT broker to publish power and energy to, with Home Assistant discovery:"
          " mqtt://[user:password@]host[:port][/prefix], or mqtts:// for TLS."],
         ["mqtt-interval", None, "5", "Seconds between MQTT power messages of a meter (0: every blip)."],
+        ["query-timeout", None, "30",
+         "Seconds a query of the HTTP side may run before the database cancels it"
+         " (its request gets 503); 0: no limit but the database's own."],
         ["db-read", None, None,
          "libpq connection string or URI of a read replica for the HTTP side's queries"
          " (live points still come from --db) [default: --db]."],
@@ -124,6 +127,7 @@ class Options(usage.Options):
         self["longpoll-timeout"] = _seconds(self["longpoll-timeout"], "--longpoll-timeout")
         self["max-waiters"] = _integer(self["max-waiters"], "--max-waiters", 1, 10_000_000)
         self["health-window"] = _seconds(self["health-window"], "--health-window")
+        self["query-timeout"] = _seconds(self["query-timeout"], "--query-timeout")
         if self["health-window"] == 0:
             raise usage.UsageError("--health-window: must be more than 0 seconds")
         if self["role"] not in ROLES:

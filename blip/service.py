@@ -58,8 +58,14 @@ __all__ = ["Options", "makeService", "make_service"]
 STATIC = Path(__file__).parent / "static"
 #: The cyclic garbage collector's thresholds in the daemon.
 GC_THRESHOLDS = (50_000, 20, 100)
-#: Connections to the database.
+#: Connections for the HTTP side's queries (to --db, and as many to
+#: --db-read).
 POOL_SIZE = 4
+#: Connections of their own for ingest and what the node itself reads and
+#: writes (the schema, meters, ingest periods, catching up with missed
+#: notifications, health checks), so that however many queries the HTTP
+#: side runs, and however long, a write never waits for them.
+WRITE_POOL_SIZE = 2
 #: The ingest spool's file name in the state dir.
 SPOOL = "spool"
 #: Seconds between readings of the meters table, for what other nodes wrote.
@@ -97,8 +103,12 @@ def make_service(options: Options, reactor: Any = None, clock: Optional[IReactor
         embedded = EmbeddedPostgres(cluster, reactor)
         embedded.setServiceParent(top)
         before, dsn = embedded.when_ready, embedded.dsn
-    pool = Pool(dsn, POOL_SIZE, reactor, counters)
+    pool = Pool(dsn, WRITE_POOL_SIZE, reactor, counters, name="ingest")
     readings = Readings(pool)
+    serves = options["role"] in ("all", "web")
+    # The HTTP side's queries, each ended by the server after --query-timeout.
+    timeout = options["query-timeout"]
+    queries = Pool(dsn, POOL_SIZE, reactor, counters, timeout, name="query")
     # Read now, while the daemon may still be root.
     schema_sql()
     meter_table = MeterTable(MeterRows(pool), meters, clock)
@@ -107,7 +117,7 @@ def make_service(options: Options, reactor: Any = None, clock: Optional[IReactor
         await Schema(pool).apply()
         await meter_table.load()
 
-    database = DatabaseService(pool, prepare, before, fatal=clean_exit.fail)
+    database = DatabaseService(pool, prepare, before, fatal=clean_exit.fail, others=[queries] if serves else [])
     database.setServiceParent(top)
     TimerService(METERS_REFRESH, meter_table.refreshing).setServiceParent(top)
 
@@ -144,7 +154,7 @@ def make_service(options: Options, reactor: Any = None, clock: Optional[IReactor
 
     CountersLog(counters, clock).setServiceParent(top)
     HubService(hub).setServiceParent(top)
-    if options["role"] in ("all", "web"):
+    if serves:
         # Live points of every ingest node (an all node's own are published
         # on arrival, and not again: see blip.live.notify).
         listener = Listener(
@@ -154,16 +164,16 @@ def make_service(options: Options, reactor: Any = None, clock: Optional[IReactor
         AfterReady(
             "listening for live points", database.when_ready, listener.start, listener.stop
         ).setServiceParent(top)
-        read_pool = pool
+        read_pool = queries
         if options["db-read"] is not None:
-            read_pool = Pool(options["db-read"], POOL_SIZE, reactor, counters)
+            read_pool = Pool(options["db-read"], POOL_SIZE, reactor, counters, timeout, name="replica")
             PoolService(read_pool).setServiceParent(top)
         # Live replays come from the primary: a replica may lag behind the
         # notifications.
-        live = Live(hub, readings, meters, clock, max_clients=options["max-waiters"])
+        live = Live(hub, Readings(queries), meters, clock, max_clients=options["max-waiters"])
         LiveService(live).setServiceParent(top)
         registry = CollectorRegistry()
-        registry.register(StateCollector(counters, hub, live, pool))
+        registry.register(StateCollector(counters, hub, live, queries))
         has_source = options["role"] == "all" and bool(options["serial"] or options["simulate"])
         health = Health(hub, readings, clock, options["health-window"], has_source)
         latest = Latest(hub, Queries(read_pool))

@@ -59,12 +59,15 @@ class Blips(threading.Thread):
         self.interval = 1 / per_second
         #: Lines written so far; line n carries ms_of(n).
         self.sent = 0
+        #: When each line was written (unix time).
+        self.times: list[float] = []
         self._stopping = threading.Event()
 
     def run(self) -> None:
         due = time.monotonic()
         while not self._stopping.is_set():
             with self.link.lock:
+                self.times.append(time.time())
                 self.link.write(b"%d\n" % ms_of(self.sent))
                 self.sent += 1
             due += self.interval

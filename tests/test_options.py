@@ -112,6 +112,8 @@ def test_simulate_from_the_environment(monkeypatch) -> None:
         (["--baudrate", "0"], "--baudrate: must be from 1"),
         (["--longpoll-timeout", "-1"], "--longpoll-timeout"),
         (["--longpoll-timeout", "soon"], "--longpoll-timeout"),
+        (["--query-timeout", "-1"], "--query-timeout: must be 0 or more"),
+        (["--query-timeout", "long"], "--query-timeout: not a number"),
         (["--max-waiters", "0"], "--max-waiters"),
         (["--role", "boss"], "--role"),
         (["--listen", "carrier-pigeon:80"], "--listen"),
@@ -166,6 +168,17 @@ def test_health_window(monkeypatch) -> None:
     for bad, message in (("0", "more than 0"), ("-1", "0 or more"), ("soon", "not a number")):
         with pytest.raises(usage.UsageError, match=f"--health-window: .*{message}"):
             parse(["--db", "dbname=x", "--health-window", bad])
+
+
+def test_query_timeout(monkeypatch) -> None:
+    """
+    --query-timeout (or BLIP_QUERY_TIMEOUT) sets the seconds the database
+    gives each query of the HTTP side: 30 by default, 0 for no limit.
+    """
+    assert parse(["--db", "dbname=x"])["query-timeout"] == 30.0
+    assert parse(["--db", "dbname=x", "--query-timeout", "0"])["query-timeout"] == 0.0
+    monkeypatch.setenv("BLIP_QUERY_TIMEOUT", "2.5")
+    assert parse(["--db", "dbname=x"])["query-timeout"] == 2.5
 
 
 def test_mqtt_options(monkeypatch) -> None:

@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 from klein import Klein
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, TimeoutError
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -72,6 +72,8 @@ class Health:
             await ping
         except Exception as e:
             why = str(e).strip() or type(e).__name__
+            if isinstance(e, TimeoutError):
+                why = f"no answer within {DATABASE_TIMEOUT:g} s"
             checks["database"] = {"ok": False, "error": why}
             problems.append(f"database: {why}")
         else:

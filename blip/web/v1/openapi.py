@@ -14,10 +14,16 @@ from blip.web.limits import (
     DEFAULT_PERIOD,
     ENERGY_ROWS,
     GAP_ROWS,
+    HEAVY_REQUESTS,
+    HEAVY_SPAN,
     MAX_MIN_GAP,
     PERIODS,
     POWER_POINTS,
     POWER_POINTS_CAP,
+    RAW_GAP_SPAN,
+    REPLAY_DEPTH,
+    RETRY_AFTER,
+    ROLLUP_GAP,
 )
 from blip.web.v1.live import HEARTBEAT
 from blip.web.v1.query import EARLIEST, INTEGER, LATEST, MAX_VALUE
@@ -70,6 +76,10 @@ def _get(
 
 
 _UNIX_MS = {"type": "integer", "description": "Unix time in milliseconds."}
+_HEAVY = (
+    f" Over a range of more than {HEAVY_SPAN // 86_400_000} days, a heavy request: at most"
+    f" {HEAVY_REQUESTS} run at once, and more get 503 with `Retry-After: {RETRY_AFTER}`."
+)
 _WATTS = {"type": "number", "minimum": 0, "description": "Power in W."}
 
 
@@ -347,7 +357,9 @@ def document() -> dict[str, Any]:
                         "The shortest stretch counted, in ms; by default three times the mean"
                         " blip interval of the range, and at least two minutes. Gaps of two"
                         " minutes or more are found from the minute rollups, quickly for any"
-                        " range; shorter ones take reading every point of the range."
+                        f" range; shorter ones (under {ROLLUP_GAP} ms) take reading every point,"
+                        f" of {RAW_GAP_SPAN // 86_400_000} days of the range at most per answer:"
+                        " `next` is then the `from` of the rest."
                     ),
                     "schema": {"type": "integer", "minimum": 1, "maximum": MAX_MIN_GAP},
                 },
@@ -359,6 +371,7 @@ def document() -> dict[str, Any]:
             (
                 "Every point of the range, oldest first, streamed without a row cap: as JSON,"
                 " or as CSV (`stamp,ms` header) to download."
+                + _HEAVY
             ),
             [
                 *meter_range,
@@ -380,8 +393,9 @@ def document() -> dict[str, Any]:
                 "With `Accept: text/event-stream`: a stream of Server-Sent Events, one"
                 " `point` event per new point (`id` is its stamp, `data` a LivePoint), and a"
                 f" heartbeat comment every {HEARTBEAT:g} s. A client reconnecting with `Last-Event-ID`"
-                " first gets every point of its meters after that stamp. Without it: the"
-                " newest point of each meter, as JSON."
+                " first gets every point of its meters after that stamp (a heavy request"
+                f" while it replays: at most {HEAVY_REQUESTS} at once, more get 503 with"
+                " `Retry-After`). Without it: the newest point of each meter, as JSON."
             ),
             [
                 {
@@ -399,7 +413,11 @@ def document() -> dict[str, Any]:
                     "name": "Last-Event-ID",
                     "in": "header",
                     "required": False,
-                    "description": "The `id` of the last event received, to resume after.",
+                    "description": (
+                        "The `id` of the last event received, to resume after: at most"
+                        f" {REPLAY_DEPTH} ms ({REPLAY_DEPTH // 60_000} minutes) before now (400"
+                        " further back: open a new stream without it)."
+                    ),
                     "schema": {"type": "string", "pattern": f"^{INTEGER}$"},
                 },
             ],

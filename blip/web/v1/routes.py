@@ -33,12 +33,14 @@ from blip.web.limits import (
     PERIODS,
     POWER_POINTS,
     POWER_POINTS_CAP,
+    REPLAY_DEPTH,
 )
 from blip.web.paths import meter_id
 from blip.web.v1.export import Export
+from blip.web.v1.heavy import Heavy, Ticket
 from blip.web.v1.live import Live
 from blip.web.v1.openapi import document
-from blip.web.v1.query import EARLIEST, Query, last_event_id
+from blip.web.v1.query import EARLIEST, BadParameter, Query, last_event_id
 from blip.web.v1.series import Series
 
 PREFIX = V1_PREFIX.decode()
@@ -122,6 +124,7 @@ class ApiV1:
         self.meters = meters
         self.clock = clock
         self.series = Series(store)
+        self.heavy = Heavy()
         self._document = encode(document())
 
     def resource(self) -> IResource:
@@ -232,6 +235,7 @@ class ApiV1:
         query = Query(request)
         first, last = self.span(query, settings)
         csv = query.choice("format", "json", ("json", "csv")) == "csv"
+        heavy = self.heavy.take(request, last - first)
         if csv:
             request.setHeader(b"Content-Type", b"text/csv; charset=utf-8")
             request.setHeader(
@@ -240,9 +244,10 @@ class ApiV1:
             )
         else:
             request.setHeader(b"Content-Type", b"application/json")
-        if request.method == b"HEAD":
-            return b""
-        await Export(self.store, settings.id, first, last, csv).write_to(request)
+        with heavy:
+            if request.method == b"HEAD":
+                return b""
+            await Export(self.store, settings.id, first, last, csv).write_to(request)
         return None
 
     @route(app, "/live")
@@ -270,15 +275,24 @@ class ApiV1:
             }
         if self.live.clients >= self.live.max_clients:
             raise Busy("too many live clients; try again later")
+        replaying = Ticket(None)
+        if last_id is not None:
+            if last_id < self.now() - REPLAY_DEPTH:
+                raise BadParameter(
+                    "Last-Event-ID", f"a stream resumes at most {REPLAY_DEPTH} ms"
+                    f" ({REPLAY_DEPTH // 60_000} minutes) back; open it without Last-Event-ID",
+                )
+            replaying = self.heavy.take(request)
         request.setHeader(b"Content-Type", b"text/event-stream")
         request.setHeader(b"Cache-Control", b"no-cache")
         request.setHeader(b"X-Accel-Buffering", b"no")
-        if request.method == b"HEAD":
-            return b""
-        stream = self.live.open(request, meters)
-        try:
-            await self.live.run(stream, last_id)
-        finally:
-            stream.end()
+        with replaying:
+            if request.method == b"HEAD":
+                return b""
+            stream = self.live.open(request, meters)
+            try:
+                await self.live.run(stream, last_id, replaying.release)
+            finally:
+                stream.end()
         return None
 

@@ -14,7 +14,7 @@ from typing import Optional
 from blip.db.v1 import Rollup, V1Queries
 from blip.ingest.periods import ALIVE_INTERVAL
 from blip.meters import Meter
-from blip.web.limits import ENERGY_ROWS, GAP_ROWS
+from blip.web.limits import ENERGY_ROWS, GAP_ROWS, RAW_GAP_SPAN, ROLLUP_GAP
 
 MINUTE = 60_000
 HOUR = 3_600_000
@@ -252,17 +252,22 @@ class Series:
 
         Silences of two minutes or more are found from the minute rollups,
         at a cost that does not grow with the points in the range; shorter
-        ones by reading every point of the range.
+        ones by reading every point of the range, :data:`RAW_GAP_SPAN` of it
+        at most: an answer then ends at the last point read, and ``next``
+        asks for the rest.
         """
         if last <= first:
             return Gaps([], min_gap if min_gap is not None else MIN_GAP, None)
-        context = await self.store.gap_context(meter.id, first, last)
+        end = last
+        if min_gap is not None and min_gap < ROLLUP_GAP:
+            end = min(last, first + RAW_GAP_SPAN)
+        context = await self.store.gap_context(meter.id, first, end)
         before, first_in, last_in, after, mean = context
         if min_gap is None:
             min_gap = max(MIN_GAP, int(GAP_FACTOR * mean) if mean else 0)
         previous = first if before is None else before
         silences: list[tuple[int, int]] = []
-        if min_gap >= 2 * MINUTE:
+        if min_gap >= ROLLUP_GAP:
             # From the minute rollups; the silence before the first point
             # of the range is theirs only when it starts at a point in the
             # range's first minute or later.
@@ -272,18 +277,23 @@ class Series:
             found = await self.store.long_silences(meter.id, first, last, min_gap, GAP_ROWS + 1)
         else:
             found = await self.store.silences(
-                meter.id, first, last, previous, min_gap, GAP_ROWS + 1
+                meter.id, first, end, previous, min_gap, GAP_ROWS + 1
             )
         silences += [(int(a), int(b)) for a, b in found]
         following = None
         if len(silences) > GAP_ROWS:
             silences = silences[:GAP_ROWS]
             following = silences[-1][1]
+        elif end < last and last_in is not None and last_in > first:
+            # The silence after the last point read is the next answer's.
+            following = last_in
         else:
             start = next(s for s in (last_in, previous) if s is not None)
-            end = min(last, now) if after is None else after
-            if end - start > min_gap:
-                silences.append((start, end))
+            stop = min(last, now) if after is None else after
+            if stop - start > min_gap:
+                silences.append((start, stop))
+            if end < last and after is not None and after < last:
+                following = after
         spans = [(max(a, first), min(b, last)) for a, b in silences]
         spans = [(a, b) for a, b in spans if a < b]
         gaps: list[Gap] = []
