@@ -20,7 +20,7 @@ from blip.common.owned import Folder, Unsafe, user_name
 from blip.db.embedded import Cluster, EmbeddedError
 from blip.meters import Meters, MetersError
 from blip.mqtt.broker import Broker, BrokerError, parse_broker
-from blip.web import access
+from blip.web import access, connections
 
 ROLES = ("all", "ingest", "web")
 _TRUE = ("1", "true", "yes", "on")
@@ -58,7 +58,14 @@ class Options(usage.Options):
         ["role", None, "all", "What this node does: all, ingest (serial to database) or web."],
         ["longpoll-timeout", None, "0",
          "Seconds a long-poll waits before 204 No Content; 0 waits for ever."],
-        ["max-waiters", None, "10000", "Most long-poll clients parked at once; more get 503."],
+        ["max-waiters", None, "10000",
+         "Most long-poll clients parked at once, and live streams; more get 503."],
+        ["max-connections", None, None,
+         "Most HTTP connections open at once; more are closed as they open"
+         " [default: as many as the open-files limit allows, less a reserve]."],
+        ["max-connections-per-client", None, str(connections.PER_CLIENT),
+         "Most HTTP connections of one client address (an IPv6 client's /64) at once;"
+         " 0 for no cap. Trusted proxies have none."],
         ["node-name", None, None,
          "Name of this node in the record of ingest periods [default: the host name]."],
         ["health-window", None, "600",
@@ -118,6 +125,13 @@ class Options(usage.Options):
         self["baudrate"] = _integer(self["baudrate"], "--baudrate", 1, 4_000_000)
         self["longpoll-timeout"] = _seconds(self["longpoll-timeout"], "--longpoll-timeout")
         self["max-waiters"] = _integer(self["max-waiters"], "--max-waiters", 1, 10_000_000)
+        if self["max-connections"] not in (None, ""):
+            self["max-connections"] = _integer(self["max-connections"], "--max-connections", 1, 10_000_000)
+        else:
+            self["max-connections"] = None
+        self["max-connections-per-client"] = _integer(
+            self["max-connections-per-client"], "--max-connections-per-client", 0, 10_000_000
+        )
         self["health-window"] = _seconds(self["health-window"], "--health-window")
         if self["health-window"] == 0:
             raise usage.UsageError("--health-window: must be more than 0 seconds")

@@ -17,6 +17,7 @@ from twisted.application.internet import TimerService
 from twisted.application.service import IService
 from twisted.internet.interfaces import IReactorTime
 
+from blip.common.descriptors import raise_limit
 from blip.common.lifecycle import AfterReady, CleanExit, Sequence
 from blip.common.owned import Unsafe
 from blip.common.statelock import StateDirInUse, hold, note_process
@@ -41,7 +42,8 @@ from blip.options import TwistdOptions as Options
 from blip.source.arduino import MeterFactory
 from blip.source.device import SerialEndpoint, SerialService
 from blip.source.simulate import SimulatedHistory, SimulatorService
-from blip.web.access import Rules
+from blip.web.access import Refusals, Rules
+from blip.web.connections import Door, plan
 from blip.web.health import Health, Operations
 from blip.web.hot import HotRoutes
 from blip.web.latest import Latest
@@ -84,7 +86,13 @@ def make_service(options: Options, reactor: Any = None, clock: Optional[IReactor
     clean_exit.setServiceParent(top)
     counters = Counters()
     meters = options["meters"]
-    hub = Hub(max_waiters=options["max-waiters"], counters=counters)
+    serves = options["role"] in ("all", "web")
+    # What the HTTP side may hold at once, within the descriptors it may open.
+    held = plan(
+        raise_limit(reactor), options["max-connections"], options["max-connections-per-client"],
+        options["max-waiters"],
+    ) if serves else None
+    hub = Hub(max_waiters=held.waiters if held else options["max-waiters"], counters=counters)
 
     before = None
     dsn = options["db"]
@@ -136,7 +144,7 @@ def make_service(options: Options, reactor: Any = None, clock: Optional[IReactor
 
     CountersLog(counters, clock).setServiceParent(top)
     HubService(hub).setServiceParent(top)
-    if options["role"] in ("all", "web"):
+    if held is not None:
         # Live points of every ingest node (an all node's own are published
         # on arrival, and not again: see blip.live.notify).
         listener = Listener(dsn, readings, hub, reactor, counters, options["node-name"])
@@ -149,24 +157,25 @@ def make_service(options: Options, reactor: Any = None, clock: Optional[IReactor
             PoolService(read_pool).setServiceParent(top)
         # Live replays come from the primary: a replica may lag behind the
         # notifications.
-        live = Live(hub, readings, meters, clock, max_clients=options["max-waiters"])
+        live = Live(hub, readings, meters, clock, max_clients=held.waiters)
         LiveService(live).setServiceParent(top)
         registry = CollectorRegistry()
         registry.register(StateCollector(counters, hub, live, pool))
         has_source = options["role"] == "all" and bool(options["serial"] or options["simulate"])
         health = Health(hub, readings, clock, options["health-window"], has_source)
         latest = Latest(hub, Queries(read_pool))
+        rules = Rules(options["allow"], options["trusted-proxy"])
+        refusals = Refusals(counters, clock)
         root = site_root(
             HotRoutes(hub, latest, meters, clock, options["longpoll-timeout"], reactor),
             LegacyApi(LegacyQueries(read_pool), clock, STATIC),
             ApiV1(V1Queries(read_pool), latest, live, meters, clock),
             Operations(health, registry),
             RequestMetrics(registry),
-            Rules(options["allow"], options["trusted-proxy"]),
-            counters,
-            clock,
+            rules,
+            refusals,
         )
-        site = QuietSite(root)
+        site = QuietSite(root, Door(rules, held.caps, counters, refusals, clock))
         site.noisy = False
         strports.service(options["listen"], site).setServiceParent(top)
     return top

@@ -94,7 +94,8 @@ def test_systemd_unit_verifies_and_its_settings_run_the_daemon(
     """
     systemd-analyze finds nothing to say about the unit (with ExecStart
     pointing at this twistd); it restarts on failure, runs as a dedicated
-    user in the dialout group with its state in /var/lib/blipserver; every
+    user in the dialout group with its state in /var/lib/blipserver, may
+    open 65536 files (one per HTTP client); every
     BLIP_ variable it and the example environment file name is one the
     daemon reads; and the daemon started with the unit's command and
     environment reads the serial device the unit names.
@@ -122,6 +123,7 @@ def test_systemd_unit_verifies_and_its_settings_run_the_daemon(
     assert service["SupplementaryGroups"] == ["dialout"]
     assert service["StateDirectory"] == ["blipserver"]
     assert service["ExecStart"] == ["/opt/blipserver/bin/twistd --nodaemon --pidfile= blip"]
+    assert service["LimitNOFILE"] == ["65536"]
     environment = dict(v.partition("=")[::2] for v in service["Environment"])
     assert environment["BLIP_STATE_DIR"] == "/var/lib/blipserver"
     assert service["EnvironmentFile"] == ["-/etc/blipserver/blipserver.env"]

@@ -96,6 +96,9 @@ def test_simulate_from_the_environment(monkeypatch) -> None:
         (["--longpoll-timeout", "-1"], "--longpoll-timeout"),
         (["--longpoll-timeout", "soon"], "--longpoll-timeout"),
         (["--max-waiters", "0"], "--max-waiters"),
+        (["--max-connections", "0"], "--max-connections: must be from 1"),
+        (["--max-connections", "many"], "--max-connections: not an integer"),
+        (["--max-connections-per-client", "-1"], "--max-connections-per-client: must be from 0"),
         (["--role", "boss"], "--role"),
         (["--listen", "carrier-pigeon:80"], "--listen"),
         (["--listen", "tcp:notaport"], "--listen"),
@@ -147,6 +150,20 @@ def test_health_window(monkeypatch) -> None:
     for bad, message in (("0", "more than 0"), ("-1", "0 or more"), ("soon", "not a number")):
         with pytest.raises(usage.UsageError, match=f"--health-window: .*{message}"):
             parse(["--db", "dbname=x", "--health-window", bad])
+
+
+def test_connection_caps(monkeypatch) -> None:
+    """
+    --max-connections defaults to as many as fit (None here; the daemon
+    finds out at start), --max-connections-per-client to 256, 0 being no
+    cap; both come from the environment too.
+    """
+    options = parse(["--db", "dbname=x"])
+    assert (options["max-connections"], options["max-connections-per-client"]) == (None, 256)
+    monkeypatch.setenv("BLIP_MAX_CONNECTIONS", "5000")
+    monkeypatch.setenv("BLIP_MAX_CONNECTIONS_PER_CLIENT", "0")
+    options = parse(["--db", "dbname=x"])
+    assert (options["max-connections"], options["max-connections-per-client"]) == (5000, 0)
 
 
 def test_mqtt_options(monkeypatch) -> None:

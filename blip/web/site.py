@@ -4,19 +4,20 @@ any route is refused first; ``/blip`` and ``/last`` are answered before the
 router (:mod:`blip.web.hot`); ``/api/v1/...`` is the modern API,
 ``/healthz`` and ``/metrics`` serve operators, everything else is the
 legacy API and the page. Every request is counted and timed, behind
-access control.
+access control; every connection is counted, and let in or refused, as it
+opens (:mod:`blip.web.connections`).
 """
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Protocol
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
-from blip.counters import Counters
-from blip.web.access import Rules, protect
-from blip.web.channel import MAX_URI, Channel, TargetRequest
+from blip.web.access import Refusals, Rules, protect
+from blip.web.channel import MAX_URI, Channel, Forbidden, TargetRequest
+from blip.web.connections import Door
 from blip.web.errors import refuse
 from blip.web.health import Operations
 from blip.web.hot import HotRoutes
@@ -86,25 +87,27 @@ def site_root(
     operations: Operations,
     metrics: RequestMetrics,
     rules: Rules,
-    counters: Counters,
-    clock: IReactorTime,
+    refusals: Refusals,
 ) -> IResource:
     """
     :param rules: who is served.
-    :param counters: where refused clients are counted.
-    :param clock: spaces out the log lines about refused clients.
+    :param refusals: where refused clients are counted and logged.
     :return: the root resource of the site.
     """
     apps = {b"api": api.app, b"healthz": operations.app, b"metrics": operations.app}
     mount = Mount({first: app.resource() for first, app in apps.items()}, legacy.app.resource())
     metered = Metered(Guard(hot, mount), route_of(apps, legacy.app), metrics)
-    return protect(metered, rules, counters, clock)
+    return protect(metered, rules, refusals)
 
 
 class QuietSite(Site):
     """
-    A site that writes no access log: a proxy in front keeps one, and a
-    line per answered long-poll would drown everything else.
+    The site's connections, each let in or refused by ``door`` as it
+    opens. It writes no access log: a proxy in front keeps one, and a line
+    per answered long-poll would drown everything else.
+
+    :param resource: the root resource.
+    :param door: counts the connections and says which may come in.
     """
 
     # Twisted takes any HTTP channel class here, though its type names only
@@ -112,6 +115,22 @@ class QuietSite(Site):
     # HTTP/1.1).
     protocol = Channel  # type: ignore[assignment]
     requestFactory = TargetRequest
+
+    def __init__(self, resource: IResource, door: Door) -> None:
+        super().__init__(resource)
+        self.door = door
+
+    # (Twisted's type, again, names only its own channel.)
+    def buildProtocol(self, addr: Any) -> Optional[Protocol]:  # type: ignore[override]
+        entry = self.door.enter(addr)
+        if entry is None:
+            # Closed at once, unanswered: over a cap.
+            return None
+        if entry.forbidden is not None:
+            return Forbidden(entry)
+        channel: Channel = super().buildProtocol(addr)
+        channel.entry = entry
+        return channel
 
     def log(self, request: Any) -> None:
         pass

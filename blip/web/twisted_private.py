@@ -3,9 +3,12 @@ All that blipserver relies on of Twisted Web beyond its public API, in one
 place: each reliance is pinned by ``tests/web/test_twisted_private.py``, so
 that a Twisted upgrade that changes one fails a test, not the daemon.
 
-- :class:`HookedChannel`: which line of a request was too long, and the
-  answer to a request Twisted cannot parse (``HTTPChannel``'s private
-  ``_respondToBadRequestAndDisconnect``).
+- :class:`HookedChannel`: which line of a request was too long, the
+  answer to a request Twisted cannot parse or whose head is over its caps
+  (``HTTPChannel``'s private ``_respondToBadRequestAndDisconnect``, and
+  its counts of a head), and a request's method and whether a body
+  follows, once its head is whole (``HTTPChannel._command`` and
+  ``length``).
 - :class:`HookedRequest`: a request target that is not a path, before
   the request is handled (``Request.requestReceived``, "not intended for
   users").
@@ -28,8 +31,8 @@ from twisted.web.server import Request
 
 class HookedChannel(HTTPChannel):
     """
-    Twisted's HTTP connection, with two of its own answers replaced by
-    hooks.
+    Twisted's HTTP connection, with its own answers replaced by hooks, and
+    a hook where a request's head is whole.
     """
 
     def line_too_long(self, request_line: bool, line: bytes) -> None:
@@ -49,6 +52,27 @@ class HookedChannel(HTTPChannel):
         """
         super()._respondToBadRequestAndDisconnect()
 
+    def head_too_large(self) -> None:
+        """
+        A request has more than ``maxHeaders`` headers, or its request line
+        and headers more than ``totalHeadersSize`` bytes (the default
+        answer: as to a request Twisted cannot parse).
+        """
+        self.bad_request()
+
+    def head_received(self, method: bytes, body: bool) -> bool:
+        """
+        A request's line and headers are whole, and nothing of its body is
+        read yet.
+
+        :param method: its method.
+        :param body: whether a body follows (a ``Content-Length`` over 0,
+            or chunks).
+        :return: whether to go on with the request; if not, the hook has
+            answered it and closed the connection.
+        """
+        return True
+
     def lineLengthExceeded(self, line: bytes) -> None:
         # HTTPChannel makes a connection's request when its request line
         # arrives, and forgets it once answered; lines are not read while a
@@ -57,7 +81,19 @@ class HookedChannel(HTTPChannel):
         self.line_too_long(not self.requests, line)
 
     def _respondToBadRequestAndDisconnect(self) -> None:
-        self.bad_request()
+        if (
+            self._receivedHeaderCount > self.maxHeaders
+            or self._receivedHeaderSize > self.totalHeadersSize
+        ):
+            self.head_too_large()
+        else:
+            self.bad_request()
+
+    def allHeadersReceived(self) -> None:
+        # What the headers say of a body: length 0 for none, None for
+        # chunks, else its length.
+        if self.head_received(self._command, self.length != 0):
+            super().allHeadersReceived()
 
 
 class HookedRequest(Request):

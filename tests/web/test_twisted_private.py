@@ -50,6 +50,9 @@ class Recording(HookedChannel):
         super().__init__()
         self.long_lines: list[bool] = []
         self.bad = 0
+        self.too_large = 0
+        self.heads: list[tuple[bytes, bool]] = []
+        self.refuse_bodies = False
 
     def line_too_long(self, request_line: bool, line: bytes) -> None:
         self.long_lines.append(request_line)
@@ -58,6 +61,17 @@ class Recording(HookedChannel):
     def bad_request(self) -> None:
         self.bad += 1
         self.transport.loseConnection()
+
+    def head_too_large(self) -> None:
+        self.too_large += 1
+        self.transport.loseConnection()
+
+    def head_received(self, method: bytes, body: bool) -> bool:
+        self.heads.append((method, body))
+        if body and self.refuse_bodies:
+            self.transport.loseConnection()
+            return False
+        return True
 
 
 class Targeted(HookedRequest):
@@ -129,6 +143,62 @@ def test_bad_requests_go_to_the_hook(data: bytes) -> None:
     channel.dataReceived(data)
     assert channel.bad == 1
     assert b"400" not in transport.value()
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(501)),
+        b"GET / HTTP/1.1\r\n" + b"X-Big: " + b"b" * 10000 + b"\r\nX-Big: " + b"b" * 10000 + b"\r\n",
+    ],
+)
+def test_a_head_over_the_caps_goes_to_its_hook(head: bytes) -> None:
+    """
+    More headers than ``maxHeaders``, or a head over ``totalHeadersSize``
+    bytes, go through ``_respondToBadRequestAndDisconnect`` with the
+    channel's counts of the head over the caps.
+    """
+    channel, transport = connect(Parking())
+    channel.totalHeadersSize = 16384
+    channel.dataReceived(head + b"\r\n")
+    assert (channel.too_large, channel.bad) == (1, 0)
+    assert transport.value() == b""
+
+
+@pytest.mark.parametrize(
+    "head, seen",
+    [
+        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", (b"GET", False)),
+        (b"GET / HTTP/1.1\r\nContent-Length: 0\r\n\r\n", (b"GET", False)),
+        (b"POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\n", (b"POST", True)),
+        (b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", (b"GET", True)),
+    ],
+)
+def test_the_head_hook_knows_the_method_and_the_body(head: bytes, seen: tuple[bytes, bool]) -> None:
+    """
+    Once a request's head is whole, the hook is told its method and
+    whether a body follows (HTTPChannel's ``_command`` and ``length``).
+    """
+    parking = Parking()
+    channel, _ = connect(parking)
+    channel.dataReceived(head)
+    assert channel.heads == [seen]
+
+
+def test_a_head_refused_by_its_hook_goes_no_further() -> None:
+    """
+    A request whose head the hook refuses is never handled, no 100
+    Continue is sent, and what follows is not read into it.
+    """
+    parking = Parking()
+    channel, transport = connect(parking)
+    channel.refuse_bodies = True
+    channel.dataReceived(
+        b"POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\nabcGET / HTTP/1.1\r\n\r\n"
+    )
+    assert parking.requests == []
+    assert transport.value() == b""
+    assert channel.requests[0].content is None
 
 
 def test_the_target_hook_sees_targets_that_are_not_paths_first() -> None:
