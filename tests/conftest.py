@@ -692,6 +692,62 @@ def exchange(port: int, request: bytes, timeout: float = TIMEOUT) -> tuple[Optio
     return int(parts[1]), body
 
 
+def fetch(
+    port: int, request: bytes, timeout: float = 10.0
+) -> tuple[Optional[int], dict[bytes, bytes], bytes]:
+    """
+    Send raw bytes and read one answer (blocking: run it in a thread):
+    its head, then its body by Content-Length, by chunks or up to the
+    close; the head only of a live stream.
+
+    :return: status (None if the connection closed without a status
+        line), headers by lower-case name, body.
+    """
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        try:
+            s.sendall(request)
+        except OSError:
+            pass
+        data = b""
+        while True:
+            while b"\r\n\r\n" not in data:
+                try:
+                    chunk = s.recv(65536)
+                except ConnectionResetError:
+                    chunk = b""
+                if not chunk:
+                    return None, {}, data
+                data += chunk
+            head, data = data.split(b"\r\n\r\n", 1)
+            lines = head.split(b"\r\n")
+            parts = lines[0].split(b" ", 2)
+            if len(parts) < 2 or not parts[1].isdigit():
+                return None, {}, head
+            status = int(parts[1])
+            headers = {}
+            for line in lines[1:]:
+                name, _, value = line.partition(b":")
+                headers[name.strip().lower()] = value.strip()
+            if 100 <= status < 200:
+                continue
+            break
+        if headers.get(b"content-type", b"").startswith(b"text/event-stream"):
+            return status, headers, b""
+        no_body = request.startswith(b"HEAD ") or status in (204, 304)
+        length = int(headers[b"content-length"]) if b"content-length" in headers and not no_body else None
+        while length is None or len(data) < length:
+            if no_body or (headers.get(b"transfer-encoding") == b"chunked" and data.endswith(b"0\r\n\r\n")):
+                break
+            try:
+                chunk = s.recv(65536)
+            except ConnectionResetError:
+                chunk = b""
+            if not chunk:
+                break
+            data += chunk
+        return status, headers, data
+
+
 def read_response(s: socket.socket) -> tuple[bytes, bytes]:
     """
     :return: the head and body of one HTTP response (with a Content-Length)

@@ -2,8 +2,9 @@
 The HTTP connection: what it refuses, in JSON, before a request reaches
 the site (a client outside ``--allow`` as it connects, a request line or
 header too long, a head with too many headers, a body, a request that
-cannot be parsed), and request targets in absolute form served like
-their path.
+cannot be parsed), request targets in absolute form served like their
+path, and the asterisk form (``OPTIONS *``) refused in JSON with any other
+method.
 
 No route takes a request body: one is refused as its head ends, before
 any of it is read (``413`` for ``GET``, ``HEAD`` and ``OPTIONS``, ``405``
@@ -19,7 +20,7 @@ from twisted.web.http import RESPONSES
 
 from blip.web.access import forbidden_message
 from blip.web.connections import Entry
-from blip.web.errors import legacy_body
+from blip.web.errors import legacy_body, refuse
 from blip.web.twisted_private import HookedChannel, HookedRequest
 
 #: Longest request target answered; longer ones get 414.
@@ -159,8 +160,18 @@ class TargetRequest(HookedRequest):
     """
     A request whose target may be in absolute form (RFC 9112, 3.2.2:
     ``GET http://host/last/1``), which a server must accept: the path and
-    query are what count.
+    query are what count. The asterisk form (``*``) is for ``OPTIONS``
+    alone: Twisted answers ``OPTIONS *`` itself, and any other method on
+    it gets 405 in JSON.
     """
+
+    def process(self) -> None:
+        if self.path == b"*" and self.method != b"OPTIONS":
+            self.setHeader(b"Allow", b"OPTIONS")
+            self.write(refuse(self, 405, "only OPTIONS applies to *"))
+            self.finish()
+            return
+        super().process()
 
     def target(self, target: bytes) -> bytes:
         scheme, found, rest = target.partition(b"://")

@@ -8,6 +8,7 @@ access control; every connection is counted, and let in or refused, as it
 opens (:mod:`blip.web.connections`).
 """
 
+import re
 from typing import Any, Mapping, Optional
 
 from twisted.internet.protocol import Protocol
@@ -26,14 +27,22 @@ from blip.web.metrics import Metered, RequestMetrics, route_of
 from blip.web.v1.routes import ApiV1
 
 
+#: A ``Host`` header as RFC 9110 spells it, that the router can take (as
+#: IDNA: labels of 1 to 63 characters): a name or an address, and maybe a
+#: port.
+_LABEL = rb"[0-9A-Za-z_~!$&'()*+,;=%-]{1,63}"
+_HOST = re.compile(rb"(\[[0-9A-Za-z:.%_~-]*\]|(" + _LABEL + rb"\.)*" + _LABEL + rb"\.?)?(:[0-9]*)?")
+
+
 class Guard(Resource):
     """
     Refuses, with JSON, what must not reach the routes: request targets
     over :data:`~blip.web.channel.MAX_URI` bytes (414), paths that are not
-    UTF-8 (400), and methods that are not upper case (405: methods are
-    case-sensitive, but the router would take ``get`` for ``GET``); then
-    lets :class:`~blip.web.hot.HotRoutes` answer what it can, and the
-    router the rest.
+    UTF-8 (400), a ``Host`` header that is not a host (400, as RFC 9112
+    asks, and the router would choke on it), and methods that are not
+    upper case (405: methods are case-sensitive, but the router would take
+    ``get`` for ``GET``); then lets :class:`~blip.web.hot.HotRoutes`
+    answer what it can, and the router the rest.
     """
 
     isLeaf = True
@@ -48,6 +57,9 @@ class Guard(Resource):
             return refuse(request, 414, f"request target longer than {MAX_URI} bytes")
         if request.method != request.method.upper():
             return refuse(request, 405, "method not allowed")
+        hosts = request.requestHeaders.getRawHeaders(b"host")
+        if hosts is not None and (len(hosts) > 1 or not _HOST.fullmatch(hosts[0])):
+            return refuse(request, 400, "bad Host header")
         assert request.postpath is not None  # set by the site before it renders
         try:
             b"/".join(request.postpath).decode("utf-8")

@@ -16,7 +16,7 @@ from twisted.web.test.requesthelper import DummyChannel
 from blip.meters import Meters
 from blip.model import Point
 from blip.web.channel import TargetRequest
-from tests.conftest import TIMEOUT, Served, exchange
+from tests.conftest import TIMEOUT, Served, exchange, fetch
 
 
 @pytest.mark.parametrize(
@@ -219,3 +219,23 @@ async def test_a_head_over_its_caps_is_431(serve: Callable[..., Served], headers
     request = b"GET /last/1 HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n"
     code, body = await deferToThread(exchange, site.port, request)
     assert (code, json.loads(body)) == (431, {"error": "request header fields too large"})
+
+
+@pytest.mark.parametrize("method, status", [(b"GET", 405), (b"HEAD", 405), (b"OPTIONS", 200)])
+@pytest_twisted.ensureDeferred
+async def test_the_asterisk_form_is_for_options(
+    serve: Callable[..., Served], method: bytes, status: int
+) -> None:
+    """
+    ``OPTIONS *`` asks about the server: 200; any other method on ``*``
+    is a JSON 405 allowing OPTIONS.
+    """
+    site = serve(Meters())
+    request = method + b" * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    answer = await deferToThread(fetch, site.port, request)
+    assert answer[0] == status
+    if status == 405:
+        assert answer[1][b"allow"] == b"OPTIONS"
+        assert answer[1][b"content-type"] == b"application/json"
+        if method == b"GET":
+            assert json.loads(answer[2]) == {"error": "only OPTIONS applies to *"}
