@@ -116,6 +116,9 @@ def make_service(options: Options, reactor: Any = None, clock: Optional[IReactor
     database.setServiceParent(top)
     TimerService(METERS_REFRESH, meter_table.refreshing).setServiceParent(top)
 
+    has_source = options["role"] == "all" and bool(options["serial"] or options["simulate"])
+    # /healthz judges the source by the blips this node reads from it.
+    health = Health(readings, clock, options["health-window"], has_source)
     if options["role"] in ("all", "ingest"):
         stamps = Stamps()
         spool = Spool(options["state-dir"] / SPOOL)
@@ -125,7 +128,8 @@ def make_service(options: Options, reactor: Any = None, clock: Optional[IReactor
         ).setServiceParent(top)
         periods = Periods(IngestPeriods(pool), options["node-name"], clock, options["state-dir"] / PERIODS)
         factory = MeterFactory(
-            meter_table.noticing(ingest.receive), stamps, clock, counters, meter_table.describe,
+            health.watching(meter_table.noticing(ingest.receive)), stamps, clock, counters,
+            meter_table.describe,
             opened=periods.opened, lost=periods.lost,
         )
         if options["serial"]:
@@ -161,8 +165,6 @@ def make_service(options: Options, reactor: Any = None, clock: Optional[IReactor
         LiveService(live).setServiceParent(top)
         registry = CollectorRegistry()
         registry.register(StateCollector(counters, hub, live, pool))
-        has_source = options["role"] == "all" and bool(options["serial"] or options["simulate"])
-        health = Health(hub, readings, clock, options["health-window"], has_source)
         latest = Latest(hub, Queries(read_pool))
         rules = Rules(options["allow"], options["trusted-proxy"])
         refusals = Refusals(counters, clock)

@@ -628,7 +628,7 @@ def open_site(
     live = Live(hub, store, meters, clock, max_clients=max_clients)
     registry = CollectorRegistry()
     registry.register(StateCollector(counters, hub, live, store.pool))
-    health = Health(hub, store, clock, 600.0, has_source)
+    health = Health(store, clock, 600.0, has_source)
     latest = Latest(hub, store)
     rules = rules or Rules()
     refusals = Refusals(counters, clock)
