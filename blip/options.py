@@ -6,6 +6,7 @@ at start.
 
 import os
 import pwd
+import re
 import socket
 import stat
 from pathlib import Path
@@ -20,7 +21,7 @@ from blip.common.owned import Folder, Unsafe, user_name
 from blip.db.embedded import Cluster, EmbeddedError
 from blip.meters import Meters, MetersError
 from blip.mqtt.broker import Broker, BrokerError, parse_broker
-from blip.web import access, connections
+from blip.web import access, answers, connections
 
 ROLES = ("all", "ingest", "web")
 _TRUE = ("1", "true", "yes", "on")
@@ -81,7 +82,7 @@ class Options(usage.Options):
 
     #: Options that may be given several times; in the environment, a list
     #: separated by spaces or commas.
-    lists = ("allow", "trusted-proxy")
+    lists = ("allow", "trusted-proxy", "cors")
 
     def __init__(self) -> None:
         super().__init__()
@@ -110,8 +111,16 @@ class Options(usage.Options):
         """
         self["trusted-proxy"].append(network)
 
+    def opt_cors(self, origin: str) -> None:
+        """
+        Let the scripts of web pages of this origin (https://example.org;
+        repeat for several) read the answers; * for any page, none for
+        none [default: * without --allow, none with it].
+        """
+        self["cors"].append(origin)
+
     # --help prints an option's docstring as it is written: one line each.
-    for _method in (opt_allow, opt_trusted_proxy):
+    for _method in (opt_allow, opt_trusted_proxy, opt_cors):
         _method.__doc__ = " ".join((_method.__doc__ or "").split())
     del _method
 
@@ -163,12 +172,13 @@ class Options(usage.Options):
             if self["role"] == "ingest":
                 raise usage.UsageError("--db-read: an ingest node serves no queries")
             _check_dsn(self["db-read"], "--db-read")
-        for name in self.lists:
+        for name in ("allow", "trusted-proxy"):
             values = self[name] or _env_list(name)
             try:
                 self[name] = tuple(access.network(value) for value in values)
             except ValueError as e:
                 raise usage.UsageError(f"--{name}: {e}") from None
+        self["cors"] = _cors(self["cors"] or _env_list("cors"), bool(self["allow"]))
         self["meters"] = _meters(self["meters"])
         _check_endpoint(self["listen"])
         self["mqtt"] = _broker(self["mqtt"], self["role"])
@@ -207,6 +217,37 @@ def _seconds(value: Any, option: str) -> float:
     if not 0 <= seconds < 1e9:
         raise usage.UsageError(f"{option}: must be 0 or more seconds, not {value}")
     return seconds
+
+
+#: An origin as a browser's Origin header spells it.
+_ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://[^/?#@\s]+")
+
+
+def _cors(values: list[str], allow: bool) -> answers.Cors:
+    """
+    :param allow: whether --allow limits the clients.
+    :return: which pages may read the answers: by default any without
+        --allow, none with it.
+    """
+    if not values:
+        return answers.NO_ORIGIN if allow else answers.ANY_ORIGIN
+    if len(values) > 1 and ("*" in values or "none" in values):
+        raise usage.UsageError("--cors: * and none stand alone, without origins")
+    if values == ["*"]:
+        return answers.ANY_ORIGIN
+    if values == ["none"]:
+        return answers.NO_ORIGIN
+    origins = set()
+    for value in values:
+        origin = value.strip().rstrip("/")
+        scheme, _, host = origin.partition("://")
+        origin = f"{scheme.lower()}://{host.lower()}"
+        if not _ORIGIN.fullmatch(origin):
+            raise usage.UsageError(
+                f"--cors: not an origin (scheme://host[:port], as https://example.org): {value!r}"
+            )
+        origins.add(origin.encode())
+    return answers.Cors(frozenset(origins))
 
 
 def _meters(path: Optional[str]) -> Meters:

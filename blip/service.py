@@ -176,6 +176,7 @@ def make_service(options: Options, reactor: Any = None, clock: Optional[IReactor
             RequestMetrics(registry),
             rules,
             refusals,
+            options["cors"],
         )
         site = QuietSite(root, Door(rules, held.caps, counters, refusals, clock))
         site.noisy = False

@@ -510,6 +510,7 @@ if TYPE_CHECKING:
     from blip.live.hub import Hub
     from blip.meters import Meters
     from blip.web.access import Rules
+    from blip.web.answers import Cors
     from blip.web.connections import Caps
     from blip.web.health import Health
     from blip.web.v1.live import Live
@@ -593,7 +594,7 @@ def open_site(
     store: Readings, meters: "Meters", now: float = 1_700_000_000.0, has_source: bool = True,
     max_clients: int = 100, counters: Optional["Counters"] = None, longpoll_timeout: float = 0.0,
     max_waiters: int = 10_000, rules: Optional["Rules"] = None, memory: bool = False,
-    caps: Optional["Caps"] = None,
+    caps: Optional["Caps"] = None, cors: Optional["Cors"] = None,
 ) -> Served:
     """
     Build the daemon's site over ``store`` as ``blip.service`` builds it,
@@ -611,6 +612,7 @@ def open_site(
     from blip.live.hub import Hub
     from blip.service import STATIC
     from blip.web.access import Refusals, Rules
+    from blip.web.answers import ANY_ORIGIN
     from blip.web.connections import Caps, Door
     from blip.web.health import Health, Operations
     from blip.web.hot import HotRoutes
@@ -640,6 +642,7 @@ def open_site(
         RequestMetrics(registry),
         rules,
         refusals,
+        cors or ANY_ORIGIN,
     )
     if memory:
         client = in_memory(root)

@@ -166,6 +166,29 @@ def test_connection_caps(monkeypatch) -> None:
     assert (options["max-connections"], options["max-connections-per-client"]) == (5000, 0)
 
 
+def test_cors(monkeypatch) -> None:
+    """
+    --cors defaults to any page without --allow and to none with it; it
+    takes origins (repeated, or a list in BLIP_CORS), spelled as a
+    browser's Origin header spells them, or * or none alone.
+    """
+    from blip.web.answers import ANY_ORIGIN, NO_ORIGIN
+
+    assert parse(["--db", "dbname=x"])["cors"] is ANY_ORIGIN
+    assert parse(["--db", "dbname=x", "--allow", "10.0.0.0/8"])["cors"] is NO_ORIGIN
+    assert parse(["--db", "dbname=x", "--allow", "10.0.0.0/8", "--cors", "*"])["cors"] is ANY_ORIGIN
+    assert parse(["--db", "dbname=x", "--cors", "none"])["cors"] is NO_ORIGIN
+    options = parse(["--db", "dbname=x", "--cors", "HTTPS://Power.Example.org/", "--cors", "http://[::1]:8000"])
+    assert options["cors"].origins == {b"https://power.example.org", b"http://[::1]:8000"}
+    monkeypatch.setenv("BLIP_CORS", "https://a.example, https://b.example:8443")
+    options = parse(["--db", "dbname=x", "--allow", "10.0.0.0/8"])
+    assert options["cors"].origins == {b"https://a.example", b"https://b.example:8443"}
+    for bad in (["null"], ["https://a.example/page"], ["a.example"], ["*", "https://a.example"],
+                ["none", "https://a.example"], ["https://user@a.example"]):
+        with pytest.raises(usage.UsageError, match="--cors: "):
+            parse(["--db", "dbname=x", *(arg for value in bad for arg in ("--cors", value))])
+
+
 def test_mqtt_options(monkeypatch) -> None:
     """
     --mqtt is off by default and --mqtt-interval 5 s; both come from

@@ -17,6 +17,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
 from blip.web.access import Refusals, Rules, protect
+from blip.web.answers import Cors, set_cors
 from blip.web.channel import MAX_URI, Channel, Forbidden, TargetRequest
 from blip.web.connections import Door
 from blip.web.errors import refuse
@@ -47,12 +48,14 @@ class Guard(Resource):
 
     isLeaf = True
 
-    def __init__(self, hot: HotRoutes, router: IResource) -> None:
+    def __init__(self, hot: HotRoutes, router: IResource, cors: Cors) -> None:
         super().__init__()
         self.hot = hot
         self.router = router
+        self.cors = cors
 
     def render(self, request: Request) -> Any:
+        set_cors(request, self.cors)
         if len(request.uri) > MAX_URI:
             return refuse(request, 414, f"request target longer than {MAX_URI} bytes")
         if request.method != request.method.upper():
@@ -100,15 +103,17 @@ def site_root(
     metrics: RequestMetrics,
     rules: Rules,
     refusals: Refusals,
+    cors: Cors,
 ) -> IResource:
     """
     :param rules: who is served.
     :param refusals: where refused clients are counted and logged.
+    :param cors: which web pages may read the answers.
     :return: the root resource of the site.
     """
     apps = {b"api": api.app, b"healthz": operations.app, b"metrics": operations.app}
     mount = Mount({first: app.resource() for first, app in apps.items()}, legacy.app.resource())
-    metered = Metered(Guard(hot, mount), route_of(apps, legacy.app), metrics)
+    metered = Metered(Guard(hot, mount, cors), route_of(apps, legacy.app), metrics)
     return protect(metered, rules, refusals)
 
 
