@@ -4,6 +4,7 @@ The command line of ``twistd blip``: every option, its environment variable
 at start.
 """
 
+import dataclasses
 import os
 import pwd
 import re
@@ -75,6 +76,9 @@ class Options(usage.Options):
          "MQTT broker to publish power and energy to, with Home Assistant discovery:"
          " mqtt://[user:password@]host[:port][/prefix], or mqtts:// for TLS."],
         ["mqtt-interval", None, "5", "Seconds between MQTT power messages of a meter (0: every blip)."],
+        ["mqtt-password-file", None, None,
+         "File holding the password of the --mqtt URL's user, when the URL has none;"
+         " or give it in BLIP_MQTT_PASSWORD. Never on the command line, which every user sees."],
         ["db-read", None, None,
          "libpq connection string or URI of a read replica for the HTTP side's queries"
          " (live points still come from --db) [default: --db]."],
@@ -83,6 +87,9 @@ class Options(usage.Options):
     #: Options that may be given several times; in the environment, a list
     #: separated by spaces or commas.
     lists = ("allow", "trusted-proxy", "cors")
+    #: Settings read from the environment alone (BLIP_<NAME>): secrets,
+    #: which a command line would show every user.
+    secrets = ("mqtt-password",)
 
     def __init__(self) -> None:
         super().__init__()
@@ -181,7 +188,7 @@ class Options(usage.Options):
         self["cors"] = _cors(self["cors"] or _env_list("cors"), bool(self["allow"]))
         self["meters"] = _meters(self["meters"])
         _check_endpoint(self["listen"])
-        self["mqtt"] = _broker(self["mqtt"], self["role"])
+        self["mqtt"] = _broker(self["mqtt"], self["role"], self["mqtt-password-file"] or None)
         self["mqtt-interval"] = _seconds(self["mqtt-interval"], "--mqtt-interval")
 
 
@@ -268,8 +275,14 @@ def _check_endpoint(description: str) -> None:
         raise usage.UsageError(f"--listen: not a server endpoint: {description!r} ({e})") from None
 
 
-def _broker(url: Optional[str], role: str) -> Optional[Broker]:
+def _broker(url: Optional[str], role: str, password_file: Optional[str]) -> Optional[Broker]:
+    """
+    :param password_file: where the password of the URL's user is, when
+        the URL has none; else it may be in ``BLIP_MQTT_PASSWORD``.
+    """
     if not url:
+        if password_file:
+            raise usage.UsageError("--mqtt-password-file: there is no --mqtt broker")
         return None
     try:
         broker = parse_broker(url)
@@ -277,7 +290,35 @@ def _broker(url: Optional[str], role: str) -> Optional[Broker]:
         raise usage.UsageError(f"--mqtt: {e}") from None
     if role == "web":
         raise usage.UsageError("--mqtt: publish from the node that reads the meter (--role all or ingest)")
-    return broker
+    if password_file and broker.password is not None:
+        raise usage.UsageError("--mqtt-password-file: the --mqtt URL has a password already")
+    if broker.password is not None:
+        return broker
+    password = _read_password(password_file) if password_file else os.environ.get(env_name("mqtt-password"))
+    if not password:
+        return broker
+    if broker.username is None:
+        where = "--mqtt-password-file" if password_file else env_name("mqtt-password")
+        raise usage.UsageError(f"{where}: a password needs a user in the --mqtt URL (mqtt://user@host)")
+    return dataclasses.replace(broker, password=password)
+
+
+def _read_password(path: str) -> str:
+    """
+    :return: the password in the file at ``path``: its text, but a line
+        end at its end.
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise usage.UsageError(f"--mqtt-password-file: cannot read {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise usage.UsageError(f"--mqtt-password-file: {path} is not UTF-8 text") from None
+    password = text[:-1] if text.endswith("\n") else text
+    password = password[:-1] if password.endswith("\r") else password
+    if not password:
+        raise usage.UsageError(f"--mqtt-password-file: {path} is empty")
+    return password
 
 
 def _check_dsn(dsn: str, option: str) -> None:

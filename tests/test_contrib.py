@@ -85,7 +85,7 @@ def known_variables() -> set[str]:
     """:return: every BLIP_ variable the daemon reads."""
     options = Options()
     names = [p[0] for p in options.optParameters] + [f[0] for f in options.optFlags]
-    return {env_name(n) for n in [*names, *Options.lists]}
+    return {env_name(n) for n in [*names, *Options.lists, *Options.secrets]}
 
 
 def test_systemd_unit_verifies_and_its_settings_run_the_daemon(

@@ -222,6 +222,67 @@ def test_bad_mqtt_options(args: list[str], message: str) -> None:
     assert "hunter2" not in str(caught.value)
 
 
+def test_mqtt_password_from_a_file_or_the_environment(monkeypatch, tmp_path) -> None:
+    """
+    A broker URL without a password takes it from --mqtt-password-file
+    (its text, but the line end at its end) or else from
+    BLIP_MQTT_PASSWORD; a password in the URL stands. Mistakes are one
+    clear error that never repeats the password.
+    """
+    secret = tmp_path / "mqtt-password"
+    secret.write_text("hunter2:p@ss\n")
+    url = "mqtt://meter@broker.lan/home"
+    options = parse(["--db", "dbname=x", "--mqtt", url, "--mqtt-password-file", str(secret)])
+    assert (options["mqtt"].username, options["mqtt"].password) == ("meter", "hunter2:p@ss")
+    assert "hunter2" not in repr(options["mqtt"]) + str(options["mqtt"])
+    monkeypatch.setenv("BLIP_MQTT_PASSWORD", "from-env")
+    assert parse(["--db", "dbname=x", "--mqtt", url])["mqtt"].password == "from-env"
+    assert parse(["--db", "dbname=x", "--mqtt", "mqtt://meter:in-url@broker"])["mqtt"].password == "in-url"
+    monkeypatch.setenv("BLIP_MQTT_PASSWORD_FILE", str(secret))
+    assert parse(["--db", "dbname=x", "--mqtt", url])["mqtt"].password == "hunter2:p@ss"
+    monkeypatch.delenv("BLIP_MQTT_PASSWORD_FILE")
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    for args, message in [
+        (["--mqtt", "mqtt://meter:hunter2@broker", "--mqtt-password-file", str(secret)],
+         "--mqtt-password-file: the --mqtt URL has a password already"),
+        (["--mqtt", "mqtt://broker", "--mqtt-password-file", str(secret)],
+         "--mqtt-password-file: a password needs a user"),
+        (["--mqtt", "mqtt://broker"], "BLIP_MQTT_PASSWORD: a password needs a user"),
+        (["--mqtt", url, "--mqtt-password-file", str(tmp_path / "none")],
+         "--mqtt-password-file: cannot read .*none: No such file"),
+        (["--mqtt", url, "--mqtt-password-file", str(empty)], "--mqtt-password-file: .*empty is empty"),
+        (["--mqtt-password-file", str(secret)], "--mqtt-password-file: there is no --mqtt broker"),
+    ]:
+        with pytest.raises(usage.UsageError, match=message) as caught:
+            parse(["--db", "dbname=x", *args])
+        assert "hunter2" not in str(caught.value)
+
+
+def test_the_daemon_logs_in_with_a_password_file(start_daemon, database, mosquitto, tmp_path) -> None:
+    """
+    The daemon given the broker's URL without the password, and the
+    password in a file readable by root alone (or in BLIP_MQTT_PASSWORD),
+    logs in to the broker and publishes; the password is never logged.
+    """
+    secret = tmp_path / "mqtt-password"
+    secret.write_text(mosquitto.password + "\n")
+    secret.chmod(0o600)
+    for prefix, extra, env in (
+        ("file", ["--mqtt-password-file", str(secret)], {}),
+        ("env", [], {"BLIP_MQTT_PASSWORD": mosquitto.password}),
+    ):
+        url = f"mqtt://{mosquitto.user}@127.0.0.1:{mosquitto.port}/{prefix}"
+        subscriber = mosquitto.subscribe(f"{prefix}/status")
+        daemon = start_daemon("--db", database.dsn, "--simulate", "--mqtt", url, *extra, env=env)
+        try:
+            assert subscriber.wait_latest(f"{prefix}/status") == "online"
+        finally:
+            subscriber.close()
+            assert daemon.stop() == 0
+        assert not any(mosquitto.password in line for line in daemon.output)
+
+
 def test_networks_and_replica(monkeypatch) -> None:
     """
     --allow and --trusted-proxy may be repeated, or listed in BLIP_ALLOW
