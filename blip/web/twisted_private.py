@@ -8,7 +8,8 @@ that a Twisted upgrade that changes one fails a test, not the daemon.
   (``HTTPChannel``'s private ``_respondToBadRequestAndDisconnect``, and
   its counts of a head), and a request's method and whether a body
   follows, once its head is whole (``HTTPChannel._command`` and
-  ``length``).
+  ``length``); and its idle timeout, not reset by each read, as a
+  deadline for each request's head (``HTTPChannel.dataReceived``).
 - :class:`HookedRequest`: a request target that is not a path, before
   the request is handled (``Request.requestReceived``, "not intended for
   users").
@@ -24,6 +25,7 @@ that a Twisted upgrade that changes one fails a test, not the daemon.
 
 from typing import Any
 
+from twisted.protocols.basic import LineReceiver
 from twisted.web.http import HTTPChannel
 from twisted.web.iweb import IRequest
 from twisted.web.server import Request
@@ -33,7 +35,16 @@ class HookedChannel(HTTPChannel):
     """
     Twisted's HTTP connection, with its own answers replaced by hooks, and
     a hook where a request's head is whole.
+
+    Its idle timeout (``timeOut``) is a deadline for each request's head:
+    HTTPChannel starts it when the connection opens and after each
+    answer, and stops it while a request is handled, but it also restarts
+    it at every read, so that a client sending a byte now and then would
+    hold its connection for ever. Here reads do not restart it.
     """
+
+    def dataReceived(self, data: bytes) -> None:
+        LineReceiver.dataReceived(self, data)
 
     def line_too_long(self, request_line: bool, line: bytes) -> None:
         """

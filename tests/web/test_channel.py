@@ -5,7 +5,9 @@ request targets in absolute form are served like their path.
 """
 
 import json
+import select
 import socket
+import time
 from typing import Callable
 
 import pytest
@@ -239,3 +241,34 @@ async def test_the_asterisk_form_is_for_options(
         assert answer[1][b"content-type"] == b"application/json"
         if method == b"GET":
             assert json.loads(answer[2]) == {"error": "only OPTIONS applies to *"}
+
+
+def trickle(port: int, seconds: float) -> float:
+    """
+    Send a request's head a byte every 0.1 s, for at most ``seconds``,
+    until the server closes the connection (blocking).
+
+    :return: how long the server kept it open.
+    """
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as s:
+        head = b"GET /last/1 HTTP/1.1\r\nX-Slow: " + b"x" * 1000
+        for byte in head:
+            if select.select([s], [], [], 0.1)[0] or time.monotonic() - started > seconds:
+                break
+            try:
+                s.sendall(bytes([byte]))
+            except OSError:
+                break
+    return time.monotonic() - started
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_head_sent_a_byte_at_a_time_has_a_deadline(serve: Callable[..., Served]) -> None:
+    """
+    The idle timeout is a deadline for a request's head: a client sending
+    it a byte now and then is cut when it passes, not kept for ever.
+    """
+    site = serve(Meters())
+    site.listening.factory.timeOut = 0.5
+    assert await deferToThread(trickle, site.port, 10.0) < 3.0

@@ -355,3 +355,33 @@ async def test_send_now_leaves_a_closing_connection_to_the_reactor() -> None:
     finally:
         peer.close()
         await port.stopListening()
+
+
+def test_reads_do_not_restart_the_timeout() -> None:
+    """
+    The connection's timeout runs from its opening to the end of a
+    request's head, whatever trickles in meanwhile; a request's handling
+    stops it, and its answer starts it anew.
+    """
+    from twisted.internet.task import Clock
+
+    clock = Clock()
+    parking = Parking()
+    site = Site(parking, requestFactory=Targeted)
+    site.protocol = Recording  # type: ignore[assignment]
+    channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 4711))
+    channel.callLater = clock.callLater
+    channel.timeOut = 10
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    channel.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    clock.advance(60)
+    (request,) = parking.requests
+    request.write(b"")
+    request.finish()
+    for _ in range(9):
+        channel.dataReceived(b"G")
+        clock.advance(1)
+    assert not transport.disconnecting
+    clock.advance(1)
+    assert transport.disconnecting
