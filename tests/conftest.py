@@ -751,6 +751,21 @@ def fetch(
         return status, headers, data
 
 
+def closed_by_server(s: socket.socket) -> bool:
+    """
+    :return: whether the server closed the connection ``s`` (having sent
+        nothing left unread).
+    """
+    import select
+
+    if not select.select([s], [], [], 0)[0]:
+        return False
+    try:
+        return s.recv(1, socket.MSG_PEEK) == b""
+    except ConnectionResetError:
+        return True
+
+
 def read_response(s: socket.socket) -> tuple[bytes, bytes]:
     """
     :return: the head and body of one HTTP response (with a Content-Length)

@@ -15,7 +15,7 @@ import socket
 import threading
 import time
 
-from tests.conftest import TIMEOUT, MeterLink, eventually
+from tests.conftest import TIMEOUT, MeterLink, closed_by_server, eventually
 from tests.ingest.test_writer import rollups_match_readings
 from tests.test_service import answer, get, park
 
@@ -61,6 +61,24 @@ class Blips(threading.Thread):
         self.join(TIMEOUT)
 
 
+def replug(daemon, link: MeterLink, blips: Blips) -> int:
+    """
+    Unplug the device and plug it back; return once the daemon reads it
+    again and 30 more lines are written.
+
+    :return: the number of the first line written after the replug (the
+        daemon drops it, as the first after an opening).
+    """
+    seen = len(daemon.output)
+    with link.lock:
+        link.replug()
+        replugged_at = blips.sent
+    daemon.wait_for("serial source lost", since=seen)
+    daemon.wait_for("reading serial device", since=seen)
+    blips.wait_sent(blips.sent + 30)
+    return replugged_at
+
+
 def stored_lines(database) -> list[int]:
     """:return: the line numbers in readings, by stamp."""
     return [ms - 1000 for (ms,) in database.sql("SELECT ms FROM readings ORDER BY stamp")]
@@ -104,13 +122,7 @@ def test_outage_kill_and_unplug_lose_no_blip(
         daemon.wait_for("database ready")
         assert eventually(lambda: not (start_daemon.state / "spool").exists())
 
-        seen = len(daemon.output)
-        with meter_link.lock:
-            meter_link.replug()
-            replugged_at = blips.sent
-        daemon.wait_for("serial source lost", since=seen)
-        daemon.wait_for("reading serial device", since=seen)
-        blips.wait_sent(blips.sent + 30)
+        replugged_at = replug(daemon, meter_link, blips)
     finally:
         blips.stop()
     total = blips.sent
@@ -207,22 +219,17 @@ def test_a_flood_of_idle_connections_loses_no_blip(
         for _ in range(300):
             flood.append(socket.create_connection(("127.0.0.1", daemon.port), timeout=TIMEOUT))
         # Those over the cap are closed at once, the others stay.
-        assert eventually(lambda: sum(map(closed, flood)) == 300 - 128), sum(map(closed, flood))
+        assert eventually(lambda: sum(map(closed_by_server, flood)) == 300 - 128), sum(map(closed_by_server, flood))
 
         seen = len(daemon.output)
-        with meter_link.lock:
-            meter_link.replug()
-            replugged_at = blips.sent
-        daemon.wait_for("serial source lost", since=seen)
-        daemon.wait_for("reading serial device", since=seen)
-        blips.wait_sent(blips.sent + 30)
+        replugged_at = replug(daemon, meter_link, blips)
         stoppable_cluster.stop()
         daemon.wait_for("cannot write to the database", since=seen)
         blips.wait_sent(blips.sent + 30)
         stoppable_cluster.start()
         daemon.wait_for("database writes are back", since=seen)
         blips.wait_sent(blips.sent + 30)
-        assert sum(map(closed, flood)) == 300 - 128
+        assert sum(map(closed_by_server, flood)) == 300 - 128
     finally:
         blips.stop()
         for s in flood:
@@ -236,12 +243,3 @@ def test_a_flood_of_idle_connections_loses_no_blip(
     assert sorted(set(range(total)) - set(lines)) == [0, replugged_at]
     assert rollups_match_readings(database)
 
-
-def closed(s: socket.socket) -> bool:
-    """:return: whether the server closed ``s`` (it sent nothing)."""
-    if not select.select([s], [], [], 0)[0]:
-        return False
-    try:
-        return s.recv(1, socket.MSG_PEEK) == b""
-    except ConnectionResetError:
-        return True

@@ -7,7 +7,6 @@ in the descriptors the process may open.
 
 import json
 import resource
-import select
 import socket
 from ipaddress import ip_address, ip_network
 from typing import Callable, Iterator
@@ -23,7 +22,7 @@ from blip.meters import Meters
 from blip.model import Point
 from blip.web.access import Rules
 from blip.web.connections import Caps, client_key, plan
-from tests.conftest import TIMEOUT, Served, exchange, wait_until
+from tests.conftest import TIMEOUT, Served, closed_by_server, exchange, wait_until
 from tests.web.test_channel import count_reads, stream_body
 
 T0 = 1_700_000_000_000
@@ -44,16 +43,6 @@ def sockets() -> Iterator[list[socket.socket]]:
 def connect(port: int, source: str = "127.0.0.1") -> socket.socket:
     """:return: an idle connection to the site from ``source``."""
     return socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT, source_address=(source, 0))
-
-
-def closed(s: socket.socket) -> bool:
-    """:return: whether the server closed ``s`` (it sent nothing else)."""
-    if not select.select([s], [], [], 0)[0]:
-        return False
-    try:
-        return s.recv(1, socket.MSG_PEEK) == b""
-    except ConnectionResetError:
-        return True
 
 
 @pytest_twisted.ensureDeferred
@@ -116,7 +105,7 @@ async def test_connections_over_a_cap_are_closed_at_once(
     await wait_until(lambda: site.counters.connections == 3)
     over = connect(site.port)
     sockets.append(over)
-    await wait_until(lambda: closed(over))
+    await wait_until(lambda: closed_by_server(over))
     assert site.counters.connections_refused == 1
     other = await deferToThread(
         lambda: exchange_from(site.port, "127.0.0.2")
@@ -127,9 +116,9 @@ async def test_connections_over_a_cap_are_closed_at_once(
     await wait_until(lambda: site.counters.connections == 5)
     full = connect(site.port, "127.0.0.4")
     sockets.append(full)
-    await wait_until(lambda: closed(full))
+    await wait_until(lambda: closed_by_server(full))
     assert site.counters.connections_refused == 2
-    assert not any(closed(s) for s in sockets[:3] + sockets[4:6])
+    assert not any(closed_by_server(s) for s in sockets[:3] + sockets[4:6])
     warnings = [e for e in log_events if "closed {count} connections" in e.get("log_format", "")]
     assert [(e["count"], e["cap"]) for e in warnings] == [(1, "--max-connections-per-client")]
     sockets[0].close()
