@@ -17,7 +17,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
 from blip.web.access import Refusals, Rules, protect
-from blip.web.answers import Cors, set_cors
+from blip.web.answers import ANY_ORIGIN, Cors, set_cors
 from blip.web.channel import MAX_URI, Channel, Forbidden, TargetRequest
 from blip.web.connections import Door
 from blip.web.errors import refuse
@@ -53,15 +53,18 @@ class Guard(Resource):
         self.hot = hot
         self.router = router
         self.cors = cors
+        #: The last Host header found good: most requests have the same.
+        self._host = b""
 
     def render(self, request: Request) -> Any:
-        set_cors(request, self.cors)
+        if self.cors is not ANY_ORIGIN:
+            set_cors(request, self.cors)
         if len(request.uri) > MAX_URI:
             return refuse(request, 414, f"request target longer than {MAX_URI} bytes")
         if request.method != request.method.upper():
             return refuse(request, 405, "method not allowed")
         hosts = request.requestHeaders.getRawHeaders(b"host")
-        if hosts is not None and (len(hosts) > 1 or not _HOST.fullmatch(hosts[0])):
+        if hosts is not None and (len(hosts) > 1 or not self._good_host(hosts[0])):
             return refuse(request, 400, "bad Host header")
         assert request.postpath is not None  # set by the site before it renders
         try:
@@ -72,6 +75,14 @@ class Guard(Resource):
         if answer is not None:
             return answer
         return self.router.render(request)
+
+    def _good_host(self, host: bytes) -> bool:
+        if host == self._host:
+            return True
+        if _HOST.fullmatch(host) is None:
+            return False
+        self._host = host
+        return True
 
 
 class Mount(Resource):
