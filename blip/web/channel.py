@@ -103,9 +103,7 @@ class Channel(HookedChannel):
         self._answer(431, "request header fields too large")
         self.loseConnection()
 
-    def head_received(self, method: bytes, body: bool) -> bool:
-        if not body:
-            return True
+    def body_announced(self, method: bytes) -> bool:
         if method in METHODS:
             self._answer(413, f"a {method.decode()} request has no body")
         else:
@@ -165,13 +163,13 @@ class TargetRequest(HookedRequest):
     it gets 405 in JSON.
     """
 
-    def process(self) -> None:
-        if self.path == b"*" and self.method != b"OPTIONS":
-            self.setHeader(b"Allow", b"OPTIONS")
-            self.write(refuse(self, 405, "only OPTIONS applies to *"))
-            self.finish()
+    def asterisk(self) -> None:
+        if self.method == b"OPTIONS":
+            super().asterisk()
             return
-        super().process()
+        self.setHeader(b"Allow", b"OPTIONS")
+        self.write(refuse(self, 405, "only OPTIONS applies to *"))
+        self.finish()
 
     def target(self, target: bytes) -> bytes:
         scheme, found, rest = target.partition(b"://")

@@ -6,13 +6,13 @@ that a Twisted upgrade that changes one fails a test, not the daemon.
 - :class:`HookedChannel`: which line of a request was too long, the
   answer to a request Twisted cannot parse or whose head is over its caps
   (``HTTPChannel``'s private ``_respondToBadRequestAndDisconnect``, and
-  its counts of a head), and a request's method and whether a body
-  follows, once its head is whole (``HTTPChannel._command`` and
+  its counts of a head), and a request whose head announces a body, with
+  its method, once the head is whole (``HTTPChannel._command`` and
   ``length``); and its idle timeout, not reset by each read, as a
   deadline for each request's head (``HTTPChannel.dataReceived``).
 - :class:`HookedRequest`: a request target that is not a path, before
   the request is handled (``Request.requestReceived``, "not intended for
-  users").
+  users"), and the answer to a target of ``*`` (``Request._handleStar``).
 - :func:`send_prerendered`, :func:`prerenderable` and
   :func:`started_writing`: a whole answer rendered once and written as it
   is to many clients, around the request's own writing
@@ -71,14 +71,12 @@ class HookedChannel(HTTPChannel):
         """
         self.bad_request()
 
-    def head_received(self, method: bytes, body: bool) -> bool:
+    def body_announced(self, method: bytes) -> bool:
         """
-        A request's line and headers are whole, and nothing of its body is
-        read yet.
+        A request's line and headers are whole and announce a body (a
+        ``Content-Length`` over 0, or chunks), none of which is read yet.
 
         :param method: its method.
-        :param body: whether a body follows (a ``Content-Length`` over 0,
-            or chunks).
         :return: whether to go on with the request; if not, the hook has
             answered it and closed the connection.
         """
@@ -103,14 +101,15 @@ class HookedChannel(HTTPChannel):
     def allHeadersReceived(self) -> None:
         # What the headers say of a body: length 0 for none, None for
         # chunks, else its length.
-        if self.head_received(self._command, self.length != 0):
+        if self.length == 0 or self.body_announced(self._command):
             super().allHeadersReceived()
 
 
 class HookedRequest(Request):
     """
     Twisted's request, whose target, unless it is a path, passes through a
-    hook before anything reads it.
+    hook before anything reads it, and whose answer to a target of ``*``
+    is a hook.
     """
 
     def target(self, target: bytes) -> bytes:
@@ -121,10 +120,20 @@ class HookedRequest(Request):
         """
         return target
 
+    def asterisk(self) -> None:
+        """
+        Answer a request whose target is ``*`` (by default as Twisted does:
+        200 to ``OPTIONS``, an empty 405 to anything else).
+        """
+        super()._handleStar()
+
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         if not path.startswith(b"/"):
             path = self.target(path)
         super().requestReceived(command, path, version)
+
+    def _handleStar(self) -> None:
+        self.asterisk()
 
 
 def prerenderable(request: Request) -> bool:

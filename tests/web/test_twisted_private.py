@@ -51,7 +51,7 @@ class Recording(HookedChannel):
         self.long_lines: list[bool] = []
         self.bad = 0
         self.too_large = 0
-        self.heads: list[tuple[bytes, bool]] = []
+        self.bodies: list[bytes] = []
         self.refuse_bodies = False
 
     def line_too_long(self, request_line: bool, line: bytes) -> None:
@@ -66,9 +66,9 @@ class Recording(HookedChannel):
         self.too_large += 1
         self.transport.loseConnection()
 
-    def head_received(self, method: bytes, body: bool) -> bool:
-        self.heads.append((method, body))
-        if body and self.refuse_bodies:
+    def body_announced(self, method: bytes) -> bool:
+        self.bodies.append(method)
+        if self.refuse_bodies:
             self.transport.loseConnection()
             return False
         return True
@@ -168,21 +168,22 @@ def test_a_head_over_the_caps_goes_to_its_hook(head: bytes) -> None:
 @pytest.mark.parametrize(
     "head, seen",
     [
-        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", (b"GET", False)),
-        (b"GET / HTTP/1.1\r\nContent-Length: 0\r\n\r\n", (b"GET", False)),
-        (b"POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\n", (b"POST", True)),
-        (b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", (b"GET", True)),
+        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", []),
+        (b"GET / HTTP/1.1\r\nContent-Length: 0\r\n\r\n", []),
+        (b"POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\n", [b"POST"]),
+        (b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", [b"GET"]),
     ],
 )
-def test_the_head_hook_knows_the_method_and_the_body(head: bytes, seen: tuple[bytes, bool]) -> None:
+def test_the_body_hook_knows_the_method(head: bytes, seen: list[bytes]) -> None:
     """
-    Once a request's head is whole, the hook is told its method and
-    whether a body follows (HTTPChannel's ``_command`` and ``length``).
+    Once a request's head is whole, the hook is told of a body that
+    follows, with the request's method (HTTPChannel's ``_command`` and
+    ``length``).
     """
     parking = Parking()
     channel, _ = connect(parking)
     channel.dataReceived(head)
-    assert channel.heads == [seen]
+    assert channel.bodies == seen
 
 
 def test_a_head_refused_by_its_hook_goes_no_further() -> None:
@@ -355,6 +356,29 @@ async def test_send_now_leaves_a_closing_connection_to_the_reactor() -> None:
     finally:
         peer.close()
         await port.stopListening()
+
+
+class Starred(HookedRequest):
+    """Answers a target of ``*`` in its own way."""
+
+    def asterisk(self) -> None:
+        self.setResponseCode(418)
+        self.finish()
+
+
+def test_the_asterisk_hook_answers_a_target_of_star() -> None:
+    """
+    A request whose target is ``*`` is answered by the hook, before any
+    resource sees it (``Request._handleStar``).
+    """
+    parking = Parking()
+    site = Site(parking, requestFactory=Starred)
+    channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 4711))
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    channel.dataReceived(b"GET * HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert transport.value().startswith(b"HTTP/1.1 418 ")
+    assert parking.requests == []
 
 
 def test_reads_do_not_restart_the_timeout() -> None:
