@@ -18,7 +18,7 @@ LOG_INTERVAL = 60.0
 
 #: The fields of :class:`Counters` that are current values (gauges) rather
 #: than running totals.
-GAUGES = frozenset({"waiters", "backlog"})
+GAUGES = frozenset({"waiters", "backlog", "connections"})
 
 
 @dataclass
@@ -70,12 +70,18 @@ class Counters:
     #: known here, or stamped too far from now (see blip.live.notify).
     notified_refused: int = 0
     #: Requests refused by --allow.
+    #: Requests and connections refused by --allow.
     forbidden: int = 0
+    #: HTTP connections closed as they opened: over --max-connections or
+    #: --max-connections-per-client.
+    connections_refused: int = 0
     #: Gauge: long-polls parked now.
     waiters: int = 0
     #: Gauge: points received and not yet committed to the database, in
     #: memory or in the spool (updated at least once per batch).
     backlog: int = 0
+    #: Gauge: HTTP connections open now.
+    connections: int = 0
 
     def as_dict(self) -> dict[str, int]:
         """

@@ -17,6 +17,7 @@ from twisted.application.internet import TimerService
 from twisted.application.service import IService
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 
+from blip.common.descriptors import raise_limit
 from blip.common.lifecycle import AfterReady, CleanExit, Sequence
 from blip.common.owned import Unsafe
 from blip.common.statelock import StateDirInUse, hold, note_process
@@ -42,7 +43,8 @@ from blip.source.arduino import MeterFactory
 from blip.source.device import SerialEndpoint, SerialService
 from blip.source.relay import Relay, RelayEndpoint
 from blip.source.simulate import SimulatedHistory, SimulatorService
-from blip.web.access import Rules
+from blip.web.access import Refusals, Rules
+from blip.web.connections import Door, plan
 from blip.web.health import Health, Operations
 from blip.web.hot import HotRoutes
 from blip.web.latest import Latest
@@ -93,7 +95,13 @@ def make_service(options: Options, reactor: Any = None, clock: Optional[IReactor
     clean_exit.setServiceParent(top)
     counters = Counters()
     meters = options["meters"]
-    hub = Hub(max_waiters=options["max-waiters"], counters=counters)
+    serves = options["role"] in ("all", "web")
+    # What the HTTP side may hold at once, within the descriptors it may open.
+    held = plan(
+        raise_limit(reactor), options["max-connections"], options["max-connections-per-client"],
+        options["max-waiters"],
+    ) if serves else None
+    hub = Hub(max_waiters=held.waiters if held else options["max-waiters"], counters=counters)
 
     before = None
     dsn = options["db"]
@@ -105,7 +113,6 @@ def make_service(options: Options, reactor: Any = None, clock: Optional[IReactor
         before, dsn = embedded.when_ready, embedded.dsn
     pool = Pool(dsn, WRITE_POOL_SIZE, reactor, counters, name="ingest")
     readings = Readings(pool)
-    serves = options["role"] in ("all", "web")
     # The HTTP side's queries, each ended by the server after --query-timeout.
     timeout = options["query-timeout"]
     queries = Pool(dsn, POOL_SIZE, reactor, counters, timeout, name="query")
@@ -121,6 +128,9 @@ def make_service(options: Options, reactor: Any = None, clock: Optional[IReactor
     database.setServiceParent(top)
     TimerService(METERS_REFRESH, meter_table.refreshing).setServiceParent(top)
 
+    has_source = options["role"] == "all" and bool(options["serial"] or options["simulate"])
+    # /healthz judges the source by the blips this node reads from it.
+    health = Health(readings, clock, options["health-window"], has_source)
     if options["role"] in ("all", "ingest"):
         stamps = Stamps(options["state-dir"] / STAMPS)
         spool = Spool(options["state-dir"] / SPOOL)
@@ -130,7 +140,8 @@ def make_service(options: Options, reactor: Any = None, clock: Optional[IReactor
         ).setServiceParent(top)
         periods = Periods(IngestPeriods(pool), options["node-name"], clock, options["state-dir"] / PERIODS)
         factory = MeterFactory(
-            meter_table.noticing(ingest.receive), stamps, clock, counters, meter_table.describe,
+            health.watching(meter_table.noticing(ingest.receive)), stamps, clock, counters,
+            meter_table.describe,
             opened=periods.opened, lost=periods.lost,
         )
         source = options["serial"]
@@ -154,7 +165,7 @@ def make_service(options: Options, reactor: Any = None, clock: Optional[IReactor
 
     CountersLog(counters, clock).setServiceParent(top)
     HubService(hub).setServiceParent(top)
-    if serves:
+    if held is not None:
         # Live points of every ingest node (an all node's own are published
         # on arrival, and not again: see blip.live.notify).
         listener = Listener(
@@ -170,24 +181,24 @@ def make_service(options: Options, reactor: Any = None, clock: Optional[IReactor
             PoolService(read_pool).setServiceParent(top)
         # Live replays come from the primary: a replica may lag behind the
         # notifications.
-        live = Live(hub, Readings(queries), meters, clock, max_clients=options["max-waiters"])
+        live = Live(hub, Readings(queries), meters, clock, max_clients=held.waiters)
         LiveService(live).setServiceParent(top)
         registry = CollectorRegistry()
         registry.register(StateCollector(counters, hub, live, queries))
-        has_source = options["role"] == "all" and bool(options["serial"] or options["simulate"])
-        health = Health(hub, readings, clock, options["health-window"], has_source)
         latest = Latest(hub, Queries(read_pool))
+        rules = Rules(options["allow"], options["trusted-proxy"])
+        refusals = Refusals(counters, clock)
         root = site_root(
             HotRoutes(hub, latest, meters, clock, options["longpoll-timeout"], reactor),
             LegacyApi(LegacyQueries(read_pool), clock, STATIC),
             ApiV1(V1Queries(read_pool), latest, live, meters, clock),
             Operations(health, registry),
             RequestMetrics(registry),
-            Rules(options["allow"], options["trusted-proxy"]),
-            counters,
-            clock,
+            rules,
+            refusals,
+            options["cors"],
         )
-        site = QuietSite(root)
+        site = QuietSite(root, Door(rules, held.caps, counters, refusals, clock))
         site.noisy = False
         strports.service(options["listen"], site).setServiceParent(top)
     return top

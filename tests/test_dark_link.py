@@ -99,7 +99,7 @@ def test_a_dark_link_blocks_nothing(start_daemon, database, pty_meter) -> None:
         status, body = get(daemon, "/healthz")
         assert status == 503, body
         assert time.monotonic() - started < DATABASE_TIMEOUT + 1.5
-        assert json.loads(body)["checks"]["database"]["error"] == f"no answer within {DATABASE_TIMEOUT:g} s"
+        assert json.loads(body)["checks"]["database"]["error"] == f"not answering within {DATABASE_TIMEOUT:g} s"
         for _ in range(5):
             started = time.monotonic()
             status, body = get(daemon, "/last/1")

@@ -22,7 +22,11 @@ from typing import Mapping, Optional
 import psycopg2
 import psycopg2.extensions
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.interfaces import IHostnameResolver, IHostResolution, IResolutionReceiver
+from twisted.internet.interfaces import (
+    IHostnameResolver,
+    IHostResolution,
+    IResolutionReceiver,
+)
 from zope.interface import implementer
 
 

@@ -1,15 +1,26 @@
 """
 The HTTP connection: what it refuses, in JSON, before a request reaches
-the site (a request line or header too long, a request that cannot be
-parsed), and request targets in absolute form served like their path.
+the site (a client outside ``--allow`` as it connects, a request line or
+header too long, a head with too many headers, a body, a request that
+cannot be parsed), request targets in absolute form served like their
+path, and the asterisk form (``OPTIONS *``) refused in JSON with any other
+method.
+
+No route takes a request body: one is refused as its head ends, before
+any of it is read (``413`` for ``GET``, ``HEAD`` and ``OPTIONS``, ``405``
+for other methods, which no route answers), and the connection closed.
 """
 
 from typing import Any, Optional
 
 from twisted.internet.interfaces import ITransport
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
 from twisted.web.http import RESPONSES
 
-from blip.web.errors import legacy_body
+from blip.web.access import forbidden_message
+from blip.web.connections import Entry
+from blip.web.errors import legacy_body, refuse
 from blip.web.twisted_private import HookedChannel, HookedRequest
 
 #: Longest request target answered; longer ones get 414.
@@ -17,26 +28,48 @@ MAX_URI = 8192
 #: Most bytes of a refused request read (and thrown away) before closing,
 #: so that the client reads the answer instead of a connection reset.
 MAX_DRAIN = 1 << 20
+#: The methods of the routes: a body on them is too large (413), on any
+#: other a method not allowed (405).
+METHODS = (b"GET", b"HEAD", b"OPTIONS")
+
+
+def closing_answer(status: int, message: str) -> bytes:
+    """
+    :return: a whole HTTP answer with a legacy JSON error, that closes the
+        connection.
+    """
+    body = legacy_body(message)
+    return (
+        b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+        % (status, RESPONSES.get(status, b"Error"), len(body), body)
+    )
 
 
 class Channel(HookedChannel):
     """
     Twisted's HTTP connection, refusing in JSON what it refuses before a
     request reaches the site: a request line longer than Twisted's line
-    limit (414, whatever its length), a header line over it (431), and a
-    malformed request (400).
+    limit (414, whatever its length), a header line over it (431), more
+    headers than :attr:`maxHeaders` or a head over
+    :attr:`totalHeadersSize` bytes (431), a request with a body (413 or
+    405), and a malformed request (400).
 
-    After a 414 or 431 the rest of the request is read and thrown away (up
-    to :data:`MAX_DRAIN` bytes) before the connection closes: closing with
-    unread data would reset the connection, and the client would see the
-    reset rather than the answer.
+    After a 414 or a 431 for a long line the rest of the request is read
+    and thrown away (up to :data:`MAX_DRAIN` bytes) before the connection
+    closes: closing with unread data would reset the connection, and the
+    client would see the reset rather than the answer.
     """
 
     #: Request line plus headers; above Twisted's 16 KiB so that a request
     #: whose line alone is under the line limit reaches the site (414).
     totalHeadersSize = 32768
+    #: Headers of one request (Apache's default cap).
+    maxHeaders = 100
     #: The client's connection: set before any of it is read.
     transport: ITransport
+    #: This connection's place among the open ones, left when it closes.
+    entry: Optional[Entry] = None
     _drained: Optional[int] = None
     _tail = b""
     _host: Any = None
@@ -66,6 +99,26 @@ class Channel(HookedChannel):
         self._answer(400, "malformed HTTP request")
         self.loseConnection()
 
+    def head_too_large(self) -> None:
+        self._answer(431, "request header fields too large")
+        self.loseConnection()
+
+    def body_announced(self, method: bytes) -> bool:
+        if method in METHODS:
+            self._answer(413, f"a {method.decode()} request has no body")
+        else:
+            self._answer(405, "method not allowed")
+        self.loseConnection()
+        # Whatever more arrives is thrown away.
+        self._drained = 0
+        return False
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        super().connectionLost(reason)
+        if self.entry is not None:
+            self.entry.leave()
+            self.entry = None
+
     def _drain(self, data: bytes) -> None:
         assert self._drained is not None
         # TCP and TLS transports have it; ITransport does not declare it.
@@ -78,20 +131,45 @@ class Channel(HookedChannel):
         self._tail = seen[-3:]
 
     def _answer(self, status: int, message: str) -> None:
-        body = legacy_body(message)
-        self.transport.write(
-            b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
-            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
-            % (status, RESPONSES.get(status, b"Error"), len(body), body)
-        )
+        self.transport.write(closing_answer(status, message))
+
+
+class Forbidden(Protocol):
+    """
+    A connection from a client outside ``--allow``: answered ``403`` in
+    JSON as it opens, and closed, without reading a byte of it.
+
+    :param entry: its place among the open connections.
+    """
+
+    def __init__(self, entry: Entry) -> None:
+        self.entry = entry
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None and self.entry.forbidden is not None
+        self.transport.write(closing_answer(403, forbidden_message(self.entry.forbidden)))
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.entry.leave()
 
 
 class TargetRequest(HookedRequest):
     """
     A request whose target may be in absolute form (RFC 9112, 3.2.2:
     ``GET http://host/last/1``), which a server must accept: the path and
-    query are what count.
+    query are what count. The asterisk form (``*``) is for ``OPTIONS``
+    alone: Twisted answers ``OPTIONS *`` itself, and any other method on
+    it gets 405 in JSON.
     """
+
+    def asterisk(self) -> None:
+        if self.method == b"OPTIONS":
+            super().asterisk()
+            return
+        self.setHeader(b"Allow", b"OPTIONS")
+        self.write(refuse(self, 405, "only OPTIONS applies to *"))
+        self.finish()
 
     def target(self, target: bytes) -> bytes:
         scheme, found, rest = target.partition(b"://")
