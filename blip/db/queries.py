@@ -13,7 +13,20 @@ from typing import Any, NamedTuple, Optional
 from twisted.internet.defer import Deferred
 
 from blip.db.pool import Pool
-from blip.model import Point
+from blip.model import STAMP_MIN, Point
+
+#: The meters with rollups (so every meter with readings, and those whose
+#: readings were dropped), as a recursive ``m (id)`` that skips through
+#: the primary key of the hourly rollups (a DISTINCT would read every row;
+#: readings' own key would be asked in every partition); its last row is
+#: NULL.
+METERS_WITH_ROLLUPS = (
+    "WITH RECURSIVE m AS ("
+    "   (SELECT id FROM readings_hourly ORDER BY id LIMIT 1)"
+    "   UNION ALL"
+    "   SELECT (SELECT id FROM readings_hourly WHERE id > m.id ORDER BY id LIMIT 1)"
+    "     FROM m WHERE m.id IS NOT NULL)"
+)
 
 
 class Reading(NamedTuple):
@@ -49,25 +62,37 @@ class Queries:
         """
         :return: the meter's newest point, or None.
         """
-        rows = await self.pool.runQuery(
-            "SELECT stamp, ms FROM readings WHERE id = %s"
-            " ORDER BY stamp DESC LIMIT 1",
-            (meter,),
-        )
+        rows = await self.pool.runQuery(_LAST, {"m": meter, "min": STAMP_MIN})
         return Reading(*rows[0]) if rows else None
 
     async def last_points(self) -> list[Point]:
         """
         :return: the newest point of every meter that has readings.
         """
-        rows = await self.pool.runQuery(
-            "SELECT r.id, r.stamp, r.ms"
-            "  FROM (SELECT DISTINCT id FROM readings_hourly) m"
-            " CROSS JOIN LATERAL (SELECT id, stamp, ms FROM readings"
-            "                      WHERE id = m.id"
-            "                      ORDER BY stamp DESC LIMIT 1) r"
-        )
+        rows = await self.pool.runQuery(_LAST_POINTS, {"min": STAMP_MIN})
         return [Point(*row) for row in rows]
+
+
+# A meter's newest point is in the newest hour of its hourly rollups (the
+# trigger counts every point in the transaction that writes it): reading
+# from there on, the partitions of readings before it are left out when
+# the statement starts, rather than each asked for its newest point.
+_LAST = (
+    "SELECT stamp, ms FROM readings WHERE id = %(m)s"
+    "   AND stamp >= coalesce((SELECT max(stamp) FROM readings_hourly WHERE id = %(m)s),"
+    "                         %(min)s::bigint)"
+    " ORDER BY stamp DESC LIMIT 1"
+)
+_LAST_POINTS = (
+    METERS_WITH_ROLLUPS
+    + " SELECT r.id, r.stamp, r.ms FROM m"
+    " CROSS JOIN LATERAL (SELECT id, stamp, ms FROM readings"
+    "                      WHERE id = m.id"
+    "                        AND stamp >= coalesce((SELECT max(h.stamp) FROM readings_hourly h"
+    "                                                WHERE h.id = m.id), %(min)s::bigint)"
+    "                      ORDER BY stamp DESC LIMIT 1) r"
+    " ORDER BY r.id"
+)
 
 
 # The planner's guesses for the lateral index ranges of some statements

@@ -7,7 +7,7 @@ is stored.
 
 from typing import Any, Mapping, NamedTuple, Optional, Sequence
 
-from blip.db.queries import Queries
+from blip.db.queries import METERS_WITH_ROLLUPS, Queries
 from blip.model import STAMP_MAX, STAMP_MIN, Point
 
 #: The channel on which every batch of new points is announced (NOTIFY).
@@ -70,17 +70,6 @@ def _array(numbers: list[int]) -> str:
         ``ARRAY[...]`` of a list.
     """
     return "{" + ",".join(map(str, numbers)) + "}"
-
-
-#: The meters with readings, as a recursive ``m (id)`` that skips through
-#: the primary key (a DISTINCT would read every row); its last row is NULL.
-METERS_WITH_READINGS = (
-    "WITH RECURSIVE m AS ("
-    "   (SELECT id FROM readings ORDER BY id LIMIT 1)"
-    "   UNION ALL"
-    "   SELECT (SELECT id FROM readings WHERE id > m.id ORDER BY id LIMIT 1)"
-    "     FROM m WHERE m.id IS NOT NULL)"
-)
 
 
 class BlipTotal(NamedTuple):
@@ -159,7 +148,7 @@ class Readings(Queries):
         """
         ids = list(after)
         rows = await self.pool.runQuery(
-            METERS_WITH_READINGS
+            METERS_WITH_ROLLUPS
             + " SELECT r.id, r.stamp, r.ms"
             "  FROM m LEFT JOIN unnest(%(ids)s::integer[], %(first)s::bigint[]) AS k (id, first)"
             "    ON k.id = m.id"
@@ -211,8 +200,8 @@ class Readings(Queries):
         """
         rows = await self.pool.runQuery(
             "SELECT h.id, h.events,"
-            "       (SELECT max(r.stamp) FROM readings r WHERE r.id = h.id)"
-            "  FROM (SELECT id, sum(events)::bigint AS events"
+            "       (SELECT max(r.stamp) FROM readings r WHERE r.id = h.id AND r.stamp >= h.hour)"
+            "  FROM (SELECT id, sum(events)::bigint AS events, max(stamp) AS hour"
             "          FROM readings_hourly GROUP BY id) h"
             " ORDER BY h.id"
         )

@@ -80,7 +80,7 @@ def test_import_and_export_round_trip(database, tmp_path) -> None:
     done = blip("import", str(source), "--meter", "7", db=database.dsn)
     assert done.returncode == 1, done.stderr
     assert done.stderr.splitlines() == [
-        "blip: created blipserver's schema (version 3) in an empty database",
+        "blip: created blipserver's schema (version 4) in an empty database",
         f"{source}:5: stamp 'bad' is not a whole number of ms; skipped",
         f"{source}:6: ms 0 is not from 1 to 2147483647; skipped",
         f"{source}:7: ms '-5' is not a whole number; skipped",
@@ -267,7 +267,7 @@ def test_upgrade_command_and_what_readers_need(database, pg_cluster) -> None:
     assert export.returncode == 1
     assert export.stderr == (
         "blip: error: the database has the original multi-meter layout (version 2), not"
-        " blipserver's schema (version 3): run `blip upgrade` or start the daemon first\n"
+        " blipserver's schema (version 4): run `blip upgrade` or start the daemon first\n"
     )
     assert blip("rollups", "check", db=database.dsn).returncode == 1
 
@@ -275,9 +275,9 @@ def test_upgrade_command_and_what_readers_need(database, pg_cluster) -> None:
     assert done.returncode == 0
     assert done.stdout.startswith(
         "upgraded the database in place from the original multi-meter layout (version 2)"
-        " to blipserver's schema (version 3): dropped the original's per-row trigger"
+        " to blipserver's schema (version 4): dropped the original's per-row trigger"
     )
-    assert blip("upgrade", db=database.dsn).stdout == "the database has blipserver's schema (version 3)\n"
+    assert blip("upgrade", db=database.dsn).stdout == "the database has blipserver's schema (version 4)\n"
     assert blip("rollups", "check", db=database.dsn).returncode == 0
 
     database.sql("CREATE DATABASE " + database.name + "_x")
