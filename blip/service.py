@@ -25,6 +25,7 @@ from blip.db.embedded import Cluster, EmbeddedPostgres
 from blip.db.legacy import LegacyQueries
 from blip.db.meter_table import MeterTable
 from blip.db.node_state import IngestPeriods, MeterRows
+from blip.db.partitions import Partitions
 from blip.db.pool import DatabaseService, Pool, PoolService
 from blip.db.queries import Queries
 from blip.db.readings import Readings
@@ -102,14 +103,19 @@ def make_service(options: Options, reactor: Any = None, clock: Optional[IReactor
     # Read now, while the daemon may still be root.
     schema_sql()
     meter_table = MeterTable(MeterRows(pool), meters, clock)
+    partitions = Partitions(pool, clock, options["keep-raw"])
 
     async def prepare() -> None:
-        await Schema(pool).apply()
+        await Schema(pool, clock).apply()
         await meter_table.load()
+        await partitions.load()
 
     database = DatabaseService(pool, prepare, before, fatal=clean_exit.fail)
     database.setServiceParent(top)
     TimerService(METERS_REFRESH, meter_table.refreshing).setServiceParent(top)
+    AfterReady(
+        "keeping the partitions of readings", database.when_ready, partitions.start, partitions.stop
+    ).setServiceParent(top)
 
     if options["role"] in ("all", "ingest"):
         stamps = Stamps(options["state-dir"] / STAMPS)
@@ -169,8 +175,8 @@ def make_service(options: Options, reactor: Any = None, clock: Optional[IReactor
         latest = Latest(hub, Queries(read_pool))
         root = site_root(
             HotRoutes(hub, latest, meters, clock, options["longpoll-timeout"], reactor),
-            LegacyApi(LegacyQueries(read_pool), clock, STATIC),
-            ApiV1(V1Queries(read_pool), latest, live, meters, clock),
+            LegacyApi(LegacyQueries(read_pool), clock, STATIC, partitions.raw_kept_since),
+            ApiV1(V1Queries(read_pool), latest, live, meters, clock, partitions.raw_kept_since),
             Operations(health, registry),
             RequestMetrics(registry),
             Rules(options["allow"], options["trusted-proxy"]),

@@ -1,7 +1,8 @@
 """
 The original blipserver's database layouts, built for tests as its
 ``schema.sql`` laid them out, and filled the way it filled them: row by row
-through its per-row trigger.
+through its per-row trigger; and blipserver's own layout before readings
+was partitioned.
 
 Also the answers the original gave on its legacy routes, computed with SQL
 of the same meaning on the original database, to compare with blipserver's
@@ -254,11 +255,12 @@ def original_answers(sql: Callable[..., list[tuple]], layout: str, now: int, row
                 "SELECT count(*) FROM readings WHERE {m} stamp >= %s", now - 2 * HOUR
             )[0],
         }
-        minutes = "usage_minutely" if layout in (SINGLE_WITH_MINUTES, PLAIN) else (
+        minutes = "usage_minutely" if layout == SINGLE_WITH_MINUTES else (
+            "(SELECT * FROM usage_minutely WHERE {m} TRUE) r" if layout == PLAIN else (
             "(SELECT stamp - stamp %% 60000 AS stamp, count(*) AS events,"
             " 3600000.0::DOUBLE PRECISION * count(*) / sum(ms) AS wh,"
             " min(ms) AS min_ms, max(ms) AS max_ms FROM readings WHERE {m} TRUE GROUP BY 1) r"
-        )
+        ))
         answers[f"/minutely/{T0 + 2 * HOUR}/{T0 + 4 * HOUR}"] = q(
             f"SELECT stamp, events, wh, min_ms, max_ms FROM {minutes}"
             " WHERE stamp BETWEEN %s AND %s ORDER BY stamp LIMIT 100000",

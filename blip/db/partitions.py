@@ -26,6 +26,7 @@ from typing import Iterable, NamedTuple, Optional
 from psycopg2 import sql
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -36,6 +37,9 @@ from blip.db.program import Program, Statement, run_in
 PARTITION_LOCK = 0x626C6971
 #: Months made ahead of the current one.
 MONTHS_AHEAD = 2
+#: Seconds between two turns of keeping the partitions (and reading since
+#: when raw points are kept, which another node may have changed).
+KEEP_INTERVAL = 600.0
 #: The partition of points outside every other.
 DEFAULT_PARTITION = "readings_default"
 #: Most months made in one transaction (from stray points of the default
@@ -212,29 +216,29 @@ def ensure_default() -> Program[list[str]]:
     return [f"made the default partition {DEFAULT_PARTITION}"]
 
 
-def ensure_months(now: int, stamps: Iterable[int] = ()) -> Program[list[str]]:
+def ensure_months(now: Optional[int], stamps: Iterable[int] = ()) -> Program[list[str]]:
     """
-    Make the partitions of the current month and the :data:`MONTHS_AHEAD`
-    after it, of the months of ``stamps``, and of the months up to those
-    the default partition holds points of, each unless a partition holds
-    some of its stamps already (or raw points of that month were dropped).
-    A new month's partition takes the default's points of that month, in
-    the same transaction.
+    Make the partitions of the months of ``stamps`` and, given ``now``, of
+    the current month and the :data:`MONTHS_AHEAD` after it, and of the
+    months up to those the default partition holds points of; each unless
+    a partition holds some of its stamps already (or raw points of that
+    month were dropped). A new month's partition takes the default's
+    points of that month, in the same transaction.
 
-    :param now: unix ms.
-    :param stamps: more stamps whose months want a partition (points about
-        to be imported).
+    :param now: unix ms, or None for the months of ``stamps`` alone.
+    :param stamps: stamps whose months want a partition (points about to
+        be written).
     :return: what was done, for the log.
     """
     yield Statement("SELECT pg_advisory_xact_lock(%s)", (PARTITION_LOCK,))
     yield Statement("SET LOCAL statement_timeout = 0")
     notes = yield from ensure_default()
-    current = month_of(now)
-    last = current.after(MONTHS_AHEAD)
-    wanted = {current.after(i) for i in range(MONTHS_AHEAD + 1)}
-    wanted |= {month_of(s) for s in stamps if in_months(s)}
-    rows = (yield Statement(_DEFAULT_MONTHS, (FIRST_STAMP, last.end))).rows
-    wanted |= {month_of(int(start)) for start, in rows}
+    wanted = {month_of(s) for s in stamps if in_months(s)}
+    if now is not None:
+        current = month_of(now)
+        wanted |= {current.after(i) for i in range(MONTHS_AHEAD + 1)}
+        rows = (yield Statement(_DEFAULT_MONTHS, (FIRST_STAMP, current.after(MONTHS_AHEAD).end))).rows
+        wanted |= {month_of(int(start)) for start, in rows}
     partitions = yield from read_partitions()
     dropped_before = yield from raw_since()
     made: list[str] = []
@@ -401,6 +405,37 @@ class Partitions:
         #: The instant before which raw points were dropped, as last read;
         #: None when none were.
         self.raw_since: Optional[int] = None
+        self._loop: Optional[LoopingCall] = None
+        self._turn: Optional[Deferred[None]] = None
+
+    def start(self, interval: float = KEEP_INTERVAL) -> None:
+        """
+        Keep the partitions now, then every ``interval`` seconds.
+        """
+        self._loop = LoopingCall(self._keep_once)
+        self._loop.clock = self.clock
+        self._loop.start(interval, now=True).addErrback(
+            lambda f: self.log.failure("the turns of keeping the partitions stopped", f)
+        )
+
+    def _keep_once(self) -> "Deferred[None]":
+        self._turn = self.keeping()
+        return self._turn
+
+    async def stop(self) -> None:
+        """
+        Stop keeping the partitions, once the turn under way is over.
+        """
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        if self._turn is not None and not self._turn.called:
+            await self._turn
+
+    def raw_kept_since(self) -> Optional[int]:
+        """
+        :return: :attr:`raw_since` (a :data:`blip.web.answers.RawSince`).
+        """
+        return self.raw_since
 
     def now(self) -> int:
         """:return: the current unix time in ms."""

@@ -85,11 +85,12 @@ _LAST = (
 )
 _LAST_POINTS = (
     METERS_WITH_ROLLUPS
-    + " SELECT r.id, r.stamp, r.ms FROM m"
+    + ", h AS MATERIALIZED ("
+    "   SELECT id, (SELECT max(stamp) FROM readings_hourly WHERE id = m.id) AS hour"
+    "     FROM m WHERE id IS NOT NULL)"
+    " SELECT r.id, r.stamp, r.ms FROM h"
     " CROSS JOIN LATERAL (SELECT id, stamp, ms FROM readings"
-    "                      WHERE id = m.id"
-    "                        AND stamp >= coalesce((SELECT max(h.stamp) FROM readings_hourly h"
-    "                                                WHERE h.id = m.id), %(min)s::bigint)"
+    "                      WHERE id = h.id AND stamp >= coalesce(h.hour, %(min)s::bigint)"
     "                      ORDER BY stamp DESC LIMIT 1) r"
     " ORDER BY r.id"
 )

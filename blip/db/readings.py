@@ -7,6 +7,8 @@ is stored.
 
 from typing import Any, Mapping, NamedTuple, Optional, Sequence
 
+from blip.db.partitions import ensure_months
+from blip.db.program import run_in
 from blip.db.queries import METERS_WITH_ROLLUPS, Queries
 from blip.model import STAMP_MAX, STAMP_MIN, Point
 
@@ -111,9 +113,12 @@ class Readings(Queries):
         :data:`CHANNEL` (see :data:`_INSERT`), delivered when the
         transaction commits.
 
-        :param announce: False for history, which no live client wants.
+        :param announce: False for history, which no live client wants,
+            and whose months may want partitions: they are made first.
         :return: how many points were new.
         """
+        if not announce:
+            await run_in(self.pool, ensure_months(None, (p.stamp for p in points)))
         rows = await self.pool.runQuery(
             _INSERT if announce else _INSERT_QUIETLY,
             (
@@ -156,6 +161,7 @@ class Readings(Queries):
             "                      WHERE id = m.id"
             "                        AND stamp >= coalesce(k.first, %(min)s::bigint)"
             "                      ORDER BY stamp LIMIT %(limit)s) r"
+            " WHERE m.id IS NOT NULL"
             " ORDER BY r.id, r.stamp LIMIT %(limit)s",
             {
                 "ids": ids,

@@ -8,14 +8,14 @@ the daemon's own programs (:func:`blip.db.schema.prepare`,
 
 import io
 import time
-from typing import IO, Any, NamedTuple, Optional, Sequence
+from typing import IO, Any, NamedTuple, Optional, Protocol, Sequence
 
 from psycopg2 import sql
 
 from blip.db import layouts
 from blip.db.layouts import WIDTHS, Outcome
 from blip.db.node_state import NOTE_METER, meter_row
-from blip.db.partitions import ensure_months
+from blip.db.partitions import ensure_months, raw_since
 from blip.db.program import run_sync
 from blip.db.queries import METERS_WITH_ROLLUPS
 from blip.db.schema import prepare, read_catalog
@@ -132,6 +132,13 @@ class Mismatch(NamedTuple):
     counted: Counts
     stored: Counts
 
+class Writable(Protocol):
+    """Where COPY writes its rows: anything with a ``write`` of bytes."""
+
+    def write(self, data: bytes, /) -> object:
+        """Take the next bytes."""
+
+
 class SyncStore:
     """
     The statements the commands run, on a plain (blocking) psycopg2
@@ -162,6 +169,14 @@ class SyncStore:
         """
         with self.connection, self.connection.cursor() as cursor:
             return layouts.detect(run_sync(cursor, read_catalog()))
+
+    def raw_since(self) -> Optional[int]:
+        """
+        :return: the unix ms before which raw points were dropped, or None
+            when none were.
+        """
+        with self.connection, self.connection.cursor() as cursor:
+            return run_sync(cursor, raw_since())
 
     def meter_ids(self) -> list[int]:
         """
@@ -231,7 +246,7 @@ class SyncStore:
         """
         text = "".join(f"{stamp}\t{ms}\n" for stamp, ms in points)
         with self.connection, self.connection.cursor() as cursor:
-            run_sync(cursor, ensure_months(_now(), (stamp for stamp, _ in points)))
+            run_sync(cursor, ensure_months(None, (stamp for stamp, _ in points)))
         with self.connection, self.connection.cursor() as cursor:
             cursor.execute(_IMPORT_TABLE)
             cursor.copy_expert(_IMPORT_COPY, io.StringIO(text))
@@ -248,7 +263,7 @@ class SyncStore:
             query = cursor.mogrify(_EXPORT, (meter, first, last)).decode()
             cursor.copy_expert(f"COPY ({query}) TO STDOUT WITH (FORMAT csv, HEADER)", out)
 
-    def archive(self, before: int, out: IO[bytes]) -> int:
+    def archive(self, before: int, out: Writable) -> int:
         """
         Write every raw point with a stamp below ``before`` to ``out`` as
         CSV with a ``meter,stamp,ms`` header, by meter and stamp, in one

@@ -206,7 +206,7 @@ def attach_readings_aside(aside: Aside) -> Program[list[str]]:
     nothing more; points from the boundary on (a clock far ahead) move to
     the default partition first. The old table's owner owns readings.
     """
-    notes = yield from partitions.ensure_default()
+    made = yield from partitions.ensure_default()
     table = sql.Identifier(aside.name)
     later = (yield Statement(
         sql.SQL(_MOVE_LATER).format(table=table, default=sql.Identifier(DEFAULT_PARTITION)),
@@ -224,10 +224,11 @@ def attach_readings_aside(aside: Aside) -> Program[list[str]]:
     )
     yield Statement(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(table, check))
     yield Statement(sql.SQL("ALTER TABLE readings OWNER TO {}").format(sql.Identifier(aside.owner)))
-    notes.append(
+    notes = [
         f"made readings a table partitioned by month, its points until now the partition {aside.name}"
-        " (not rewritten)"
-    )
+        " (not rewritten)",
+        *made,
+    ]
     if later:
         month = month_of(aside.boundary)
         notes.append(
