@@ -302,7 +302,8 @@ def run_archive(store: SyncStore, args: Any) -> int:
     dropped = store.raw_since()
     if dropped is not None:
         print(
-            f"(raw points before {rollups.when(dropped)} were dropped already: the archive holds what was left)"
+            f"(raw points before {rollups.when(dropped)} were dropped already:"
+            " the archive holds what was left of them)"
         )
     return 0
 

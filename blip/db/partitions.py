@@ -77,9 +77,14 @@ class Month:
         return self.after(1).start
 
     @property
+    def label(self) -> str:
+        """``YYYY_MM``."""
+        return f"{self.year:04d}_{self.month:02d}"
+
+    @property
     def name(self) -> str:
         """The name of its partition."""
-        return f"readings_{self.year:04d}_{self.month:02d}"
+        return f"readings_{self.label}"
 
     def after(self, months: int) -> "Month":
         """:return: the month ``months`` later (earlier when negative)."""

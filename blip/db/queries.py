@@ -15,18 +15,25 @@ from twisted.internet.defer import Deferred
 from blip.db.pool import Pool
 from blip.model import STAMP_MIN, Point
 
-#: The meters with rollups (so every meter with readings, and those whose
-#: readings were dropped), as a recursive ``m (id)`` that skips through
-#: the primary key of the hourly rollups (a DISTINCT would read every row;
-#: readings' own key would be asked in every partition); its last row is
-#: NULL.
-METERS_WITH_ROLLUPS = (
-    "WITH RECURSIVE m AS ("
-    "   (SELECT id FROM readings_hourly ORDER BY id LIMIT 1)"
-    "   UNION ALL"
-    "   SELECT (SELECT id FROM readings_hourly WHERE id > m.id ORDER BY id LIMIT 1)"
-    "     FROM m WHERE m.id IS NOT NULL)"
-)
+def skip_meters(table: str) -> str:
+    """
+    :return: a recursive ``m (id)`` of the meters of ``table``, found by
+        skipping through its primary key ``(id, ...)`` one meter at a time
+        (a DISTINCT would read every row); its last row is NULL.
+    """
+    return (
+        "WITH RECURSIVE m AS ("
+        f"   (SELECT id FROM {table} ORDER BY id LIMIT 1)"
+        "   UNION ALL"
+        f"   SELECT (SELECT id FROM {table} WHERE id > m.id ORDER BY id LIMIT 1)"
+        "     FROM m WHERE m.id IS NOT NULL)"
+    )
+
+
+#: The meters with rollups: every meter with readings, and those whose
+#: readings were dropped (see :func:`skip_meters`). The hourly rollups
+#: have one index to skip through, where readings has one per partition.
+METERS_WITH_ROLLUPS = skip_meters("readings_hourly")
 
 
 class Reading(NamedTuple):

@@ -9,7 +9,6 @@ one transaction, as one program (see :mod:`blip.db.program`).
 
 import functools
 from pathlib import Path
-
 from typing import Optional
 
 from twisted.internet.interfaces import IReactorTime

@@ -16,6 +16,7 @@ from blip.db import layouts, partitions
 from blip.db.layouts import WIDTHS, Catalog, Grant, Refused
 from blip.db.partitions import DEFAULT_PARTITION, month_of
 from blip.db.program import Program, Statement
+from blip.db.queries import skip_meters
 from blip.model import STAMP_MAX, STAMP_MIN
 
 #: Privileges that may be granted on a view again after it was recreated.
@@ -147,15 +148,10 @@ _READERS_OF_READINGS = (
     " ORDER BY 1"
 )
 _OWNER = "SELECT pg_get_userbyid(relowner)::text FROM pg_class WHERE oid = 'readings'::regclass"
-# The points of a meter from the boundary on, found through the primary
-# key one meter at a time (a plain condition on stamp would read the table).
+# The points from the boundary on, found through the primary key one meter
+# at a time (a plain condition on stamp would read the table).
 _MOVE_LATER = (
-    "WITH RECURSIVE m AS ("
-    "   (SELECT id FROM {table} ORDER BY id LIMIT 1)"
-    "   UNION ALL"
-    "   SELECT (SELECT id FROM {table} WHERE id > m.id ORDER BY id LIMIT 1)"
-    "     FROM m WHERE m.id IS NOT NULL),"
-    " moved AS ("
+    ", moved AS ("
     "   DELETE FROM {table} r USING m WHERE r.id = m.id AND r.stamp >= %s::bigint"
     "   RETURNING r.id, r.stamp, r.ms)"
     " INSERT INTO {default} (id, stamp, ms) SELECT id, stamp, ms FROM moved"
@@ -177,13 +173,13 @@ def set_readings_aside(now: int) -> Program[Aside]:
     views = [name for name, in (yield Statement(_READERS_OF_READINGS)).rows]
     if views:
         raise Refused(
-            f"the view{'s' if len(views) > 1 else ''} {', '.join(views)} read{'' if len(views) > 1 else 's'}"
-            " readings, which the upgrade makes a table partitioned by month: drop"
-            f" {'them' if len(views) > 1 else 'it'}, upgrade, then create {'them' if len(views) > 1 else 'it'} again"
+            f"readings is read by {', '.join(views)} (views of yours), which would go on reading the"
+            " old table alone once readings is partitioned by month: drop them, upgrade, then make"
+            " them again"
         )
     owner = (yield Statement(_OWNER)).rows[0][0]
     boundary = month_of(now).after(1)
-    aside = Aside(f"readings_before_{boundary.year:04d}_{boundary.month:02d}", boundary.start, owner)
+    aside = Aside(f"readings_before_{boundary.label}", boundary.start, owner)
     yield Statement("LOCK TABLE readings IN ACCESS EXCLUSIVE MODE")
     key = (yield Statement(
         "SELECT conname::text FROM pg_constraint WHERE conrelid = 'readings'::regclass AND contype = 'p'"
@@ -192,7 +188,9 @@ def set_readings_aside(now: int) -> Program[Aside]:
     yield Statement("DROP TRIGGER IF EXISTS blip_rollup ON readings")
     yield Statement(sql.SQL("ALTER TABLE readings RENAME TO {}").format(name))
     yield Statement(
-        sql.SQL("ALTER INDEX {} RENAME TO {}").format(sql.Identifier(key), sql.Identifier(aside.name + "_pkey"))
+        sql.SQL("ALTER INDEX {} RENAME TO {}").format(
+            sql.Identifier(key), sql.Identifier(aside.name + "_pkey")
+        )
     )
     return aside
 
@@ -208,9 +206,10 @@ def attach_readings_aside(aside: Aside) -> Program[list[str]]:
     """
     made = yield from partitions.ensure_default()
     table = sql.Identifier(aside.name)
+    # The name is our own: a plain identifier.
+    move = sql.SQL(skip_meters(aside.name) + _MOVE_LATER)
     later = (yield Statement(
-        sql.SQL(_MOVE_LATER).format(table=table, default=sql.Identifier(DEFAULT_PARTITION)),
-        (aside.boundary,),
+        move.format(table=table, default=sql.Identifier(DEFAULT_PARTITION)), (aside.boundary,)
     )).count
     check = sql.Identifier(aside.name + "_stamp")
     yield Statement(

@@ -77,7 +77,10 @@ _DROPPED = (
     "Raw points before this unix ms were dropped (`--keep-raw`): the answer holds what is"
     " left; their minute and hour rollups, and so power and energy, stay."
 )
-_RAW_SINCE: dict[str, Any] = {"type": ["integer", "null"], "description": _DROPPED + " Null while none were dropped."}
+_RAW_SINCE: dict[str, Any] = {
+    "type": ["integer", "null"],
+    "description": _DROPPED + " Null while none were dropped.",
+}
 _RAW_SINCE_HEADER = {
     "description": _DROPPED + " Absent while none were dropped.",
     "schema": {"type": "string", "pattern": "^-?[0-9]+$"},
