@@ -49,10 +49,7 @@ MOST_MONTHS = 48
 #: it in; everything that comes after waits as long, so it gives up early
 #: and tries again at the next turn.
 DROP_LOCK_TIMEOUT = "3s"
-#: Months are those of years 1970 to 9999: points outside stay in the
-#: default partition.
-FIRST_STAMP = 0
-END_STAMP = 253_402_300_800_000
+
 
 @dataclass(frozen=True, slots=True, order=True)
 class Month:
@@ -94,10 +91,15 @@ class Month:
 
 def month_of(stamp: int) -> Month:
     """
-    :return: the UTC month of unix ms ``stamp`` (years 1970 to 9999).
+    :return: the UTC month of unix ms ``stamp`` (years 1 to 9999).
     """
     moment = datetime.fromtimestamp(stamp // 1000, timezone.utc)
     return Month(moment.year, moment.month)
+
+
+#: Partitions are made for the months from 1970 to November 9999 (whose
+#: ends Python's dates can name); points outside stay in the default one.
+FIRST_STAMP, END_STAMP = Month(1970, 1).start, Month(9999, 12).start
 
 
 def in_months(stamp: int) -> bool:
