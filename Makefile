@@ -89,7 +89,10 @@ bench-queries: venv postgres $(BENCH_STAMP)
 bench-disk: venv postgres $(BENCH_STAMP)
 	@$(call BENCH_RUN,disk)
 
-bench: bench-ingest bench-fanout bench-queries bench-disk
+bench-retention: venv postgres $(BENCH_STAMP)
+	@$(call BENCH_RUN,retention)
+
+bench: bench-ingest bench-fanout bench-queries bench-disk bench-retention
 
 clean:
 	rm -rf $(VENV) var node_modules

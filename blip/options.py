@@ -20,6 +20,7 @@ from twisted.python import usage
 from blip.common.env import env_name
 from blip.common.owned import Folder, Unsafe, user_name
 from blip.db.embedded import Cluster, EmbeddedError
+from blip.db.partitions import KeepRaw, parse_keep_raw
 from blip.meters import Meters, MetersError
 from blip.mqtt.broker import Broker, BrokerError, parse_broker
 from blip.source.relay import Relay, RelayError, is_relay, parse_relay
@@ -90,6 +91,9 @@ class Options(usage.Options):
         ["db-read", None, None,
          "libpq connection string or URI of a read replica for the HTTP side's queries"
          " (live points still come from --db) [default: --db]."],
+        ["keep-raw", None, None,
+         "Drop raw points older than this (400d, 8w, 18mo, 2y), a whole month at a time;"
+         " the minute and hour rollups stay [default: keep them for ever]."],
     ]
 
     #: Options that may be given several times; in the environment, a list
@@ -200,6 +204,7 @@ class Options(usage.Options):
         _check_endpoint(self["listen"])
         self["mqtt"] = _broker(self["mqtt"], self["role"], self["mqtt-password-file"] or None)
         self["mqtt-interval"] = _seconds(self["mqtt-interval"], "--mqtt-interval")
+        self["keep-raw"] = _keep_raw(self["keep-raw"])
 
 
 class TwistdOptions(Options):
@@ -265,6 +270,15 @@ def _cors(values: list[str], allow: bool) -> answers.Cors:
             )
         origins.add(origin.encode())
     return answers.Cors(frozenset(origins))
+
+
+def _keep_raw(text: Optional[str]) -> Optional[KeepRaw]:
+    if not text:
+        return None
+    try:
+        return parse_keep_raw(text)
+    except ValueError as e:
+        raise usage.UsageError(f"--keep-raw: {e}") from None
 
 
 def _meters(path: Optional[str]) -> Meters:

@@ -26,6 +26,7 @@ from blip.db.embedded import Cluster, EmbeddedPostgres
 from blip.db.legacy import LegacyQueries
 from blip.db.meter_table import MeterTable
 from blip.db.node_state import IngestPeriods, MeterRows
+from blip.db.partitions import Partitions
 from blip.db.pool import DatabaseService, Pool, PoolService
 from blip.db.queries import Queries
 from blip.db.readings import Readings
@@ -119,14 +120,19 @@ def make_service(options: Options, reactor: Any = None, clock: Optional[IReactor
     # Read now, while the daemon may still be root.
     schema_sql()
     meter_table = MeterTable(MeterRows(pool), meters, clock)
+    partitions = Partitions(pool, clock, options["keep-raw"])
 
     async def prepare() -> None:
-        await Schema(pool).apply()
+        await Schema(pool, clock).apply()
         await meter_table.load()
+        await partitions.load()
 
     database = DatabaseService(pool, prepare, before, fatal=clean_exit.fail, others=[queries] if serves else [])
     database.setServiceParent(top)
     TimerService(METERS_REFRESH, meter_table.refreshing).setServiceParent(top)
+    AfterReady(
+        "keeping the partitions of readings", database.when_ready, partitions.start, partitions.stop
+    ).setServiceParent(top)
 
     has_source = options["role"] == "all" and bool(options["serial"] or options["simulate"])
     # /healthz judges the source by the blips this node reads from it.
@@ -190,8 +196,8 @@ def make_service(options: Options, reactor: Any = None, clock: Optional[IReactor
         refusals = Refusals(counters, clock)
         root = site_root(
             HotRoutes(hub, latest, meters, clock, options["longpoll-timeout"], reactor),
-            LegacyApi(LegacyQueries(read_pool), clock, STATIC),
-            ApiV1(V1Queries(read_pool), latest, live, meters, clock),
+            LegacyApi(LegacyQueries(read_pool), clock, STATIC, partitions.raw_kept_since),
+            ApiV1(V1Queries(read_pool), latest, live, meters, clock, partitions.raw_kept_since),
             Operations(health, registry),
             RequestMetrics(registry),
             rules,

@@ -701,11 +701,13 @@ def open_site(
     max_clients: int = 100, counters: Optional["Counters"] = None, longpoll_timeout: float = 0.0,
     max_waiters: int = 10_000, rules: Optional["Rules"] = None, memory: bool = False,
     caps: Optional["Caps"] = None, cors: Optional["Cors"] = None,
+    raw_since: Callable[[], Optional[int]] = lambda: None,
 ) -> Served:
     """
     Build the daemon's site over ``store`` as ``blip.service`` builds it,
     with a fake clock at ``now``, and serve it on a real port of 127.0.0.1
-    or in memory; :meth:`Served.close` closes it.
+    or in memory; :meth:`Served.close` closes it. ``raw_since`` says since
+    when raw points are kept.
     """
     from prometheus_client import CollectorRegistry
     from twisted.internet import reactor
@@ -742,8 +744,8 @@ def open_site(
     refusals = Refusals(counters, clock)
     root = site_root(
         HotRoutes(hub, latest, meters, clock, longpoll_timeout, reactor),
-        LegacyApi(LegacyQueries(store.pool), clock, STATIC),
-        ApiV1(V1Queries(store.pool), latest, live, meters, clock),
+        LegacyApi(LegacyQueries(store.pool), clock, STATIC, raw_since),
+        ApiV1(V1Queries(store.pool), latest, live, meters, clock, raw_since),
         Operations(health, registry),
         RequestMetrics(registry),
         rules,

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from twisted.python import usage
 
+from blip.db.partitions import KeepRaw
 from blip.options import Options
 
 
@@ -157,6 +158,20 @@ def test_twistd_prints_one_line_and_no_traceback(tmp_path) -> None:
     )
     assert done.returncode == 1
     assert (done.stdout, done.stderr) == ("", "twistd blip: --baudrate: not an integer: 'fast'\n")
+
+
+def test_keep_raw(monkeypatch) -> None:
+    """
+    --keep-raw (or BLIP_KEEP_RAW) is how long raw points are kept: for
+    ever by default, else a number of days, weeks, months or years.
+    """
+    assert parse(["--db", "dbname=x"])["keep-raw"] is None
+    assert parse(["--db", "dbname=x", "--keep-raw", "400d"])["keep-raw"] == KeepRaw(400, "d")
+    monkeypatch.setenv("BLIP_KEEP_RAW", "18mo")
+    assert parse(["--db", "dbname=x"])["keep-raw"] == KeepRaw(18, "mo")
+    for bad, message in (("0y", "must keep raw points for more than 0 days"), ("1 fortnight", "not a duration"), ("-2y", "not a duration")):
+        with pytest.raises(usage.UsageError, match=f"--keep-raw: {message}"):
+            parse(["--db", "dbname=x", "--keep-raw", bad])
 
 
 def test_health_window(monkeypatch) -> None:

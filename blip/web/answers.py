@@ -1,7 +1,8 @@
 """
 How every answer of the HTTP API is dressed: the CORS and caching headers
 (the legacy routes' and, allowing ``Last-Event-ID`` too, ``/api/v1``'s),
-the one JSON writer, and the empty answer of ``OPTIONS``.
+the header of answers made of raw points once some were dropped, the one
+JSON writer, and the empty answer of ``OPTIONS``.
 
 Which web pages' scripts may read the answers (``--cors``) is the site's
 :class:`Cors`, set on each request as it arrives: any page (``*``, as the
@@ -11,7 +12,7 @@ origin.
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from twisted.web.iweb import IRequest
 
@@ -128,6 +129,31 @@ def dress(request: IRequest, style: Style) -> None:
     """
     for name, value in cors_of(request).headers(style, request):
         request.setHeader(name, value)
+
+
+#: Says, on an answer made of raw points (or counting them), that raw
+#: points before this unix ms were dropped (``--keep-raw``): the answer
+#: holds what is left. Absent while none were dropped.
+RAW_SINCE = b"Blip-Raw-Since"
+
+#: Gives the unix ms before which raw points were dropped, None while none
+#: were.
+RawSince = Callable[[], Optional[int]]
+
+
+def kept_for_ever() -> Optional[int]:
+    """A :data:`RawSince` of a database whose raw points are all kept."""
+    return None
+
+
+def say_raw_since(request: IRequest, since: Optional[int]) -> None:
+    """
+    Set :data:`RAW_SINCE` (readable by scripts of other origins) when raw
+    points before ``since`` were dropped.
+    """
+    if since is not None:
+        request.setHeader(RAW_SINCE, b"%d" % since)
+        request.setHeader(b"Access-Control-Expose-Headers", RAW_SINCE)
 
 
 def encode(data: Any) -> bytes:

@@ -4,6 +4,8 @@ as text by the database), each page read only once the client has taken
 the previous one, so that memory stays constant whatever the range.
 """
 
+from typing import Optional
+
 from twisted.web.server import Request
 
 from blip.db.v1 import V1Queries
@@ -24,19 +26,25 @@ class Export:
     :param first: the first stamp included.
     :param last: the first stamp left out.
     :param csv: CSV with a ``stamp,ms`` header, else a JSON object.
+    :param raw_since: the unix ms before which raw points were dropped,
+        None when none were (in the JSON object).
     """
 
-    def __init__(self, store: V1Queries, meter: int, first: int, last: int, csv: bool) -> None:
+    def __init__(
+        self, store: V1Queries, meter: int, first: int, last: int, csv: bool, raw_since: Optional[int] = None
+    ) -> None:
         self.store = store
         self.meter = meter
         self.first = first
         self.last = last
         self.csv = csv
+        self.raw_since = raw_since
 
     def _head(self) -> bytes:
         if self.csv:
             return b"stamp,ms\r\n"
-        return encode({"meter": self.meter, "from": self.first, "to": self.last})[:-1] + b',"points":['
+        head = {"meter": self.meter, "from": self.first, "to": self.last, "raw_since": self.raw_since}
+        return encode(head)[:-1] + b',"points":['
 
     def _tail(self) -> bytes:
         return b"" if self.csv else b"]}"

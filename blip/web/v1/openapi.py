@@ -9,7 +9,7 @@ from typing import Any
 import blip
 from blip.meters import DAYS
 from blip.model import INT_MAX
-from blip.web.answers import V1_PREFIX
+from blip.web.answers import RAW_SINCE, V1_PREFIX
 from blip.web.limits import (
     DEFAULT_PERIOD,
     ENERGY_ROWS,
@@ -56,9 +56,12 @@ def _param(name: str) -> dict[str, str]:
 
 
 def _get(
-    operation: str, summary: str, description: str, parameters: list[Any], ok: dict[str, Any]
+    operation: str, summary: str, description: str, parameters: list[Any], ok: dict[str, Any],
+    raw: bool = False,
 ) -> dict[str, Any]:
     responses: dict[str, Any] = {"200": {"description": "OK", "content": ok}}
+    if raw:
+        responses["200"]["headers"] = {RAW_SINCE.decode(): _RAW_SINCE_HEADER}
     if any(p.get("$ref", "").endswith("/MeterId") for p in parameters) or operation == "live":
         responses["404"] = _PROBLEM
     if parameters:
@@ -80,6 +83,18 @@ _HEAVY = (
     f" Over a range of more than {HEAVY_SPAN // 86_400_000} days, a heavy request: at most"
     f" {HEAVY_REQUESTS} run at once, and more get 503 with `Retry-After: {RETRY_AFTER}`."
 )
+_DROPPED = (
+    "Raw points before this unix ms were dropped (`--keep-raw`): the answer holds what is"
+    " left; their minute and hour rollups, and so power and energy, stay."
+)
+_RAW_SINCE: dict[str, Any] = {
+    "type": ["integer", "null"],
+    "description": _DROPPED + " Null while none were dropped.",
+}
+_RAW_SINCE_HEADER = {
+    "description": _DROPPED + " Absent while none were dropped.",
+    "schema": {"type": "string", "pattern": "^-?[0-9]+$"},
+}
 _WATTS = {"type": "number", "minimum": 0, "description": "Power in W."}
 
 
@@ -166,8 +181,12 @@ def document() -> dict[str, Any]:
                 "resolution_ms": {
                     "type": "integer",
                     "minimum": 0,
-                    "description": "0 for raw points; else the width of each row's bucket.",
+                    "description": (
+                        "0 for raw points; else the width of each row's bucket (always, for a"
+                        " range that starts before `raw_since`)."
+                    ),
                 },
+                "raw_since": _RAW_SINCE,
                 "points": {
                     "type": "array",
                     "description": (
@@ -227,6 +246,10 @@ def document() -> dict[str, Any]:
                 "meter": {"type": "integer"},
                 "from": _UNIX_MS,
                 "to": _UNIX_MS,
+                "raw_since": {
+                    **_RAW_SINCE,
+                    "description": _RAW_SINCE["description"] + " Gaps are looked for from there on.",
+                },
                 "min_gap": {"type": "integer", "minimum": 1, "description": "The threshold used, in ms."},
                 "gaps": {"type": "array", "items": _ref("Gap")},
                 "next": {
@@ -240,6 +263,7 @@ def document() -> dict[str, Any]:
                 "meter": {"type": "integer"},
                 "from": _UNIX_MS,
                 "to": _UNIX_MS,
+                "raw_since": _RAW_SINCE,
                 "points": {
                     "type": "array",
                     "description": "`[stamp, ms]`, oldest first.",
@@ -315,6 +339,7 @@ def document() -> dict[str, Any]:
                 },
             ],
             {"application/json": {"schema": _ref("Power")}},
+            raw=True,
         ),
         "/meters/{id}/energy": _get(
             "getEnergy", "Energy and cost per calendar period",
@@ -365,6 +390,7 @@ def document() -> dict[str, Any]:
                 },
             ],
             {"application/json": {"schema": _ref("Gaps")}},
+            raw=True,
         ),
         "/meters/{id}/readings": _get(
             "getReadings", "Every point",
@@ -386,6 +412,7 @@ def document() -> dict[str, Any]:
                 "application/json": {"schema": _ref("Readings")},
                 "text/csv": {"schema": {"type": "string"}},
             },
+            raw=True,
         ),
         "/live": _get(
             "live", "Live points",

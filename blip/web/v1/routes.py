@@ -24,7 +24,17 @@ from twisted.web.server import Request
 from blip.db.v1 import V1Queries
 from blip.meters import Meter, Meters
 from blip.model import Point
-from blip.web.answers import V1, V1_PREFIX, dress, encode, json_body, options
+from blip.web.answers import (
+    V1,
+    V1_PREFIX,
+    RawSince,
+    dress,
+    encode,
+    json_body,
+    kept_for_ever,
+    options,
+    say_raw_since,
+)
 from blip.web.errors import Busy, NotFound, answer_error
 from blip.web.latest import Latest
 from blip.web.limits import (
@@ -107,6 +117,7 @@ class ApiV1:
     :param live: the live streams.
     :param meters: the configured meters.
     :param clock: the current time, for ranges that end now.
+    :param raw_since: since when raw points are kept.
     """
 
     app = Klein()
@@ -116,14 +127,16 @@ class ApiV1:
     log = Logger()
 
     def __init__(
-        self, store: V1Queries, latest: Latest, live: Live, meters: Meters, clock: IReactorTime
+        self, store: V1Queries, latest: Latest, live: Live, meters: Meters, clock: IReactorTime,
+        raw_since: RawSince = kept_for_ever,
     ) -> None:
         self.store = store
         self.latest = latest
         self.live = live
         self.meters = meters
         self.clock = clock
-        self.series = Series(store)
+        self.raw_since = raw_since
+        self.series = Series(store, raw_since)
         self.heavy = Heavy()
         self._document = encode(document())
 
@@ -189,6 +202,7 @@ class ApiV1:
             "from": first,
             "to": last,
             "resolution_ms": power.resolution_ms,
+            "raw_since": self._raw_since(request),
             "points": power.points,
         }
 
@@ -224,6 +238,7 @@ class ApiV1:
             "meter": settings.id,
             "from": first,
             "to": last,
+            "raw_since": self._raw_since(request),
             "min_gap": gaps.min_gap,
             "gaps": [{"from": g.start, "to": g.end, "kind": g.kind} for g in gaps.gaps],
             "next": gaps.next,
@@ -245,10 +260,22 @@ class ApiV1:
         else:
             request.setHeader(b"Content-Type", b"application/json")
         with heavy:
+            raw_since = self._raw_since(request)
             if request.method == b"HEAD":
                 return b""
-            await Export(self.store, settings.id, first, last, csv).write_to(request)
+            await Export(self.store, settings.id, first, last, csv, raw_since).write_to(request)
         return None
+
+    def _raw_since(self, request: IRequest) -> Optional[int]:
+        """
+        Say in the answer's headers since when raw points are kept.
+
+        :return: the unix ms before which raw points were dropped, None when
+            none were.
+        """
+        since = self.raw_since()
+        say_raw_since(request, since)
+        return since
 
     @route(app, "/live")
     async def live_points(self, request: Request) -> Any:

@@ -14,6 +14,7 @@ from typing import Optional
 from blip.db.v1 import Rollup, V1Queries
 from blip.ingest.periods import ALIVE_INTERVAL
 from blip.meters import Meter
+from blip.web.answers import RawSince, kept_for_ever
 from blip.web.limits import ENERGY_ROWS, GAP_ROWS, RAW_GAP_SPAN, ROLLUP_GAP
 
 MINUTE = 60_000
@@ -175,20 +176,25 @@ class Series:
     Computes the modern API's series from the store.
 
     :param store: the database.
+    :param raw_since: since when raw points are kept.
     """
 
-    def __init__(self, store: V1Queries) -> None:
+    def __init__(self, store: V1Queries, raw_since: RawSince = kept_for_ever) -> None:
         self.store = store
+        self.raw_since = raw_since
 
     async def power(self, meter: Meter, first: int, last: int, max_points: int) -> Power:
         """
         Power in W over ``[first, last)`` in at most ``max_points`` rows: the
-        raw points when they are few enough, else minute rollups, else hour
-        rollups, else hour rollups summed into buckets of whole hours.
+        raw points when they are few enough (and all kept), else minute
+        rollups, else hour rollups, else hour rollups summed into buckets of
+        whole hours.
         """
         if last <= first:
             return Power(0)
-        if await self.store.events_in(meter.id, first, last) <= max_points:
+        dropped = self.raw_since()
+        kept = dropped is None or first >= dropped
+        if kept and await self.store.events_in(meter.id, first, last) <= max_points:
             factor = 3.6e9 * meter.multiplier / meter.pulses_per_kwh
             points = []
             for stamp, ms in await self.store.points_page(meter.id, first, last, max_points):
@@ -254,8 +260,12 @@ class Series:
         at a cost that does not grow with the points in the range; shorter
         ones by reading every point of the range, :data:`RAW_GAP_SPAN` of it
         at most: an answer then ends at the last point read, and ``next``
-        asks for the rest.
+        asks for the rest. Only the range from when raw points are kept is
+        looked at.
         """
+        dropped = self.raw_since()
+        if dropped is not None:
+            first = max(first, dropped)
         if last <= first:
             return Gaps([], min_gap if min_gap is not None else MIN_GAP, None)
         end = last
