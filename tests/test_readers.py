@@ -19,6 +19,8 @@ import psycopg2
 import psycopg2.extensions
 
 from blip.db.readings import CHANNEL
+from blip.db.partitions import ensure_months
+from blip.db.program import run_sync
 from blip.db.sync_store import SyncStore
 from blip.live.notify import decode
 from tests.conftest import TIMEOUT, eventually
@@ -47,6 +49,9 @@ def year_of_points(database) -> int:
     connection = psycopg2.connect(database.dsn)
     try:
         SyncStore(connection).apply_schema()
+        with connection, connection.cursor() as cursor:
+            # The months' partitions first, as the daemon makes them.
+            run_sync(cursor, ensure_months(None, [*range(span["s"], span["e"], 20 * DAY), span["e"] - 1]))
         connection.autocommit = True
         with connection.cursor() as cursor:
             for statement in (
@@ -65,7 +70,10 @@ def year_of_points(database) -> int:
                 "ANALYZE readings, readings_minutely, readings_hourly",
                 # Not vacuumed behind the test's back: a daemon's tables are
                 # not loaded with a year of points every minute.
-                "ALTER TABLE readings SET (autovacuum_enabled = off)",
+                "DO $$ DECLARE part regclass; BEGIN"
+                "  FOR part IN SELECT relid FROM pg_partition_tree('readings') WHERE isleaf LOOP"
+                "    EXECUTE format('ALTER TABLE %%s SET (autovacuum_enabled = off)', part);"
+                "  END LOOP; END $$",
             ):
                 cursor.execute(statement, span)
     finally:

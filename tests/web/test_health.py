@@ -60,19 +60,21 @@ async def test_points_of_other_nodes_say_nothing_of_the_source(
     Points that reach the hub from another node, through LISTEN, leave a
     stale source stale: only this node's own blips count.
     """
-    site = serve(Meters())
-    listener = Listener(database.dsn, site.store, site.hub, reactor, Counters())
+    meters = Meters()
+    site = serve(meters)
+    listener = Listener(database.dsn, site.store, site.hub, meters, reactor, Counters(), clock=site.clock)
     listener.start()
     try:
         await listener.when_live()
         site.clock.advance(601)
+        now = int(site.clock.seconds() * 1000)
         # Another ingest node writes (and announces) a point.
-        await Readings(site.store.pool).insert([Point(1, 1_700_000_000_000, 1000)])
+        await Readings(site.store.pool).insert([Point(1, now, 1000)])
         await wait_until(lambda: site.hub.last(1) is not None)
         code, _, body = await site.get("/healthz")
         assert code == 503
         assert json.loads(body)["error"].startswith("serial: no blip for 601 s")
-        source_blip(site, Point(1, 1_700_000_001_000, 1000))
+        source_blip(site, Point(1, now + 1000, 1000))
         assert (await site.get("/healthz"))[0] == 200
     finally:
         listener.stop()
