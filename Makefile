@@ -92,7 +92,10 @@ bench-disk: venv postgres $(BENCH_STAMP)
 bench-forward: venv postgres $(BENCH_STAMP)
 	@$(call BENCH_RUN,forward)
 
-bench: bench-ingest bench-fanout bench-queries bench-disk bench-forward
+bench-retention: venv postgres $(BENCH_STAMP)
+	@$(call BENCH_RUN,retention)
+
+bench: bench-ingest bench-fanout bench-queries bench-disk bench-forward bench-retention
 
 clean:
 	rm -rf $(VENV) var node_modules

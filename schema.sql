@@ -7,11 +7,27 @@
 -- clients and queries keep working. sum_ms is BIGINT (the original's INTEGER
 -- overflows when a bucket holds a blip of weeks).
 
+-- readings is partitioned by month of stamp (UTC): the partitions
+-- (readings_YYYY_MM, readings_default, and readings_before_YYYY_MM in a
+-- database upgraded from a plain table) are made by blipserver, see
+-- blip/db/partitions.py. Write to readings, never to a partition: the rollup
+-- trigger counts the points of statements on readings.
 CREATE TABLE IF NOT EXISTS readings (
     id    INTEGER NOT NULL,
     stamp BIGINT  NOT NULL,   -- unix ms when the blip arrived
     ms    INTEGER NOT NULL,   -- ms since the meter's previous blip
     PRIMARY KEY (id, stamp)
+) PARTITION BY RANGE (stamp);
+
+-- The partitions of raw points dropped for --keep-raw (their rollups stay):
+-- raw points before the newest to_stamp are gone.
+CREATE TABLE IF NOT EXISTS readings_dropped (
+    partition  TEXT   NOT NULL,   -- the partition's name
+    from_stamp BIGINT,            -- its first stamp; NULL: from the first
+    to_stamp   BIGINT NOT NULL,   -- the stamp after its last
+    rows       BIGINT NOT NULL,   -- the points it held
+    dropped    BIGINT NOT NULL,   -- unix ms it was dropped
+    PRIMARY KEY (partition, dropped)
 );
 
 -- Rollups: one row per meter and UTC-aligned minute or hour

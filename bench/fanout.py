@@ -225,7 +225,8 @@ def run(count: int, blips: int, kind: str, path: str, cluster: BenchCluster, pro
     PostgreSQL by a separate ingest node that reads the pty).
     """
     pty = Pty.open()
-    waiters = ["--max-waiters", str(max(10000, count + 100))]
+    # All the clients come from 127.0.0.1.
+    waiters = ["--max-waiters", str(max(10000, count + 100)), "--max-connections-per-client", "0"]
     ingest: Optional[Daemon] = None
     if via_web:
         ingest = Daemon(f"fanout-{count}-ingest", ["--db", cluster.dsn(DATABASE), "--serial", pty.path,

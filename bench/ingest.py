@@ -2,15 +2,22 @@
 Ingest benchmark: Arduino lines written into a pty as fast as the daemon
 reads them (or at a set rate), for a fixed time; then how many reached the database (with their
 rollups), how far behind it was when writing stopped, and what the daemon
-used meanwhile.
+used meanwhile. The points go to readings partitioned by month, or with
+``--layout single`` to a plain table the daemon converted at start (one
+partition holding every point); into an empty database, or with
+``--dataset-days N`` into the query benchmark's data set of N days (of
+``--dataset-meters``), as meters 1001 and up, removed afterwards.
 
-    .venv/bin/python -m bench.ingest [--quick] [--seconds S] [--meters N] [--rate N] [--profile]
+    .venv/bin/python -m bench.ingest [--quick] [--seconds S] [--meters N] [--rate N]
+                                     [--layout monthly|single] [--dataset-days N [--dataset-meters M]]
+                                     [--profile]
 """
 
 import threading
 import time
 from typing import Any
 
+from bench import dataset
 from bench.harness import (
     BenchCluster,
     Daemon,
@@ -22,25 +29,30 @@ from bench.harness import (
     parse_args,
     rss_kib,
 )
+from tests.originals import plain_sql
 
 DATABASE = "bench_ingest"
 #: Sustained blips per second the daemon must take end to end.
 TARGET = 20000
 
 
-def lines_block(meters: int, count: int) -> bytes:
+#: The first meter of the lines written into a data set of the query benchmark.
+DATASET_METERS = 1001
+
+
+def lines_block(meters: int, count: int, first: int = 1) -> bytes:
     """
-    :return: ``count`` multi-meter Arduino lines, meters taking turns, with
-        intervals that vary like a household's.
+    :return: ``count`` multi-meter Arduino lines, meters from ``first``
+        taking turns, with intervals that vary like a household's.
     """
     return b"".join(
-        b"%d %d\n" % (1 + i % meters, 200 + (i * 7919) % 5000) for i in range(count)
+        b"%d %d\n" % (first + i % meters, 200 + (i * 7919) % 5000) for i in range(count)
     )
 
 
-def rows(cluster: BenchCluster) -> int:
-    """:return: the points committed so far."""
-    return int(cluster.sql(DATABASE, "SELECT count(*) FROM readings")[0][0])
+def rows(cluster: BenchCluster, database: str, first: int) -> int:
+    """:return: the points of meters from ``first`` on committed so far."""
+    return int(cluster.sql(database, "SELECT count(*) FROM readings WHERE id >= %s", (first,))[0][0])
 
 
 def main() -> None:
@@ -51,17 +63,35 @@ def main() -> None:
             (["--seconds"], {"type": float, "help": "how long to write [30; quick: 8]"}),
             (["--meters"], {"type": int, "default": 500, "help": "meters the lines take turns between [500]"}),
             (["--rate"], {"type": int, "help": "write this many lines/s instead of as fast as the daemon reads"}),
+            (["--layout"], {"choices": dataset.LAYOUTS, "default": "monthly",
+                            "help": "readings partitioned by month, or one converted plain table [monthly]"}),
+            (["--dataset-days"], {"type": int, "help": "write into the query benchmark's data set of N days"}),
+            (["--dataset-meters"], {"type": int, "default": 1, "help": "... of N meters [1]"}),
         ],
     )
     seconds = args.seconds or (8.0 if args.quick else 30.0)
     cluster = BenchCluster().start()
-    cluster.fresh_database(DATABASE)
+    if args.dataset_days:
+        database, first_meter = dataset.prepare(
+            cluster, args.dataset_days, meters=args.dataset_meters, layout=args.layout
+        )[0], DATASET_METERS
+        _remove(cluster, database, first_meter)
+        points_before = int(cluster.sql(database, "SELECT sum(events) FROM readings_hourly")[0][0])
+    else:
+        database, first_meter, points_before = DATABASE, 1, 0
+        cluster.fresh_database(database)
+        if args.layout == "single":
+            connection = cluster.connect(database)
+            try:
+                connection.cursor().execute(plain_sql())
+            finally:
+                connection.close()
     pty = Pty.open()
-    daemon = Daemon("ingest", ["--db", cluster.dsn(DATABASE), "--serial", pty.path])
+    daemon = Daemon("ingest", ["--db", cluster.dsn(database), "--serial", pty.path])
     try:
         daemon.start(r"database ready", r"reading serial device")
         pty.write_all(b"CONNECTED bench\n")  # the first line may be partial: dropped
-        block = lines_block(args.meters, 2000)
+        block = lines_block(args.meters, 2000, first_meter)
         per_block = block.count(b"\n")
         # Paced writes go round a doubled block, so every meter keeps blinking.
         twice = block + block
@@ -93,14 +123,14 @@ def main() -> None:
                     pty.write_all(block)
                     written += per_block
             elapsed = time.monotonic() - t0
-            committed_at_stop = rows(cluster)
+            committed_at_stop = rows(cluster, database, first_meter)
             cpu1, pg1 = cpu_seconds(daemon.pid), cluster.cpu_seconds()
             # Lag: until everything written is committed (or nothing moves
             # for 10 s, which means points were lost).
             last_change, seen = time.monotonic(), committed_at_stop
             while seen < written and time.monotonic() - last_change < 10:
                 time.sleep(0.05)
-                now = rows(cluster)
+                now = rows(cluster, database, first_meter)
                 if now != seen:
                     seen, last_change = now, time.monotonic()
             lag_s = time.monotonic() - t0 - elapsed
@@ -108,25 +138,32 @@ def main() -> None:
         sampler.join()
         rss.append(rss_kib(daemon.pid))
         minute_events, hour_events, minute_rows, hour_rows = cluster.sql(
-            DATABASE,
-            "SELECT (SELECT coalesce(sum(events), 0) FROM readings_minutely),"
-            "       (SELECT coalesce(sum(events), 0) FROM readings_hourly),"
-            "       (SELECT count(*) FROM readings_minutely),"
-            "       (SELECT count(*) FROM readings_hourly)",
+            database,
+            "SELECT (SELECT coalesce(sum(events), 0) FROM readings_minutely WHERE id >= %(m)s),"
+            "       (SELECT coalesce(sum(events), 0) FROM readings_hourly WHERE id >= %(m)s),"
+            "       (SELECT count(*) FROM readings_minutely WHERE id >= %(m)s),"
+            "       (SELECT count(*) FROM readings_hourly WHERE id >= %(m)s)",
+            {"m": first_meter},
         )[0]
-        stored = rows(cluster)
+        stored = rows(cluster, database, first_meter)
         # What the points take on disk as the daemon writes them (many
         # meters at once: index pages split in the middle, unlike the bulk
         # built index of the disk benchmark).
-        cluster.sql(DATABASE, "VACUUM (ANALYZE) readings")
-        table_bytes, index_bytes = cluster.sql(
-            DATABASE, "SELECT pg_table_size('readings'), pg_indexes_size('readings')"
-        )[0]
+        table_bytes = index_bytes = 0
+        if not args.dataset_days:
+            cluster.sql(database, "VACUUM (ANALYZE) readings")
+            table_bytes, index_bytes = cluster.sql(
+                database,
+                "SELECT sum(pg_table_size(relid)), sum(pg_indexes_size(relid))"
+                "  FROM pg_partition_tree('readings') WHERE isleaf",
+            )[0]
         third = max(1, len(rss) // 3)
         report: dict[str, Any] = {
             "benchmark": "ingest",
             "mode": "quick" if args.quick else "full",
             "seconds": round(elapsed, 2),
+            "layout": args.layout,
+            "into_points": points_before,
             "meters": args.meters,
             "rate_asked": args.rate,
             "lines_written": written,
@@ -164,7 +201,15 @@ def main() -> None:
     finally:
         daemon.stop()
         pty.close()
+        if args.dataset_days:
+            _remove(cluster, database, first_meter)
         cluster.stop()
+
+
+def _remove(cluster: BenchCluster, database: str, first: int) -> None:
+    """Take the points of meters from ``first`` on, and their rollups, out of a data set."""
+    for table in ("readings", "readings_minutely", "readings_hourly", "meters"):
+        cluster.sql(database, f"DELETE FROM {table} WHERE id >= %s", (first,))
 
 
 if __name__ == "__main__":

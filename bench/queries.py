@@ -3,12 +3,16 @@ Query benchmark: on one meter's year of 1 Hz data (31.5 million points with
 their rollups, generated once and cached under bench/state), for each route:
 the latency of single requests, the requests/s of 50 concurrent keep-alive
 clients, and next to them the floor: the very SQL the daemon ran for that
-route (read from PostgreSQL's statement log), run straight through psycopg2.
+route (read from PostgreSQL's statement log), run straight through psycopg2,
+and the partitions of readings it read.
 
-    .venv/bin/python -m bench.queries [--quick] [--days N] [--seconds S]
-                                      [--connections C] [--only NAME,...] [--profile]
+    .venv/bin/python -m bench.queries [--quick] [--days N] [--meters N] [--layout monthly|single]
+                                      [--seconds S] [--connections C] [--only NAME,...] [--profile]
 
 Quick mode uses 30 days of data and shorter runs; the full mode a year.
+``--layout single`` reads a plain table converted in place (one partition
+holding every point) rather than one partition per month; ``--meters 100
+--days 1`` a day of 100 meters.
 """
 
 import json
@@ -155,6 +159,36 @@ def tables_read(statements: list[str]) -> list[str]:
     return sorted(names)
 
 
+def partitions_read(cluster: BenchCluster, dbname: str, statements: list[str]) -> list[str]:
+    """
+    :return: the partitions of readings the statements read (EXPLAIN
+        ANALYZE: those pruned, when planned or when run, are not).
+    """
+    found: set[str] = set()
+
+    def walk(plan: dict[str, Any]) -> None:
+        relation = plan.get("Relation Name", "")
+        if relation.startswith("readings_") and relation not in ROLLUP_TABLES and plan.get("Actual Loops"):
+            found.add(relation)
+        for child in plan.get("Plans", []):
+            walk(child)
+
+    connection = cluster.connect(dbname)
+    try:
+        with connection.cursor() as cursor:
+            for sql in statements:
+                if not sql.lstrip().upper().startswith(("SELECT", "WITH")):
+                    continue
+                cursor.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + sql)
+                walk(cursor.fetchone()[0][0]["Plan"])
+    finally:
+        connection.close()
+    return sorted(found)
+
+
+ROLLUP_TABLES = ("readings_minutely", "readings_hourly", "readings_dropped")
+
+
 def timed_requests(port: int, path: str, count: int, budget: float) -> tuple[list[float], int, bytes]:
     """
     ``count`` requests one after another on one keep-alive connection
@@ -174,6 +208,21 @@ def timed_requests(port: int, path: str, count: int, budget: float) -> tuple[lis
             if time.monotonic() - started > budget:
                 break
     return latencies, status, body
+
+
+def settle(daemon: Daemon, timeout: float = 30.0) -> None:
+    """
+    Wait until every connection of the daemon's pool answers again: the
+    end of a load run cuts requests short, whose cancelled queries may cost
+    the pool a connection for a moment.
+    """
+    deadline = time.monotonic() + timeout
+    with socket.create_connection(("127.0.0.1", daemon.port)) as sock:
+        while True:
+            answers = [http_get(sock, f"127.0.0.1:{daemon.port}", "/api/v1/meters/1")[0] for _ in range(8)]
+            if all(code == 200 for code in answers) or time.monotonic() > deadline:
+                return
+            time.sleep(0.2)
 
 
 def timed_floor(cluster: BenchCluster, dbname: str, statements: list[str], count: int, budget: float) -> list[float]:
@@ -234,6 +283,7 @@ def measure(route: Route, daemon: Daemon, cluster: BenchCluster, dbname: str, st
             args: Any) -> dict[str, Any]:
     """Measure one route; return its figures."""
     count, budget = (20, 1.5) if args.quick else (300, 8.0)
+    settle(daemon)
     latencies, status, body = timed_requests(daemon.port, route.path, count, budget)
     result: dict[str, Any] = {"path": route.path, "status": status, "bytes": len(body)}
     try:
@@ -245,6 +295,7 @@ def measure(route: Route, daemon: Daemon, cluster: BenchCluster, dbname: str, st
     result["latency_ms"] = percentiles(latencies)
     result["sql"] = statements
     result["tables"] = tables_read(statements)
+    result["partitions_read"] = partitions_read(cluster, dbname, statements)
     if statements:
         floor = percentiles(timed_floor(cluster, dbname, statements, count, budget))
         result["floor_latency_ms"] = floor
@@ -305,6 +356,9 @@ def main() -> None:
         __doc__.strip().splitlines()[0],
         [
             (["--days"], {"type": int, "help": "days of 1 Hz data [365; quick: 30]"}),
+            (["--meters"], {"type": int, "default": 1, "help": "meters blinking at 1 Hz [1]"}),
+            (["--layout"], {"choices": dataset.LAYOUTS, "default": "monthly",
+                            "help": "readings partitioned by month, or one converted plain table [monthly]"}),
             (["--seconds"], {"type": float, "help": "seconds of concurrent load per route [10; quick: 2]"}),
             (["--connections"], {"type": int, "default": 50, "help": "concurrent keep-alive clients [50]"}),
             (["--only"], {"help": "comma-separated route names to measure"}),
@@ -318,7 +372,7 @@ def main() -> None:
     pty = Pty.open()
     daemon: Optional[Daemon] = None
     try:
-        dbname, first, last = dataset.prepare(cluster, days, args.regenerate)
+        dbname, first, last = dataset.prepare(cluster, days, args.regenerate, args.meters, args.layout)
         daemon = Daemon("queries", ["--db", cluster.dsn(dbname), "--serial", pty.path])
         daemon.start(r"database ready")
         chosen = [r for r in routes(first, last, days) if not args.only or r.name in args.only.split(",")]
@@ -352,10 +406,12 @@ def main() -> None:
         if heavy is not None and light:
             results["under_load"] = under_load(heavy, light, daemon, args)
         points = cluster.sql(dbname, "SELECT count(*) FROM readings")[0][0]
+        partitions = cluster.sql(dbname, "SELECT count(*) FROM pg_inherits WHERE inhparent = 'readings'::regclass")
         emit({
             "benchmark": "queries",
             "mode": "quick" if args.quick else "full",
-            "days": days,
+            **dataset.described(cluster, dbname),
+            "partitions": partitions[0][0],
             "points": points,
             "routes": results,
             "targets": {"p50_over_floor": FLOOR_RATIO, "p50_ms": MAX_P50_MS, "last_requests_per_s": 3000},

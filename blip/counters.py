@@ -18,7 +18,7 @@ LOG_INTERVAL = 60.0
 
 #: The fields of :class:`Counters` that are current values (gauges) rather
 #: than running totals.
-GAUGES = frozenset({"waiters", "backlog", "forward_backlog"})
+GAUGES = frozenset({"waiters", "backlog", "forward_backlog", "connections"})
 
 
 @dataclass
@@ -69,7 +69,7 @@ class Counters:
     #: Points received by LISTEN that did not reach the hub: of a meter not
     #: known here, or stamped too far from now (see blip.live.notify).
     notified_refused: int = 0
-    #: Requests refused by --allow.
+    #: Requests and connections refused by --allow.
     forbidden: int = 0
     #: Points the write API stored (new ones; those already stored are not
     #: counted).
@@ -88,6 +88,9 @@ class Counters:
     #: Points of a peer refused: not strictly increasing, in the future or
     #: out of range.
     peer_refused: int = 0
+    #: HTTP connections closed as they opened: over --max-connections or
+    #: --max-connections-per-client.
+    connections_refused: int = 0
     #: Gauge: long-polls parked now.
     waiters: int = 0
     #: Gauge: points received and not yet committed to the database, in
@@ -95,6 +98,8 @@ class Counters:
     backlog: int = 0
     #: Gauge: points not yet acknowledged by the --upstream server.
     forward_backlog: int = 0
+    #: Gauge: HTTP connections open now.
+    connections: int = 0
 
     def as_dict(self) -> dict[str, int]:
         """

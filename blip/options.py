@@ -4,8 +4,10 @@ The command line of ``twistd blip``: every option, its environment variable
 at start.
 """
 
+import dataclasses
 import os
 import pwd
+import re
 import socket
 import stat
 from pathlib import Path
@@ -18,12 +20,13 @@ from twisted.python import usage
 from blip.common.env import env_name
 from blip.common.owned import Folder, Unsafe, user_name
 from blip.db.embedded import Cluster, EmbeddedError
+from blip.db.partitions import KeepRaw, parse_keep_raw
 from blip.meters import Meters, MetersError
 from blip.mqtt.broker import Broker, BrokerError, parse_broker
 from blip.remote.client import UrlError, base_url, read_token
 from blip.remote.repair import WINDOW_DAYS
 from blip.source.relay import Relay, RelayError, is_relay, parse_relay
-from blip.web import access
+from blip.web import access, answers, connections
 
 ROLES = ("all", "ingest", "web")
 _TRUE = ("1", "true", "yes", "on")
@@ -65,7 +68,14 @@ class Options(usage.Options):
         ["role", None, "all", "What this node does: all, ingest (serial to database) or web."],
         ["longpoll-timeout", None, "0",
          "Seconds a long-poll waits before 204 No Content; 0 waits for ever."],
-        ["max-waiters", None, "10000", "Most long-poll clients parked at once; more get 503."],
+        ["max-waiters", None, "10000",
+         "Most long-poll clients parked at once, and live streams; more get 503."],
+        ["max-connections", None, None,
+         "Most HTTP connections open at once; more are closed as they open"
+         " [default: as many as the open-files limit allows, less a reserve]."],
+        ["max-connections-per-client", None, str(connections.PER_CLIENT),
+         "Most HTTP connections of one client address (an IPv6 client's /64) at once;"
+         " 0 for no cap. Trusted proxies have none."],
         ["node-name", None, None,
          "Name of this node in the record of ingest periods [default: the host name]."],
         ["health-window", None, "600",
@@ -74,6 +84,12 @@ class Options(usage.Options):
          "MQTT broker to publish power and energy to, with Home Assistant discovery:"
          " mqtt://[user:password@]host[:port][/prefix], or mqtts:// for TLS."],
         ["mqtt-interval", None, "5", "Seconds between MQTT power messages of a meter (0: every blip)."],
+        ["query-timeout", None, "30",
+         "Seconds a query of the HTTP side may run before the database cancels it"
+         " (its request gets 503); 0: no limit but the database's own."],
+        ["mqtt-password-file", None, None,
+         "File holding the password of the --mqtt URL's user, when the URL has none;"
+         " or give it in BLIP_MQTT_PASSWORD. Never on the command line, which every user sees."],
         ["db-read", None, None,
          "libpq connection string or URI of a read replica for the HTTP side's queries"
          " (live points still come from --db) [default: --db]."],
@@ -84,11 +100,17 @@ class Options(usage.Options):
         ["peer-window", None, str(WINDOW_DAYS), "Days of the past repaired from --peer loggers."],
         ["peer-token-file", None, None,
          "File holding a bearer token sent to every --peer (for a peer behind a proxy that wants one)."],
+        ["keep-raw", None, None,
+         "Drop raw points older than this (400d, 8w, 18mo, 2y), a whole month at a time;"
+         " the minute and hour rollups stay [default: keep them for ever]."],
     ]
 
     #: Options that may be given several times; in the environment, a list
     #: separated by spaces or commas.
-    lists = ("allow", "trusted-proxy", "peer")
+    lists = ("allow", "trusted-proxy", "cors", "peer")
+    #: Settings read from the environment alone (BLIP_<NAME>): secrets,
+    #: which a command line would show every user.
+    secrets = ("mqtt-password",)
 
     def __init__(self) -> None:
         super().__init__()
@@ -117,6 +139,14 @@ class Options(usage.Options):
         """
         self["trusted-proxy"].append(network)
 
+    def opt_cors(self, origin: str) -> None:
+        """
+        Let the scripts of web pages of this origin (https://example.org;
+        repeat for several) read the answers; * for any page, none for
+        none [default: * without --allow, none with it].
+        """
+        self["cors"].append(origin)
+
     def opt_peer(self, url: str) -> None:
         """
         Another blipserver reading the same meter (http:// or https://, where
@@ -126,7 +156,7 @@ class Options(usage.Options):
         self["peer"].append(url)
 
     # --help prints an option's docstring as it is written: one line each.
-    for _method in (opt_allow, opt_trusted_proxy, opt_peer):
+    for _method in (opt_allow, opt_trusted_proxy, opt_cors, opt_peer):
         _method.__doc__ = " ".join((_method.__doc__ or "").split())
     del _method
 
@@ -171,6 +201,7 @@ class Options(usage.Options):
             for name, why in (
                 ("peer", "repairs this node's database"),
                 ("mqtt", "counts energy from the database"),
+                ("keep-raw", "drops points from the database"),
             ):
                 if self[name]:
                     raise usage.UsageError(
@@ -187,7 +218,15 @@ class Options(usage.Options):
         self["baudrate"] = _integer(self["baudrate"], "--baudrate", 1, 4_000_000)
         self["longpoll-timeout"] = _seconds(self["longpoll-timeout"], "--longpoll-timeout")
         self["max-waiters"] = _integer(self["max-waiters"], "--max-waiters", 1, 10_000_000)
+        if self["max-connections"] not in (None, ""):
+            self["max-connections"] = _integer(self["max-connections"], "--max-connections", 1, 10_000_000)
+        else:
+            self["max-connections"] = None
+        self["max-connections-per-client"] = _integer(
+            self["max-connections-per-client"], "--max-connections-per-client", 0, 10_000_000
+        )
         self["health-window"] = _seconds(self["health-window"], "--health-window")
+        self["query-timeout"] = _seconds(self["query-timeout"], "--query-timeout")
         if self["health-window"] == 0:
             raise usage.UsageError("--health-window: must be more than 0 seconds")
         if self["role"] not in ROLES:
@@ -226,10 +265,12 @@ class Options(usage.Options):
             except ValueError as e:
                 raise usage.UsageError(f"--{name}: {e}") from None
         self._remotes()
+        self["cors"] = _cors(self["cors"] or _env_list("cors"), bool(self["allow"]))
         self["meters"] = _meters(self["meters"])
         _check_endpoint(self["listen"])
-        self["mqtt"] = _broker(self["mqtt"], self["role"])
+        self["mqtt"] = _broker(self["mqtt"], self["role"], self["mqtt-password-file"] or None)
         self["mqtt-interval"] = _seconds(self["mqtt-interval"], "--mqtt-interval")
+        self["keep-raw"] = _keep_raw(self["keep-raw"])
 
 
 class TwistdOptions(Options):
@@ -274,6 +315,44 @@ def _days(value: Any, option: str) -> float:
     if not 0 < days <= 36_500:
         raise usage.UsageError(f"{option}: must be more than 0 and at most 36500 days, not {value}")
     return days
+#: An origin as a browser's Origin header spells it.
+_ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://[^/?#@\s]+")
+
+
+def _cors(values: list[str], allow: bool) -> answers.Cors:
+    """
+    :param allow: whether --allow limits the clients.
+    :return: which pages may read the answers: by default any without
+        --allow, none with it.
+    """
+    if not values:
+        return answers.NO_ORIGIN if allow else answers.ANY_ORIGIN
+    if len(values) > 1 and ("*" in values or "none" in values):
+        raise usage.UsageError("--cors: * and none stand alone, without origins")
+    if values == ["*"]:
+        return answers.ANY_ORIGIN
+    if values == ["none"]:
+        return answers.NO_ORIGIN
+    origins = set()
+    for value in values:
+        origin = value.strip().rstrip("/")
+        scheme, _, host = origin.partition("://")
+        origin = f"{scheme.lower()}://{host.lower()}"
+        if not _ORIGIN.fullmatch(origin):
+            raise usage.UsageError(
+                f"--cors: not an origin (scheme://host[:port], as https://example.org): {value!r}"
+            )
+        origins.add(origin.encode())
+    return answers.Cors(frozenset(origins))
+
+
+def _keep_raw(text: Optional[str]) -> Optional[KeepRaw]:
+    if not text:
+        return None
+    try:
+        return parse_keep_raw(text)
+    except ValueError as e:
+        raise usage.UsageError(f"--keep-raw: {e}") from None
 
 
 def _meters(path: Optional[str]) -> Meters:
@@ -303,8 +382,14 @@ def _check_endpoint(description: str) -> None:
         raise usage.UsageError(f"--listen: not a server endpoint: {description!r} ({e})") from None
 
 
-def _broker(url: Optional[str], role: str) -> Optional[Broker]:
+def _broker(url: Optional[str], role: str, password_file: Optional[str]) -> Optional[Broker]:
+    """
+    :param password_file: where the password of the URL's user is, when
+        the URL has none; else it may be in ``BLIP_MQTT_PASSWORD``.
+    """
     if not url:
+        if password_file:
+            raise usage.UsageError("--mqtt-password-file: there is no --mqtt broker")
         return None
     try:
         broker = parse_broker(url)
@@ -312,7 +397,35 @@ def _broker(url: Optional[str], role: str) -> Optional[Broker]:
         raise usage.UsageError(f"--mqtt: {e}") from None
     if role == "web":
         raise usage.UsageError("--mqtt: publish from the node that reads the meter (--role all or ingest)")
-    return broker
+    if password_file and broker.password is not None:
+        raise usage.UsageError("--mqtt-password-file: the --mqtt URL has a password already")
+    if broker.password is not None:
+        return broker
+    password = _read_password(password_file) if password_file else os.environ.get(env_name("mqtt-password"))
+    if not password:
+        return broker
+    if broker.username is None:
+        where = "--mqtt-password-file" if password_file else env_name("mqtt-password")
+        raise usage.UsageError(f"{where}: a password needs a user in the --mqtt URL (mqtt://user@host)")
+    return dataclasses.replace(broker, password=password)
+
+
+def _read_password(path: str) -> str:
+    """
+    :return: the password in the file at ``path``: its text, but a line
+        end at its end.
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise usage.UsageError(f"--mqtt-password-file: cannot read {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise usage.UsageError(f"--mqtt-password-file: {path} is not UTF-8 text") from None
+    password = text[:-1] if text.endswith("\n") else text
+    password = password[:-1] if password.endswith("\r") else password
+    if not password:
+        raise usage.UsageError(f"--mqtt-password-file: {path} is empty")
+    return password
 
 
 def _check_dsn(dsn: str, option: str) -> None:

@@ -18,6 +18,7 @@ from twisted.application.service import IService
 from twisted.internet.defer import succeed
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 
+from blip.common.descriptors import raise_limit
 from blip.common.lifecycle import AfterReady, CleanExit, Sequence
 from blip.common.owned import Unsafe
 from blip.common.statelock import StateDirInUse, hold, note_process
@@ -26,6 +27,7 @@ from blip.db.embedded import Cluster, EmbeddedPostgres
 from blip.db.legacy import LegacyQueries
 from blip.db.meter_table import MeterTable
 from blip.db.node_state import IngestPeriods, MeterRows
+from blip.db.partitions import Partitions
 from blip.db.pool import DatabaseService, Pool, PoolService
 from blip.db.queries import Queries
 from blip.db.readings import Readings
@@ -48,7 +50,8 @@ from blip.source.arduino import MeterFactory
 from blip.source.device import SerialEndpoint, SerialService
 from blip.source.relay import Relay, RelayEndpoint
 from blip.source.simulate import SimulatedHistory, SimulatorService
-from blip.web.access import Rules
+from blip.web.access import Refusals, Rules
+from blip.web.connections import Door, plan
 from blip.web.health import Health, Operations
 from blip.web.hot import HotRoutes
 from blip.web.latest import Latest
@@ -65,8 +68,14 @@ __all__ = ["Options", "makeService", "make_service"]
 STATIC = Path(__file__).parent / "static"
 #: The cyclic garbage collector's thresholds in the daemon.
 GC_THRESHOLDS = (50_000, 20, 100)
-#: Connections to the database.
+#: Connections for the HTTP side's queries (to --db, and as many to
+#: --db-read).
 POOL_SIZE = 4
+#: Connections of their own for ingest and what the node itself reads and
+#: writes (the schema, meters, ingest periods, catching up with missed
+#: notifications, health checks), so that however many queries the HTTP
+#: side runs, and however long, a write never waits for them.
+WRITE_POOL_SIZE = 2
 #: The ingest spool's file name in the state dir.
 SPOOL = "spool"
 #: Seconds between readings of the meters table, for what other nodes wrote.
@@ -94,7 +103,14 @@ def make_service(options: Options, reactor: Any = None, clock: Optional[IReactor
     clean_exit.setServiceParent(top)
     counters = Counters()
     meters = options["meters"]
-    hub = Hub(max_waiters=options["max-waiters"], counters=counters)
+    # A node that only forwards (no database) serves no HTTP.
+    serves = options["role"] in ("all", "web") and options.database
+    # What the HTTP side may hold at once, within the descriptors it may open.
+    held = plan(
+        raise_limit(reactor), options["max-connections"], options["max-connections-per-client"],
+        options["max-waiters"],
+    ) if serves else None
+    hub = Hub(max_waiters=held.waiters if held else options["max-waiters"], counters=counters)
     if not options.database:
         return _forwarding_only(options, reactor, clock, top, counters, hub)
 
@@ -106,20 +122,31 @@ def make_service(options: Options, reactor: Any = None, clock: Optional[IReactor
         embedded = EmbeddedPostgres(cluster, reactor)
         embedded.setServiceParent(top)
         before, dsn = embedded.when_ready, embedded.dsn
-    pool = Pool(dsn, POOL_SIZE, reactor, counters)
+    pool = Pool(dsn, WRITE_POOL_SIZE, reactor, counters, name="ingest")
     readings = Readings(pool)
+    # The HTTP side's queries, each ended by the server after --query-timeout.
+    timeout = options["query-timeout"]
+    queries = Pool(dsn, POOL_SIZE, reactor, counters, timeout, name="query")
     # Read now, while the daemon may still be root.
     schema_sql()
     meter_table = MeterTable(MeterRows(pool), meters, clock)
+    partitions = Partitions(pool, clock, options["keep-raw"])
 
     async def prepare() -> None:
-        await Schema(pool).apply()
+        await Schema(pool, clock).apply()
         await meter_table.load()
+        await partitions.load()
 
-    database = DatabaseService(pool, prepare, before, fatal=clean_exit.fail)
+    database = DatabaseService(pool, prepare, before, fatal=clean_exit.fail, others=[queries] if serves else [])
     database.setServiceParent(top)
     TimerService(METERS_REFRESH, meter_table.refreshing).setServiceParent(top)
+    AfterReady(
+        "keeping the partitions of readings", database.when_ready, partitions.start, partitions.stop
+    ).setServiceParent(top)
 
+    has_source = options["role"] == "all" and bool(options["serial"] or options["simulate"])
+    # /healthz judges the source by the blips this node reads from it.
+    health = Health(readings, clock, options["health-window"], has_source)
     if options["role"] in ("all", "ingest"):
         stamps = Stamps(options["state-dir"] / STAMPS)
         spool = Spool(options["state-dir"] / SPOOL)
@@ -145,8 +172,8 @@ def make_service(options: Options, reactor: Any = None, clock: Optional[IReactor
                 repairs.outage_ended()
 
         factory = MeterFactory(
-            meter_table.noticing(ingest.receive), stamps, clock, counters, meter_table.describe,
-            opened=opened, lost=periods.lost,
+            health.watching(meter_table.noticing(ingest.receive)), stamps, clock, counters,
+            meter_table.describe, opened=opened, lost=periods.lost,
         )
         _source(options, reactor, clock, counters, factory, top)
         if options["simulate"]:
@@ -162,7 +189,7 @@ def make_service(options: Options, reactor: Any = None, clock: Optional[IReactor
 
     CountersLog(counters, clock).setServiceParent(top)
     HubService(hub).setServiceParent(top)
-    if options["role"] in ("all", "web"):
+    if held is not None:
         # Live points of every ingest node (an all node's own are published
         # on arrival, and not again: see blip.live.notify).
         listener = Listener(
@@ -172,36 +199,36 @@ def make_service(options: Options, reactor: Any = None, clock: Optional[IReactor
         AfterReady(
             "listening for live points", database.when_ready, listener.start, listener.stop
         ).setServiceParent(top)
-        read_pool = pool
+        read_pool = queries
         if options["db-read"] is not None:
-            read_pool = Pool(options["db-read"], POOL_SIZE, reactor, counters)
+            read_pool = Pool(options["db-read"], POOL_SIZE, reactor, counters, timeout, name="replica")
             PoolService(read_pool).setServiceParent(top)
         # Live replays come from the primary: a replica may lag behind the
         # notifications.
-        live = Live(hub, readings, meters, clock, max_clients=options["max-waiters"])
+        live = Live(hub, Readings(queries), meters, clock, max_clients=held.waiters)
         LiveService(live).setServiceParent(top)
         registry = CollectorRegistry()
-        registry.register(StateCollector(counters, hub, live, pool))
-        has_source = options["role"] == "all" and bool(options["serial"] or options["simulate"])
-        health = Health(hub, readings, clock, options["health-window"], has_source)
+        registry.register(StateCollector(counters, hub, live, queries))
         latest = Latest(hub, Queries(read_pool))
+        rules = Rules(options["allow"], options["trusted-proxy"])
+        refusals = Refusals(counters, clock)
         root = site_root(
             HotRoutes(hub, latest, meters, clock, options["longpoll-timeout"], reactor),
-            LegacyApi(LegacyQueries(read_pool), clock, STATIC),
+            LegacyApi(LegacyQueries(read_pool), clock, STATIC, partitions.raw_kept_since),
             ApiV1(
-                V1Queries(read_pool), latest, live, meters, clock,
+                V1Queries(read_pool), latest, live, meters, clock, partitions.raw_kept_since,
                 Writes(
-                    Tokens(pool), readings, hub, counters, clock,
+                    Tokens(queries), Readings(queries), hub, counters, clock,
                     lambda meter: meter_table.notice(meter, "through the write API"),
                 ),
             ),
             Operations(health, registry),
             RequestMetrics(registry),
-            Rules(options["allow"], options["trusted-proxy"]),
-            counters,
-            clock,
+            rules,
+            refusals,
+            options["cors"],
         )
-        site = QuietSite(root)
+        site = QuietSite(root, Door(rules, held.caps, counters, refusals, clock))
         site.noisy = False
         strports.service(options["listen"], site).setServiceParent(top)
     return top
@@ -247,7 +274,7 @@ def _forwarding(
 
     forward = Ingest(
         Upstream(client, counters), hub, stamps, clock, own_counters or Counters(),
-        Spool(options["state-dir"] / UPSTREAM_SPOOL), name=f"the upstream {url}",
+        Spool(options["state-dir"] / UPSTREAM_SPOOL), name=f"upstream {url}",
         backlog=backlog, retriable=UPSTREAM_RETRIABLE,
     )
     forwarding = Forwarding(forward, client)

@@ -6,6 +6,7 @@ child process.
 
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -397,6 +398,9 @@ class Daemon:
     #: The twistd program (ours when None) and the folder it runs in.
     program: Optional[Path] = None
     cwd: Path = ROOT
+    #: The most files it may open (RLIMIT_NOFILE, soft and hard), or None
+    #: for ours.
+    files: Optional[int] = None
     process: Optional[subprocess.Popen[bytes]] = None
     output: list[str] = field(default_factory=list)
     _changed: threading.Condition = field(default_factory=threading.Condition)
@@ -407,8 +411,11 @@ class Daemon:
         """Start it; return once it serves HTTP."""
         twistd = str(self.program or Path(sys.executable).parent / "twistd")
         argv = [twistd, "--nodaemon", "--pidfile=", *self.twistd_args, "blip", *self.args]
+        files = self.files
+        limit = None if files is None else lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (files, files))
         self.process = subprocess.Popen(
-            argv, cwd=self.cwd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+            argv, cwd=self.cwd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            preexec_fn=limit,
         )
         self.output = []
         self._ended = False
@@ -505,6 +512,7 @@ def start_daemon(daemon_env: dict[str, str]) -> Iterator:
     listener logs when it is ready; ``env`` adds to its environment;
     ``twistd`` are options of twistd itself; ``program`` another twistd,
     run in ``cwd``); every daemon is stopped after the test.
+    ``files`` the most files it may open;
     ``start_daemon.refused(...)`` starts one that must refuse to start,
     and returns its exit status and output.
     """
@@ -515,13 +523,14 @@ def start_daemon(daemon_env: dict[str, str]) -> Iterator:
         *args: str, listen: bool = True, state_dir: Optional[Path] = None,
         ready: Optional[str] = None, env: Optional[dict[str, str]] = None,
         twistd: tuple[str, ...] = (), program: Optional[Path] = None, cwd: Path = ROOT,
+        files: Optional[int] = None,
     ) -> Daemon:
         extra = ["--state-dir", str(state_dir or state)]
         if listen:
             extra += ["--listen", f"tcp:{free_port()}:interface=127.0.0.1"]
         made = Daemon(
             [*extra, *args], {**daemon_env, **(env or {})}, ready=ready, twistd_args=list(twistd),
-            program=program, cwd=cwd,
+            program=program, cwd=cwd, files=files,
         )
         started.append(made)
         return made
@@ -620,6 +629,8 @@ if TYPE_CHECKING:
     from blip.live.hub import Hub
     from blip.meters import Meters
     from blip.web.access import Rules
+    from blip.web.answers import Cors
+    from blip.web.connections import Caps
     from blip.web.health import Health
     from blip.web.v1.live import Live
 
@@ -708,11 +719,14 @@ def open_site(
     store: Readings, meters: "Meters", now: float = 1_700_000_000.0, has_source: bool = True,
     max_clients: int = 100, counters: Optional["Counters"] = None, longpoll_timeout: float = 0.0,
     max_waiters: int = 10_000, rules: Optional["Rules"] = None, memory: bool = False,
+    caps: Optional["Caps"] = None, cors: Optional["Cors"] = None,
+    raw_since: Callable[[], Optional[int]] = lambda: None,
 ) -> Served:
     """
     Build the daemon's site over ``store`` as ``blip.service`` builds it,
     with a fake clock at ``now``, and serve it on a real port of 127.0.0.1
-    or in memory; :meth:`Served.close` closes it.
+    or in memory; :meth:`Served.close` closes it. ``raw_since`` says since
+    when raw points are kept.
     """
     from prometheus_client import CollectorRegistry
     from twisted.internet import reactor
@@ -726,7 +740,9 @@ def open_site(
     from blip.live.hub import Hub
     from blip.meters import default_meter
     from blip.service import STATIC
-    from blip.web.access import Rules
+    from blip.web.access import Refusals, Rules
+    from blip.web.answers import ANY_ORIGIN
+    from blip.web.connections import Caps, Door
     from blip.web.health import Health, Operations
     from blip.web.hot import HotRoutes
     from blip.web.latest import Latest
@@ -744,13 +760,15 @@ def open_site(
     live = Live(hub, store, meters, clock, max_clients=max_clients)
     registry = CollectorRegistry()
     registry.register(StateCollector(counters, hub, live, store.pool))
-    health = Health(hub, store, clock, 600.0, has_source)
+    health = Health(store, clock, 600.0, has_source)
     latest = Latest(hub, store)
+    rules = rules or Rules()
+    refusals = Refusals(counters, clock)
     root = site_root(
         HotRoutes(hub, latest, meters, clock, longpoll_timeout, reactor),
-        LegacyApi(LegacyQueries(store.pool), clock, STATIC),
+        LegacyApi(LegacyQueries(store.pool), clock, STATIC, raw_since),
         ApiV1(
-            V1Queries(store.pool), latest, live, meters, clock,
+            V1Queries(store.pool), latest, live, meters, clock, raw_since,
             Writes(
                 Tokens(store.pool), store, hub, counters, clock,
                 lambda m: None if m in meters else meters.add(default_meter(m)),
@@ -758,14 +776,15 @@ def open_site(
         ),
         Operations(health, registry),
         RequestMetrics(registry),
-        rules or Rules(),
-        counters,
-        clock,
+        rules,
+        refusals,
+        cors or ANY_ORIGIN,
     )
     if memory:
         client = in_memory(root)
         return Served("http://blip.test", store, hub, live, clock, health, counters, lambda: client)
-    port = reactor.listenTCP(0, QuietSite(root), interface="127.0.0.1")
+    door = Door(rules, caps or Caps(10_000), counters, refusals, clock)
+    port = reactor.listenTCP(0, QuietSite(root, door), interface="127.0.0.1")
     return Served(
         f"http://127.0.0.1:{port.getHost().port}", store, hub, live, clock, health, counters,
         lambda: Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)), port,
@@ -810,6 +829,77 @@ def exchange(port: int, request: bytes, timeout: float = TIMEOUT) -> tuple[Optio
     if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
         return None, answer
     return int(parts[1]), body
+
+
+def fetch(
+    port: int, request: bytes, timeout: float = 10.0
+) -> tuple[Optional[int], dict[bytes, bytes], bytes]:
+    """
+    Send raw bytes and read one answer (blocking: run it in a thread):
+    its head, then its body by Content-Length, by chunks or up to the
+    close; the head only of a live stream.
+
+    :return: status (None if the connection closed without a status
+        line), headers by lower-case name, body.
+    """
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        try:
+            s.sendall(request)
+        except OSError:
+            pass
+        data = b""
+        while True:
+            while b"\r\n\r\n" not in data:
+                try:
+                    chunk = s.recv(65536)
+                except ConnectionResetError:
+                    chunk = b""
+                if not chunk:
+                    return None, {}, data
+                data += chunk
+            head, data = data.split(b"\r\n\r\n", 1)
+            lines = head.split(b"\r\n")
+            parts = lines[0].split(b" ", 2)
+            if len(parts) < 2 or not parts[1].isdigit():
+                return None, {}, head
+            status = int(parts[1])
+            headers = {}
+            for line in lines[1:]:
+                name, _, value = line.partition(b":")
+                headers[name.strip().lower()] = value.strip()
+            if 100 <= status < 200:
+                continue
+            break
+        if headers.get(b"content-type", b"").startswith(b"text/event-stream"):
+            return status, headers, b""
+        no_body = request.startswith(b"HEAD ") or status in (204, 304)
+        length = int(headers[b"content-length"]) if b"content-length" in headers and not no_body else None
+        while length is None or len(data) < length:
+            if no_body or (headers.get(b"transfer-encoding") == b"chunked" and data.endswith(b"0\r\n\r\n")):
+                break
+            try:
+                chunk = s.recv(65536)
+            except ConnectionResetError:
+                chunk = b""
+            if not chunk:
+                break
+            data += chunk
+        return status, headers, data
+
+
+def closed_by_server(s: socket.socket) -> bool:
+    """
+    :return: whether the server closed the connection ``s`` (having sent
+        nothing left unread).
+    """
+    import select
+
+    if not select.select([s], [], [], 0)[0]:
+        return False
+    try:
+        return s.recv(1, socket.MSG_PEEK) == b""
+    except ConnectionResetError:
+        return True
 
 
 def read_response(s: socket.socket) -> tuple[bytes, bytes]:

@@ -1,7 +1,8 @@
 """
 The original blipserver's database layouts, built for tests as its
 ``schema.sql`` laid them out, and filled the way it filled them: row by row
-through its per-row trigger.
+through its per-row trigger; and blipserver's own layout before readings
+was partitioned.
 
 Also the answers the original gave on its legacy routes, computed with SQL
 of the same meaning on the original database, to compare with blipserver's
@@ -22,6 +23,8 @@ MULTI = "multi"
 SINGLE = "single"
 SINGLE_WITH_MINUTES = "single with minutes"
 LAYOUTS = (MULTI, SINGLE, SINGLE_WITH_MINUTES)
+#: blipserver's own layout before readings were partitioned (version 3).
+PLAIN = "blipserver's plain readings"
 
 _MULTI = """
 CREATE TABLE readings (
@@ -122,8 +125,31 @@ CREATE TRIGGER monthly_aggregate AFTER INSERT ON readings
 """
 
 
+def plain_sql(versioned: bool = True) -> str:
+    """
+    :return: blipserver's schema as it was before readings were
+        partitioned (version 3): a plain readings table, then the rest of
+        ``schema.sql`` (whose readings table it does not make again),
+        recorded as version 3 unless ``versioned`` is false (as blipserver
+        made it before it recorded versions).
+    """
+    from blip.db.schema import schema_sql
+
+    text = (
+        "CREATE TABLE IF NOT EXISTS readings (id INTEGER NOT NULL, stamp BIGINT NOT NULL, ms INTEGER NOT NULL,"
+        " PRIMARY KEY (id, stamp));"
+        + schema_sql()
+        + "DROP TABLE readings_dropped;"
+    )
+    if versioned:
+        return text + "INSERT INTO blip_schema VALUES (3, 0, 'created');"
+    return text + "DROP TABLE blip_schema; DROP TABLE meters;"
+
+
 def layout_sql(layout: str) -> str:
-    """:return: the original's schema for ``layout``."""
+    """:return: the original's schema for ``layout`` (or blipserver's plain one)."""
+    if layout == PLAIN:
+        return plain_sql()
     if layout == MULTI:
         return _MULTI
     minutes = layout == SINGLE_WITH_MINUTES
@@ -132,7 +158,7 @@ def layout_sql(layout: str) -> str:
 
 def meters_of(layout: str) -> list[int]:
     """:return: the meters a layout's test data has."""
-    return [1, 2] if layout == MULTI else [1]
+    return [1, 2] if layout in (MULTI, PLAIN) else [1]
 
 
 def execute(dsn: str, statement: str, params: Any = None, timezone: str = "UTC") -> None:
@@ -164,7 +190,7 @@ def fill(dsn: str, layout: str, rows: int, start: int = T0, timezone: str = "Eur
         "       200 + (i * 7919 + m * 104729) %% 9000"
         "  FROM generate_series(0::bigint, %(n)s - 1) i, unnest(%(meters)s::integer[]) m"
     )
-    if layout == MULTI:
+    if layout in (MULTI, PLAIN):
         statement = "INSERT INTO readings (id, stamp, ms) " + points
     else:
         statement = "INSERT INTO readings (stamp, ms) SELECT stamp, ms FROM (" + points + ") p(m, stamp, ms)"
@@ -191,7 +217,7 @@ def original_answers(sql: Callable[..., list[tuple]], layout: str, now: int, row
     :param now: the time the relative routes are asked at, unix ms.
     :param rows: how many readings each meter has.
     """
-    single = layout != MULTI
+    single = layout not in (MULTI, PLAIN)
     routes = []
     end = T0 + rows * 3700
     for meter in meters_of(layout):
@@ -230,10 +256,11 @@ def original_answers(sql: Callable[..., list[tuple]], layout: str, now: int, row
             )[0],
         }
         minutes = "usage_minutely" if layout == SINGLE_WITH_MINUTES else (
+            "(SELECT * FROM usage_minutely WHERE {m} TRUE) r" if layout == PLAIN else (
             "(SELECT stamp - stamp %% 60000 AS stamp, count(*) AS events,"
             " 3600000.0::DOUBLE PRECISION * count(*) / sum(ms) AS wh,"
             " min(ms) AS min_ms, max(ms) AS max_ms FROM readings WHERE {m} TRUE GROUP BY 1) r"
-        )
+        ))
         answers[f"/minutely/{T0 + 2 * HOUR}/{T0 + 4 * HOUR}"] = q(
             f"SELECT stamp, events, wh, min_ms, max_ms FROM {minutes}"
             " WHERE stamp BETWEEN %s AND %s ORDER BY stamp LIMIT 100000",

@@ -85,7 +85,7 @@ def known_variables() -> set[str]:
     """:return: every BLIP_ variable the daemon reads."""
     options = Options()
     names = [p[0] for p in options.optParameters] + [f[0] for f in options.optFlags]
-    return {env_name(n) for n in [*names, *Options.lists]}
+    return {env_name(n) for n in [*names, *Options.lists, *Options.secrets]}
 
 
 def test_systemd_unit_verifies_and_its_settings_run_the_daemon(
@@ -94,7 +94,8 @@ def test_systemd_unit_verifies_and_its_settings_run_the_daemon(
     """
     systemd-analyze finds nothing to say about the unit (with ExecStart
     pointing at this twistd); it restarts on failure, runs as a dedicated
-    user in the dialout group with its state in /var/lib/blipserver; every
+    user in the dialout group with its state in /var/lib/blipserver, may
+    open 65536 files (one per HTTP client); every
     BLIP_ variable it and the example environment file name is one the
     daemon reads; and the daemon started with the unit's command and
     environment reads the serial device the unit names.
@@ -122,6 +123,7 @@ def test_systemd_unit_verifies_and_its_settings_run_the_daemon(
     assert service["SupplementaryGroups"] == ["dialout"]
     assert service["StateDirectory"] == ["blipserver"]
     assert service["ExecStart"] == ["/opt/blipserver/bin/twistd --nodaemon --pidfile= blip"]
+    assert service["LimitNOFILE"] == ["65536"]
     environment = dict(v.partition("=")[::2] for v in service["Environment"])
     assert environment["BLIP_STATE_DIR"] == "/var/lib/blipserver"
     assert service["EnvironmentFile"] == ["-/etc/blipserver/blipserver.env"]
@@ -174,9 +176,9 @@ def test_udev_rule_is_read_without_complaint(tmp_path) -> None:
 
 # --- Reverse proxies ---
 
-#: Apache modules the site needs (a2enmod proxy_http env) and the server
-#: itself needs.
-APACHE_MODULES = ["mpm_event", "authz_core", "unixd", "proxy", "proxy_http", "env"]
+#: Apache modules the site needs (a2enmod proxy_http env authz_host) and
+#: the server itself needs.
+APACHE_MODULES = ["mpm_event", "authz_core", "authz_host", "unixd", "proxy", "proxy_http", "env"]
 APACHE_MODULE_FOLDERS = ("/usr/lib/apache2/modules", "/usr/lib64/httpd/modules", "/usr/lib/httpd/modules")
 
 
@@ -502,3 +504,34 @@ def test_postgresql_recipe_makes_a_role_the_daemon_runs_on(pg_cluster, start_dae
     finally:
         pg_cluster.sql("postgres", f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         pg_cluster.sql("postgres", f'DROP ROLE IF EXISTS "{name}"')
+
+
+#: Spellings of the operators' routes through the proxy's /ajax/ prefix.
+OPERATORS = [
+    "/ajax/metrics", "/ajax/healthz", "/ajax/healthz?x=1", "/ajax//metrics", "/ajax/./healthz",
+    "/ajax/%6detrics", "/ajax/x/../metrics", "/ajax/metrics/", "/ajax/%2e/healthz",
+]
+
+
+@pytest.mark.parametrize("kind", ["nginx", "apache"])
+def test_proxy_keeps_metrics_and_health_for_this_machine(
+    kind, start_daemon, database, pty_meter, proxy_folder
+) -> None:
+    """
+    Through the site, /metrics and /healthz answer a client on the proxy's
+    own machine (127.0.0.1) and refuse anyone else, however the path is
+    spelled; the rest of the site still answers everyone.
+    """
+    daemon = start_daemon("--serial", pty_meter.path, "--db", database.dsn)
+    daemon.wait_for("database ready")
+    proxy = Proxy(kind, daemon.port, proxy_folder).start()
+    try:
+        assert proxy.get("/ajax/metrics", "127.0.0.1")[0] == 200
+        assert proxy.get("/ajax/healthz", "127.0.0.1")[0] in (200, 503)
+        for path in OPERATORS:
+            status, body, _ = proxy.get(path, "127.0.0.2")
+            assert status in (403, 404), (path, status, body[:200])
+            assert b"blip_" not in body and b'"checks"' not in body, path
+        assert proxy.get("/ajax/api/v1/meters", "127.0.0.2")[0] == 200
+    finally:
+        proxy.stop()

@@ -3,8 +3,9 @@ Fault injection, end to end: ``twistd -n blip`` reads a pty behind a symlink
 and writes to the test cluster while the cluster is stopped and started,
 the daemon is killed with SIGKILL and restarted, the device is unplugged and
 plugged back, the daemon is stopped with SIGTERM while the database is
-down, its disk fills up while the database is down, and it starts with its
-clock behind the points it stored and the database down. Every line written
+down, its disk fills up while the database is down, it starts with its
+clock behind the points it stored and the database down, and a flood of
+idle connections fills its descriptors. Every line written
 must end up in ``readings`` exactly once — all but the first line after each
 opening of the device, which is documented to be dropped, and those counted
 as dropped when neither the database nor the disk could take them — with
@@ -15,6 +16,7 @@ import json
 import re
 import select
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
@@ -32,6 +34,7 @@ from tests.conftest import (
     MeterLink,
     Pty,
     SmallFilesystem,
+    closed_by_server,
     eventually,
     wait_until,
 )
@@ -59,12 +62,15 @@ class Blips(threading.Thread):
         self.interval = 1 / per_second
         #: Lines written so far; line n carries ms_of(n).
         self.sent = 0
+        #: When each line was written (unix time).
+        self.times: list[float] = []
         self._stopping = threading.Event()
 
     def run(self) -> None:
         due = time.monotonic()
         while not self._stopping.is_set():
             with self.link.lock:
+                self.times.append(time.time())
                 self.link.write(b"%d\n" % ms_of(self.sent))
                 self.sent += 1
             due += self.interval
@@ -78,6 +84,24 @@ class Blips(threading.Thread):
         """Stop writing."""
         self._stopping.set()
         self.join(TIMEOUT)
+
+
+def replug(daemon, link: MeterLink, blips: Blips) -> int:
+    """
+    Unplug the device and plug it back; return once the daemon reads it
+    again and 30 more lines are written.
+
+    :return: the number of the first line written after the replug (the
+        daemon drops it, as the first after an opening).
+    """
+    seen = len(daemon.output)
+    with link.lock:
+        link.replug()
+        replugged_at = blips.sent
+    daemon.wait_for("serial source lost", since=seen)
+    daemon.wait_for("reading serial device", since=seen)
+    blips.wait_sent(blips.sent + 30)
+    return replugged_at
 
 
 def stored_lines(database) -> list[int]:
@@ -123,13 +147,7 @@ def test_outage_kill_and_unplug_lose_no_blip(
         daemon.wait_for("database ready")
         assert eventually(lambda: not (start_daemon.state / "spool").exists())
 
-        seen = len(daemon.output)
-        with meter_link.lock:
-            meter_link.replug()
-            replugged_at = blips.sent
-        daemon.wait_for("serial source lost", since=seen)
-        daemon.wait_for("reading serial device", since=seen)
-        blips.wait_sent(blips.sent + 30)
+        replugged_at = replug(daemon, meter_link, blips)
     finally:
         blips.stop()
     total = blips.sent
@@ -348,3 +366,56 @@ async def test_a_clock_behind_the_stored_points_loses_no_blip(
         for number, handler in handlers.items():
             signal.signal(number, handler)
     assert stored() == [ms_of(n) for n in range(50)]
+#: The open-files limit of the daemon flooded with connections.
+FLOOD_FILES = 256
+
+
+def test_a_flood_of_idle_connections_loses_no_blip(
+    start_daemon, database, meter_link, stoppable_cluster
+) -> None:
+    """
+    A daemon that may open 256 files keeps half for its own: it logs at
+    start that it serves at most 128 connections and parks as many
+    long-polls. 300 idle connections come; 128 stay open, the others are
+    closed at once, while blips arrive at 50 a second. During the flood
+    the device is unplugged and plugged back and the database restarted:
+    the daemon reopens both, every line but the first after each opening
+    is stored exactly once, and once the flood is gone it serves again.
+    """
+    args = ["--serial", str(meter_link.path), "--db", database.dsn]
+    daemon = start_daemon(*args, files=FLOOD_FILES)
+    daemon.wait_for(r"--max-waiters 10000 lowered to 128: the process may open 256 files")
+    daemon.wait_for(r"serving at most 128 connections \(256 per client\), 128 long-polls")
+    daemon.wait_for("database ready")
+    daemon.wait_for("reading serial device")
+    blips = Blips(meter_link, 50)
+    blips.start()
+    flood: list[socket.socket] = []
+    try:
+        for _ in range(300):
+            flood.append(socket.create_connection(("127.0.0.1", daemon.port), timeout=TIMEOUT))
+        # Those over the cap are closed at once, the others stay.
+        assert eventually(lambda: sum(map(closed_by_server, flood)) == 300 - 128), sum(map(closed_by_server, flood))
+
+        seen = len(daemon.output)
+        replugged_at = replug(daemon, meter_link, blips)
+        stoppable_cluster.stop()
+        daemon.wait_for("cannot write to the database", since=seen)
+        blips.wait_sent(blips.sent + 30)
+        stoppable_cluster.start()
+        daemon.wait_for("database writes are back", since=seen)
+        blips.wait_sent(blips.sent + 30)
+        assert sum(map(closed_by_server, flood)) == 300 - 128
+    finally:
+        blips.stop()
+        for s in flood:
+            s.close()
+    total = blips.sent
+    assert eventually(lambda: len(stored_lines(database)) >= total - 2)
+    assert get(daemon, "/last/1")[0] == 200
+    assert daemon.stop() == 0
+    lines = stored_lines(database)
+    assert lines == sorted(set(lines)), "lines stored twice or out of order"
+    assert sorted(set(range(total)) - set(lines)) == [0, replugged_at]
+    assert rollups_match_readings(database)
+

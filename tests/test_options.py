@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from twisted.python import usage
 
+from blip.db.partitions import KeepRaw
 from blip.options import Options
 
 
@@ -112,7 +113,12 @@ def test_simulate_from_the_environment(monkeypatch) -> None:
         (["--baudrate", "0"], "--baudrate: must be from 1"),
         (["--longpoll-timeout", "-1"], "--longpoll-timeout"),
         (["--longpoll-timeout", "soon"], "--longpoll-timeout"),
+        (["--query-timeout", "-1"], "--query-timeout: must be 0 or more"),
+        (["--query-timeout", "long"], "--query-timeout: not a number"),
         (["--max-waiters", "0"], "--max-waiters"),
+        (["--max-connections", "0"], "--max-connections: must be from 1"),
+        (["--max-connections", "many"], "--max-connections: not an integer"),
+        (["--max-connections-per-client", "-1"], "--max-connections-per-client: must be from 0"),
         (["--role", "boss"], "--role"),
         (["--listen", "carrier-pigeon:80"], "--listen"),
         (["--listen", "tcp:notaport"], "--listen"),
@@ -154,6 +160,20 @@ def test_twistd_prints_one_line_and_no_traceback(tmp_path) -> None:
     assert (done.stdout, done.stderr) == ("", "twistd blip: --baudrate: not an integer: 'fast'\n")
 
 
+def test_keep_raw(monkeypatch) -> None:
+    """
+    --keep-raw (or BLIP_KEEP_RAW) is how long raw points are kept: for
+    ever by default, else a number of days, weeks, months or years.
+    """
+    assert parse(["--db", "dbname=x"])["keep-raw"] is None
+    assert parse(["--db", "dbname=x", "--keep-raw", "400d"])["keep-raw"] == KeepRaw(400, "d")
+    monkeypatch.setenv("BLIP_KEEP_RAW", "18mo")
+    assert parse(["--db", "dbname=x"])["keep-raw"] == KeepRaw(18, "mo")
+    for bad, message in (("0y", "must keep raw points for more than 0 days"), ("1 fortnight", "not a duration"), ("-2y", "not a duration")):
+        with pytest.raises(usage.UsageError, match=f"--keep-raw: {message}"):
+            parse(["--db", "dbname=x", "--keep-raw", bad])
+
+
 def test_health_window(monkeypatch) -> None:
     """
     --health-window (or BLIP_HEALTH_WINDOW) sets the seconds without a blip
@@ -166,6 +186,52 @@ def test_health_window(monkeypatch) -> None:
     for bad, message in (("0", "more than 0"), ("-1", "0 or more"), ("soon", "not a number")):
         with pytest.raises(usage.UsageError, match=f"--health-window: .*{message}"):
             parse(["--db", "dbname=x", "--health-window", bad])
+
+
+def test_query_timeout(monkeypatch) -> None:
+    """
+    --query-timeout (or BLIP_QUERY_TIMEOUT) sets the seconds the database
+    gives each query of the HTTP side: 30 by default, 0 for no limit.
+    """
+    assert parse(["--db", "dbname=x"])["query-timeout"] == 30.0
+    assert parse(["--db", "dbname=x", "--query-timeout", "0"])["query-timeout"] == 0.0
+    monkeypatch.setenv("BLIP_QUERY_TIMEOUT", "2.5")
+    assert parse(["--db", "dbname=x"])["query-timeout"] == 2.5
+def test_connection_caps(monkeypatch) -> None:
+    """
+    --max-connections defaults to as many as fit (None here; the daemon
+    finds out at start), --max-connections-per-client to 256, 0 being no
+    cap; both come from the environment too.
+    """
+    options = parse(["--db", "dbname=x"])
+    assert (options["max-connections"], options["max-connections-per-client"]) == (None, 256)
+    monkeypatch.setenv("BLIP_MAX_CONNECTIONS", "5000")
+    monkeypatch.setenv("BLIP_MAX_CONNECTIONS_PER_CLIENT", "0")
+    options = parse(["--db", "dbname=x"])
+    assert (options["max-connections"], options["max-connections-per-client"]) == (5000, 0)
+
+
+def test_cors(monkeypatch) -> None:
+    """
+    --cors defaults to any page without --allow and to none with it; it
+    takes origins (repeated, or a list in BLIP_CORS), spelled as a
+    browser's Origin header spells them, or * or none alone.
+    """
+    from blip.web.answers import ANY_ORIGIN, NO_ORIGIN
+
+    assert parse(["--db", "dbname=x"])["cors"] is ANY_ORIGIN
+    assert parse(["--db", "dbname=x", "--allow", "10.0.0.0/8"])["cors"] is NO_ORIGIN
+    assert parse(["--db", "dbname=x", "--allow", "10.0.0.0/8", "--cors", "*"])["cors"] is ANY_ORIGIN
+    assert parse(["--db", "dbname=x", "--cors", "none"])["cors"] is NO_ORIGIN
+    options = parse(["--db", "dbname=x", "--cors", "HTTPS://Power.Example.org/", "--cors", "http://[::1]:8000"])
+    assert options["cors"].origins == {b"https://power.example.org", b"http://[::1]:8000"}
+    monkeypatch.setenv("BLIP_CORS", "https://a.example, https://b.example:8443")
+    options = parse(["--db", "dbname=x", "--allow", "10.0.0.0/8"])
+    assert options["cors"].origins == {b"https://a.example", b"https://b.example:8443"}
+    for bad in (["null"], ["https://a.example/page"], ["a.example"], ["*", "https://a.example"],
+                ["none", "https://a.example"], ["https://user@a.example"]):
+        with pytest.raises(usage.UsageError, match="--cors: "):
+            parse(["--db", "dbname=x", *(arg for value in bad for arg in ("--cors", value))])
 
 
 def test_mqtt_options(monkeypatch) -> None:
@@ -199,6 +265,67 @@ def test_bad_mqtt_options(args: list[str], message: str) -> None:
     with pytest.raises(usage.UsageError, match=message) as caught:
         parse([*args, "--db", "dbname=x"])
     assert "hunter2" not in str(caught.value)
+
+
+def test_mqtt_password_from_a_file_or_the_environment(monkeypatch, tmp_path) -> None:
+    """
+    A broker URL without a password takes it from --mqtt-password-file
+    (its text, but the line end at its end) or else from
+    BLIP_MQTT_PASSWORD; a password in the URL stands. Mistakes are one
+    clear error that never repeats the password.
+    """
+    secret = tmp_path / "mqtt-password"
+    secret.write_text("hunter2:p@ss\n")
+    url = "mqtt://meter@broker.lan/home"
+    options = parse(["--db", "dbname=x", "--mqtt", url, "--mqtt-password-file", str(secret)])
+    assert (options["mqtt"].username, options["mqtt"].password) == ("meter", "hunter2:p@ss")
+    assert "hunter2" not in repr(options["mqtt"]) + str(options["mqtt"])
+    monkeypatch.setenv("BLIP_MQTT_PASSWORD", "from-env")
+    assert parse(["--db", "dbname=x", "--mqtt", url])["mqtt"].password == "from-env"
+    assert parse(["--db", "dbname=x", "--mqtt", "mqtt://meter:in-url@broker"])["mqtt"].password == "in-url"
+    monkeypatch.setenv("BLIP_MQTT_PASSWORD_FILE", str(secret))
+    assert parse(["--db", "dbname=x", "--mqtt", url])["mqtt"].password == "hunter2:p@ss"
+    monkeypatch.delenv("BLIP_MQTT_PASSWORD_FILE")
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    for args, message in [
+        (["--mqtt", "mqtt://meter:hunter2@broker", "--mqtt-password-file", str(secret)],
+         "--mqtt-password-file: the --mqtt URL has a password already"),
+        (["--mqtt", "mqtt://broker", "--mqtt-password-file", str(secret)],
+         "--mqtt-password-file: a password needs a user"),
+        (["--mqtt", "mqtt://broker"], "BLIP_MQTT_PASSWORD: a password needs a user"),
+        (["--mqtt", url, "--mqtt-password-file", str(tmp_path / "none")],
+         "--mqtt-password-file: cannot read .*none: No such file"),
+        (["--mqtt", url, "--mqtt-password-file", str(empty)], "--mqtt-password-file: .*empty is empty"),
+        (["--mqtt-password-file", str(secret)], "--mqtt-password-file: there is no --mqtt broker"),
+    ]:
+        with pytest.raises(usage.UsageError, match=message) as caught:
+            parse(["--db", "dbname=x", *args])
+        assert "hunter2" not in str(caught.value)
+
+
+def test_the_daemon_logs_in_with_a_password_file(start_daemon, database, mosquitto, tmp_path) -> None:
+    """
+    The daemon given the broker's URL without the password, and the
+    password in a file readable by root alone (or in BLIP_MQTT_PASSWORD),
+    logs in to the broker and publishes; the password is never logged.
+    """
+    secret = tmp_path / "mqtt-password"
+    secret.write_text(mosquitto.password + "\n")
+    secret.chmod(0o600)
+    for prefix, extra, env in (
+        ("file", ["--mqtt-password-file", str(secret)], {}),
+        ("env", [], {"BLIP_MQTT_PASSWORD": mosquitto.password}),
+    ):
+        url = f"mqtt://{mosquitto.user}@127.0.0.1:{mosquitto.port}/{prefix}"
+        subscriber = mosquitto.subscribe(f"{prefix}/status")
+        daemon = start_daemon("--db", database.dsn, "--simulate", "--mqtt", url, *extra, env=env)
+        try:
+            assert subscriber.wait_latest(f"{prefix}/status") == "online"
+        finally:
+            subscriber.close()
+            assert daemon.stop() == 0
+        assert not any(mosquitto.password in line for line in daemon.output)
 
 
 def test_networks_and_replica(monkeypatch) -> None:

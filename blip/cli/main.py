@@ -9,6 +9,7 @@ database beside the daemon, or without it.
     blip rollups check   [--meter ID] [--from MS] [--to MS]
     blip import FILE.csv --meter ID                FILE may be - for standard input
     blip export --meter ID [--from MS] [--to MS]   CSV on standard output
+    blip archive --before DATE FILE.csv.gz         every raw point before DATE, before --keep-raw drops it
     blip token create --meter ID [--meter ID ...] --name NAME   prints a new token once
     blip token list
     blip token revoke TOKEN-ID
@@ -74,6 +75,20 @@ def _stamp(text: str) -> int:
     return int(text)
 
 
+def _instant(text: str) -> int:
+    if text.isascii() and text.isdigit():
+        return _stamp(text)
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a date (2024-01-31, 2024-01-31T12:00+01:00; UTC without an offset) or unix ms: {text!r}"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return int(moment.timestamp() * 1000)
+
+
 def parser() -> argparse.ArgumentParser:
     """
     :return: the command line's parser.
@@ -98,7 +113,7 @@ def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="blip",
         description="Work on blipserver's database: upgrade it, rebuild or check the rollups,"
-                    " import or export points as CSV.",
+                    " import or export points as CSV, archive raw points.",
     )
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
     upgrade = commands.add_parser(
@@ -140,6 +155,19 @@ def parser() -> argparse.ArgumentParser:
     dump.add_argument("--meter", type=_meter, metavar="ID", required=True)
     dump.set_defaults(run=run_export)
 
+    keep = commands.add_parser(
+        "archive", parents=[database], help="write raw points before a date to compressed CSV",
+        description="Write every meter's raw points with a stamp before --before to FILE, a new"
+                    " gzip-compressed CSV file (meter,stamp,ms with a header, by meter and stamp),"
+                    " before the daemon's --keep-raw drops them. The points stay in the database.",
+    )
+    keep.add_argument("file", metavar="FILE.csv.gz", type=Path, help="the file to write (must not exist)")
+    keep.add_argument(
+        "--before", type=_instant, metavar="DATE", required=True,
+        help="the first instant left out: a date or date-time (ISO 8601; UTC without an offset)"
+             " or unix ms",
+    )
+    keep.set_defaults(run=run_archive)
     tokens = commands.add_parser("token", help="make, list or revoke device tokens of the write API")
     token_actions = tokens.add_subparsers(dest="action", required=True, metavar="ACTION")
     create = token_actions.add_parser(
@@ -316,6 +344,23 @@ def run_import(store: SyncStore, args: Any) -> int:
         raise CommandError(f"{args.file}: {e.strerror}") from None
     with lines:
         return transfer.import_csv(store, args.meter, lines, args.file, sys.stdout, sys.stderr)
+
+
+def run_archive(store: SyncStore, args: Any) -> int:
+    """``blip archive``."""
+    current(store)
+    try:
+        points = transfer.archive_csv(store, args.before, args.file)
+    except transfer.ArchiveError as e:
+        raise CommandError(str(e)) from None
+    print(f"{args.file}: {points} raw points before {rollups.when(args.before)}")
+    dropped = store.raw_since()
+    if dropped is not None:
+        print(
+            f"(raw points before {rollups.when(dropped)} were dropped already:"
+            " the archive holds what was left of them)"
+        )
+    return 0
 
 
 def run_export(store: SyncStore, args: Any) -> int:

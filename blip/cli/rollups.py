@@ -9,8 +9,9 @@ rebuilt day briefly holds writers of readings back, so that none of their
 rows is missed or counted twice.
 
 Rollup rows of buckets that end at or before a meter's first reading are
-history (their readings were deleted to save space): they are never
-rebuilt, and checking counts them without comparing.
+history (their readings were deleted to save space), and so are those
+before the instant raw points were dropped from (``--keep-raw``): they are
+never rebuilt, and checking counts them without comparing.
 """
 
 from dataclasses import dataclass
@@ -59,18 +60,25 @@ def when(stamp: int) -> str:
     return moment.strftime("%Y-%m-%d %H:%M UTC" if stamp % 60_000 == 0 else "%Y-%m-%d %H:%M:%S UTC")
 
 
-def span(store: SyncStore, meter: int, first: Optional[int], last: Optional[int]) -> Optional[Span]:
+def span(
+    store: SyncStore, meter: int, first: Optional[int], last: Optional[int], dropped: Optional[int] = None
+) -> Optional[Span]:
     """
     :param first: the first stamp asked for, or None for the meter's first
         reading.
     :param last: the last stamp asked for, or None for the meter's last
         reading or rollup row.
+    :param dropped: the instant raw points before which were dropped (a
+        whole hour), if any: history ends there at the earliest.
     :return: the whole hours covering them, or None when the meter has no
         readings (its rollups, if any, are all history).
     """
     reading_first, reading_last, rolled = store.span(meter)
     if reading_first is None or reading_last is None:
         return None
+    if dropped is not None:
+        reading_first = max(reading_first, dropped)
+        first = None if first is None else max(first, dropped)
     if first is None:
         first = reading_first
     if last is None:
@@ -94,8 +102,9 @@ def rebuild(
 
     :return: the exit status, 0.
     """
+    dropped = store.raw_since()
     for m in meters(store, meter):
-        s = span(store, m, first, last)
+        s = span(store, m, first, last, dropped)
         if s is None:
             print(f"meter {m}: no readings; its rollup rows are history and stay", file=out)
             continue
@@ -124,8 +133,9 @@ def check(
     :return: the exit status: 0 when everything matches, 1 otherwise.
     """
     total = 0
+    dropped = store.raw_since()
     for m in meters(store, meter):
-        s = span(store, m, first, last)
+        s = span(store, m, first, last, dropped)
         if s is None:
             print(f"meter {m}: no readings; its rollup rows are history, not checked", file=out)
             continue

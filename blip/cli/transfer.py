@@ -8,8 +8,15 @@ number; the good ones are imported in transactions of
 again. Exporting streams: PostgreSQL sends the rows as they are read, so
 memory stays the same for any range. What one exports, the other imports
 unchanged.
+
+Archiving writes every meter's raw points before a date, streamed the same
+way, to a gzip-compressed CSV file (``meter,stamp,ms``), before
+``--keep-raw`` drops them.
 """
 
+import gzip
+import os
+from pathlib import Path
 from typing import IO, Iterable, Iterator, TextIO
 
 from blip.db.sync_store import SyncStore
@@ -19,6 +26,8 @@ from blip.model import csv_points
 IMPORT_BATCH = 50_000
 #: Bad lines reported one by one; more are only counted.
 MAX_REPORTED = 100
+
+
 class Points:
     """
     Reads the points of a CSV file, skipping a header and blank lines, and
@@ -81,3 +90,39 @@ def export_csv(store: SyncStore, meter: int, first: int, last: int, out: IO[byte
     header, oldest first.
     """
     store.export(meter, first, last, out)
+
+
+class ArchiveError(Exception):
+    """
+    The archive cannot be written; the message says why.
+    """
+
+
+def archive_csv(store: SyncStore, before: int, path: Path) -> int:
+    """
+    Write every raw point with a stamp below ``before`` to a new file at
+    ``path``: gzip-compressed CSV, ``meter,stamp,ms`` with a header, by
+    meter and stamp. The file appears whole or not at all (written beside
+    it, flushed to disk, then renamed); an existing file is never
+    replaced.
+
+    :return: how many points it holds.
+    :raise ArchiveError: when the file exists or cannot be written.
+    """
+    if path.exists():
+        raise ArchiveError(f"{path}: exists; an archive is never written over")
+    partial = path.with_name(path.name + ".partial")
+    try:
+        with open(partial, "wb") as raw:
+            with gzip.GzipFile(filename=path.name.removesuffix(".gz"), fileobj=raw, mode="wb") as out:
+                points = store.archive(before, out)
+            raw.flush()
+            os.fsync(raw.fileno())
+        os.replace(partial, path)
+    except OSError as e:
+        partial.unlink(missing_ok=True)
+        raise ArchiveError(f"{path}: {e.strerror}") from None
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    return points

@@ -9,8 +9,10 @@ earlier versions are the original blipserver's layouts:
 2. the multi-meter layout: ``readings (id, stamp, ms)``, ``readings_hourly
    (id, stamp, events, sum_ms, min_ms, max_ms)`` with an INTEGER ``sum_ms``,
    kept by a per-row trigger;
-3. blipserver's own (``schema.sql``): BIGINT ``sum_ms``, minute rollups,
-   the statement-level ``blip_rollup`` trigger, meters.
+3. blipserver's own with a plain ``readings`` table: BIGINT ``sum_ms``,
+   minute rollups, the statement-level ``blip_rollup`` trigger, meters;
+4. blipserver's own (``schema.sql``): the same, with ``readings``
+   partitioned by month (see :mod:`blip.db.partitions`).
 
 A database blipserver has prepared records its version in ``blip_schema``;
 any other is recognised here from its catalog. The SQL that reads the
@@ -22,21 +24,26 @@ from dataclasses import dataclass
 from typing import Optional
 
 #: The version of ``schema.sql``.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 #: The original's older single-meter layout.
 ORIGINAL_SINGLE = 1
 #: The original's multi-meter layout.
 ORIGINAL_MULTI = 2
+#: blipserver's schema with a plain readings table.
+UNPARTITIONED = 3
 
 LAYOUTS = {
     None: "an empty database",
     ORIGINAL_SINGLE: "the original single-meter layout (version 1)",
     ORIGINAL_MULTI: "the original multi-meter layout (version 2)",
+    UNPARTITIONED: f"blipserver's schema with a plain readings table (version {UNPARTITIONED})",
     SCHEMA_VERSION: f"blipserver's schema (version {SCHEMA_VERSION})",
 }
 
 #: The tables and views blipserver reads or keeps, whose shape is checked.
 READINGS = "readings"
+#: The relation kinds of a plain and of a partitioned table.
+PLAIN, PARTITIONED = "r", "p"
 ROLLUPS = ("readings_minutely", "readings_hourly")
 VIEWS = ("usage_minutely", "usage_hourly")
 OWN = ("meters", "ingest_periods", "blip_schema")
@@ -62,7 +69,7 @@ METERS_COLUMNS = frozenset(
      "price_per_kwh", "currency", "timezone"}
 )
 _INTEGERS = frozenset({"smallint", "integer", "bigint"})
-_TABLE_KINDS = frozenset({"r", "p"})
+_TABLE_KINDS = frozenset({PLAIN, PARTITIONED})
 
 
 class Refused(Exception):
@@ -115,15 +122,15 @@ class Trigger:
 @dataclass(frozen=True, slots=True)
 class Grant:
     """
-    A privilege someone other than the owner holds on a view that the
-    upgrade recreates.
+    A privilege someone other than the owner holds on a view or table that
+    the upgrade recreates (the views, readings).
 
-    :param view: the view.
+    :param relation: the view or table.
     :param role: the grantee, or None for PUBLIC.
     :param privilege: ``SELECT``, ``INSERT``, ...
     """
 
-    view: str
+    relation: str
     role: Optional[str]
     privilege: str
 
@@ -140,8 +147,8 @@ class Catalog:
     :param primary_keys: for each of :data:`KNOWN` that has one, the
         constraint's name and columns.
     :param triggers: the triggers on ``readings``.
-    :param grants: privileges on the views held by roles other than
-        their owner.
+    :param grants: privileges on the views and readings held by roles
+        other than their owner.
     :param version: the highest version in ``blip_schema``, if that table
         exists and has rows.
     """
@@ -160,6 +167,10 @@ class Catalog:
     def column_names(self, name: str) -> set[str]:
         """:return: the names of a relation's columns."""
         return {c.name for c in self.columns.get(name, ())}
+
+    def plain_readings(self) -> bool:
+        """:return: whether readings is a plain table, not partitioned."""
+        return self.relations.get(READINGS) == PLAIN
 
     def rollups(self) -> list[str]:
         """:return: the rollup tables that exist, minute before hour."""
@@ -222,7 +233,7 @@ def detect(catalog: Catalog) -> Optional[int]:
     if not has_id:
         return ORIGINAL_SINGLE
     if _is_blips(catalog):
-        return SCHEMA_VERSION
+        return UNPARTITIONED if catalog.plain_readings() else SCHEMA_VERSION
     return ORIGINAL_MULTI
 
 

@@ -152,11 +152,24 @@ class LegacyQueries(Queries):
 
     async def count_since(self, meter: int, since: int) -> int:
         """
-        :return: how many points have ``stamp >= since``.
+        :return: how many points have ``stamp >= since``: those of the
+            whole hours from ``since`` on counted from the hour rollups,
+            of the whole minutes before them from the minute rollups, and
+            only those of the first partial minute one by one, so that any
+            span costs a row per hour at most, not a row per point. (The
+            rollups' buckets before the first minute after 1970 hold
+            earlier stamps too: those are counted one by one.)
         """
+        minute = max(-(-since // MINUTE) * MINUTE, MINUTE)
+        hour = max(-(-since // HOUR) * HOUR, HOUR)
         rows = await self.pool.runQuery(
-            "SELECT count(*) FROM readings WHERE id = %s AND stamp >= %s::bigint",
-            (meter, since),
+            "SELECT (SELECT count(*) FROM readings WHERE id = %(m)s"
+            "          AND stamp >= %(s)s::bigint AND stamp < %(mi)s::bigint)"
+            "     + (SELECT coalesce(sum(events), 0) FROM readings_minutely WHERE id = %(m)s"
+            "          AND stamp >= %(mi)s::bigint AND stamp < %(h)s::bigint)"
+            "     + (SELECT coalesce(sum(events), 0) FROM readings_hourly WHERE id = %(m)s"
+            "          AND stamp >= %(h)s::bigint)",
+            {"m": meter, "s": since, "mi": minute, "h": hour},
         )
         return int(rows[0][0])
 

@@ -6,11 +6,21 @@ schema.
 No SQL lives here (that is the query modules of :mod:`blip.db`); this
 module only keeps connections open. What it relies on in txpostgres beyond
 its documented use lives in :mod:`blip.db.txpg`.
+
+A query is never cancelled: txpostgres would call psycopg2's ``cancel()``,
+which opens a connection to the server and waits for it, blocking the
+reactor (for as long as the network takes: a minute on a link that drops
+packets). Cancelling the Deferred of a query of the pool only lets its
+caller go (with :exc:`~twisted.internet.defer.CancelledError`, at once);
+the query runs to its end on its connection, which is free again only
+then. What ends a slow query is the server's ``statement_timeout``, which
+a pool sets on its connections when given a ``statement_timeout``.
 """
 
+import os
 from dataclasses import dataclass
 from itertools import count
-from typing import Any, Awaitable, Callable, Iterator, Optional
+from typing import Any, Awaitable, Callable, Iterator, Optional, Sequence
 
 import psycopg2
 from twisted.application.service import Service
@@ -19,7 +29,6 @@ from twisted.internet.defer import (
     Deferred,
     DeferredList,
     DeferredSemaphore,
-    fail,
 )
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -28,6 +37,7 @@ from txpostgres import reconnection
 
 from blip.common.latch import Latch
 from blip.common.retry import backoff, retrying
+from blip.common.waiting import detached
 from blip.counters import Counters
 from blip.db.embedded import EmbeddedError
 from blip.db.layouts import Refused
@@ -37,6 +47,13 @@ from blip.db.txpg import Connection, Detector
 class DatabaseUnavailable(Exception):
     """
     No connection to the database is open (yet, or any more).
+    """
+
+
+class QueryCancelled(Exception):
+    """
+    The database cancelled a statement: it ran longer than the
+    connection's ``statement_timeout`` (or an administrator cancelled it).
     """
 
 
@@ -110,16 +127,25 @@ CONNECTION_DEFAULTS = {
 }
 
 
-def connection_settings(dsn: str) -> dict[str, str]:
+def connection_settings(dsn: str, statement_timeout: float = 0.0) -> dict[str, str]:
     """
+    :param statement_timeout: seconds after which the server cancels a
+        statement of the connection (0: the server's own setting).
     :return: the settings to connect to ``dsn`` with, besides the string
-        itself: :data:`CONNECTION_DEFAULTS` it does not set.
+        itself: :data:`CONNECTION_DEFAULTS` it does not set, and the
+        statement timeout, among the server options it gives (or
+        ``PGOPTIONS`` gives), after them.
     """
     try:
         given = psycopg2.extensions.parse_dsn(dsn)
     except psycopg2.ProgrammingError:
         given = {}  # connecting says what is wrong with it
-    return {k: v for k, v in CONNECTION_DEFAULTS.items() if k not in given}
+    settings = {k: v for k, v in CONNECTION_DEFAULTS.items() if k not in given}
+    if statement_timeout:
+        options = given.get("options", os.environ.get("PGOPTIONS", ""))
+        limit = f"-c statement_timeout={max(1, round(statement_timeout * 1000))}"
+        settings["options"] = f"{options} {limit}".strip()
+    return settings
 
 
 class Pool:
@@ -129,22 +155,35 @@ class Pool:
     connection whenever there is one, else fail at once with
     :exc:`DatabaseUnavailable`.
 
+    A query whose caller cancels it runs to its end (see above); one the
+    server cancels fails with :exc:`QueryCancelled`.
+
     :param dsn: a libpq connection string or URI.
     :param size: how many connections (and so concurrent queries).
     :param reactor: times the reconnections, and watches the connections'
         sockets (so it is a whole reactor, not only a clock).
     :param counters: where reconnections are counted, if anywhere.
+    :param statement_timeout: seconds after which the server cancels a
+        statement (0: no limit but the server's own).
+    :param name: what the connections are for, for the log.
     """
 
     log = Logger()
 
     def __init__(
-        self, dsn: str, size: int, reactor: IReactorTime, counters: Optional[Counters] = None
+        self,
+        dsn: str,
+        size: int,
+        reactor: IReactorTime,
+        counters: Optional[Counters] = None,
+        statement_timeout: float = 0.0,
+        name: str = "database",
     ) -> None:
         self.dsn = dsn
         self.reactor = reactor
         self.counters = counters
-        self._settings = connection_settings(dsn)
+        self.name = name
+        self._settings = connection_settings(dsn, statement_timeout)
         self._alive = Latch()
         # Whether the loss of the last open connection has been logged.
         self._down = False
@@ -173,14 +212,17 @@ class Pool:
         if not self.alive:
             self._alive.clear()
             if not self._down:
-                self.log.warn("database unreachable: {why}; reconnecting", why=why)
+                self.log.warn(
+                    "database unreachable: {why}; reconnecting the {name} connections",
+                    why=why, name=self.name,
+                )
                 self._down = True
 
     def _reconnected(self) -> None:
         if self.counters is not None:
             self.counters.db_reconnects += 1
         if self._down:
-            self.log.info("database connection is back")
+            self.log.info("database connection is back ({name} connections)", name=self.name)
             self._down = False
         self._alive.set()
 
@@ -230,14 +272,14 @@ class Pool:
 
         :return: its rows (psycopg2's default cursor's).
         """
-        return self._slots.run(self._run, Connection.runQuery, *args, **kwargs)
+        return Deferred.fromCoroutine(self._run(Connection.runQuery, args, kwargs))
 
     def runOperation(self, *args: Any, **kwargs: Any) -> "Deferred[None]":
         """
         Run one statement on a free connection, as
         :meth:`txpostgres.txpostgres.Connection.runOperation` does.
         """
-        return self._slots.run(self._run, Connection.runOperation, *args, **kwargs)
+        return Deferred.fromCoroutine(self._run(Connection.runOperation, args, kwargs))
 
     def runInteraction(self, interaction: Callable[..., Any], *args: Any, **kwargs: Any) -> "Deferred[Any]":
         """
@@ -247,31 +289,42 @@ class Pool:
 
         :return: what ``interaction`` returned (or its Deferred's result).
         """
-        return self._slots.run(self._run, Connection.runInteraction, interaction, *args, **kwargs)
+        run = self._run(Connection.runInteraction, (interaction, *args), kwargs)
+        return Deferred.fromCoroutine(run)
 
-    def _run(self, method: Callable[..., "Deferred[Any]"], *args: Any, **kwargs: Any) -> "Deferred[Any]":
-        # Called with a slot, so a connection is free: a live one if any.
+    async def _run(self, method: Callable[..., "Deferred[Any]"], args: Any, kwargs: Any) -> Any:
+        # A slot per connection: once one is taken, a connection is free
+        # (a live one if any). Cancelling the wait for a slot gives it up.
+        await self._slots.acquire()
         for connection in self._free:
             if connection.detector.alive:
                 break
         else:
-            return fail(DatabaseUnavailable("no connection to the database"))
+            self._slots.release()
+            raise DatabaseUnavailable("no connection to the database")
         self._free.remove(connection)
-        d = method(connection, *args, **kwargs)
-        return d.addBoth(self._put_back, connection)
+        work = method(connection, *args, **kwargs)
+        work.addBoth(self._put_back, connection)
+        # Cancelling from here on lets the caller go, never the work.
+        return await detached(work)
 
     def _put_back(self, result: Any, connection: Connection) -> Any:
         self._free.add(connection)
+        self._slots.release()
+        if isinstance(result, Failure) and result.check(CancelledError):
+            # txpostgres's name for psycopg2's QueryCanceledError: the
+            # server cancelled the statement (no one here does).
+            return Failure(QueryCancelled("the database cancelled the query: it ran too long"))
         return result
 
 
 class DatabaseService(Service):
     """
-    Opens the pool, then prepares the database (schema and upgrades) as soon
-    as it answers, retrying with backoff for as long as it does not; then
-    tells whoever waits on :meth:`when_ready`.
+    Opens the pools, then prepares the database (schema and upgrades) as
+    soon as it answers, retrying with backoff for as long as it does not;
+    then tells whoever waits on :meth:`when_ready`.
 
-    :param pool: the connections to open.
+    :param pool: the connections to open, which prepare the database.
     :param prepare: run once the database answers; retried until it works.
     :param before: what to wait for before connecting (the embedded
         cluster), if anything.
@@ -279,6 +332,8 @@ class DatabaseService(Service):
         that waiting will not cure (a database that is not blipserver's, an
         upgrade PostgreSQL refuses): the failure is logged as critical, then
         this stops the daemon.
+    :param others: more pools of the same database, opened (and closed)
+        with ``pool``.
     """
 
     log = Logger()
@@ -289,8 +344,10 @@ class DatabaseService(Service):
         prepare: Callable[[], Awaitable[object]],
         before: Optional[Callable[[], "Deferred[None]"]] = None,
         fatal: Optional[Callable[[], None]] = None,
+        others: Sequence[Pool] = (),
     ) -> None:
         self.pool = pool
+        self.pools = [pool, *others]
         self.prepare = prepare
         self.before = before
         self.fatal = fatal
@@ -319,7 +376,7 @@ class DatabaseService(Service):
     async def _start(self) -> None:
         if self.before is not None:
             await self.before()
-        await self.pool.start()
+        await DeferredList([pool.start() for pool in self.pools])
         # No attempt while no connection is open: the pool reconnects with
         # backoff and says when one is.
         await retrying(
@@ -354,7 +411,8 @@ class DatabaseService(Service):
         super().stopService()
         if self._starting is not None:
             self._starting.cancel()
-        self.pool.close()
+        for pool in self.pools:
+            pool.close()
 
 
 class PoolService(Service):

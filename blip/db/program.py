@@ -10,9 +10,22 @@ whichever side runs it.
 """
 
 from dataclasses import dataclass
-from typing import Any, Generator, Generic, Iterator, Optional, TypeVar, Union
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Generator,
+    Generic,
+    Iterator,
+    Optional,
+    TypeVar,
+    Union,
+)
 
 from psycopg2 import sql
+from twisted.internet.defer import Deferred
+
+if TYPE_CHECKING:
+    from blip.db.pool import Pool
 
 T = TypeVar("T")
 
@@ -89,6 +102,17 @@ async def run(cursor: Any, program: Program[T]) -> T:
         await cursor.execute(statement.text, statement.params)
         steps.ran(cursor)
     return steps.value
+
+
+async def run_in(pool: "Pool", program: Program[T]) -> T:
+    """
+    Run a program in a transaction of its own on one of the pool's
+    connections.
+
+    :return: what the program returned.
+    """
+    value: T = await pool.runInteraction(lambda cursor: Deferred.fromCoroutine(run(cursor, program)))
+    return value
 
 
 def run_sync(cursor: Any, program: Program[T]) -> T:

@@ -14,7 +14,28 @@ from typing import Any, NamedTuple, Optional
 from twisted.internet.defer import Deferred
 
 from blip.db.pool import Pool
-from blip.model import Point
+from blip.model import STAMP_MIN, Point
+
+
+def skip_meters(table: str) -> str:
+    """
+    :return: a recursive ``m (id)`` of the meters of ``table``, found by
+        skipping through its primary key ``(id, ...)`` one meter at a time
+        (a DISTINCT would read every row); its last row is NULL.
+    """
+    return (
+        "WITH RECURSIVE m AS ("
+        f"   (SELECT id FROM {table} ORDER BY id LIMIT 1)"
+        "   UNION ALL"
+        f"   SELECT (SELECT id FROM {table} WHERE id > m.id ORDER BY id LIMIT 1)"
+        "     FROM m WHERE m.id IS NOT NULL)"
+    )
+
+
+#: The meters with rollups: every meter with readings, and those whose
+#: readings were dropped (see :func:`skip_meters`). The hourly rollups
+#: have one index to skip through, where readings has one per partition.
+METERS_WITH_ROLLUPS = skip_meters("readings_hourly")
 
 
 class Reading(NamedTuple):
@@ -50,11 +71,7 @@ class Queries:
         """
         :return: the meter's newest point, or None.
         """
-        rows = await self.pool.runQuery(
-            "SELECT stamp, ms FROM readings WHERE id = %s"
-            " ORDER BY stamp DESC LIMIT 1",
-            (meter,),
-        )
+        rows = await self.pool.runQuery(_LAST, {"m": meter, "min": STAMP_MIN})
         return Reading(*rows[0]) if rows else None
 
     async def points_page(self, meter: int, first: int, last: int, limit: int) -> list[Reading]:
@@ -74,14 +91,31 @@ class Queries:
         """
         :return: the newest point of every meter that has readings.
         """
-        rows = await self.pool.runQuery(
-            "SELECT r.id, r.stamp, r.ms"
-            "  FROM (SELECT DISTINCT id FROM readings_hourly) m"
-            " CROSS JOIN LATERAL (SELECT id, stamp, ms FROM readings"
-            "                      WHERE id = m.id"
-            "                      ORDER BY stamp DESC LIMIT 1) r"
-        )
+        rows = await self.pool.runQuery(_LAST_POINTS, {"min": STAMP_MIN})
         return [Point(*row) for row in rows]
+
+
+# A meter's newest point is in the newest hour of its hourly rollups (the
+# trigger counts every point in the transaction that writes it): reading
+# from there on, the partitions of readings before it are left out when
+# the statement starts, rather than each asked for its newest point.
+_LAST = (
+    "SELECT stamp, ms FROM readings WHERE id = %(m)s"
+    "   AND stamp >= coalesce((SELECT max(stamp) FROM readings_hourly WHERE id = %(m)s),"
+    "                         %(min)s::bigint)"
+    " ORDER BY stamp DESC LIMIT 1"
+)
+_LAST_POINTS = (
+    METERS_WITH_ROLLUPS
+    + ", h AS MATERIALIZED ("
+    "   SELECT id, (SELECT max(stamp) FROM readings_hourly WHERE id = m.id) AS hour"
+    "     FROM m WHERE id IS NOT NULL)"
+    " SELECT r.id, r.stamp, r.ms FROM h"
+    " CROSS JOIN LATERAL (SELECT id, stamp, ms FROM readings"
+    "                      WHERE id = h.id AND stamp >= coalesce(h.hour, %(min)s::bigint)"
+    "                      ORDER BY stamp DESC LIMIT 1) r"
+    " ORDER BY r.id"
+)
 
 
 # The planner's guesses for the lateral index ranges of some statements

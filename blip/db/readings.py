@@ -7,7 +7,9 @@ is stored.
 
 from typing import Any, Mapping, NamedTuple, Optional, Sequence
 
-from blip.db.queries import Queries
+from blip.db.partitions import ensure_months
+from blip.db.program import run_in
+from blip.db.queries import METERS_WITH_ROLLUPS, Queries
 from blip.model import STAMP_MAX, STAMP_MIN, Point
 
 #: The channel on which every batch of new points is announced (NOTIFY).
@@ -72,17 +74,6 @@ def _array(numbers: list[int]) -> str:
     return "{" + ",".join(map(str, numbers)) + "}"
 
 
-#: The meters with readings, as a recursive ``m (id)`` that skips through
-#: the primary key (a DISTINCT would read every row); its last row is NULL.
-METERS_WITH_READINGS = (
-    "WITH RECURSIVE m AS ("
-    "   (SELECT id FROM readings ORDER BY id LIMIT 1)"
-    "   UNION ALL"
-    "   SELECT (SELECT id FROM readings WHERE id > m.id ORDER BY id LIMIT 1)"
-    "     FROM m WHERE m.id IS NOT NULL)"
-)
-
-
 class BlipTotal(NamedTuple):
     """
     How many blips of a meter are stored.
@@ -122,9 +113,12 @@ class Readings(Queries):
         :data:`CHANNEL` (see :data:`_INSERT`), delivered when the
         transaction commits.
 
-        :param announce: False for history, which no live client wants.
+        :param announce: False for history, which no live client wants,
+            and whose months may want partitions: they are made first.
         :return: how many points were new.
         """
+        if not announce:
+            await run_in(self.pool, ensure_months(None, (p.stamp for p in points)))
         rows = await self.pool.runQuery(
             _INSERT if announce else _INSERT_QUIETLY,
             (
@@ -159,7 +153,7 @@ class Readings(Queries):
         """
         ids = list(after)
         rows = await self.pool.runQuery(
-            METERS_WITH_READINGS
+            METERS_WITH_ROLLUPS
             + " SELECT r.id, r.stamp, r.ms"
             "  FROM m LEFT JOIN unnest(%(ids)s::integer[], %(first)s::bigint[]) AS k (id, first)"
             "    ON k.id = m.id"
@@ -167,6 +161,7 @@ class Readings(Queries):
             "                      WHERE id = m.id"
             "                        AND stamp >= coalesce(k.first, %(min)s::bigint)"
             "                      ORDER BY stamp LIMIT %(limit)s) r"
+            " WHERE m.id IS NOT NULL"
             " ORDER BY r.id, r.stamp LIMIT %(limit)s",
             {
                 "ids": ids,
@@ -211,8 +206,8 @@ class Readings(Queries):
         """
         rows = await self.pool.runQuery(
             "SELECT h.id, h.events,"
-            "       (SELECT max(r.stamp) FROM readings r WHERE r.id = h.id)"
-            "  FROM (SELECT id, sum(events)::bigint AS events"
+            "       (SELECT max(r.stamp) FROM readings r WHERE r.id = h.id AND r.stamp >= h.hour)"
+            "  FROM (SELECT id, sum(events)::bigint AS events, max(stamp) AS hour"
             "          FROM readings_hourly GROUP BY id) h"
             " ORDER BY h.id"
         )

@@ -1,22 +1,23 @@
 """
 Preparing the database at start, by the daemon and the ``blip`` command
 alike: read the catalog, tell its layout (:mod:`blip.db.layouts`), upgrade
-the original's layouts in place (:mod:`blip.db.upgrades`), apply
-``schema.sql`` (which changes nothing where it is already applied), and
-record the version; all in one transaction, as one program (see
-:mod:`blip.db.program`).
+older layouts in place (:mod:`blip.db.upgrades`), apply ``schema.sql``
+(which changes nothing where it is already applied), make the partitions
+of readings due (:mod:`blip.db.partitions`) and record the version; all in
+one transaction, as one program (see :mod:`blip.db.program`).
 """
 
 import functools
 from pathlib import Path
+from typing import Optional
 
-from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from blip.db import layouts, upgrades
+from blip.db import layouts, partitions, upgrades
 from blip.db.layouts import Catalog, Column, Grant, Outcome, Trigger
 from blip.db.pool import Pool
-from blip.db.program import Program, Statement, run
+from blip.db.program import Program, Statement, run_in
 from blip.model import DEFAULT_METER
 
 #: Key of the advisory lock that serialises schema changes between nodes.
@@ -40,12 +41,15 @@ class Schema:
     Brings the database to blipserver's schema.
 
     :param pool: the connections to run the preparation on.
+    :param clock: the current time, which tells the month whose partition
+        is due (the pool's reactor when None).
     """
 
     log = Logger()
 
-    def __init__(self, pool: Pool) -> None:
+    def __init__(self, pool: Pool, clock: Optional[IReactorTime] = None) -> None:
         self.pool = pool
+        self.clock = clock or pool.reactor
 
     async def apply(self, meter: int = DEFAULT_METER) -> Outcome:
         """
@@ -60,9 +64,7 @@ class Schema:
             blipserver's nor the original's; it is left untouched.
         """
         started = self.pool.reactor.seconds()
-        outcome: Outcome = await self.pool.runInteraction(
-            lambda cursor: Deferred.fromCoroutine(run(cursor, prepare(meter)))
-        )
+        outcome = await run_in(self.pool, prepare(meter, int(self.clock.seconds() * 1000)))
         self.log.info(
             "{outcome} ({seconds:.1f} s)",
             outcome=outcome.describe(),
@@ -141,7 +143,7 @@ def read_catalog() -> Program[Catalog]:
     }
     triggers = tuple(Trigger(*row) for row in (yield Statement(_TRIGGERS)).rows)
     grants = tuple(
-        Grant(*row) for row in (yield Statement(_GRANTS, (list(layouts.VIEWS),))).rows
+        Grant(*row) for row in (yield Statement(_GRANTS, ([*layouts.VIEWS, layouts.READINGS],))).rows
     )
     version = None
     if "blip_schema" in relations:
@@ -151,14 +153,17 @@ def read_catalog() -> Program[Catalog]:
     )
 
 
-def prepare(meter: int) -> Program[Outcome]:
+def prepare(meter: int, now: int) -> Program[Outcome]:
     """
     Bring the database to blipserver's schema, in the caller's transaction:
-    create it in an empty database, upgrade the original's layouts in place
-    (ordered steps, from the version found), apply ``schema.sql`` (which
-    changes nothing where it is already applied), and record the version.
+    create it in an empty database, upgrade older layouts in place (ordered
+    steps, from the version found), apply ``schema.sql`` (which changes
+    nothing where it is already applied), make the partitions of readings
+    due, and record the version.
 
     :param meter: the meter the rows of a single-meter database belong to.
+    :param now: unix ms: the month whose partition is due, and the months
+        after it.
     :raise blip.db.layouts.Refused: before changing anything, for a database
         that is not one of these.
     """
@@ -169,6 +174,7 @@ def prepare(meter: int) -> Program[Outcome]:
     catalog = yield from read_catalog()
     before = layouts.detect(catalog)
     original = before in (layouts.ORIGINAL_SINGLE, layouts.ORIGINAL_MULTI)
+    plain = before is not None and catalog.plain_readings()
     grants = catalog.grants
     notes: list[str] = []
     if before == layouts.ORIGINAL_SINGLE:
@@ -176,11 +182,17 @@ def prepare(meter: int) -> Program[Outcome]:
         catalog = yield from read_catalog()
     if original:
         notes += yield from upgrades.replace_original_rollups(catalog)
+    if plain:
+        aside = yield from upgrades.set_readings_aside(now)
     yield Statement(schema_sql())
-    if original:
+    if plain:
+        notes += yield from upgrades.attach_readings_aside(aside)
+    if original or plain:
         notes += yield from upgrades.grant_again(grants)
+    if original:
         notes += yield from upgrades.recompute_rollups()
-    if catalog.version is None:
+    notes += yield from partitions.ensure_months(now)
+    if catalog.version != layouts.SCHEMA_VERSION:
         note = LAYOUTS_NOTE.get(before, "created")
         yield Statement(_RECORD_VERSION, (layouts.SCHEMA_VERSION, note))
         if before == layouts.SCHEMA_VERSION:
@@ -193,6 +205,6 @@ LAYOUTS_NOTE = {
     None: "created",
     layouts.ORIGINAL_SINGLE: "upgraded from the original single-meter layout",
     layouts.ORIGINAL_MULTI: "upgraded from the original multi-meter layout",
+    layouts.UNPARTITIONED: "upgraded from a plain readings table to one partitioned by month",
     layouts.SCHEMA_VERSION: "recorded for a database made before versions were recorded",
 }
-

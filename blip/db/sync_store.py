@@ -1,20 +1,23 @@
 """
 The statements the ``blip`` command runs (upgrade, rollups, import,
-export), on a plain blocking psycopg2 connection: the command runs without
-a reactor. Preparing the database is the daemon's own program
-(:func:`blip.db.schema.prepare`), run by the blocking runner.
+export, archive), on a plain blocking psycopg2 connection: the command
+runs without a reactor. Preparing the database and making partitions are
+the daemon's own programs (:func:`blip.db.schema.prepare`,
+:mod:`blip.db.partitions`), run by the blocking runner.
 """
 
 import io
-from typing import IO, Any, NamedTuple, Optional, Sequence
+import time
+from typing import IO, Any, NamedTuple, Optional, Protocol, Sequence
 
 from psycopg2 import sql
 
 from blip.db import layouts
 from blip.db.layouts import WIDTHS, Outcome
 from blip.db.node_state import NOTE_METER, meter_row
+from blip.db.partitions import ensure_months, raw_since
 from blip.db.program import run_sync
-from blip.db.readings import METERS_WITH_READINGS
+from blip.db.queries import METERS_WITH_ROLLUPS
 from blip.db.schema import prepare, read_catalog
 from blip.db.tokens import CREATE, LIST, REVOKE, NewToken, TokenRow, token_row
 from blip.db.upgrades import rebuild_statements
@@ -23,9 +26,8 @@ from blip.model import DEFAULT_METER
 
 # Every meter with readings or with rollups.
 _METER_IDS = (
-    METERS_WITH_READINGS
+    METERS_WITH_ROLLUPS
     + " SELECT id FROM m WHERE id IS NOT NULL"
-    " UNION SELECT id FROM readings_hourly"
     " UNION SELECT id FROM readings_minutely"
     " ORDER BY 1"
 )
@@ -70,6 +72,7 @@ _EXPORT = (
     "SELECT stamp, ms FROM readings"
     " WHERE id = %s AND stamp >= %s::bigint AND stamp <= %s::bigint ORDER BY stamp"
 )
+_ARCHIVE = "SELECT id AS meter, stamp, ms FROM readings WHERE stamp < %s::bigint ORDER BY id, stamp"
 
 
 
@@ -130,6 +133,13 @@ class Mismatch(NamedTuple):
     counted: Counts
     stored: Counts
 
+class Writable(Protocol):
+    """Where COPY writes its rows: anything with a ``write`` of bytes."""
+
+    def write(self, data: bytes, /) -> object:
+        """Take the next bytes."""
+
+
 class SyncStore:
     """
     The statements the commands run, on a plain (blocking) psycopg2
@@ -141,13 +151,15 @@ class SyncStore:
     def __init__(self, connection: Any) -> None:
         self.connection = connection
 
-    def apply_schema(self, meter: int = DEFAULT_METER) -> Outcome:
+    def apply_schema(self, meter: int = DEFAULT_METER, now: Optional[int] = None) -> Outcome:
         """
         Prepare the database exactly as the daemon does at start (see
         :meth:`blip.db.schema.Schema.apply`).
+
+        :param now: unix ms [default: the current time].
         """
         with self.connection, self.connection.cursor() as cursor:
-            return run_sync(cursor, prepare(meter))
+            return run_sync(cursor, prepare(meter, _now() if now is None else now))
 
     def layout(self) -> Optional[int]:
         """
@@ -158,6 +170,14 @@ class SyncStore:
         """
         with self.connection, self.connection.cursor() as cursor:
             return layouts.detect(run_sync(cursor, read_catalog()))
+
+    def raw_since(self) -> Optional[int]:
+        """
+        :return: the unix ms before which raw points were dropped, or None
+            when none were.
+        """
+        with self.connection, self.connection.cursor() as cursor:
+            return run_sync(cursor, raw_since())
 
     def meter_ids(self) -> list[int]:
         """
@@ -219,11 +239,15 @@ class SyncStore:
     def import_points(self, meter: int, points: Sequence[tuple[int, int]]) -> int:
         """
         Store ``(stamp, ms)`` points of one meter in one transaction, skipping
-        those already stored; the rollup trigger counts the new ones.
+        those already stored; the rollup trigger counts the new ones. The
+        partitions of their months are made first, so that they land there
+        rather than in the default partition.
 
         :return: how many were new.
         """
         text = "".join(f"{stamp}\t{ms}\n" for stamp, ms in points)
+        with self.connection, self.connection.cursor() as cursor:
+            run_sync(cursor, ensure_months(None, (stamp for stamp, _ in points)))
         with self.connection, self.connection.cursor() as cursor:
             cursor.execute(_IMPORT_TABLE)
             cursor.copy_expert(_IMPORT_COPY, io.StringIO(text))
@@ -262,9 +286,29 @@ class SyncStore:
         """
         rows = self._rows(REVOKE, (now, ident))
         return None if not rows else int(rows[0][0])
+    def archive(self, before: int, out: Writable) -> int:
+        """
+        Write every raw point with a stamp below ``before`` to ``out`` as
+        CSV with a ``meter,stamp,ms`` header, by meter and stamp, in one
+        snapshot. PostgreSQL streams the rows (COPY), so memory stays
+        constant however many there are.
+
+        :return: how many points were written.
+        """
+        with self.connection, self.connection.cursor() as cursor:
+            query = cursor.mogrify(_ARCHIVE, (before,)).decode()
+            cursor.copy_expert(
+                f"COPY ({query}) TO STDOUT WITH (FORMAT csv, HEADER)", out
+            )
+            return int(cursor.rowcount)
 
     def _rows(self, statement: Any, params: Any = None) -> list[tuple[Any, ...]]:
         with self.connection, self.connection.cursor() as cursor:
             cursor.execute(statement, params)
             rows: list[tuple[Any, ...]] = cursor.fetchall()
             return rows
+
+
+def _now() -> int:
+    """:return: the current unix time in ms."""
+    return int(time.time() * 1000)

@@ -10,17 +10,30 @@ of txpostgres that changes one fails a test rather than production:
   closes an idle connection (:class:`Connection` turns the error it raises
   into a lost connection);
 - that a connection's :meth:`~txpostgres.txpostgres.Connection.pollable`
-  is None until it was first opened (:meth:`Connection.close_for_good`).
+  is None until it was first opened (:meth:`Connection.close_for_good`);
+- that :meth:`~txpostgres.txpostgres.Connection.connect` gives its
+  arguments to the detector, which connects with them again on each
+  reconnection (:meth:`Connection.connect` gives it the host names rather
+  than the addresses it found), and that closing a connection while it
+  opens fails the opening (:meth:`Connection.connect` gives up on an
+  opening that takes too long);
+- that cancelling a query's Deferred calls psycopg2's ``cancel()``, which
+  blocks (so nothing here cancels one: see :mod:`blip.db.pool`).
 """
 
-from typing import Any, Callable, Iterator, Optional
+import os
+from typing import Any, Callable, Iterator, Mapping, Optional
 
 import psycopg2
+import psycopg2.extensions
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IHostnameResolver, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from txpostgres import reconnection, retrying, txpostgres
+
+from blip.common.waiting import detached, within
+from blip.db.hosts import addressed
 
 
 class Detector(reconnection.DeadConnectionDetector):
@@ -95,17 +108,31 @@ class Detector(reconnection.DeadConnectionDetector):
         self.stopped = True
         self.alive = False
         if self._retrying is not None:
-            try:
-                self._retrying.cancel()
-            except psycopg2.Error:
-                # psycopg2 cannot cancel a connection attempt under way; it
-                # is closed when it ends (connectionRecovered).
-                pass
+            # An attempt under way is closed (Connection.connect).
+            self._retrying.cancel()
+
+
+def connect_timeout(dsn: str, settings: Mapping[str, str]) -> float:
+    """
+    :return: the seconds libpq's ``connect_timeout`` setting (of
+        ``settings``, else of ``dsn``, else of ``PGCONNECT_TIMEOUT``) gives
+        each host to answer, as libpq reads it (2 at least); 0 for no limit.
+    """
+    try:
+        given = {**psycopg2.extensions.parse_dsn(dsn), **settings}
+    except psycopg2.ProgrammingError:
+        given = dict(settings)
+    try:
+        seconds = int(given.get("connect_timeout") or os.environ.get("PGCONNECT_TIMEOUT") or 0)
+    except ValueError:
+        return 0.0
+    return float(max(seconds, 2)) if seconds > 0 else 0.0
 
 
 class Connection(txpostgres.Connection):
     """
-    A txpostgres connection that reports the server going away while the
+    A txpostgres connection that opens without blocking and within its
+    ``connect_timeout``, and reports the server going away while the
     connection is idle as a lost connection (and so a reconnection by its
     detector), rather than as an unhandled error with a traceback.
 
@@ -119,6 +146,43 @@ class Connection(txpostgres.Connection):
 
     def __init__(self, reactor: IReactorTime, cooperator: Any, detector: Detector) -> None:
         super().__init__(reactor, cooperator, detector=detector)
+
+    def connect(self, dsn: str, **settings: str) -> "Deferred[Connection]":
+        """
+        Open the connection: resolve its host names without blocking
+        (:func:`blip.db.hosts.addressed`), then let txpostgres open it, and
+        give up (close it, and fail with :exc:`psycopg2.OperationalError`)
+        when it is not open after ``connect_timeout`` per address: libpq
+        applies that setting only to connections it opens while blocking.
+        Cancelling the returned Deferred closes the attempt (txpostgres
+        would call psycopg2's ``cancel()``).
+
+        :param dsn: a libpq connection string or URI.
+        :param settings: more libpq settings, which win over ``dsn``'s.
+        :return: a Deferred that fires with this connection once it is open.
+        """
+        return Deferred.fromCoroutine(self._open(dsn, settings))
+
+    async def _open(self, dsn: str, settings: dict[str, str]) -> "Connection":
+        resolver: Optional[IHostnameResolver] = getattr(self.reactor, "nameResolver", None)
+        extra = {} if resolver is None else await addressed(dsn, settings, resolver)
+        opening: Deferred[Connection] = super().connect(dsn, **{**settings, **extra})
+        # Reconnections connect again with the host names, not with the
+        # addresses found this time.
+        self.detector.setReconnectable(self, dsn, **settings)
+        addresses = len(extra.get("host", "").split(","))
+        timeout = connect_timeout(dsn, settings) * addresses
+        try:
+            if timeout and not await within(opening, timeout, self.reactor):
+                raise psycopg2.OperationalError("timeout expired")
+            return await detached(opening)
+        except BaseException:
+            if not opening.called:
+                # Closing fails the opening (with ConnectionDone); what
+                # failed is said above.
+                opening.addErrback(lambda f: None)
+                self.close()
+            raise
 
     def doRead(self) -> Optional[Exception]:
         # The reactor takes an exception returned (not raised) by doRead as

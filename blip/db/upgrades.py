@@ -1,19 +1,22 @@
 """
-The upgrade steps from the original blipserver's layouts (see
-:mod:`blip.db.layouts`) to blipserver's schema, each a program (see
-:mod:`blip.db.program`) run in the transaction that prepares the database
-(:func:`blip.db.schema.prepare`), and the statements that recompute the
-rollups from readings, which the last step and ``blip rollups rebuild``
-both run.
+The upgrade steps from the original blipserver's layouts and from
+blipserver's plain readings table (see :mod:`blip.db.layouts`) to
+blipserver's schema, each a program (see :mod:`blip.db.program`) run in
+the transaction that prepares the database (:func:`blip.db.schema.prepare`),
+and the statements that recompute the rollups from readings, which the
+upgrade from the original's layouts and ``blip rollups rebuild`` both run.
 """
 
+from dataclasses import dataclass
 from typing import Sequence
 
 from psycopg2 import sql
 
-from blip.db import layouts
-from blip.db.layouts import WIDTHS, Catalog, Grant
+from blip.db import layouts, partitions
+from blip.db.layouts import WIDTHS, Catalog, Grant, Refused
+from blip.db.partitions import DEFAULT_PARTITION, month_of
 from blip.db.program import Program, Statement
+from blip.db.queries import skip_meters
 from blip.model import STAMP_MAX, STAMP_MIN
 
 #: Privileges that may be granted on a view again after it was recreated.
@@ -119,10 +122,125 @@ def _conform(catalog: Catalog, table: str, types: dict[str, str]) -> Program[lis
     return notes
 
 
+@dataclass(frozen=True, slots=True)
+class Aside:
+    """
+    The plain readings table, renamed to become the partition of everything
+    before the month after the upgrade.
+
+    :param name: its new name.
+    :param boundary: unix ms the month after the upgrade starts: it holds
+        every stamp below.
+    :param owner: the role that owned it, and will own readings.
+    """
+
+    name: str
+    boundary: int
+    owner: str
+
+
+_READERS_OF_READINGS = (
+    "SELECT DISTINCT v.relname::text FROM pg_depend d"
+    "  JOIN pg_rewrite r ON r.oid = d.objid"
+    "  JOIN pg_class v ON v.oid = r.ev_class"
+    " WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass"
+    "   AND d.refobjid = 'readings'::regclass AND v.oid <> 'readings'::regclass"
+    " ORDER BY 1"
+)
+_OWNER = "SELECT pg_get_userbyid(relowner)::text FROM pg_class WHERE oid = 'readings'::regclass"
+# The points from the boundary on, found through the primary key one meter
+# at a time (a plain condition on stamp would read the table).
+_MOVE_LATER = (
+    ", moved AS ("
+    "   DELETE FROM {table} r USING m WHERE r.id = m.id AND r.stamp >= %s::bigint"
+    "   RETURNING r.id, r.stamp, r.ms)"
+    " INSERT INTO {default} (id, stamp, ms) SELECT id, stamp, ms FROM moved"
+)
+
+
+def set_readings_aside(now: int) -> Program[Aside]:
+    """
+    Step 3 to 4, before ``schema.sql`` (which then makes readings a
+    partitioned table): rename the plain readings table and its primary key
+    to ``readings_before_YYYY_MM``, the month after ``now``, and take
+    blipserver's rollup trigger off it (the partitioned table's counts its
+    points).
+
+    :param now: unix ms of the upgrade.
+    :raise blip.db.layouts.Refused: when a view reads readings: it would
+        go on reading the old table alone.
+    """
+    views = [name for name, in (yield Statement(_READERS_OF_READINGS)).rows]
+    if views:
+        raise Refused(
+            f"readings is read by {', '.join(views)} (views of yours), which would go on reading the"
+            " old table alone once readings is partitioned by month: drop them, upgrade, then make"
+            " them again"
+        )
+    owner = (yield Statement(_OWNER)).rows[0][0]
+    boundary = month_of(now).after(1)
+    aside = Aside(f"readings_before_{boundary.label}", boundary.start, owner)
+    yield Statement("LOCK TABLE readings IN ACCESS EXCLUSIVE MODE")
+    key = (yield Statement(
+        "SELECT conname::text FROM pg_constraint WHERE conrelid = 'readings'::regclass AND contype = 'p'"
+    )).rows[0][0]
+    name = sql.Identifier(aside.name)
+    yield Statement("DROP TRIGGER IF EXISTS blip_rollup ON readings")
+    yield Statement(sql.SQL("ALTER TABLE readings RENAME TO {}").format(name))
+    yield Statement(
+        sql.SQL("ALTER INDEX {} RENAME TO {}").format(
+            sql.Identifier(key), sql.Identifier(aside.name + "_pkey")
+        )
+    )
+    return aside
+
+
+def attach_readings_aside(aside: Aside) -> Program[list[str]]:
+    """
+    Step 3 to 4, after ``schema.sql`` made readings a partitioned table:
+    attach the old table as the partition of every stamp below the
+    boundary, without rewriting a row. A constraint checked by one read of
+    the table proves its points belong there, so that attaching it reads
+    nothing more; points from the boundary on (a clock far ahead) move to
+    the default partition first. The old table's owner owns readings.
+    """
+    made = yield from partitions.ensure_default()
+    table = sql.Identifier(aside.name)
+    # The name is our own: a plain identifier.
+    move = sql.SQL(skip_meters(aside.name) + _MOVE_LATER)
+    later = (yield Statement(
+        move.format(table=table, default=sql.Identifier(DEFAULT_PARTITION)), (aside.boundary,)
+    )).count
+    check = sql.Identifier(aside.name + "_stamp")
+    yield Statement(
+        sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} CHECK (stamp < %s::bigint) NOT VALID").format(table, check),
+        (aside.boundary,),
+    )
+    yield Statement(sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(table, check))
+    yield Statement(
+        sql.SQL("ALTER TABLE readings ATTACH PARTITION {} FOR VALUES FROM (MINVALUE) TO (%s)").format(table),
+        (aside.boundary,),
+    )
+    yield Statement(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(table, check))
+    yield Statement(sql.SQL("ALTER TABLE readings OWNER TO {}").format(sql.Identifier(aside.owner)))
+    notes = [
+        f"made readings a table partitioned by month, its points until now the partition {aside.name}"
+        " (not rewritten)",
+        *made,
+    ]
+    if later:
+        month = month_of(aside.boundary)
+        notes.append(
+            f"moved {later} points stamped {month.year:04d}-{month.month:02d} or later (a clock ahead)"
+            f" to {DEFAULT_PARTITION}"
+        )
+    return notes
+
+
 def grant_again(grants: Sequence[Grant]) -> Program[list[str]]:
     """
-    Give the views recreated by ``schema.sql`` the privileges the
-    original's had (a dashboard's read-only role, say).
+    Give the views and the readings table that the upgrade recreated the
+    privileges they had (a dashboard's read-only role, say).
     """
     count = 0
     for grant in grants:
@@ -130,10 +248,10 @@ def grant_again(grants: Sequence[Grant]) -> Program[list[str]]:
             continue
         role = sql.SQL("PUBLIC") if grant.role is None else sql.Identifier(grant.role)
         yield Statement(
-            sql.SQL("GRANT " + grant.privilege + " ON {} TO {}").format(sql.Identifier(grant.view), role)
+            sql.SQL("GRANT " + grant.privilege + " ON {} TO {}").format(sql.Identifier(grant.relation), role)
         )
         count += 1
-    return [f"granted {count} privileges on the views again"] if count else []
+    return [f"granted {count} privileges on readings and the views again"] if count else []
 
 
 def recompute_rollups() -> Program[list[str]]:

@@ -129,7 +129,7 @@ class Ingest:
         than for a timer; when None, retries run on their timer.
     :param max_pending: most points kept in memory while neither the
         database nor the spool takes them.
-    :param name: what the sink is, for the log (``the database``).
+    :param name: what the sink is, for the log (``database``).
     :param backlog: told how many points are not committed yet whenever
         that changes (by default the counters' ``backlog``).
     :param retriable: the errors of the sink that mean it is away rather
@@ -148,7 +148,7 @@ class Ingest:
         spool: Optional[Spool] = None,
         db_alive: Optional[DatabaseAlive] = None,
         max_pending: int = MAX_PENDING,
-        name: str = "the database",
+        name: str = "database",
         backlog: Optional[Callable[[int], None]] = None,
         retriable: tuple[type[BaseException], ...] = RETRIABLE,
     ) -> None:
@@ -232,7 +232,7 @@ class Ingest:
         if len(self.spool):
             self.log.info(
                 "{count} points of a previous run wait in the spool; they are"
-                " written to {sink} before new ones",
+                " written to the {sink} before new ones",
                 count=len(self.spool),
                 sink=self.name,
             )
@@ -269,7 +269,7 @@ class Ingest:
         self._ready = True
         if len(self.spool):
             self.log.info(
-                "writing {count} spooled points to {sink}", count=len(self.spool), sink=self.name
+                "writing {count} spooled points to the {sink}", count=len(self.spool), sink=self.name
             )
         self._replay()
 
@@ -334,7 +334,7 @@ class Ingest:
         elif self._writing is None:
             self._write_pending()
         else:
-            self.log.debug("{sink} is behind: spooling until it catches up", sink=self.name)
+            self.log.debug("the {sink} is behind: spooling until it catches up", sink=self.name)
             self._start_spooling()
         self._update_backlog()
 
@@ -457,7 +457,7 @@ class Ingest:
                 insert = Deferred.fromCoroutine(self.store.insert(batch))
                 if not await within(insert, WRITE_TIMEOUT, self.clock):
                     insert.addErrback(lambda f: None)
-                    raise WriteStalled(f"no answer from {self.name} in {WRITE_TIMEOUT:.0f} s")
+                    raise WriteStalled(f"no answer from the {self.name} in {WRITE_TIMEOUT:.0f} s")
                 new = await insert
             except Exception as e:
                 self._writing = None
@@ -481,7 +481,7 @@ class Ingest:
             self.counters.replayed += len(batch)
         if self._failures:
             self.log.info(
-                "writes to {sink} are back after {failures} failed attempts;"
+                "{sink} writes are back after {failures} failed attempts;"
                 " {count} points wait in the spool",
                 sink=self.name,
                 failures=self._failures,
@@ -497,7 +497,7 @@ class Ingest:
         self.counters.write_failures += 1
         if self._failures == 0:
             self.log.warn(
-                "cannot write to {sink}: {why}; spooling points and"
+                "cannot write to the {sink}: {why}; spooling points and"
                 " retrying until it takes them",
                 sink=self.name,
                 why=str(error).strip() or repr(error),

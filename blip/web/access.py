@@ -2,7 +2,9 @@
 Who may use the HTTP side: ``--allow`` lists the networks whose clients are
 served, everything else gets ``403`` with a JSON body; ``--trusted-proxy``
 lists the reverse proxies whose ``X-Forwarded-For`` and ``Forwarded``
-headers name the real client.
+headers name the real client. A connection from anyone else outside
+``--allow`` is refused as it opens (see :mod:`blip.web.connections`); the
+client behind a trusted proxy is judged by each request's headers.
 
 The client of a request from a trusted proxy is found in each of those
 headers the request carries: the rightmost address that is not itself a
@@ -150,6 +152,13 @@ class Rules:
             return True
         return ip is not None and any(ip in net for net in self.allow)
 
+    def refuses_peer(self, peer: Optional[IP]) -> bool:
+        """
+        :return: whether a connection from ``peer`` is refused whatever it
+            asks: it is neither allowed nor a trusted proxy.
+        """
+        return not self.allowed(peer) and not (peer is not None and self.trusted(peer))
+
     def clients(
         self, peer: Optional[IP], forwarded: Sequence[bytes], x_forwarded: Sequence[bytes]
     ) -> list[Optional[IP]]:
@@ -176,6 +185,45 @@ class Rules:
         return chain[0]
 
 
+class Refusals:
+    """
+    Counts the clients refused by ``--allow`` and logs them at most once a
+    minute.
+
+    :param counters: where they are counted.
+    :param clock: spaces out the log lines.
+    """
+
+    log = Logger()
+
+    def __init__(self, counters: Counters, clock: IReactorTime) -> None:
+        self.counters = counters
+        self._throttle = Throttle(clock, LOG_INTERVAL)
+
+    def note(self, client: Optional[IP]) -> str:
+        """
+        Count a refusal of ``client``.
+
+        :return: who it is, in words.
+        """
+        self.counters.forbidden += 1
+        who = "an unknown address" if client is None else str(client)
+        held = self._throttle.due()
+        if held is not None:
+            self.log.info(
+                "refused {count} requests from clients not in --allow since the last"
+                " such line; the last from {client}",
+                count=held + 1,
+                client=who,
+            )
+        return who
+
+
+def forbidden_message(who: str) -> str:
+    """:return: what a refused client is told."""
+    return f"access from {who} is not allowed"
+
+
 class AccessControl(Resource):
     """
     Serves the requests of allowed clients with the resource it wraps and
@@ -183,21 +231,16 @@ class AccessControl(Resource):
 
     :param inner: the site's root resource.
     :param rules: who is served.
-    :param counters: where refusals are counted.
-    :param clock: spaces out the log lines about refusals.
+    :param refusals: where refusals are counted and logged.
     """
 
     isLeaf = True
-    log = Logger()
 
-    def __init__(
-        self, inner: IResource, rules: Rules, counters: Counters, clock: IReactorTime
-    ) -> None:
+    def __init__(self, inner: IResource, rules: Rules, refusals: Refusals) -> None:
         super().__init__()
         self.inner = inner
         self.rules = rules
-        self.counters = counters
-        self._throttle = Throttle(clock, LOG_INTERVAL)
+        self.refusals = refusals
 
     def render(self, request: IRequest) -> Any:
         headers = request.requestHeaders
@@ -209,27 +252,15 @@ class AccessControl(Resource):
         refused = [ip for ip in clients if not self.rules.allowed(ip)]
         if not refused:
             return self.inner.render(request)
-        self.counters.forbidden += 1
-        who = "an unknown address" if refused[0] is None else str(refused[0])
-        self._note(who)
-        return refuse(request, 403, f"access from {who} is not allowed")
-
-    def _note(self, who: str) -> None:
-        held = self._throttle.due()
-        if held is not None:
-            self.log.info(
-                "refused {count} requests from clients not in --allow since the last"
-                " such line; the last from {client}",
-                count=held + 1,
-                client=who,
-            )
+        who = self.refusals.note(refused[0])
+        return refuse(request, 403, forbidden_message(who))
 
 
-def protect(resource: IResource, rules: Rules, counters: Counters, clock: IReactorTime) -> IResource:
+def protect(resource: IResource, rules: Rules, refusals: Refusals) -> IResource:
     """
     :return: ``resource`` behind :class:`AccessControl`, or as it is when
         every client is allowed.
     """
     if not rules.allow:
         return resource
-    return AccessControl(resource, rules, counters, clock)
+    return AccessControl(resource, rules, refusals)

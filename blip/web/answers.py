@@ -1,12 +1,18 @@
 """
 How every answer of the HTTP API is dressed: the CORS and caching headers
 (the legacy routes' and, allowing ``Last-Event-ID`` too, ``/api/v1``'s),
-the one JSON writer, and the empty answer of ``OPTIONS``.
+the header of answers made of raw points once some were dropped, the one
+JSON writer, and the empty answer of ``OPTIONS``.
+
+Which web pages' scripts may read the answers (``--cors``) is the site's
+:class:`Cors`, set on each request as it arrives: any page (``*``, as the
+original), none, or the pages of some origins, each answered with its own
+origin.
 """
 
 import json
-from dataclasses import dataclass
-from typing import Any, Optional
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
 
 from twisted.web.iweb import IRequest
 
@@ -31,7 +37,8 @@ class Style:
     """
     What an API adds to each of its answers.
 
-    :param headers: the CORS and caching headers, in order.
+    :param headers: the CORS and caching headers, in order, as answered
+        to a page of any origin.
     :param allow: the ``Allow`` header of its ``OPTIONS`` and ``405``
         answers; None for none.
     :param problems: whether its errors are problem documents (RFC 9457)
@@ -50,12 +57,103 @@ LEGACY = Style(_cors(_REQUEST_HEADERS))
 V1 = Style(_cors(_REQUEST_HEADERS + b", last-event-id"), b"GET, HEAD, OPTIONS", problems=True)
 
 
+_ALLOW_ORIGIN = b"Access-Control-Allow-Origin"
+_VARY = ((b"Vary", b"Origin"),)
+
+
+@dataclass(frozen=True)
+class Cors:
+    """
+    Which web pages' scripts may read the answers.
+
+    :param origins: the origins of those pages (``https://example.org``,
+        as a browser's ``Origin`` header spells them); None for any page.
+    """
+
+    origins: Optional[frozenset[bytes]] = None
+    _cached: dict[tuple[Style, Optional[bytes]], HeaderPairs] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+
+    def headers(self, style: Style, request: IRequest) -> HeaderPairs:
+        """
+        :return: the CORS and caching headers of ``style`` for ``request``:
+            for an origin allowed, that origin (and ``Vary: Origin`` when
+            not every origin is); for others, the caching headers alone.
+        """
+        if self.origins is None:
+            return style.headers
+        origin = request.getHeader(b"origin") if self.origins else None
+        if origin not in self.origins:
+            origin = None
+        key = (style, origin)
+        found = self._cached.get(key)
+        if found is None:
+            cache = tuple(pair for pair in style.headers if not pair[0].startswith(b"Access-Control-"))
+            if origin is None:
+                found = cache + (_VARY if self.origins else ())
+            else:
+                cors = tuple(pair for pair in style.headers if pair[0].startswith(b"Access-Control-"))
+                found = tuple((name, origin if name == _ALLOW_ORIGIN else value) for name, value in cors)
+                found += cache + _VARY
+            self._cached[key] = found
+        return found
+
+
+#: Any page may read the answers (the original's ``*``).
+ANY_ORIGIN = Cors()
+#: No page of another origin may.
+NO_ORIGIN = Cors(frozenset())
+
+
+def set_cors(request: IRequest, cors: Cors) -> None:
+    """
+    Make ``cors`` say which pages may read the answer to ``request``.
+    """
+    request.blip_cors = cors  # type: ignore[attr-defined]
+
+
+def cors_of(request: IRequest) -> Cors:
+    """
+    :return: which pages may read the answer to ``request`` (any, unless
+        :func:`set_cors` said otherwise).
+    """
+    cors: Cors = getattr(request, "blip_cors", ANY_ORIGIN)
+    return cors
+
+
 def dress(request: IRequest, style: Style) -> None:
     """
-    Set the CORS and caching headers of ``style``.
+    Set the CORS and caching headers of ``style``, for the pages that may
+    read the answer.
     """
-    for name, value in style.headers:
+    for name, value in cors_of(request).headers(style, request):
         request.setHeader(name, value)
+
+
+#: Says, on an answer made of raw points (or counting them), that raw
+#: points before this unix ms were dropped (``--keep-raw``): the answer
+#: holds what is left. Absent while none were dropped.
+RAW_SINCE = b"Blip-Raw-Since"
+
+#: Gives the unix ms before which raw points were dropped, None while none
+#: were.
+RawSince = Callable[[], Optional[int]]
+
+
+def kept_for_ever() -> Optional[int]:
+    """A :data:`RawSince` of a database whose raw points are all kept."""
+    return None
+
+
+def say_raw_since(request: IRequest, since: Optional[int]) -> None:
+    """
+    Set :data:`RAW_SINCE` (readable by scripts of other origins) when raw
+    points before ``since`` were dropped.
+    """
+    if since is not None:
+        request.setHeader(RAW_SINCE, b"%d" % since)
+        request.setHeader(b"Access-Control-Expose-Headers", RAW_SINCE)
 
 
 def encode(data: Any) -> bytes:

@@ -15,7 +15,7 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
-from blip.db.pool import RETRIABLE
+from blip.db.pool import RETRIABLE, QueryCancelled
 from blip.live.hub import TooManyWaiters
 from blip.web.answers import V1_PREFIX, Style, dress, encode, json_body
 from blip.web.twisted_private import started_writing
@@ -55,6 +55,8 @@ class Busy(ApiError):
 #: the order they are looked for.
 TABLE: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], int, str], ...] = (
     (TooManyWaiters, 503, "too many long-poll clients; try again later"),
+    # The server ended a query at the statement timeout (--query-timeout).
+    (QueryCancelled, 503, "the query took longer than this server allows; ask for less"),
     (RETRIABLE, 503, "database unavailable; try again later"),
     # A node serving a database whose schema another node (or this one,
     # still starting) has yet to create.

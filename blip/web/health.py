@@ -1,12 +1,18 @@
 """
 The operators' routes: ``/healthz`` for load balancers and service
 monitors, ``/metrics`` for Prometheus.
+
+``/healthz`` may be reached by more than operators: it says what is wrong
+in plain words (``database: unreachable``), and logs the details (which
+name hosts and users) at most once a minute.
 """
 
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
+import psycopg2
 from klein import Klein
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -14,14 +20,33 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 
+from blip.common.throttle import Throttle
+from blip.db.pool import RETRIABLE
 from blip.db.queries import Queries
-from blip.live.hub import Hub
 from blip.model import Point
 from blip.web.answers import encode
 from blip.web.errors import answer_error
 
 #: Seconds the database has to answer a health check.
 DATABASE_TIMEOUT = 5.0
+#: Seconds between two log lines about failed health checks.
+LOG_INTERVAL = 60.0
+
+Receive = Callable[[Point], None]
+
+
+def database_trouble(error: BaseException) -> str:
+    """
+    :return: what is wrong with the database, in words that give nothing
+        away (no host, user or query).
+    """
+    if isinstance(error, defer.TimeoutError):
+        return f"not answering within {DATABASE_TIMEOUT:g} s"
+    if isinstance(error, psycopg2.errors.UndefinedTable):
+        return "not prepared yet"
+    if isinstance(error, RETRIABLE):
+        return "unreachable"
+    return "failing (see the log)"
 
 
 class Health:
@@ -30,7 +55,9 @@ class Health:
     within the last ``window`` seconds (when it has one), and the database
     answers.
 
-    :param hub: where every blip from the source passes.
+    The source's blips are this node's own, as they are read: points of
+    other nodes (through ``LISTEN``) say nothing of this node's source.
+
     :param store: the database.
     :param clock: the current time.
     :param window: seconds without a blip before the source counts as
@@ -38,19 +65,28 @@ class Health:
     :param has_source: whether this node reads a serial source.
     """
 
-    def __init__(
-        self, hub: Hub, store: Queries, clock: IReactorTime, window: float, has_source: bool
-    ) -> None:
+    log = Logger()
+
+    def __init__(self, store: Queries, clock: IReactorTime, window: float, has_source: bool) -> None:
         self.store = store
         self.clock = clock
         self.window = window
         self.has_source = has_source
         #: When the last blip arrived (the start counts as one).
         self.last_blip = clock.seconds()
-        hub.listen(self._blip)
+        self._throttle = Throttle(clock, LOG_INTERVAL)
 
-    def _blip(self, point: Point) -> None:
-        self.last_blip = self.clock.seconds()
+    def watching(self, receive: Receive) -> Receive:
+        """
+        :return: ``receive``, after noting that the source delivered a
+            blip.
+        """
+
+        def blip(point: Point) -> None:
+            self.last_blip = self.clock.seconds()
+            receive(point)
+
+        return blip
 
     async def check(self) -> tuple[bool, dict[str, Any]]:
         """
@@ -71,9 +107,18 @@ class Health:
             ping.addTimeout(DATABASE_TIMEOUT, self.clock)
             await ping
         except Exception as e:
-            why = str(e).strip() or type(e).__name__
+            why = database_trouble(e)
             checks["database"] = {"ok": False, "error": why}
             problems.append(f"database: {why}")
+            held = self._throttle.due()
+            if held is not None:
+                self.log.warn(
+                    "health check: database {why}: {detail} ({count} failed checks since the"
+                    " last such line)",
+                    why=why,
+                    detail=str(e).strip() or type(e).__name__,
+                    count=held + 1,
+                )
         else:
             checks["database"] = {"ok": True}
         report: dict[str, Any] = {"status": "fail" if problems else "ok", "checks": checks}

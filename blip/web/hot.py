@@ -5,7 +5,8 @@ memory when the hub has the point (else from the database).
 
 When a meter blinks, every long-poll parked on it gets the same answer, so
 the whole HTTP response (status line, headers and body) is rendered once
-per point and written as it is to each client on a persistent HTTP/1.1
+per point (and CORS headers: with ``--cors`` origins, each allowed origin
+has its own) and written as it is to each client on a persistent HTTP/1.1
 connection; others get it through the usual request machinery.
 
 With thousands of long-polls parked, what makes the last client wait is
@@ -27,7 +28,7 @@ from twisted.web.server import NOT_DONE_YET, Request, version
 from blip.live.hub import Hub, TooManyWaiters
 from blip.meters import Meters
 from blip.model import Point
-from blip.web.answers import LEGACY, dress, json_body
+from blip.web.answers import LEGACY, HeaderPairs, cors_of, dress, json_body
 from blip.web.errors import ApiError, NotFound, answer_error, describe, refuse
 from blip.web.latest import Latest
 from blip.web.paths import meter_id
@@ -35,7 +36,6 @@ from blip.web.twisted_private import prerenderable, send_now, send_prerendered
 
 #: What a long-poll's waiter gives when --longpoll-timeout passes first.
 _NO_POINT: Any = object()
-_HEADERS = b"".join(b"%s: %s\r\n" % header for header in LEGACY.headers)
 
 
 def encode_point(point: Point) -> bytes:
@@ -78,6 +78,7 @@ class HotRoutes:
         self.reactor = reactor
         self._point: Optional[Point] = None
         self._second = 0
+        self._headers: HeaderPairs = ()
         self._response = b""
         self._unfinished: list[_Parked] = []
 
@@ -110,10 +111,17 @@ class HotRoutes:
             _Parked(self, request, Deferred.fromCoroutine(self._stored(meter)))
             return NOT_DONE_YET
         if prerenderable(request):
-            send_prerendered(request, self.response(point))
+            send_prerendered(request, self.response(point, self.headers(request)))
             request.finish()
             return NOT_DONE_YET
         return self.body(request, point)
+
+    @staticmethod
+    def headers(request: Request) -> HeaderPairs:
+        """
+        :return: the CORS and caching headers of the answer to ``request``.
+        """
+        return cors_of(request).headers(LEGACY, request)
 
     def _park(self, request: Request, meter: int) -> Any:
         dress(request, LEGACY)
@@ -143,20 +151,22 @@ class HotRoutes:
         dress(request, LEGACY)
         return json_body(request, encode_point(point))
 
-    def response(self, point: Point) -> bytes:
+    def response(self, point: Point, headers: HeaderPairs) -> bytes:
         """
+        :param headers: its CORS and caching headers (:meth:`headers`).
         :return: the whole HTTP/1.1 answer with ``point`` (of a long-poll,
-            or of /last), rendered once per point and second.
+            or of /last), rendered once per point, second and headers.
         """
         now = int(self.clock.seconds())
-        if point is not self._point or now != self._second:
+        if point is not self._point or now != self._second or headers is not self._headers:
             body = encode_point(point)
             self._response = (
                 b"HTTP/1.1 200 OK\r\nServer: %s\r\nDate: %s\r\n%s"
                 b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
-                % (version, datetimeToString(now), _HEADERS, len(body), body)
+                % (version, datetimeToString(now), b"".join(b"%s: %s\r\n" % h for h in headers),
+                   len(body), body)
             )
-            self._point, self._second = point, now
+            self._point, self._second, self._headers = point, now, headers
         return self._response
 
     def finish_later(self, parked: "_Parked") -> None:
@@ -186,13 +196,15 @@ class _Parked:
     database has.
     """
 
-    __slots__ = ("routes", "request", "waiter", "gone")
+    __slots__ = ("routes", "request", "waiter", "gone", "headers")
 
     def __init__(self, routes: HotRoutes, request: Request, waiter: "Deferred[Point]") -> None:
         self.routes = routes
         self.request = request
         self.waiter = waiter
         self.gone = False
+        #: The CORS and caching headers of its answer.
+        self.headers = routes.headers(request)
         request.notifyFinish().addErrback(self.hung_up)
         waiter.addCallbacks(self.answer, self.failed)
 
@@ -214,7 +226,7 @@ class _Parked:
             request.setResponseCode(204)
             request.finish()
         elif prerenderable(request):
-            send_now(send_prerendered(request, self.routes.response(point)))
+            send_now(send_prerendered(request, self.routes.response(point, self.headers)))
             self.routes.finish_later(self)
         else:
             request.write(self.routes.body(request, point))

@@ -4,6 +4,9 @@ The original blipserver's JSON routes (but the two hot ones,
 
 The legacy routes answer byte for byte like the original: points as
 ``[stamp,ms]``, lists without spaces, numbers as PostgreSQL prints them.
+Once raw points were dropped (``--keep-raw``), those that return or count
+raw points say since when they are kept in a header (see
+:data:`blip.web.answers.RAW_SINCE`); their bodies hold what is left.
 """
 
 from functools import wraps
@@ -19,7 +22,15 @@ from twisted.web.resource import IResource
 from twisted.web.server import Request
 
 from blip.db.legacy import LegacyQueries
-from blip.web.answers import LEGACY, dress, json_body, options
+from blip.web.answers import (
+    LEGACY,
+    RawSince,
+    dress,
+    json_body,
+    kept_for_ever,
+    options,
+    say_raw_since,
+)
 from blip.web.errors import answer_error
 from blip.web.limits import LAST_POINTS, MINUTELY_ROWS, RANGE_POINTS, SINCE_POINTS
 from blip.web.paths import buckets, meter_id, number, stamps
@@ -28,10 +39,13 @@ from blip.web.static import StaticFiles
 Handler = Callable[..., Awaitable[bytes]]
 
 
-def legacy(app: Klein, *paths: str) -> Callable[[Handler], Handler]:
+def legacy(app: Klein, *paths: str, raw: bool = False) -> Callable[[Handler], Handler]:
     """
     Register a legacy JSON route under each of ``paths``, answering GET and
     HEAD with the handler's bytes and OPTIONS with the CORS headers alone.
+
+    :param raw: whether the route reads raw points, and so says since when
+        they are kept.
     """
 
     def register(f: Handler) -> Handler:
@@ -40,7 +54,10 @@ def legacy(app: Klein, *paths: str) -> Callable[[Handler], Handler]:
             if request.method == b"OPTIONS":
                 return options(request, LEGACY)
             dress(request, LEGACY)
-            return json_body(request, await f(self, request, **kwargs))
+            body = await f(self, request, **kwargs)
+            if raw:
+                say_raw_since(request, self.raw_since())
+            return json_body(request, body)
 
         for path in paths:
             app.route(
@@ -58,15 +75,19 @@ class LegacyApi:
     :param store: the database.
     :param clock: the current time, for routes relative to now.
     :param static: the folder of the page.
+    :param raw_since: since when raw points are kept.
     """
 
     app = Klein()
     log = Logger()
 
-    def __init__(self, store: LegacyQueries, clock: IReactorTime, static: Path) -> None:
+    def __init__(
+        self, store: LegacyQueries, clock: IReactorTime, static: Path, raw_since: RawSince = kept_for_ever
+    ) -> None:
         self.store = store
         self.clock = clock
         self.static = StaticFiles(str(static))
+        self.raw_since = raw_since
 
     def now(self) -> int:
         """
@@ -93,17 +114,17 @@ class LegacyApi:
         """
         return options(request, LEGACY)
 
-    @legacy(app, "/last/<meter>/<ms>")
+    @legacy(app, "/last/<meter>/<ms>", raw=True)
     async def last_ms(self, request: IRequest, meter: str, ms: str) -> bytes:
         m, span = meter_id(meter), number(ms, "ms")
         return (await self.store.since(m, self.now() - span, LAST_POINTS)).encode()
 
-    @legacy(app, "/since/<since>", "/since/<meter>/<since>")
+    @legacy(app, "/since/<since>", "/since/<meter>/<since>", raw=True)
     async def since(self, request: IRequest, since: str, meter: Optional[str] = None) -> bytes:
         m, start = meter_id(meter), number(since, "stamp")
         return (await self.store.since(m, start, SINCE_POINTS)).encode()
 
-    @legacy(app, "/range/<first>/<last>", "/range/<meter>/<first>/<last>")
+    @legacy(app, "/range/<first>/<last>", "/range/<meter>/<first>/<last>", raw=True)
     async def range(
         self, request: IRequest, first: str, last: str, meter: Optional[str] = None
     ) -> bytes:
@@ -111,7 +132,7 @@ class LegacyApi:
         a, b = stamps(first, last)
         return (await self.store.between(m, a, b, RANGE_POINTS)).encode()
 
-    @legacy(app, "/aggregate/<start>/<width>/<count>", "/aggregate/<meter>/<start>/<width>/<count>")
+    @legacy(app, "/aggregate/<start>/<width>/<count>", "/aggregate/<meter>/<start>/<width>/<count>", raw=True)
     async def aggregate(
         self, request: IRequest, start: str, width: str, count: str, meter: Optional[str] = None
     ) -> bytes:
@@ -147,7 +168,7 @@ class LegacyApi:
         a, b = stamps(first, last)
         return (await self.store.minutely(m, a, b, MINUTELY_ROWS)).encode()
 
-    @legacy(app, "/usage/<ms>", "/usage/<meter>/<ms>")
+    @legacy(app, "/usage/<ms>", "/usage/<meter>/<ms>", raw=True)
     async def usage(self, request: IRequest, ms: str, meter: Optional[str] = None) -> bytes:
         m, span = meter_id(meter), number(ms, "ms")
         return b"[%d]" % await self.store.count_since(m, self.now() - span)

@@ -40,3 +40,20 @@ WRITE_BODY = 1 << 20
 WRITE_POINTS = 10_000
 #: Seconds a written point may be stamped ahead of this node's clock.
 WRITE_AHEAD = 300
+#: Gaps this long or longer, in ms, are found from the minute rollups;
+#: shorter ones by reading every point, of at most :data:`RAW_GAP_SPAN` ms
+#: of the range per answer (the rest is a ``next`` page away).
+ROLLUP_GAP = 120_000
+RAW_GAP_SPAN = 7 * 86_400_000
+#: How far back, in ms, a live stream may resume (``Last-Event-ID``); a
+#: client that would replay more opens a new stream and reloads what it
+#: shows.
+REPLAY_DEPTH = 3_600_000
+
+#: Heavy requests, which read every point of their range without a cap on
+#: rows (exports over more than :data:`HEAVY_SPAN` ms, live streams while
+#: they replay), that may run at once; more get 503, told to come back
+#: after :data:`RETRY_AFTER` seconds.
+HEAVY_REQUESTS = 2
+HEAVY_SPAN = 7 * 86_400_000
+RETRY_AFTER = 2

@@ -4,20 +4,22 @@ any route is refused first; ``/blip`` and ``/last`` are answered before the
 router (:mod:`blip.web.hot`); ``/api/v1/...`` is the modern API,
 ``/healthz`` and ``/metrics`` serve operators, everything else is the
 legacy API and the page. Every request is counted and timed, behind
-access control.
+access control; every connection is counted, and let in or refused, as it
+opens (:mod:`blip.web.connections`).
 """
 
-from typing import Any, Mapping
+import re
+from typing import Any, Mapping, Optional
 
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Protocol
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
-from blip.counters import Counters
-from blip.web.access import Rules, protect
-from blip.web.body import CappedRequest
-from blip.web.channel import MAX_URI, Channel
+from blip.web.access import Refusals, Rules, protect
+from blip.web.answers import ANY_ORIGIN, Cors, set_cors
+from blip.web.channel import MAX_URI, Channel, Forbidden, TargetRequest
+from blip.web.connections import Door
 from blip.web.errors import refuse
 from blip.web.health import Operations
 from blip.web.hot import HotRoutes
@@ -25,29 +27,44 @@ from blip.web.legacy import LegacyApi
 from blip.web.metrics import Metered, RequestMetrics, route_of
 from blip.web.v1.routes import ApiV1
 
+#: A ``Host`` header as RFC 9110 spells it, that the router can take (as
+#: IDNA: labels of 1 to 63 characters): a name or an address, and maybe a
+#: port.
+_LABEL = rb"[0-9A-Za-z_~!$&'()*+,;=%-]{1,63}"
+_HOST = re.compile(rb"(\[[0-9A-Za-z:.%_~-]*\]|(" + _LABEL + rb"\.)*" + _LABEL + rb"\.?)?(:[0-9]*)?")
+
 
 class Guard(Resource):
     """
     Refuses, with JSON, what must not reach the routes: request targets
     over :data:`~blip.web.channel.MAX_URI` bytes (414), paths that are not
-    UTF-8 (400), and methods that are not upper case (405: methods are
-    case-sensitive, but the router would take ``get`` for ``GET``); then
-    lets :class:`~blip.web.hot.HotRoutes` answer what it can, and the
-    router the rest.
+    UTF-8 (400), a ``Host`` header that is not a host (400, as RFC 9112
+    asks, and the router would choke on it), and methods that are not
+    upper case (405: methods are case-sensitive, but the router would take
+    ``get`` for ``GET``); then lets :class:`~blip.web.hot.HotRoutes`
+    answer what it can, and the router the rest.
     """
 
     isLeaf = True
 
-    def __init__(self, hot: HotRoutes, router: IResource) -> None:
+    def __init__(self, hot: HotRoutes, router: IResource, cors: Cors) -> None:
         super().__init__()
         self.hot = hot
         self.router = router
+        self.cors = cors
+        #: The last Host header found good: most requests have the same.
+        self._host = b""
 
     def render(self, request: Request) -> Any:
+        if self.cors is not ANY_ORIGIN:
+            set_cors(request, self.cors)
         if len(request.uri) > MAX_URI:
             return refuse(request, 414, f"request target longer than {MAX_URI} bytes")
         if request.method != request.method.upper():
             return refuse(request, 405, "method not allowed")
+        hosts = request.requestHeaders.getRawHeaders(b"host")
+        if hosts is not None and (len(hosts) > 1 or not self._good_host(hosts[0])):
+            return refuse(request, 400, "bad Host header")
         assert request.postpath is not None  # set by the site before it renders
         try:
             b"/".join(request.postpath).decode("utf-8")
@@ -57,6 +74,14 @@ class Guard(Resource):
         if answer is not None:
             return answer
         return self.router.render(request)
+
+    def _good_host(self, host: bytes) -> bool:
+        if host == self._host:
+            return True
+        if _HOST.fullmatch(host) is None:
+            return False
+        self._host = host
+        return True
 
 
 class Mount(Resource):
@@ -87,33 +112,52 @@ def site_root(
     operations: Operations,
     metrics: RequestMetrics,
     rules: Rules,
-    counters: Counters,
-    clock: IReactorTime,
+    refusals: Refusals,
+    cors: Cors,
 ) -> IResource:
     """
     :param rules: who is served.
-    :param counters: where refused clients are counted.
-    :param clock: spaces out the log lines about refused clients.
+    :param refusals: where refused clients are counted and logged.
+    :param cors: which web pages may read the answers.
     :return: the root resource of the site.
     """
     apps = {b"api": api.app, b"healthz": operations.app, b"metrics": operations.app}
     mount = Mount({first: app.resource() for first, app in apps.items()}, legacy.app.resource())
-    metered = Metered(Guard(hot, mount), route_of(apps, legacy.app), metrics)
-    return protect(metered, rules, counters, clock)
+    metered = Metered(Guard(hot, mount, cors), route_of(apps, legacy.app), metrics)
+    return protect(metered, rules, refusals)
 
 
 class QuietSite(Site):
     """
-    A site that writes no access log: a proxy in front keeps one, and a
-    line per answered long-poll would drown everything else.
+    The site's connections, each let in or refused by ``door`` as it
+    opens. It writes no access log: a proxy in front keeps one, and a line
+    per answered long-poll would drown everything else.
+
+    :param resource: the root resource.
+    :param door: counts the connections and says which may come in.
     """
 
     # Twisted takes any HTTP channel class here, though its type names only
     # its default, a wrapper that can switch to HTTP/2 (blipserver speaks
     # HTTP/1.1).
     protocol = Channel  # type: ignore[assignment]
-    # Bodies capped, in memory (see blip.web.body).
-    requestFactory = CappedRequest
+    requestFactory = TargetRequest
+
+    def __init__(self, resource: IResource, door: Door) -> None:
+        super().__init__(resource)
+        self.door = door
+
+    # (Twisted's type, again, names only its own channel.)
+    def buildProtocol(self, addr: Any) -> Optional[Protocol]:  # type: ignore[override]
+        entry = self.door.enter(addr)
+        if entry is None:
+            # Closed at once, unanswered: over a cap.
+            return None
+        if entry.forbidden is not None:
+            return Forbidden(entry)
+        channel: Channel = super().buildProtocol(addr)
+        channel.entry = entry
+        return channel
 
     def log(self, request: Any) -> None:
         pass

@@ -1,7 +1,8 @@
 """
 The page's files, served from its folder: no directory listings, JSON
 404s, validators so that browsers revalidate cheaply, and gzip for
-clients that accept it.
+clients that accept it. The files are small, and sent whole from memory:
+an answer holds no open file, and byte ranges are not offered.
 """
 
 import gzip
@@ -16,8 +17,9 @@ from blip.web.errors import refuse
 
 #: Types worth compressing.
 _COMPRESSIBLE = (b"text/", b"application/javascript", b"application/json", b"image/svg+xml")
-#: Compressed files by (path, modification time, size): the page is small.
-_gzipped: dict[tuple[str, float, int], bytes] = {}
+#: The files, as sent, by (path, modification time, size, whether
+#: compressed): the page is small.
+_cached: dict[tuple[str, float, int, bool], bytes] = {}
 
 
 class JSONNotFound(Resource):
@@ -35,7 +37,7 @@ class StaticFiles(File):
     """
     The page's files: no directory listings, JSON 404s, an ETag and
     Last-Modified on each so browsers revalidate cheaply, and gzip for
-    clients that accept it.
+    clients that accept it; each sent whole, from memory.
     """
 
     # Twisted takes any resource here, though their types are inferred from
@@ -45,6 +47,13 @@ class StaticFiles(File):
 
     def directoryListing(self) -> Resource:
         return self.childNotFound
+
+    def getChild(self, path: bytes, request: IRequest) -> Any:
+        # No file name holds a NUL byte; the file system refuses to look
+        # one up (ValueError), which is no reason for a 500.
+        if b"\x00" in path:
+            return self.childNotFound
+        return super().getChild(path, request)
 
     def render_GET(self, request: IRequest) -> Any:
         if not self.isfile():
@@ -56,23 +65,30 @@ class StaticFiles(File):
         request.setHeader(b"Vary", b"Accept-Encoding")
         if request.setETag(b'"%x-%x"' % (int(mtime * 1000), size)) is http.CACHED:
             return b""
+        if request.setLastModified(mtime) is http.CACHED:
+            return b""
         content_type, _ = getTypeAndEncoding(
             self.basename(), self.contentTypes, self.contentEncodings, self.defaultType
         )
         accepted = request.getHeader(b"Accept-Encoding") or b""
-        if (
-            b"gzip" in accepted
-            and content_type
-            and content_type.encode().startswith(_COMPRESSIBLE)
-            and not request.getHeader(b"Range")
-        ):
-            key = (self.path, mtime, size)
-            if key not in _gzipped:
-                _gzipped[key] = gzip.compress(self.getContent(), 9, mtime=0)
-            body = _gzipped[key]
-            request.setLastModified(mtime)
+        zipped = bool(
+            b"gzip" in accepted and content_type and content_type.encode().startswith(_COMPRESSIBLE)
+        )
+        key = (self.path, mtime, size, zipped)
+        body = _cached.get(key)
+        if body is None:
+            try:
+                body = self.getContent()
+            except OSError:
+                return self.childNotFound.render(request)
+            if zipped:
+                body = gzip.compress(body, 9, mtime=0)
+            _cached[key] = body
+        if content_type:
             request.setHeader(b"Content-Type", content_type.encode())
+        if zipped:
             request.setHeader(b"Content-Encoding", b"gzip")
-            request.setHeader(b"Content-Length", b"%d" % len(body))
-            return body
-        return super().render_GET(request)
+        request.setHeader(b"Content-Length", b"%d" % len(body))
+        return b"" if request.method == b"HEAD" else body
+
+    render_HEAD = render_GET

@@ -3,12 +3,16 @@ All that blipserver relies on of Twisted Web beyond its public API, in one
 place: each reliance is pinned by ``tests/web/test_twisted_private.py``, so
 that a Twisted upgrade that changes one fails a test, not the daemon.
 
-- :class:`HookedChannel`: which line of a request was too long, and the
-  answer to a request Twisted cannot parse (``HTTPChannel``'s private
-  ``_respondToBadRequestAndDisconnect``).
+- :class:`HookedChannel`: which line of a request was too long, the
+  answer to a request Twisted cannot parse or whose head is over its caps
+  (``HTTPChannel``'s private ``_respondToBadRequestAndDisconnect``, and
+  its counts of a head), and a request whose head announces a body, with
+  its method, target and length, once the head is whole
+  (``HTTPChannel._command``, ``_path`` and ``length``); and its idle timeout, not reset by each read, as a
+  deadline for each request's head (``HTTPChannel.dataReceived``).
 - :class:`HookedRequest`: a request target that is not a path, before
   the request is handled (``Request.requestReceived``, "not intended for
-  users").
+  users"), and the answer to a target of ``*`` (``Request._handleStar``).
 - :func:`send_prerendered`, :func:`prerenderable` and
   :func:`started_writing`: a whole answer rendered once and written as it
   is to many clients, around the request's own writing
@@ -19,8 +23,9 @@ that a Twisted upgrade that changes one fails a test, not the daemon.
   channel.
 """
 
-from typing import Any
+from typing import Any, Optional
 
+from twisted.protocols.basic import LineReceiver
 from twisted.web.http import HTTPChannel
 from twisted.web.iweb import IRequest
 from twisted.web.server import Request
@@ -28,9 +33,18 @@ from twisted.web.server import Request
 
 class HookedChannel(HTTPChannel):
     """
-    Twisted's HTTP connection, with two of its own answers replaced by
-    hooks.
+    Twisted's HTTP connection, with its own answers replaced by hooks, and
+    a hook where a request's head is whole.
+
+    Its idle timeout (``timeOut``) is a deadline for each request's head:
+    HTTPChannel starts it when the connection opens and after each
+    answer, and stops it while a request is handled, but it also restarts
+    it at every read, so that a client sending a byte now and then would
+    hold its connection for ever. Here reads do not restart it.
     """
+
+    def dataReceived(self, data: bytes) -> None:
+        LineReceiver.dataReceived(self, data)
 
     def line_too_long(self, request_line: bool, line: bytes) -> None:
         """
@@ -49,6 +63,27 @@ class HookedChannel(HTTPChannel):
         """
         super()._respondToBadRequestAndDisconnect()
 
+    def head_too_large(self) -> None:
+        """
+        A request has more than ``maxHeaders`` headers, or its request line
+        and headers more than ``totalHeadersSize`` bytes (the default
+        answer: as to a request Twisted cannot parse).
+        """
+        self.bad_request()
+
+    def body_announced(self, method: bytes, target: bytes, length: Optional[int]) -> bool:
+        """
+        A request's line and headers are whole and announce a body (a
+        ``Content-Length`` over 0, or chunks), none of which is read yet.
+
+        :param method: its method.
+        :param target: its request target, as it came.
+        :param length: the body's ``Content-Length``; None for chunks.
+        :return: whether to go on with the request; if not, the hook has
+            answered it and closed the connection.
+        """
+        return True
+
     def lineLengthExceeded(self, line: bytes) -> None:
         # HTTPChannel makes a connection's request when its request line
         # arrives, and forgets it once answered; lines are not read while a
@@ -57,13 +92,26 @@ class HookedChannel(HTTPChannel):
         self.line_too_long(not self.requests, line)
 
     def _respondToBadRequestAndDisconnect(self) -> None:
-        self.bad_request()
+        if (
+            self._receivedHeaderCount > self.maxHeaders
+            or self._receivedHeaderSize > self.totalHeadersSize
+        ):
+            self.head_too_large()
+        else:
+            self.bad_request()
+
+    def allHeadersReceived(self) -> None:
+        # What the headers say of a body: length 0 for none, None for
+        # chunks, else its length.
+        if self.length == 0 or self.body_announced(self._command, self._path, self.length):
+            super().allHeadersReceived()
 
 
 class HookedRequest(Request):
     """
     Twisted's request, whose target, unless it is a path, passes through a
-    hook before anything reads it.
+    hook before anything reads it, and whose answer to a target of ``*``
+    is a hook.
     """
 
     def target(self, target: bytes) -> bytes:
@@ -74,10 +122,20 @@ class HookedRequest(Request):
         """
         return target
 
+    def asterisk(self) -> None:
+        """
+        Answer a request whose target is ``*`` (by default as Twisted does:
+        200 to ``OPTIONS``, an empty 405 to anything else).
+        """
+        super()._handleStar()
+
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         if not path.startswith(b"/"):
             path = self.target(path)
         super().requestReceived(command, path, version)
+
+    def _handleStar(self) -> None:
+        self.asterisk()
 
 
 def prerenderable(request: Request) -> bool:

@@ -4,6 +4,7 @@ against a real database: import and export, rollup rebuild and check,
 upgrade, and how each finds the database.
 """
 
+import gzip
 import os
 import subprocess
 import sys
@@ -80,7 +81,7 @@ def test_import_and_export_round_trip(database, tmp_path) -> None:
     done = blip("import", str(source), "--meter", "7", db=database.dsn)
     assert done.returncode == 1, done.stderr
     assert done.stderr.splitlines() == [
-        "blip: created blipserver's schema (version 3) in an empty database",
+        "blip: created blipserver's schema (version 4) in an empty database",
         f"{source}:5: stamp 'bad' is not a whole number of ms; skipped",
         f"{source}:6: ms 0 is not from 1 to 2147483647; skipped",
         f"{source}:7: ms '-5' is not a whole number; skipped",
@@ -267,7 +268,7 @@ def test_upgrade_command_and_what_readers_need(database, pg_cluster) -> None:
     assert export.returncode == 1
     assert export.stderr == (
         "blip: error: the database has the original multi-meter layout (version 2), not"
-        " blipserver's schema (version 3): run `blip upgrade` or start the daemon first\n"
+        " blipserver's schema (version 4): run `blip upgrade` or start the daemon first\n"
     )
     assert blip("rollups", "check", db=database.dsn).returncode == 1
 
@@ -275,9 +276,9 @@ def test_upgrade_command_and_what_readers_need(database, pg_cluster) -> None:
     assert done.returncode == 0
     assert done.stdout.startswith(
         "upgraded the database in place from the original multi-meter layout (version 2)"
-        " to blipserver's schema (version 3): dropped the original's per-row trigger"
+        " to blipserver's schema (version 4): dropped the original's per-row trigger"
     )
-    assert blip("upgrade", db=database.dsn).stdout == "the database has blipserver's schema (version 3)\n"
+    assert blip("upgrade", db=database.dsn).stdout == "the database has blipserver's schema (version 4)\n"
     assert blip("rollups", "check", db=database.dsn).returncode == 0
 
     database.sql("CREATE DATABASE " + database.name + "_x")
@@ -291,6 +292,41 @@ def test_upgrade_command_and_what_readers_need(database, pg_cluster) -> None:
         assert pg_cluster.sql(database.name + "_x", "SELECT relname FROM pg_class WHERE relnamespace = 'public'::regnamespace AND relkind = 'r'") == [("notes",)]
     finally:
         pg_cluster.sql("postgres", f"DROP DATABASE {database.name}_x WITH (FORCE)")
+
+
+def test_archive_writes_the_raw_points_before_a_date(database, tmp_path) -> None:
+    """
+    ``blip archive --before DATE FILE`` writes every meter's raw points
+    before DATE (a date in UTC, a date-time with an offset, or unix ms) to
+    a new gzip-compressed CSV file, by meter and stamp, and keeps them in
+    the database; it never writes over a file, and leaves no partial one.
+    """
+    assert blip("upgrade", db=database.dsn).returncode == 0
+    day = T0 - T0 % DAY + DAY  # 2020-09-14 00:00 UTC
+    points = [(m, s, 1000 + m) for m in (2, 1) for s in range(day - 3 * HOUR, day + 3 * HOUR, HOUR)]
+    database.sql(
+        "INSERT INTO readings (id, stamp, ms) SELECT * FROM unnest(%s::integer[], %s::bigint[], %s::integer[])",
+        tuple(map(list, zip(*points))),
+    )
+    path = tmp_path / "raw.csv.gz"
+    done = blip("archive", "--before", "2020-09-14", str(path), db=database.dsn)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"{path}: 6 raw points before 2020-09-14 00:00 UTC\n"
+    with gzip.open(path, "rt") as archive:
+        assert archive.read() == "meter,stamp,ms\n" + "".join(
+            f"{m},{s},{ms}\n" for m, s, ms in sorted(points) if s < day
+        )
+    assert database.sql("SELECT count(*) FROM readings") == [(12,)]
+
+    again = blip("archive", "--before", "2020-09-14T02:00+01:00", str(path), db=database.dsn)
+    assert (again.returncode, again.stderr) == (1, f"blip: error: {path}: exists; an archive is never written over\n")
+    later = tmp_path / "later.csv.gz"
+    assert blip("archive", "--before", str(day + HOUR + 1), str(later), db=database.dsn).stdout == (
+        f"{later}: 10 raw points before 2020-09-14 01:00:00 UTC\n"
+    )
+    bad = blip("archive", "--before", "yesterday", str(tmp_path / "x.gz"), db=database.dsn)
+    assert bad.returncode == 2 and "argument --before: not a date" in bad.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["later.csv.gz", "raw.csv.gz"]
 
 
 def test_bad_arguments_are_one_clear_error(database) -> None:

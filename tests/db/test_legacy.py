@@ -98,3 +98,28 @@ async def test_aggregate_reads_the_rollups_when_buckets_align(store, legacy, dat
     assert json.loads(await legacy.aggregate(1, T0 + HOUR + 1, HOUR, 3))[0][1] == (
         json.loads(mixed)[0][1] - sum(T0 + HOUR + 1 <= p.stamp < T0 + HOUR + MINUTE for p in points)
     )
+
+
+@pytest_twisted.ensureDeferred
+async def test_usage_counts_from_the_rollups(store, legacy, database) -> None:
+    """
+    /usage counts the points of its first partial minute one by one and
+    reads the rollups for the rest, so that a span of years costs a row
+    per hour rather than a row per point; its count is that of the points
+    for any start: inside a minute, on a minute or an hour, at the last
+    point, 15 digits back, and around 1970 (whose rollup buckets also hold
+    the stamps before it). Readings deleted behind the rollups' back show
+    which source was read.
+    """
+    stamps = [T0 - 2 * HOUR + i * 7001 for i in range(1600)] + [-5000, 30_000, 90_000, 2 * HOUR + 1]
+    await store.insert([Point(1, s, 1000) for s in stamps])
+    await store.insert([Point(2, T0, 1000)])
+    starts = [
+        T0 + 1234, T0, T0 - HOUR, T0 - HOUR + MINUTE, T0 - 59 * MINUTE - 17, max(stamps),
+        max(stamps) + 1, -10**15, -4999, 0, 45_000, 60_000, 3_599_999, HOUR, 2 * HOUR + 2,
+    ]
+    for since in starts:
+        assert await legacy.count_since(1, since) == sum(s >= since for s in stamps), since
+    since = T0 - HOUR + 30_000
+    database.sql("DELETE FROM readings WHERE id = 1 AND stamp >= %s", (T0 - HOUR + MINUTE,))
+    assert await legacy.count_since(1, since) == sum(s >= since for s in stamps)

@@ -1,18 +1,20 @@
 """
 Tests of the connection pool and the database service against real
-servers: closing while a connection attempt hangs, waiting for a
-connection or a free one, reconnecting after the test cluster restarts
-on the common backoff, preparing retried while the database is away, and
-a database that cannot be prepared stopping the daemon instead of being
-retried for ever.
+servers: closing while a connection attempt hangs, an attempt that never
+gets an answer given up, waiting for a connection or a free one, a
+cancelled query that runs to its end, the server's statement timeout,
+reconnecting after the test cluster restarts on the common backoff,
+preparing retried while the database is away, and a database that cannot
+be prepared stopping the daemon instead of being retried for ever.
 """
 
 import select
 import socket
+import time
 
 import pytest
 import pytest_twisted
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 
@@ -23,6 +25,8 @@ from blip.db.pool import (
     DatabaseUnavailable,
     Pool,
     PoolState,
+    QueryCancelled,
+    connection_settings,
     reconnect_delays,
 )
 from blip.db.schema import SCHEMA_LOCK, Schema
@@ -56,6 +60,134 @@ async def test_closing_while_a_reconnection_attempt_hangs() -> None:
         waiting.addErrback(lambda f: None)
     finally:
         silent.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_opening_without_an_answer_is_given_up(log_events) -> None:
+    """
+    libpq applies connect_timeout only to connections it opens while
+    blocking, and a pool opens them without: a server that accepts the
+    connection and never answers (a relay in front of a dark link) is
+    given up after connect_timeout all the same, said once, and tried
+    again, rather than waited for for ever.
+    """
+    from twisted.internet import reactor
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    port = silent.getsockname()[1]
+    pool = Pool(f"host=127.0.0.1 port={port} dbname=x connect_timeout=2", 1, reactor)
+    started = time.monotonic()
+    try:
+        pool.start()
+
+        def warned() -> list[str]:
+            return [
+                e["why"] for e in log_events if e.get("log_format", "").startswith("database unreachable")
+            ]
+
+        await wait_until(lambda: bool(warned()), 15)
+        assert warned() == ["timeout expired"]
+        assert 2 <= time.monotonic() - started < 10
+        assert not pool.alive
+    finally:
+        pool.close()
+        silent.close()
+    assert not [e for e in log_events if e.get("log_failure") or e.get("isError")]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_cancelled_query_runs_to_its_end(database, log_events) -> None:
+    """
+    Cancelling a query (a client that hung up, a health check that gave
+    up) lets its caller go at once, but sends the server no cancel
+    (psycopg2's cancel() would block the reactor on a new connection to
+    the server): the query runs to its end on its connection, which is
+    busy until then and free after. Cancelling a query that waits for a
+    free connection ends the wait. Nothing is logged, nothing reconnects.
+    """
+    import psycopg2
+    from twisted.internet import reactor
+
+    counters = Counters()
+    pool = Pool(database.dsn, 1, reactor, counters)
+    await pool.start()
+
+    def waiting_for_the_lock() -> int:
+        waiting = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+        return database.sql(waiting)[0][0]
+
+    holder = psycopg2.connect(database.dsn)
+    try:
+        with holder.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_lock(7)")
+            query = pool.runQuery("SELECT 'done' FROM pg_advisory_lock(7)")
+            queued = pool.runQuery("SELECT 1")
+            await wait_until(lambda: waiting_for_the_lock() == 1)
+            query.cancel()
+            queued.cancel()
+            for cancelled in (query, queued):
+                with pytest.raises(CancelledError):
+                    await cancelled
+            assert pool.state() == PoolState(size=1, alive=1, busy=1, waiting=0)
+            assert waiting_for_the_lock() == 1
+            cursor.execute("SELECT pg_advisory_unlock(7)")
+        await wait_until(lambda: pool.state().busy == 0)
+        # The query took the lock when it was released: it ran to its end.
+        granted = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+        assert database.sql(granted) == [(1,)]
+        assert await pool.runQuery("SELECT 1") == [(1,)]
+    finally:
+        holder.close()
+        pool.close()
+    assert counters.db_reconnects == 0
+    assert not [e for e in log_events if e["log_level"].name in ("warn", "error", "critical")]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_server_ends_queries_after_the_statement_timeout(database, log_events) -> None:
+    """
+    A pool given a statement timeout has the server end its statements
+    after it (a transaction's too), among the server options the
+    connection string gives: such a query fails with QueryCancelled, not
+    as if the database were away, and its connection stays open.
+    """
+    from twisted.internet import reactor
+
+    counters = Counters()
+    dsn = f"{database.dsn} options='-c work_mem=7MB'"
+    pool = Pool(dsn, 1, reactor, counters, statement_timeout=0.2)
+    await pool.start()
+    try:
+        started = time.monotonic()
+        with pytest.raises(QueryCancelled):
+            await pool.runQuery("SELECT pg_sleep(5)")
+        with pytest.raises(QueryCancelled):
+            await pool.runInteraction(lambda cursor: cursor.execute("SELECT pg_sleep(5)"))
+        assert time.monotonic() - started < 3
+        settings = "SELECT current_setting('work_mem'), current_setting('statement_timeout')"
+        assert await pool.runQuery(settings) == [("7MB", "200ms")]
+        assert pool.alive
+    finally:
+        pool.close()
+    assert counters.db_reconnects == 0
+    assert not [e for e in log_events if e["log_level"].name in ("warn", "error", "critical")]
+
+
+def test_the_statement_timeout_comes_after_the_options_given(monkeypatch) -> None:
+    """
+    The statement timeout is one more server option, after those of the
+    connection string, or of PGOPTIONS when it has none (the setting given
+    replaces both); none is added without a timeout.
+    """
+    monkeypatch.setenv("PGOPTIONS", "-c geqo=off")
+    both = "-c geqo=off -c statement_timeout=1500"
+    assert connection_settings("dbname=x", 1.5)["options"] == both
+    assert connection_settings("dbname=x options='-c jit=off'", 30)["options"] == (
+        "-c jit=off -c statement_timeout=30000"
+    )
+    assert "options" not in connection_settings("dbname=x", 0)
 
 
 @pytest_twisted.ensureDeferred
@@ -114,8 +246,7 @@ async def test_stopping_while_preparing_is_not_a_failure(database, log_events) -
     """
     A daemon stopped while the schema is being prepared (here: waiting for
     another node's schema lock) is not failing: nothing critical is logged
-    and ``fatal`` is not called, so it exits with status 0. (txpostgres
-    still logs its failed rollback of the cancelled transaction.)
+    and ``fatal`` is not called, so it exits with status 0.
     """
     import psycopg2
     from twisted.internet import reactor

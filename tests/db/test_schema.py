@@ -9,10 +9,10 @@ import io
 import pytest_twisted
 from twisted.internet.defer import Deferred, gatherResults
 
-from blip.db.layouts import ORIGINAL_MULTI, SCHEMA_VERSION
+from blip.db.layouts import ORIGINAL_MULTI, SCHEMA_VERSION, UNPARTITIONED
 from blip.db.pool import Pool
 from blip.db.readings import Readings
-from blip.db.schema import Schema, schema_sql
+from blip.db.schema import Schema
 from blip.model import Point
 from tests import originals
 from tests.originals import HOUR, MULTI, assert_rollups_match
@@ -23,14 +23,16 @@ T0 = 1_700_000_000_000 - 1_700_000_000_000 % HOUR
 @pytest_twisted.ensureDeferred
 async def test_schema_has_the_originals_tables_and_is_idempotent(store, database) -> None:
     """
-    The schema creates the original's tables and views with their columns,
-    and applying it again changes nothing.
+    The schema creates the original's tables and views with their columns
+    (readings partitioned), and applying it again changes nothing.
     """
     await store.insert([Point(1, T0, 1000)])
     await Schema(store.pool).apply()
     columns = database.sql(
         "SELECT table_name, string_agg(column_name, ',' ORDER BY ordinal_position)"
-        "  FROM information_schema.columns WHERE table_schema = 'public'"
+        "  FROM information_schema.columns c"
+        "  JOIN pg_class r ON r.relname = c.table_name AND r.relnamespace = 'public'::regnamespace"
+        " WHERE table_schema = 'public' AND NOT r.relispartition"
         " GROUP BY 1 ORDER BY 1"
     )
     assert dict(columns) == {
@@ -39,6 +41,7 @@ async def test_schema_has_the_originals_tables_and_is_idempotent(store, database
         "ingest_periods": "node,started,alive_at,ended,end_reason",
         "meters": "id,label,description,pulses_per_kwh,multiplier,price_per_kwh,currency,timezone",
         "readings": "id,stamp,ms",
+        "readings_dropped": "partition,from_stamp,to_stamp,rows,dropped",
         "readings_hourly": "id,stamp,events,sum_ms,min_ms,max_ms",
         "readings_minutely": "id,stamp,events,sum_ms,min_ms,max_ms",
         "repairs": "meter,started,ended,peer,points,repaired",
@@ -92,21 +95,26 @@ async def test_nodes_starting_together_take_turns(database) -> None:
 def core_schema(database) -> None:
     """
     Lay out a database as blipserver did before it recorded schema
-    versions (and before its meters table).
+    versions (and before its meters table, and before readings were
+    partitioned).
     """
-    originals.execute(database.dsn, schema_sql() + "DROP TABLE blip_schema; DROP TABLE meters;")
+    originals.execute(database.dsn, originals.plain_sql(versioned=False))
 
 
 @pytest_twisted.ensureDeferred
 async def test_blipservers_database_without_a_version_is_recognised(raw_pool, database) -> None:
     """
     A database blipserver made before versions were recorded is its own:
-    its version is recorded and no row changes.
+    its readings are partitioned, its version is recorded and no row
+    changes.
     """
     core_schema(database)
     await Readings(raw_pool).insert([Point(1, T0 + i * 1000, 1000) for i in range(100)])
     rows = originals.rollups(database.sql, "readings_hourly")
+    points = database.sql("SELECT * FROM readings ORDER BY id, stamp")
     outcome = await Schema(raw_pool).apply()
-    assert (outcome.before, outcome.notes) == (SCHEMA_VERSION, ("recorded its version",))
+    assert outcome.before == UNPARTITIONED
+    assert any("made readings a table partitioned by month" in note for note in outcome.notes)
     assert originals.rollups(database.sql, "readings_hourly") == rows
+    assert database.sql("SELECT * FROM readings ORDER BY id, stamp") == points
     assert database.sql("SELECT version FROM blip_schema") == [(SCHEMA_VERSION,)]

@@ -2,15 +2,19 @@
 Pins of what blipserver relies on in txpostgres beyond its documented use
 (see blip/db/txpg.py): how a dead-connection detector goes about a
 reconnection, what a connection's doRead does when the server ends an idle
-connection, and a connection's pollable before it is opened. A txpostgres
-release that changes one of them fails here.
+connection, a connection's pollable before it is opened, closing one while
+it opens, the arguments a reconnection uses, and what cancelling a query
+does. A txpostgres release that changes one of them fails here.
 """
 
+import socket
+import time
 from typing import Any
 
 import psycopg2
+import pytest
 import pytest_twisted
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from txpostgres import reconnection, txpostgres
@@ -163,3 +167,56 @@ async def test_closing_for_good_before_and_after_opening(database) -> None:
     opened.close_for_good()
     assert opened.pollable().closed
     assert opened.detector.stopped and not opened.detector.alive
+
+
+@pytest_twisted.ensureDeferred
+async def test_cancelling_a_query_cancels_it_on_the_server(database) -> None:
+    """
+    Cancelling a txpostgres query's Deferred calls psycopg2's cancel(), a
+    blocking PQcancel that has the server end the statement, and raises
+    _CancelInProgress out of Deferred.cancel: why nothing in blipserver
+    cancels a query (blip.db.pool lets its caller go instead).
+    """
+    from twisted.internet import reactor
+
+    plain = txpostgres.Connection(reactor)
+    await plain.connect(database.dsn)
+    try:
+        query = plain.runQuery("SELECT pg_sleep(30)")
+        running = "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)'"
+        await wait_until(lambda: database.sql(running)[0][0] == 1)
+        with pytest.raises(txpostgres._CancelInProgress):
+            query.cancel()
+        with pytest.raises(CancelledError):
+            await query
+    finally:
+        plain.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_opening_closed_fails_and_reconnections_repeat_the_arguments(log_events) -> None:
+    """
+    Closing a connection while it opens fails the opening (Connection
+    gives up so on an opening past its connect_timeout), and the detector
+    reconnects with the arguments given to Connection.connect, not those
+    Connection.connect handed txpostgres.
+    """
+    from twisted.internet import reactor
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    try:
+        port = silent.getsockname()[1]
+        connection = Connection(reactor, None, detector(reactor, []))
+        started = time.monotonic()
+        with pytest.raises(psycopg2.OperationalError, match="timeout expired"):
+            await connection.connect(f"host=127.0.0.1 port={port} dbname=x", connect_timeout="2")
+        assert 2 <= time.monotonic() - started < 10
+        assert connection.pollable().closed
+        assert (connection.detector._connargs, connection.detector._connkw) == (
+            (f"host=127.0.0.1 port={port} dbname=x",), {"connect_timeout": "2"}
+        )
+        connection.close_for_good()
+    finally:
+        silent.close()

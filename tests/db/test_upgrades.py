@@ -12,7 +12,14 @@ import psycopg2
 import pytest
 import pytest_twisted
 
-from blip.db.layouts import ORIGINAL_MULTI, ORIGINAL_SINGLE, SCHEMA_VERSION
+from blip.db.layouts import (
+    ORIGINAL_MULTI,
+    ORIGINAL_SINGLE,
+    SCHEMA_VERSION,
+    UNPARTITIONED,
+    Refused,
+)
+from blip.db.partitions import Month
 from blip.db.pool import Pool
 from blip.db.readings import Readings
 from blip.db.schema import Schema
@@ -20,11 +27,14 @@ from blip.meters import Meters
 from blip.model import Point
 from tests import originals
 from tests.conftest import TIMEOUT, eventually, open_site
+from tests.db.test_partitions import clock_at, partitions_of
 from tests.db.test_schema import core_schema
 from tests.originals import (
     HOUR,
     MINUTE,
     MULTI,
+    PLAIN,
+    SINGLE,
     SINGLE_WITH_MINUTES,
     T0,
     assert_rollups_match,
@@ -54,6 +64,27 @@ async def answers(pool: Pool, paths: list[str]) -> dict[str, object]:
     return found
 
 
+def assert_partitioned_in_place(database, file: list[tuple]) -> None:
+    """
+    Readings is partitioned by month: the table it was (its file ``file``,
+    so not a row rewritten) holds every stamp before December 2023, the
+    month after the upgrade; the months from there on and the default
+    partition take the rest.
+    """
+    december = Month(2023, 12).start
+    assert database.sql("SELECT relkind FROM pg_class WHERE relname = 'readings'") == [("p",)]
+    assert partitions_of(database) == [
+        ("readings_2023_12", f"FOR VALUES FROM ('{december}') TO ('{Month(2024, 1).start}')"),
+        ("readings_2024_01", f"FOR VALUES FROM ('{Month(2024, 1).start}') TO ('{Month(2024, 2).start}')"),
+        ("readings_before_2023_12", f"FOR VALUES FROM (MINVALUE) TO ('{december}')"),
+        ("readings_default", "DEFAULT"),
+    ]
+    assert database.sql("SELECT pg_relation_filenode('readings_before_2023_12')") == file
+    assert database.sql(
+        "SELECT conname FROM pg_constraint WHERE conrelid = 'readings_before_2023_12'::regclass"
+    ) == [("readings_before_2023_12_pkey",)]
+
+
 def triggers(database) -> list[tuple]:
     """:return: the triggers on readings, with their functions."""
     return database.sql(
@@ -62,32 +93,52 @@ def triggers(database) -> list[tuple]:
     )
 
 
-@pytest.mark.parametrize("layout", originals.LAYOUTS)
+#: What each layout is found to be, and what its upgrade records and
+#: logs first.
+UPGRADES = {
+    MULTI: (ORIGINAL_MULTI, [], "upgraded from the original multi-meter layout",
+            "dropped the original's per-row trigger monthly_aggregate"),
+    SINGLE: (ORIGINAL_SINGLE, [], "upgraded from the original single-meter layout",
+             "gave every reading and rollup row meter id 1"),
+    SINGLE_WITH_MINUTES: (ORIGINAL_SINGLE, [], "upgraded from the original single-meter layout",
+                          "gave every reading and rollup row meter id 1"),
+    PLAIN: (UNPARTITIONED, [(3, "created")], "upgraded from a plain readings table to one partitioned by month",
+            "made readings a table partitioned by month, its points until now the partition"
+            " readings_before_2023_12 (not rewritten)"),
+}
+
+
+@pytest.mark.parametrize("layout", list(UPGRADES))
 @pytest_twisted.ensureDeferred
-async def test_original_layout_is_upgraded_in_place(layout, raw_pool, database, log_events) -> None:
+async def test_each_layout_is_upgraded_in_place(layout, raw_pool, database, log_events) -> None:
     """
     A database laid out as the original's (multi-meter, single-meter, and
     single-meter with minute rollups), filled through its per-row trigger,
-    is upgraded in one step: every legacy route then answers with the same
-    data as the original's tables gave; both rollups equal a recount; only
-    blipserver's trigger remains, so new rows are counted once; privileges
-    on the views carry over; and preparing it again changes nothing.
+    or as blipserver's with a plain readings table, is upgraded in one
+    step: every legacy route then answers with the same data as before;
+    both rollups equal a recount; only blipserver's trigger remains, so
+    new rows are counted once; readings is partitioned, its table of old
+    the partition of everything before the next month, not rewritten;
+    privileges on the views and readings carry over; and preparing it
+    again changes nothing.
     """
+    found, earlier, note, first_step = UPGRADES[layout]
     originals.build(database.dsn, layout)
     originals.fill(database.dsn, layout, ROWS)
     reader = "reader_" + uuid.uuid4().hex[:8]
     database.sql(f"CREATE ROLE {reader}")
     try:
-        database.sql(f"GRANT SELECT ON usage_hourly TO {reader}")
+        database.sql(f"GRANT SELECT ON usage_hourly, readings TO {reader}")
         before = originals.original_answers(database.sql, layout, NOW, ROWS)
+        file = database.sql("SELECT pg_relation_filenode('readings')")
 
-        outcome = await Schema(raw_pool).apply()
+        outcome = await Schema(raw_pool, clock_at(NOW)).apply()
 
-        assert outcome.before == (ORIGINAL_MULTI if layout == MULTI else ORIGINAL_SINGLE)
+        assert (outcome.before, outcome.notes[0]) == (found, first_step)
         after = await answers(raw_pool, [route.path for route in before])
         for route in before:
             assert after[route.path] == route.answer, route.path
-        assert len(before) >= (18 if layout == MULTI else 17)
+        assert len(before) >= (17 if layout in (SINGLE, SINGLE_WITH_MINUTES) else 18)
         assert all(route.answer for route in before)
         assert_rollups_match(database.sql)
         assert triggers(database) == [("blip_rollup", "blip_rollup")]
@@ -97,23 +148,42 @@ async def test_original_layout_is_upgraded_in_place(layout, raw_pool, database, 
             " WHERE table_name = 'readings_hourly' AND column_name = 'sum_ms'"
         ) == [("bigint",)]
         assert database.sql("SELECT has_table_privilege(%s, 'usage_hourly', 'SELECT')", (reader,)) == [(True,)]
-        notes = database.sql("SELECT version, note FROM blip_schema")
-        assert notes == [(SCHEMA_VERSION, f"upgraded from the original {'multi' if layout == MULTI else 'single'}-meter layout")]
+        assert database.sql("SELECT has_table_privilege(%s, 'readings', 'SELECT')", (reader,)) == [(True,)]
+        assert_partitioned_in_place(database, file)
+        assert database.sql("SELECT version, note FROM blip_schema ORDER BY 1") == [*earlier, (SCHEMA_VERSION, note)]
         logged = [e for e in log_events if "upgraded the database in place" in e.get("outcome", "")]
-        assert len(logged) == 1
-        assert "dropped the original's per-row trigger monthly_aggregate" in logged[0]["outcome"]
+        assert len(logged) == 1 and first_step in logged[0]["outcome"]
 
         state = originals.snapshot(database.sql)
-        again = await Schema(raw_pool).apply()
+        again = await Schema(raw_pool, clock_at(NOW)).apply()
         assert (again.before, again.notes) == (SCHEMA_VERSION, ())
         assert originals.snapshot(database.sql) == state
 
         end = T0 + ROWS * 3700
-        await Readings(raw_pool).insert([Point(1, end + i * 1000, 1000) for i in range(1, 100)] + [Point(7, end, 5)])
+        await Readings(raw_pool).insert(
+            [Point(1, end + i * 1000, 1000) for i in range(1, 100)] + [Point(7, end, 5)]
+            + [Point(2, Month(2023, 12).start + 7, 5)]
+        )
+        assert database.sql("SELECT count(*) FROM readings_2023_12") == [(1,)]
         assert_rollups_match(database.sql)
     finally:
         database.sql(f"DROP OWNED BY {reader}")
         database.sql(f"DROP ROLE {reader}")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_view_of_readings_stops_the_partitioning(raw_pool, database) -> None:
+    """
+    A view of the user's that reads readings would go on reading the old
+    table alone: the upgrade refuses, saying which, and changes nothing.
+    """
+    originals.build(database.dsn, PLAIN)
+    originals.fill(database.dsn, PLAIN, 100)
+    database.sql("CREATE VIEW recent AS SELECT stamp, ms FROM readings WHERE stamp > 0")
+    state = originals.snapshot(database.sql)
+    with pytest.raises(Refused, match="readings is read by recent"):
+        await Schema(raw_pool, clock_at(NOW)).apply()
+    assert originals.snapshot(database.sql) == state
 
 
 @pytest_twisted.ensureDeferred

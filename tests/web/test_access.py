@@ -22,6 +22,7 @@ from blip.counters import Counters
 from blip.meters import Meters
 from blip.model import Point
 from blip.web.access import (
+    Refusals,
     Rules,
     forwarded_for,
     header_address,
@@ -139,7 +140,7 @@ def test_without_allow_everyone_is_served() -> None:
     rules = Rules(proxies=(ip_network("10.0.0.0/8"),))
     assert rules.allowed(None) and rules.allowed(ip("203.0.113.1"))
     inner = object()
-    assert protect(inner, rules, Counters(), Clock()) is inner
+    assert protect(inner, rules, Refusals(Counters(), Clock())) is inner
 
 
 RULES = Rules(

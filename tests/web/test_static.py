@@ -7,6 +7,7 @@ import gzip
 from typing import Callable
 
 import pytest_twisted
+from twisted.internet.testing import EventLoggingObserver
 
 from blip.meters import Meters
 from blip.service import STATIC
@@ -55,3 +56,27 @@ def test_static_folder_is_the_repositorys() -> None:
     The page's folder resolves to the static/ folder at the top.
     """
     assert STATIC.resolve() == (ROOT / "static").resolve()
+
+
+@pytest_twisted.ensureDeferred
+async def test_odd_file_names_and_ranges_are_no_500(
+    serve: Callable[..., Served], log_events: EventLoggingObserver
+) -> None:
+    """
+    A path with a NUL byte names no file (a JSON 404, where the file
+    system's refusal to look it up was a 500 with a traceback); a Range
+    header, however odd (one that made Twisted's byte ranges fail, one
+    they answered with an empty 416 of the file's type), gets the whole
+    file: the page's files are sent whole, from memory. Nothing is logged
+    as a failure.
+    """
+    site = serve(Meters())
+    for path in ("/%00", "/index.html%00", "/js/%00", "/vendor/%00/x"):
+        code, headers, content = await site.get(path)
+        assert (code, content) == (404, b'{"error":"no such route"}'), path
+    whole = (STATIC / "index.html").read_bytes()
+    for odd in ("bytes=-99999999999999999999", "bytes=999999999-", "bytes=0-0,99999999-", "bytes=0-9"):
+        code, headers, content = await site.get("/index.html", {"Range": odd})
+        assert (code, content) == (200, whole), odd
+        assert headers.getRawHeaders(b"Content-Range") is None
+    assert [e for e in log_events if "log_failure" in e] == []

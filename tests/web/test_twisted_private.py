@@ -50,6 +50,9 @@ class Recording(HookedChannel):
         super().__init__()
         self.long_lines: list[bool] = []
         self.bad = 0
+        self.too_large = 0
+        self.bodies: list[tuple[bytes, bytes, Optional[int]]] = []
+        self.refuse_bodies = False
 
     def line_too_long(self, request_line: bool, line: bytes) -> None:
         self.long_lines.append(request_line)
@@ -58,6 +61,17 @@ class Recording(HookedChannel):
     def bad_request(self) -> None:
         self.bad += 1
         self.transport.loseConnection()
+
+    def head_too_large(self) -> None:
+        self.too_large += 1
+        self.transport.loseConnection()
+
+    def body_announced(self, method: bytes, target: bytes, length: Optional[int]) -> bool:
+        self.bodies.append((method, target, length))
+        if self.refuse_bodies:
+            self.transport.loseConnection()
+            return False
+        return True
 
 
 class Targeted(HookedRequest):
@@ -129,6 +143,64 @@ def test_bad_requests_go_to_the_hook(data: bytes) -> None:
     channel.dataReceived(data)
     assert channel.bad == 1
     assert b"400" not in transport.value()
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(501)),
+        b"GET / HTTP/1.1\r\n" + b"X-Big: " + b"b" * 10000 + b"\r\nX-Big: " + b"b" * 10000 + b"\r\n",
+    ],
+)
+def test_a_head_over_the_caps_goes_to_its_hook(head: bytes) -> None:
+    """
+    More headers than ``maxHeaders``, or a head over ``totalHeadersSize``
+    bytes, go through ``_respondToBadRequestAndDisconnect`` with the
+    channel's counts of the head over the caps.
+    """
+    channel, transport = connect(Parking())
+    channel.totalHeadersSize = 16384
+    channel.dataReceived(head + b"\r\n")
+    assert (channel.too_large, channel.bad) == (1, 0)
+    assert transport.value() == b""
+
+
+@pytest.mark.parametrize(
+    "head, seen",
+    [
+        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", []),
+        (b"GET / HTTP/1.1\r\nContent-Length: 0\r\n\r\n", []),
+        (b"POST /a?b HTTP/1.1\r\nContent-Length: 3\r\n\r\n", [(b"POST", b"/a?b", 3)]),
+        (b"GET http://x/ HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", [(b"GET", b"http://x/", None)]),
+    ],
+)
+def test_the_body_hook_knows_the_method(head: bytes, seen: list[tuple]) -> None:
+    """
+    Once a request's head is whole, the hook is told of a body that
+    follows, with the request's method, target as it came and length
+    (HTTPChannel's ``_command``, ``_path`` and ``length``; None for
+    chunks).
+    """
+    parking = Parking()
+    channel, _ = connect(parking)
+    channel.dataReceived(head)
+    assert channel.bodies == seen
+
+
+def test_a_head_refused_by_its_hook_goes_no_further() -> None:
+    """
+    A request whose head the hook refuses is never handled, no 100
+    Continue is sent, and what follows is not read into it.
+    """
+    parking = Parking()
+    channel, transport = connect(parking)
+    channel.refuse_bodies = True
+    channel.dataReceived(
+        b"POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\nabcGET / HTTP/1.1\r\n\r\n"
+    )
+    assert parking.requests == []
+    assert transport.value() == b""
+    assert channel.requests[0].content is None
 
 
 def test_the_target_hook_sees_targets_that_are_not_paths_first() -> None:
@@ -285,3 +357,56 @@ async def test_send_now_leaves_a_closing_connection_to_the_reactor() -> None:
     finally:
         peer.close()
         await port.stopListening()
+
+
+class Starred(HookedRequest):
+    """Answers a target of ``*`` in its own way."""
+
+    def asterisk(self) -> None:
+        self.setResponseCode(418)
+        self.finish()
+
+
+def test_the_asterisk_hook_answers_a_target_of_star() -> None:
+    """
+    A request whose target is ``*`` is answered by the hook, before any
+    resource sees it (``Request._handleStar``).
+    """
+    parking = Parking()
+    site = Site(parking, requestFactory=Starred)
+    channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 4711))
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    channel.dataReceived(b"GET * HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert transport.value().startswith(b"HTTP/1.1 418 ")
+    assert parking.requests == []
+
+
+def test_reads_do_not_restart_the_timeout() -> None:
+    """
+    The connection's timeout runs from its opening to the end of a
+    request's head, whatever trickles in meanwhile; a request's handling
+    stops it, and its answer starts it anew.
+    """
+    from twisted.internet.task import Clock
+
+    clock = Clock()
+    parking = Parking()
+    site = Site(parking, requestFactory=Targeted)
+    site.protocol = Recording  # type: ignore[assignment]
+    channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 4711))
+    channel.callLater = clock.callLater
+    channel.timeOut = 10
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    channel.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    clock.advance(60)
+    (request,) = parking.requests
+    request.write(b"")
+    request.finish()
+    for _ in range(9):
+        channel.dataReceived(b"G")
+        clock.advance(1)
+    assert not transport.disconnecting
+    clock.advance(1)
+    assert transport.disconnecting

@@ -26,13 +26,15 @@ class Export:
     :param first: the first stamp included.
     :param last: the first stamp left out.
     :param csv: CSV with a ``stamp,ms`` header, else a JSON object.
+    :param raw_since: the unix ms before which raw points were dropped,
+        None when none were (in the JSON object).
     :param limit: the most points written (the first ones), or None for
         every one.
     """
 
     def __init__(
         self, store: V1Queries, meter: int, first: int, last: int, csv: bool,
-        limit: Optional[int] = None,
+        raw_since: Optional[int] = None, limit: Optional[int] = None,
     ) -> None:
         self.store = store
         self.meter = meter
@@ -40,11 +42,13 @@ class Export:
         self.last = last
         self.csv = csv
         self.limit = limit
+        self.raw_since = raw_since
 
     def _head(self) -> bytes:
         if self.csv:
             return b"stamp,ms\r\n"
-        return encode({"meter": self.meter, "from": self.first, "to": self.last})[:-1] + b',"points":['
+        head = {"meter": self.meter, "from": self.first, "to": self.last, "raw_since": self.raw_since}
+        return encode(head)[:-1] + b',"points":['
 
     def _tail(self) -> bytes:
         return b"" if self.csv else b"]}"

@@ -227,10 +227,14 @@ class Live:
         if not self.streams and self._beat.running:
             self._beat.stop()
 
-    async def run(self, stream: Stream, last_id: Optional[int]) -> None:
+    async def run(
+        self, stream: Stream, last_id: Optional[int], replayed: Callable[[], None] = lambda: None
+    ) -> None:
         """
         Replay what the client missed after ``last_id`` (if given), then
         send live points until the stream ends.
+
+        :param replayed: called when the replay is over.
         """
         if last_id is not None:
             held = stream.held = deque()
@@ -243,6 +247,7 @@ class Live:
                     stream.send(held.popleft())
             finally:
                 stream.held = None
+                replayed()
         await stream.done
 
     async def _replay(self, stream: Stream, last_id: int) -> None:

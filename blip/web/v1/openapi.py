@@ -9,16 +9,22 @@ from typing import Any
 import blip
 from blip.meters import DAYS
 from blip.model import INT_MAX, STAMP_MAX
-from blip.web.answers import V1_PREFIX
+from blip.web.answers import RAW_SINCE, V1_PREFIX
 from blip.web.limits import (
     DEFAULT_PERIOD,
     ENERGY_ROWS,
     GAP_ROWS,
+    HEAVY_REQUESTS,
+    HEAVY_SPAN,
     MAX_MIN_GAP,
     PERIODS,
     POWER_POINTS,
     POWER_POINTS_CAP,
+    RAW_GAP_SPAN,
     READINGS_LIMIT,
+    REPLAY_DEPTH,
+    RETRY_AFTER,
+    ROLLUP_GAP,
     WRITE_AHEAD,
     WRITE_BODY,
     WRITE_POINTS,
@@ -54,9 +60,12 @@ def _param(name: str) -> dict[str, str]:
 
 
 def _get(
-    operation: str, summary: str, description: str, parameters: list[Any], ok: dict[str, Any]
+    operation: str, summary: str, description: str, parameters: list[Any], ok: dict[str, Any],
+    raw: bool = False,
 ) -> dict[str, Any]:
     responses: dict[str, Any] = {"200": {"description": "OK", "content": ok}}
+    if raw:
+        responses["200"]["headers"] = {RAW_SINCE.decode(): _RAW_SINCE_HEADER}
     if any(p.get("$ref", "").endswith("/MeterId") for p in parameters) or operation == "live":
         responses["404"] = _PROBLEM
     if parameters:
@@ -74,6 +83,22 @@ def _get(
 
 
 _UNIX_MS = {"type": "integer", "description": "Unix time in milliseconds."}
+_HEAVY = (
+    f" Over a range of more than {HEAVY_SPAN // 86_400_000} days, a heavy request: at most"
+    f" {HEAVY_REQUESTS} run at once, and more get 503 with `Retry-After: {RETRY_AFTER}`."
+)
+_DROPPED = (
+    "Raw points before this unix ms were dropped (`--keep-raw`): the answer holds what is"
+    " left; their minute and hour rollups, and so power and energy, stay."
+)
+_RAW_SINCE: dict[str, Any] = {
+    "type": ["integer", "null"],
+    "description": _DROPPED + " Null while none were dropped.",
+}
+_RAW_SINCE_HEADER = {
+    "description": _DROPPED + " Absent while none were dropped.",
+    "schema": {"type": "string", "pattern": "^-?[0-9]+$"},
+}
 _WATTS = {"type": "number", "minimum": 0, "description": "Power in W."}
 
 
@@ -214,8 +239,12 @@ def document() -> dict[str, Any]:
                 "resolution_ms": {
                     "type": "integer",
                     "minimum": 0,
-                    "description": "0 for raw points; else the width of each row's bucket.",
+                    "description": (
+                        "0 for raw points; else the width of each row's bucket (always, for a"
+                        " range that starts before `raw_since`)."
+                    ),
                 },
+                "raw_since": _RAW_SINCE,
                 "points": {
                     "type": "array",
                     "description": (
@@ -291,6 +320,10 @@ def document() -> dict[str, Any]:
                 "meter": {"type": "integer"},
                 "from": _UNIX_MS,
                 "to": _UNIX_MS,
+                "raw_since": {
+                    **_RAW_SINCE,
+                    "description": _RAW_SINCE["description"] + " Gaps are looked for from there on.",
+                },
                 "min_gap": {"type": "integer", "minimum": 1, "description": "The threshold used, in ms."},
                 "gaps": {"type": "array", "items": _ref("Gap")},
                 "repairs": {"type": "array", "items": _ref("Repair")},
@@ -305,6 +338,7 @@ def document() -> dict[str, Any]:
                 "meter": {"type": "integer"},
                 "from": _UNIX_MS,
                 "to": _UNIX_MS,
+                "raw_since": _RAW_SINCE,
                 "points": {
                     "type": "array",
                     "description": "`[stamp, ms]`, oldest first.",
@@ -407,6 +441,7 @@ def document() -> dict[str, Any]:
                 },
             ],
             {"application/json": {"schema": _ref("Power")}},
+            raw=True,
         ),
         "/meters/{id}/energy": _get(
             "getEnergy", "Energy and cost per calendar period",
@@ -449,18 +484,23 @@ def document() -> dict[str, Any]:
                         "The shortest stretch counted, in ms; by default three times the mean"
                         " blip interval of the range, and at least two minutes. Gaps of two"
                         " minutes or more are found from the minute rollups, quickly for any"
-                        " range; shorter ones take reading every point of the range."
+                        f" range; shorter ones (under {ROLLUP_GAP} ms) take reading every point,"
+                        f" of {RAW_GAP_SPAN // 86_400_000} days of the range at most per answer:"
+                        " `next` is then the `from` of the rest."
                     ),
                     "schema": {"type": "integer", "minimum": 1, "maximum": MAX_MIN_GAP},
                 },
             ],
             {"application/json": {"schema": _ref("Gaps")}},
+            raw=True,
         ),
         "/meters/{id}/readings": _get(
             "getReadings", "Every point",
             (
                 "Every point of the range, oldest first, streamed without a row cap: as JSON,"
-                " or as CSV (`stamp,ms` header) to download."
+                " or as CSV (`stamp,ms` header) to download; or, with `limit`, the first"
+                " points only, a page whatever the range (not a heavy request)."
+                + _HEAVY
             ),
             [
                 *meter_range,
@@ -485,6 +525,7 @@ def document() -> dict[str, Any]:
                 "application/json": {"schema": _ref("Readings")},
                 "text/csv": {"schema": {"type": "string"}},
             },
+            raw=True,
         )
         | _write(),
         "/live": _get(
@@ -493,8 +534,9 @@ def document() -> dict[str, Any]:
                 "With `Accept: text/event-stream`: a stream of Server-Sent Events, one"
                 " `point` event per new point (`id` is its stamp, `data` a LivePoint), and a"
                 f" heartbeat comment every {HEARTBEAT:g} s. A client reconnecting with `Last-Event-ID`"
-                " first gets every point of its meters after that stamp. Without it: the"
-                " newest point of each meter, as JSON."
+                " first gets every point of its meters after that stamp (a heavy request"
+                f" while it replays: at most {HEAVY_REQUESTS} at once, more get 503 with"
+                " `Retry-After`). Without it: the newest point of each meter, as JSON."
             ),
             [
                 {
@@ -512,7 +554,11 @@ def document() -> dict[str, Any]:
                     "name": "Last-Event-ID",
                     "in": "header",
                     "required": False,
-                    "description": "The `id` of the last event received, to resume after.",
+                    "description": (
+                        "The `id` of the last event received, to resume after: at most"
+                        f" {REPLAY_DEPTH} ms ({REPLAY_DEPTH // 60_000} minutes) before now (400"
+                        " further back: open a new stream without it)."
+                    ),
                     "schema": {"type": "string", "pattern": f"^{INTEGER}$"},
                 },
             ],

@@ -26,7 +26,18 @@ from twisted.web.server import Request
 from blip.db.v1 import V1Queries
 from blip.meters import Meter, Meters
 from blip.model import Point
-from blip.web.answers import V1, V1_PREFIX, Style, dress, encode, json_body, options
+from blip.web.answers import (
+    V1,
+    V1_PREFIX,
+    RawSince,
+    Style,
+    dress,
+    encode,
+    json_body,
+    kept_for_ever,
+    options,
+    say_raw_since,
+)
 from blip.web.errors import Busy, NotFound, answer_error
 from blip.web.latest import Latest
 from blip.web.limits import (
@@ -36,12 +47,14 @@ from blip.web.limits import (
     POWER_POINTS,
     POWER_POINTS_CAP,
     READINGS_LIMIT,
+    REPLAY_DEPTH,
 )
 from blip.web.paths import meter_id
 from blip.web.v1.export import Export
+from blip.web.v1.heavy import Heavy, Ticket
 from blip.web.v1.live import Live
 from blip.web.v1.openapi import document
-from blip.web.v1.query import EARLIEST, Query, last_event_id
+from blip.web.v1.query import EARLIEST, BadParameter, Query, last_event_id
 from blip.web.v1.series import Series
 from blip.web.v1.writes import NoWrites, Writes, check_batch, read_batch
 
@@ -114,6 +127,7 @@ class ApiV1:
     :param live: the live streams.
     :param meters: the configured meters.
     :param clock: the current time, for ranges that end now.
+    :param raw_since: since when raw points are kept.
     :param writes: the write API (None: this node takes no writes, 405).
     """
 
@@ -124,13 +138,8 @@ class ApiV1:
     log = Logger()
 
     def __init__(
-        self,
-        store: V1Queries,
-        latest: Latest,
-        live: Live,
-        meters: Meters,
-        clock: IReactorTime,
-        writes: Optional[Writes] = None,
+        self, store: V1Queries, latest: Latest, live: Live, meters: Meters, clock: IReactorTime,
+        raw_since: RawSince = kept_for_ever, writes: Optional[Writes] = None,
     ) -> None:
         self.store = store
         self.writes = writes
@@ -138,7 +147,9 @@ class ApiV1:
         self.live = live
         self.meters = meters
         self.clock = clock
-        self.series = Series(store)
+        self.raw_since = raw_since
+        self.series = Series(store, raw_since)
+        self.heavy = Heavy()
         self._document = encode(document())
 
     def resource(self) -> IResource:
@@ -203,6 +214,7 @@ class ApiV1:
             "from": first,
             "to": last,
             "resolution_ms": power.resolution_ms,
+            "raw_since": self._raw_since(request),
             "points": power.points,
         }
 
@@ -238,6 +250,7 @@ class ApiV1:
             "meter": settings.id,
             "from": first,
             "to": last,
+            "raw_since": self._raw_since(request),
             "min_gap": gaps.min_gap,
             "gaps": [
                 {"from": g.start, "to": g.end, "kind": g.kind}
@@ -260,6 +273,8 @@ class ApiV1:
         limit = None
         if query.text("limit") is not None:
             limit = query.integer("limit", 0, 1, READINGS_LIMIT)
+        # A page of at most READINGS_LIMIT points is light, whatever its range.
+        heavy = self.heavy.take(request, last - first) if limit is None else Ticket(None)
         if csv:
             request.setHeader(b"Content-Type", b"text/csv; charset=utf-8")
             request.setHeader(
@@ -268,9 +283,11 @@ class ApiV1:
             )
         else:
             request.setHeader(b"Content-Type", b"application/json")
-        if request.method == b"HEAD":
-            return b""
-        await Export(self.store, settings.id, first, last, csv, limit).write_to(request)
+        with heavy:
+            raw_since = self._raw_since(request)
+            if request.method == b"HEAD":
+                return b""
+            await Export(self.store, settings.id, first, last, csv, raw_since, limit).write_to(request)
         return None
 
     @app.route(PREFIX + "/meters/<meter>/readings", methods=["POST"], endpoint="write_readings")
@@ -285,6 +302,17 @@ class ApiV1:
         points = read_batch(request.content.read(), media)
         check_batch(points, self.now())
         return json_body(request, encode(await self.writes.write(m, points)))
+
+    def _raw_since(self, request: IRequest) -> Optional[int]:
+        """
+        Say in the answer's headers since when raw points are kept.
+
+        :return: the unix ms before which raw points were dropped, None when
+            none were.
+        """
+        since = self.raw_since()
+        say_raw_since(request, since)
+        return since
 
     @route(app, "/live")
     async def live_points(self, request: Request) -> Any:
@@ -311,15 +339,24 @@ class ApiV1:
             }
         if self.live.clients >= self.live.max_clients:
             raise Busy("too many live clients; try again later")
+        replaying = Ticket(None)
+        if last_id is not None:
+            if last_id < self.now() - REPLAY_DEPTH:
+                raise BadParameter(
+                    "Last-Event-ID", f"a stream resumes at most {REPLAY_DEPTH} ms"
+                    f" ({REPLAY_DEPTH // 60_000} minutes) back; open it without Last-Event-ID",
+                )
+            replaying = self.heavy.take(request)
         request.setHeader(b"Content-Type", b"text/event-stream")
         request.setHeader(b"Cache-Control", b"no-cache")
         request.setHeader(b"X-Accel-Buffering", b"no")
-        if request.method == b"HEAD":
-            return b""
-        stream = self.live.open(request, meters)
-        try:
-            await self.live.run(stream, last_id)
-        finally:
-            stream.end()
+        with replaying:
+            if request.method == b"HEAD":
+                return b""
+            stream = self.live.open(request, meters)
+            try:
+                await self.live.run(stream, last_id, replaying.release)
+            finally:
+                stream.end()
         return None
 

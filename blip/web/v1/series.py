@@ -16,7 +16,8 @@ from blip.db.repairs import Repair, Repairs
 from blip.db.v1 import Rollup, V1Queries
 from blip.ingest.downtime import Downtime, Stretch, repaired
 from blip.meters import Meter
-from blip.web.limits import ENERGY_ROWS, GAP_ROWS
+from blip.web.answers import RawSince, kept_for_ever
+from blip.web.limits import ENERGY_ROWS, GAP_ROWS, RAW_GAP_SPAN, ROLLUP_GAP
 
 MINUTE = 60_000
 HOUR = 3_600_000
@@ -160,22 +161,27 @@ class Series:
     Computes the modern API's series from the store.
 
     :param store: the database.
+    :param raw_since: since when raw points are kept.
     """
 
-    def __init__(self, store: V1Queries) -> None:
+    def __init__(self, store: V1Queries, raw_since: RawSince = kept_for_ever) -> None:
         self.store = store
         self.downtime = Downtime(IngestPeriods(store.pool))
         self.repairs = Repairs(store.pool)
+        self.raw_since = raw_since
 
     async def power(self, meter: Meter, first: int, last: int, max_points: int) -> Power:
         """
         Power in W over ``[first, last)`` in at most ``max_points`` rows: the
-        raw points when they are few enough, else minute rollups, else hour
-        rollups, else hour rollups summed into buckets of whole hours.
+        raw points when they are few enough (and all kept), else minute
+        rollups, else hour rollups, else hour rollups summed into buckets of
+        whole hours.
         """
         if last <= first:
             return Power(0)
-        if await self.store.events_in(meter.id, first, last) <= max_points:
+        dropped = self.raw_since()
+        kept = dropped is None or first >= dropped
+        if kept and await self.store.events_in(meter.id, first, last) <= max_points:
             factor = 3.6e9 * meter.multiplier / meter.pulses_per_kwh
             points = []
             for stamp, ms in await self.store.points_page(meter.id, first, last, max_points):
@@ -241,17 +247,26 @@ class Series:
 
         Silences of two minutes or more are found from the minute rollups,
         at a cost that does not grow with the points in the range; shorter
-        ones by reading every point of the range.
+        ones by reading every point of the range, :data:`RAW_GAP_SPAN` of it
+        at most: an answer then ends at the last point read, and ``next``
+        asks for the rest. Only the range from when raw points are kept is
+        looked at.
         """
+        dropped = self.raw_since()
+        if dropped is not None:
+            first = max(first, dropped)
         if last <= first:
             return Gaps([], min_gap if min_gap is not None else MIN_GAP, None)
-        context = await self.store.gap_context(meter.id, first, last)
+        end = last
+        if min_gap is not None and min_gap < ROLLUP_GAP:
+            end = min(last, first + RAW_GAP_SPAN)
+        context = await self.store.gap_context(meter.id, first, end)
         before, first_in, last_in, after, mean = context
         if min_gap is None:
             min_gap = max(MIN_GAP, int(GAP_FACTOR * mean) if mean else 0)
         previous = first if before is None else before
         silences: list[tuple[int, int]] = []
-        if min_gap >= 2 * MINUTE:
+        if min_gap >= ROLLUP_GAP:
             # From the minute rollups; the silence before the first point
             # of the range is theirs only when it starts at a point in the
             # range's first minute or later.
@@ -261,18 +276,23 @@ class Series:
             found = await self.store.long_silences(meter.id, first, last, min_gap, GAP_ROWS + 1)
         else:
             found = await self.store.silences(
-                meter.id, first, last, previous, min_gap, GAP_ROWS + 1
+                meter.id, first, end, previous, min_gap, GAP_ROWS + 1
             )
         silences += [(int(a), int(b)) for a, b in found]
         following = None
         if len(silences) > GAP_ROWS:
             silences = silences[:GAP_ROWS]
             following = silences[-1][1]
+        elif end < last and last_in is not None and last_in > first:
+            # The silence after the last point read is the next answer's.
+            following = last_in
         else:
             start = next(s for s in (last_in, previous) if s is not None)
-            end = min(last, now) if after is None else after
-            if end - start > min_gap:
-                silences.append((start, end))
+            stop = min(last, now) if after is None else after
+            if stop - start > min_gap:
+                silences.append((start, stop))
+            if end < last and after is not None and after < last:
+                following = after
         spans = [(max(a, first), min(b, last)) for a, b in silences]
         spans = [(a, b) for a, b in spans if a < b]
         repairs = await self.repairs.overlapping(

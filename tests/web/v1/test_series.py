@@ -16,6 +16,7 @@ from blip.db.repairs import Repair, Repairs
 from blip.db.v1 import V1Queries
 from blip.meters import Meter, TariffRule
 from blip.model import Point
+from blip.web.limits import RAW_GAP_SPAN
 from blip.web.v1.series import HOUR, MINUTE, Series, whole_hours
 
 T0 = 1_700_000_000_000 - 1_700_000_000_000 % HOUR
@@ -382,12 +383,41 @@ def expected_gaps(stamps: list[int], first: int, last: int, now: int, longer: in
 
 
 @pytest_twisted.ensureDeferred
+async def test_gaps_under_two_minutes_come_a_week_at_a_time(store: Readings) -> None:
+    """
+    Gaps shorter than two minutes take reading every point, so an answer
+    reads a week of the range at most and ends at the last point it read;
+    ``next`` asks for the rest. A silence across the end of a week, and one
+    longer than a week, each come whole in one answer, and the answers
+    together hold every gap.
+    """
+    day = 24 * HOUR
+    holes = [(7 * day - 30 * MINUTE, 7 * day + 30 * MINUTE), (8 * day, 17 * day)]
+    stamps = [
+        T0 + t for t in range(0, 20 * day, MINUTE)
+        if not any(a < t < b for a, b in holes)
+    ]
+    await store.insert([Point(7, s, MINUTE) for s in stamps])
+    series = Series(V1Queries(store.pool))
+    first, last, now = T0, T0 + 20 * day, stamps[-1] + 1000
+    found, starts, start = [], [], first
+    while start is not None:
+        starts.append(start)
+        gaps = await series.gaps(Meter(7), start, last, now, MINUTE)
+        found += [(g.start, g.end) for g in gaps.gaps]
+        start = gaps.next
+    assert found == [(T0 + a, T0 + b) for a, b in holes] == expected_gaps(stamps, first, last, now, MINUTE)
+    assert starts == [T0, T0 + 7 * day - 30 * MINUTE, T0 + 8 * day, T0 + 17 * day]
+
+
+@pytest_twisted.ensureDeferred
 async def test_gaps_match_a_pair_by_pair_count(store: Readings) -> None:
     """
     For irregular points with silences of every length, the gaps found
     from the minute rollups (two minutes and more) and from the points
-    (shorter) equal those counted pair by pair, for ranges whose edges
-    fall anywhere.
+    (shorter, a week of the range per answer at most, the rest following
+    ``next``) equal those counted pair by pair, for ranges whose edges
+    fall anywhere: no gap is split where an answer ends.
     """
     rng = random.Random(6)
     stamps, stamp = [], T0
@@ -402,7 +432,10 @@ async def test_gaps_match_a_pair_by_pair_count(store: Readings) -> None:
         last = first + rng.choice([MINUTE, HOUR, 24 * HOUR, 400 * 24 * HOUR])
         now = rng.randint(first, last + HOUR)
         longer = rng.choice([1000, 59_999, 60_000, 119_999, 120_000, 120_001, 300_000, 3 * HOUR])
-        gaps = await series.gaps(meter, first, last, now, longer)
-        assert [(g.start, g.end) for g in gaps.gaps] == expected_gaps(stamps, first, last, now, longer), (
-            first, last, now, longer,
-        )
+        found, start, answers = [], first, 0
+        while start is not None:
+            gaps = await series.gaps(meter, start, last, now, longer)
+            found += [(g.start, g.end) for g in gaps.gaps]
+            start, answers = gaps.next, answers + 1
+        assert found == expected_gaps(stamps, first, last, now, longer), (first, last, now, longer)
+        assert answers == 1 or (longer < 2 * MINUTE and last - first > RAW_GAP_SPAN)

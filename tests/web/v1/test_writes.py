@@ -261,9 +261,10 @@ async def test_other_refusals(site: Served, database, path: str, content_type: s
 @pytest_twisted.ensureDeferred
 async def test_a_body_over_the_cap_is_refused_before_it_is_read(site: Served, database) -> None:
     """
-    A body announced longer than the cap is refused with 413 (JSON, no
-    "100 Continue" first) before any of it is sent; one sent in chunks is
-    refused as soon as it grows past the cap. Nothing is stored.
+    A body announced longer than the cap is refused with 413 (problem
+    JSON, no "100 Continue" first) before any of it is sent; one sent in
+    chunks is refused the same as soon as it grows past the cap. Nothing is
+    stored.
     """
     token = make_token(database, [1])
     head = (
@@ -278,7 +279,9 @@ async def test_a_body_over_the_cap_is_refused_before_it_is_read(site: Served, da
 
     status, body = await deferToThread(announced)
     assert status.startswith(b"HTTP/1.1 413") and b"100 Continue" not in status
-    assert json.loads(body) == {"error": f"request body larger than {WRITE_BODY} bytes"}
+    assert b"Content-Type: application/problem+json" in status
+    problem = json.loads(body)
+    assert (problem["status"], problem["detail"]) == (413, f"request body larger than {WRITE_BODY} bytes")
 
     def chunked() -> tuple[bytes, bytes, int]:
         chunk = b"[" + b" " * 65534 + b"]"
@@ -296,7 +299,7 @@ async def test_a_body_over_the_cap_is_refused_before_it_is_read(site: Served, da
             return head_part, rest, sent
 
     status, _, sent = await deferToThread(chunked)
-    assert status.startswith(b"HTTP/1.1 413")
+    assert status.startswith(b"HTTP/1.1 413") and b"Content-Type: application/problem+json" in status
     assert sent <= WRITE_BODY + 2 * 65536
     assert stored(database) == []
 

@@ -1,0 +1,152 @@
+"""
+Tests of the host names of connection strings resolved without blocking:
+what libpq is given (host names kept, each with its addresses as
+hostaddr, ports matched) for names, lists of hosts, URIs, Unix-socket
+folders and numeric addresses, through a resolver of the test's own; and
+a pool that reaches a database by a name only Twisted's resolver knows.
+"""
+
+from typing import Any, Iterator
+
+import psycopg2
+import pytest
+import pytest_twisted
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.interfaces import IHostnameResolver
+from zope.interface import implementer
+
+from blip.db.embedded import PORT
+from blip.db.hosts import addressed
+from blip.db.pool import Pool
+from tests.conftest import TIMEOUT, wait_until
+from tests.link import Link
+
+
+@implementer(IHostnameResolver)
+class Names:
+    """
+    A resolver that knows the names of ``table`` (and no other), and
+    records what it is asked.
+    """
+
+    def __init__(self, table: dict[str, list[str]]) -> None:
+        self.table = table
+        self.asked: list[str] = []
+
+    def resolveHostName(self, receiver: Any, hostName: str, portNumber: int = 0,
+                        addressTypes: Any = None, transportSemantics: str = "TCP") -> Any:
+        """Tell ``receiver`` the addresses of ``hostName`` at once."""
+        self.asked.append(hostName)
+        receiver.resolutionBegan(None)
+        for address in self.table.get(hostName, []):
+            kind = IPv6Address if ":" in address else IPv4Address
+            receiver.addressResolved(kind("TCP", address, portNumber))
+        receiver.resolutionComplete()
+        return receiver
+
+
+NAMES = {
+    "db.example": ["10.0.0.1", "fd00::1"],
+    "a.example": ["10.0.0.2"],
+    "b.example": ["10.0.0.3", "10.0.0.4"],
+}
+
+
+@pytest.fixture(autouse=True)
+def no_libpq_environment(monkeypatch) -> Iterator[None]:
+    """The PG* variables of the environment do not reach these tests."""
+    for name in ("PGHOST", "PGHOSTADDR", "PGPORT"):
+        monkeypatch.delenv(name, raising=False)
+    yield
+
+
+@pytest.mark.parametrize(
+    ("dsn", "settings", "added", "asked"),
+    [
+        ("host=db.example port=5433 dbname=x", {},
+         {"host": "db.example,db.example", "hostaddr": "10.0.0.1,fd00::1", "port": "5433,5433"},
+         ["db.example"]),
+        ("host=db.example", {},
+         {"host": "db.example,db.example", "hostaddr": "10.0.0.1,fd00::1"}, ["db.example"]),
+        ("postgresql://u@a.example:5432,b.example:5433/db?sslmode=verify-full", {},
+         {"host": "a.example,b.example,b.example", "hostaddr": "10.0.0.2,10.0.0.3,10.0.0.4",
+          "port": "5432,5433,5433"},
+         ["a.example", "b.example"]),
+        ("host=/run/postgresql,127.0.0.1,db.example,::1 port=1,2,3,4", {},
+         {"host": "/run/postgresql,127.0.0.1,db.example,db.example,::1",
+          "hostaddr": ",127.0.0.1,10.0.0.1,fd00::1,::1", "port": "1,2,3,3,4"},
+         ["db.example"]),
+        ("host=nowhere.example,a.example", {}, {"host": "a.example", "hostaddr": "10.0.0.2"},
+         ["a.example", "nowhere.example"]),
+        ("host=/tmp dbname=x", {"host": "a.example"},
+         {"host": "a.example", "hostaddr": "10.0.0.2"}, ["a.example"]),
+        ("postgresql:///db?host=/tmp,/run", {}, {}, []),
+        ("postgresql://%2Fvar%2Frun/db", {}, {}, []),
+        ("host=127.0.0.1 port=5432", {}, {}, []),
+        ("dbname=x", {}, {}, []),
+        ("host=db.example hostaddr=10.9.9.9", {}, {}, []),
+        ("service=blip", {}, {}, []),
+        ("host=a.example,b.example port=1,2,3", {}, {}, []),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_what_libpq_is_given(dsn, settings, added, asked) -> None:
+    """
+    Each name becomes as many hosts as it has addresses, named and with
+    their address and port; Unix-socket folders, numeric addresses and
+    names that do not resolve (while another does) are kept or left out
+    as libpq would use them; nothing is added when nothing needs a name
+    resolved (or a hostaddr, a service file or a wrong list of ports
+    leaves it to libpq).
+    """
+    names = Names(NAMES)
+    assert await addressed(dsn, settings, names) == added
+    assert sorted(names.asked) == asked
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_environment_and_names_that_do_not_resolve(monkeypatch) -> None:
+    """
+    A host from PGHOST is resolved as one of the string would be; when no
+    name resolves, connecting fails as libpq's would, naming them.
+    """
+    monkeypatch.setenv("PGHOST", "a.example")
+    resolved = {"host": "a.example", "hostaddr": "10.0.0.2"}
+    assert await addressed("dbname=x", {}, Names(NAMES)) == resolved
+    failed = 'could not translate host name "x.example", "y.example"'
+    with pytest.raises(psycopg2.OperationalError, match=failed):
+        await addressed("host=x.example,y.example", {}, Names(NAMES))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_name_only_twisted_knows(database) -> None:
+    """
+    A pool reaches a database by a name that only Twisted's resolver
+    knows (libpq, resolving it itself, would not find it), and the
+    connection keeps the name (TLS checks it) with the address beside it.
+    A reconnection resolves the name again.
+    """
+    from twisted.internet import reactor
+
+    link = Link(database.cluster.cluster.sockets / f".s.PGSQL.{PORT}")
+    names = Names({"db.blip.invalid": ["127.0.0.1"]})
+    previous = reactor.installNameResolver(names)
+    try:
+        dsn = psycopg2.extensions.make_dsn(database.dsn, host="db.blip.invalid", port=link.port)
+        pool = Pool(dsn, 1, reactor)
+        await pool.start()
+        try:
+            assert pool.alive
+            settings = await pool.runInteraction(lambda c: c.connection.get_dsn_parameters())
+            assert (settings["host"], settings["hostaddr"]) == ("db.blip.invalid", "127.0.0.1")
+            [(pid,)] = await pool.runQuery("SELECT pg_backend_pid()")
+            database.sql("SELECT pg_terminate_backend(%s)", (pid,))
+            await wait_until(lambda: not pool.alive)
+            await pool.when_alive().addTimeout(TIMEOUT, reactor)
+            assert await pool.runQuery("SELECT 1") == [(1,)]
+        finally:
+            pool.close()
+    finally:
+        reactor.installNameResolver(previous)
+        link.close()
+    assert names.asked == ["db.blip.invalid"] * 2
