@@ -216,11 +216,12 @@ def make_service(options: Options, reactor: Any = None, clock: Optional[IReactor
             HotRoutes(hub, latest, meters, clock, options["longpoll-timeout"], reactor),
             LegacyApi(LegacyQueries(read_pool), clock, STATIC, partitions.raw_kept_since),
             ApiV1(
-                V1Queries(read_pool), latest, live, meters, clock, partitions.raw_kept_since,
+                V1Queries(read_pool), latest, live, meters, clock,
                 Writes(
                     Tokens(queries), Readings(queries), hub, counters, clock,
                     lambda meter: meter_table.notice(meter, "through the write API"),
                 ),
+                partitions.raw_kept_since,
             ),
             Operations(health, registry),
             RequestMetrics(registry),

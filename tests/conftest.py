@@ -768,11 +768,12 @@ def open_site(
         HotRoutes(hub, latest, meters, clock, longpoll_timeout, reactor),
         LegacyApi(LegacyQueries(store.pool), clock, STATIC, raw_since),
         ApiV1(
-            V1Queries(store.pool), latest, live, meters, clock, raw_since,
+            V1Queries(store.pool), latest, live, meters, clock,
             Writes(
                 Tokens(store.pool), store, hub, counters, clock,
                 lambda m: None if m in meters else meters.add(default_meter(m)),
             ),
+            raw_since,
         ),
         Operations(health, registry),
         RequestMetrics(registry),

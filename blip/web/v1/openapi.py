@@ -165,7 +165,6 @@ def _write() -> dict[str, Any]:
                 },
                 "403": {**_PROBLEM, "description": "A token that may not write this meter."},
                 "404": _PROBLEM,
-                "405": _PROBLEM,
                 "413": _PROBLEM,
                 "415": _PROBLEM,
                 "503": _PROBLEM,

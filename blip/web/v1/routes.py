@@ -56,7 +56,7 @@ from blip.web.v1.live import Live
 from blip.web.v1.openapi import document
 from blip.web.v1.query import EARLIEST, BadParameter, Query, last_event_id
 from blip.web.v1.series import Series
-from blip.web.v1.writes import NoWrites, Writes, check_batch, read_batch
+from blip.web.v1.writes import Writes, check_batch, read_batch
 
 PREFIX = V1_PREFIX.decode()
 #: A range without ``from`` starts this long before its end.
@@ -127,8 +127,8 @@ class ApiV1:
     :param live: the live streams.
     :param meters: the configured meters.
     :param clock: the current time, for ranges that end now.
+    :param writes: the write API.
     :param raw_since: since when raw points are kept.
-    :param writes: the write API (None: this node takes no writes, 405).
     """
 
     app = Klein()
@@ -139,7 +139,7 @@ class ApiV1:
 
     def __init__(
         self, store: V1Queries, latest: Latest, live: Live, meters: Meters, clock: IReactorTime,
-        raw_since: RawSince = kept_for_ever, writes: Optional[Writes] = None,
+        writes: Writes, raw_since: RawSince = kept_for_ever,
     ) -> None:
         self.store = store
         self.writes = writes
@@ -293,8 +293,6 @@ class ApiV1:
     @app.route(PREFIX + "/meters/<meter>/readings", methods=["POST"], endpoint="write_readings")
     async def write_readings(self, request: IRequest, meter: str) -> bytes:
         dress(request, V1)
-        if self.writes is None:
-            raise NoWrites("this node takes no writes")
         m = meter_id(meter)
         await self.writes.authorise(request, m)
         media = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()

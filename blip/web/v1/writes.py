@@ -35,37 +35,13 @@ from blip.db.tokens import BadToken, Grant, Tokens
 from blip.live.hub import Hub
 from blip.live.notify import PAST
 from blip.model import INT_MAX, Point, csv_points
-from blip.web.errors import ApiError, BadRequest
+from blip.web.errors import ApiError, BadRequest, Forbidden, Unauthorized, Unsupported
 from blip.web.limits import WRITE_AHEAD, WRITE_POINTS
 
 #: Seconds between two log lines about refused writes.
 LOG_INTERVAL = 60.0
 #: The media types of a batch.
 JSON, CSV = b"application/json", b"text/csv"
-
-
-class Unauthorized(ApiError):
-    """No token, or one that authorises nothing."""
-
-    status = 401
-
-
-class Forbidden(ApiError):
-    """A token that does not authorise this."""
-
-    status = 403
-
-
-class NoWrites(ApiError):
-    """A node that takes no writes (it was built without the write API)."""
-
-    status = 405
-
-
-class Unsupported(ApiError):
-    """A body of a media type the API does not read."""
-
-    status = 415
 
 
 def bearer(request: IRequest) -> str:
