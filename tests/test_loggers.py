@@ -7,14 +7,14 @@ restarts and a live client of it resumes.
 """
 
 import json
-import select
 import socket
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 from tests.conftest import TIMEOUT, eventually, free_port, make_token, open_pty
+from tests.link import Link
 from tests.test_service import get
 
 # --- Two loggers of one meter repairing each other ----------------------------
@@ -175,94 +175,17 @@ RATE, BLINKING = 50, 120
 DARK_FROM, DARK_FOR = 20, 60
 
 
-class Relay:
-    """
-    A TCP relay the test controls, in front of the central server: while
-    cut, it lets nothing through and answers nothing (connections opened
-    meanwhile are held open, silent), as a link gone dark; when the link
-    is back, what was held is closed and new connections pass.
-    """
-
-    def __init__(self, target: int) -> None:
-        self.target = target
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.cut = threading.Event()
-        self.pairs: list[tuple[socket.socket, Optional[socket.socket]]] = []
-        self.lock = threading.Lock()
-        self._closed = False
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while not self._closed:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            server = None
-            if not self.cut.is_set():
-                try:
-                    server = socket.create_connection(("127.0.0.1", self.target), timeout=5)
-                except OSError:
-                    client.close()
-                    continue
-            with self.lock:
-                self.pairs.append((client, server))
-            if server is not None:
-                threading.Thread(target=self._pump, args=(client, server), daemon=True).start()
-
-    def _pump(self, a: socket.socket, b: socket.socket) -> None:
-        try:
-            while True:
-                ready, _, _ = select.select([a, b], [], [], 0.2)
-                if self.cut.is_set():
-                    # Dark: nothing passes; the connection dies with the link.
-                    continue
-                for source in ready:
-                    data = source.recv(65536)
-                    if not data:
-                        return
-                    (b if source is a else a).sendall(data)
-        except OSError:
-            pass
-        finally:
-            if not self.cut.is_set():
-                for s in (a, b):
-                    s.close()
-
-    def go_dark(self) -> None:
-        """Cut the link: nothing passes from now on."""
-        self.cut.set()
-
-    def restore(self) -> None:
-        """The link is back: connections held meanwhile are gone, new ones pass."""
-        with self.lock:
-            held, self.pairs = self.pairs, []
-        self.cut.clear()
-        for client, server in held:
-            for s in (client, server):
-                if s is not None:
-                    try:
-                        s.close()
-                    except OSError:
-                        pass
-
-    def close(self) -> None:
-        """Stop relaying."""
-        self._closed = True
-        self.listener.close()
-        self.restore()
-
-
 class LiveClient:
     """
     A live client of the central server (Server-Sent Events) in a thread
     that, like a browser's EventSource, connects again with Last-Event-ID
     whenever its stream ends, and records every point event.
+
+    :param path: the server's Unix socket.
     """
 
-    def __init__(self, port: int) -> None:
-        self.port = port
+    def __init__(self, path: Path) -> None:
+        self.path = path
         self.events: list[tuple[int, int]] = []
         self.connections = 0
         self.changed = threading.Condition()
@@ -282,7 +205,9 @@ class LiveClient:
         request = "GET /api/v1/live?meters=1 HTTP/1.1\r\nHost: blip\r\nAccept: text/event-stream\r\n"
         if last is not None:
             request += f"Last-Event-ID: {last}\r\n"
-        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(5)
+            s.connect(str(self.path))
             s.sendall((request + "\r\n").encode())
             s.settimeout(60)
             with self.changed:
@@ -315,26 +240,24 @@ def test_a_forwarding_logger_loses_nothing(start_daemon, database, pty_meter, tm
     """
     A logger without a database reads blips at 50/s for two minutes and
     forwards them to a central server through a relay the test controls.
-    The link goes dark for a minute (requests hang, time out, and the
-    points wait in the forwarder's spool) and the central daemon is
-    restarted meanwhile. Once the link is back every blip reaches the
-    central database exactly once, in order; a live client of the central
-    server, reconnecting with Last-Event-ID after the restart, has every
-    point once; and the forwarder's metrics count them.
+    The link goes dark for a minute (nothing passes, nothing is closed:
+    requests hang, time out, and the points wait in the forwarder's spool)
+    and the central daemon is restarted meanwhile. Once the link is back
+    every blip reaches the central database exactly once, in order; a live
+    client of the central server, reconnecting with Last-Event-ID after the
+    restart, has every point once; and the forwarder's metrics count them.
     """
-    central_port = free_port()
-    central_args = (
-        "--db", database.dsn, "--node-name", "central",
-        "--listen", f"tcp:{central_port}:interface=127.0.0.1",
+    listening = tmp_path / "central.sock"
+    central = start_daemon(
+        "--db", database.dsn, "--node-name", "central", "--listen", f"unix:{listening}",
+        listen=False, state_dir=tmp_path / "central", ready="receiving live points from the database",
     )
-    central = start_daemon(*central_args, listen=False, state_dir=tmp_path / "central")
-    central.wait_for("receiving live points from the database")
     token_file = tmp_path / "token"
     token_file.write_text(make_token(database, [1], "meter pi") + "\n")
-    relay = Relay(central_port)
-    live = LiveClient(central_port)
+    link = Link(listening)
+    live = LiveClient(listening)
     forwarder = start_daemon(
-        "--serial", pty_meter.path, "--upstream", f"http://127.0.0.1:{relay.port}",
+        "--serial", pty_meter.path, "--upstream", f"http://127.0.0.1:{link.port}",
         "--token-file", str(token_file), "--node-name", "meter-pi",
         listen=False, state_dir=tmp_path / "pi", ready="reading serial device",
     )
@@ -364,13 +287,12 @@ def test_a_forwarding_logger_loses_nothing(start_daemon, database, pty_meter, tm
         stored = lambda: database.sql("SELECT count(*) FROM readings")[0][0]
         assert eventually(lambda: stored() > 3 * RATE)
         at(DARK_FROM)
-        relay.go_dark()
+        link.go_dark()
         at(DARK_FROM + 15)
         assert central.stop() == 0
         central.start()
-        central.wait_for("receiving live points from the database")
         at(DARK_FROM + DARK_FOR)
-        relay.restore()
+        link.light()
         at(BLINKING)
         stop.set()
         feeder.join(TIMEOUT)
@@ -396,7 +318,7 @@ def test_a_forwarding_logger_loses_nothing(start_daemon, database, pty_meter, tm
     finally:
         stop.set()
         live.stop()
-        relay.close()
+        link.close()
 
 
 def test_a_logger_with_a_database_forwards_too(start_daemon, database, other_database, pty_meter, tmp_path) -> None:
