@@ -6,7 +6,7 @@ as it is; ``/usage`` is a count, and ``/last`` is
 :meth:`blip.db.queries.Queries.last`.
 """
 
-from typing import Any
+from typing import Any, Optional
 
 from blip.db.layouts import HOUR, MINUTE
 from blip.db.queries import Queries, uncompiled
@@ -59,6 +59,23 @@ class LegacyQueries(Queries):
             ),
             (meter, since, limit),
         )
+
+    async def recent_unless_meter(self, number: int, meter: int, since: int, limit: int) -> Optional[str]:
+        """
+        :return: None when ``number`` is the id of a meter with readings
+            (its hourly rollups say so, which stay when its raw points are
+            dropped); else what :meth:`since` returns for ``meter``.
+        """
+        rows = await self.pool.runQuery(
+            "SELECT CASE WHEN EXISTS (SELECT 1 FROM readings_hourly WHERE id = %(n)s::bigint) THEN NULL"
+            " ELSE (" + _pairs(
+                "SELECT stamp, ms FROM readings WHERE id = %(m)s AND stamp >= %(s)s::bigint"
+                " ORDER BY stamp LIMIT %(l)s"
+            ) + ") END",
+            {"n": number, "m": meter, "s": since, "l": limit},
+        )
+        text: Optional[str] = rows[0][0]
+        return text
 
     async def between(self, meter: int, first: int, last: int, limit: int) -> str:
         """

@@ -28,6 +28,7 @@ from twisted.web.resource import IResource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from blip.db.legacy import LegacyQueries
+from blip.model import DEFAULT_METER, Point
 from blip.web.answers import (
     LEGACY,
     RawSince,
@@ -37,7 +38,8 @@ from blip.web.answers import (
     options,
     say_raw_since,
 )
-from blip.web.errors import answer_error, refuse
+from blip.web.errors import NotFound, answer_error, refuse
+from blip.web.hot import encode_point
 from blip.web.limits import LAST_POINTS, MINUTELY_ROWS, RANGE_POINTS, SINCE_POINTS
 from blip.web.paths import buckets, meter_id, number, stamps
 from blip.web.static import StaticFiles
@@ -97,7 +99,7 @@ def _add(route: Route) -> None:
 
 
 # OPTIONS of the paths whose GET and HEAD the hot routes answer.
-for _template in ("/blip", "/blip/<meter>", "/last", "/last/<meter>"):
+for _template in ("/blip", "/blip/<meter>", "/last"):
     _add(Route(_template, None))
 
 
@@ -180,6 +182,26 @@ class LegacyApi:
     @app.route("/", branch=True, methods=["GET", "HEAD"])
     def page(self, request: IRequest) -> IResource:
         return self.static
+
+    @legacy("/last/<meter>")
+    async def last_or_recent(self, request: IRequest, meter: str) -> bytes:
+        """
+        ``/last/<n>`` that :class:`blip.web.hot.HotRoutes` left: a meter it
+        does not know, or the single-meter original's points of the last
+        ``n`` ms of the default meter.
+
+        A meter with readings (kept, or rolled up) is that meter; any
+        other number is a span.
+        """
+        n = number(meter, "meter id or ms")
+        recent = await self.store.recent_unless_meter(n, DEFAULT_METER, self.now() - n, LAST_POINTS)
+        if recent is not None:
+            say_raw_since(request, self.raw_since())
+            return recent.encode()
+        reading = await self.store.last(n)
+        if reading is None:
+            raise NotFound(f"no readings for meter {n}")
+        return encode_point(Point(n, *reading))
 
     @legacy("/last/<meter>/<ms>", raw=True)
     async def last_ms(self, request: IRequest, meter: str, ms: str) -> bytes:
