@@ -117,7 +117,9 @@ class StatementLog:
     """
     PostgreSQL's JSON statement log, switched on while we look: what SQL
     the daemon sends for one request. psycopg2 binds parameters on the
-    client, so the log holds the exact text, values included.
+    client, so the log holds the exact text, values included. A statement
+    the daemon prepared is logged as its EXECUTE, with the PREPARE in the
+    entry's detail: those are kept in :data:`PREPARED`.
     """
 
     def __init__(self, cluster: BenchCluster, dbname: str) -> None:
@@ -162,7 +164,13 @@ class StatementLog:
             message = entry.get("message", "")
             if (entry.get("dbname") == self.dbname and entry.get("application_name") != APPLICATION
                     and message.startswith("statement: ")):
-                found.append(message[len("statement: "):])
+                statement = message[len("statement: "):]
+                if statement.startswith("PREPARE "):
+                    continue
+                detail = entry.get("detail", "")
+                if statement.startswith("EXECUTE ") and detail.startswith("prepare: "):
+                    PREPARED[statement.split()[1]] = detail[len("prepare: "):]
+                found.append(statement)
         return found
 
     def close(self) -> None:
@@ -170,10 +178,23 @@ class StatementLog:
         self.connection.close()
 
 
+#: The statements the daemon prepared, by name: ``PREPARE <name> AS ...``.
+PREPARED: dict[str, str] = {}
+
+
+def prepare(cursor: Any, statements: list[str]) -> None:
+    """Prepare the statements that ``statements`` execute, as the daemon did."""
+    for sql in statements:
+        if sql.startswith("EXECUTE "):
+            cursor.execute(PREPARED[sql.split()[1]])
+
+
 def tables_read(statements: list[str]) -> list[str]:
     """:return: the tables and views the statements read from."""
     names = set()
     for sql in statements:
+        if sql.startswith("EXECUTE "):
+            sql = PREPARED[sql.split()[1]]
         names.update(re.findall(r"\b(?:FROM|JOIN)\s+([a-z_]+)", sql, re.IGNORECASE))
     return sorted(names)
 
@@ -195,8 +216,9 @@ def partitions_read(cluster: BenchCluster, dbname: str, statements: list[str]) -
     connection = cluster.connect(dbname)
     try:
         with connection.cursor() as cursor:
+            prepare(cursor, statements)
             for sql in statements:
-                if not sql.lstrip().upper().startswith(("SELECT", "WITH")):
+                if not sql.lstrip().upper().startswith(("SELECT", "WITH", "EXECUTE")):
                     continue
                 cursor.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + sql)
                 walk(cursor.fetchone()[0][0]["Plan"])
@@ -253,6 +275,7 @@ def timed_floor(cluster: BenchCluster, dbname: str, statements: list[str], count
     connection = cluster.connect(dbname)
     try:
         with connection.cursor() as cursor:
+            prepare(cursor, statements)
             started = time.monotonic()
             for _ in range(count):
                 t0 = time.perf_counter()
