@@ -43,6 +43,7 @@ from blip.web.hot import encode_point
 from blip.web.limits import LAST_POINTS, MINUTELY_ROWS, RANGE_POINTS, SINCE_POINTS
 from blip.web.paths import buckets, meter_id, number, stamps
 from blip.web.static import StaticFiles
+from blip.web.twisted_private import send_now
 
 Handler = Callable[..., Coroutine[Any, Any, bytes]]
 
@@ -284,14 +285,20 @@ class _Answer:
         body.cancel()
 
     def send(self, body: bytes) -> None:
-        """Write the body."""
+        """
+        Write the body, and send the answer at once rather than at the
+        reactor's next turn.
+        """
         if self.done:
             return
         request = self.request
         if self.route.raw:
             say_raw_since(request, self.api.raw_since())
+        transport = getattr(request.channel, "transport", None)
         request.write(json_body(request, body))
         request.finish()
+        if transport is not None:
+            send_now(transport)
 
     def failed(self, failure: Failure) -> None:
         """Answer the error that came instead of the body."""
