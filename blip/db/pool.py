@@ -361,13 +361,17 @@ class Pool:
 
 
 def _run_prepared(connection: Connection, statement: Prepared, params: Sequence[Any]) -> "Deferred[Any]":
-    async def run() -> Any:
-        if statement.name not in connection.prepared:
-            await connection.runOperation(statement.prepare)
-            connection.prepared.add(statement.name)
-        return await connection.runQuery(statement.execute, params)
+    # Callbacks rather than a coroutine: a statement prepared already is
+    # one query, run as any other.
+    def execute(_: object = None) -> "Deferred[Any]":
+        connection.prepared.add(statement.name)
+        run: Deferred[Any] = connection.runQuery(statement.execute, params)
+        return run
 
-    return Deferred.fromCoroutine(run())
+    if statement.name in connection.prepared:
+        return execute()
+    preparing: Deferred[Any] = connection.runOperation(statement.prepare)
+    return preparing.addCallback(execute)
 
 
 class DatabaseService(Service):
