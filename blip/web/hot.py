@@ -47,7 +47,9 @@ def encode_point(point: Point) -> bytes:
 
 class HotRoutes:
     """
-    GET and HEAD of ``/blip``, ``/blip/<id>``, ``/last`` and ``/last/<id>``.
+    GET and HEAD of ``/blip``, ``/blip/<id>``, ``/last`` and ``/last/<id>``
+    (of a meter configured or seen here; another number is left to the
+    legacy routes).
 
     :param hub: parks the long-polls, and has each meter's last point in
         memory.
@@ -98,6 +100,10 @@ class HotRoutes:
             or path[-1] == b""
         ):
             return None
+        if path[0] == b"last" and len(path) == 2 and not self._knows(path[1]):
+            # Not a meter known here: the legacy routes tell a meter with
+            # readings from the single-meter original's /last/<ms>.
+            return None
         try:
             meter = meter_id(path[1].decode() if len(path) == 2 else None)
         except ApiError as e:
@@ -115,6 +121,17 @@ class HotRoutes:
             request.finish()
             return NOT_DONE_YET
         return self.body(request, point)
+
+    def _knows(self, segment: bytes) -> bool:
+        """
+        :return: whether ``segment`` is the id of a meter configured or
+            seen here.
+        """
+        try:
+            meter = meter_id(segment.decode())
+        except ApiError:
+            return False
+        return meter in self.meters or self.hub.last(meter) is not None
 
     @staticmethod
     def headers(request: Request) -> HeaderPairs:

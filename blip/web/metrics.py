@@ -116,10 +116,16 @@ class RequestMetrics:
         children[1].observe(seconds)
 
 
-def route_of(mounts: Mapping[bytes, Klein], default: Klein) -> Callable[[IRequest], str]:
+def route_of(
+    mounts: Mapping[bytes, Klein],
+    default: Klein,
+    front: Callable[[list[bytes]], Optional[str]] = lambda segments: None,
+) -> Callable[[IRequest], str]:
     """
     :param mounts: the application answering each first path segment.
     :param default: the application answering every other path.
+    :param front: names the route of a path answered before the
+        applications, if it is one.
     :return: a function that names the route template of a request (like
         ``/api/v1/meters/<meter>``), or ``none`` when no route matches.
     """
@@ -138,6 +144,9 @@ def route_of(mounts: Mapping[bytes, Klein], default: Klein) -> Callable[[IReques
         return name
 
     def match(segments: list[bytes]) -> str:
+        named = front(segments)
+        if named is not None:
+            return named
         first = segments[0] if segments else b""
         try:
             path = "/" + b"/".join(segments).decode("utf-8")
@@ -145,8 +154,7 @@ def route_of(mounts: Mapping[bytes, Klein], default: Klein) -> Callable[[IReques
             return "none"
         adapter = mounts.get(first, default).url_map.bind("blip", path_info=path)
         # Every API route answers OPTIONS, and the page's catch-all does
-        # not: asked first, OPTIONS names the route of a path whose GET
-        # is answered before the router (the hot routes), not the page's.
+        # not: asked first, OPTIONS names a route of the API, not the page.
         for method in ("OPTIONS", "GET"):
             try:
                 rule, _ = adapter.match(path, method=method, return_rule=True)

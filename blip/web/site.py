@@ -1,15 +1,16 @@
 """
 The HTTP site: which application answers which path. What must not reach
 any route is refused first; ``/blip`` and ``/last`` are answered before the
-router (:mod:`blip.web.hot`); ``/api/v1/...`` is the modern API,
+router (:mod:`blip.web.hot`), and so are the other legacy routes
+(:mod:`blip.web.legacy`); ``/api/v1/...`` is the modern API,
 ``/healthz`` and ``/metrics`` serve operators, everything else is the
-legacy API and the page. Every request is counted and timed, behind
+page. Every request is counted and timed, behind
 access control; every connection is counted, and let in or refused, as it
 opens (:mod:`blip.web.connections`).
 """
 
 import re
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 from twisted.internet.protocol import Protocol
 from twisted.web.iweb import IRequest
@@ -23,7 +24,7 @@ from blip.web.connections import Door
 from blip.web.errors import refuse
 from blip.web.health import Operations
 from blip.web.hot import HotRoutes
-from blip.web.legacy import LegacyApi
+from blip.web.legacy import LegacyApi, template
 from blip.web.metrics import Metered, RequestMetrics, route_of
 from blip.web.v1.routes import ApiV1
 
@@ -41,15 +42,18 @@ class Guard(Resource):
     UTF-8 (400), a ``Host`` header that is not a host (400, as RFC 9112
     asks, and the router would choke on it), and methods that are not
     upper case (405: methods are case-sensitive, but the router would take
-    ``get`` for ``GET``); then lets :class:`~blip.web.hot.HotRoutes`
-    answer what it can, and the router the rest.
+    ``get`` for ``GET``); then lets each of ``fronts`` in turn answer what
+    it can (:class:`~blip.web.hot.HotRoutes`, then the other legacy
+    routes), and the router the rest.
+
+    :param fronts: each renders a request it answers, else returns None.
     """
 
     isLeaf = True
 
-    def __init__(self, hot: HotRoutes, router: IResource, cors: Cors) -> None:
+    def __init__(self, fronts: Sequence[Callable[[Request], Any]], router: IResource, cors: Cors) -> None:
         super().__init__()
-        self.hot = hot
+        self.fronts = tuple(fronts)
         self.router = router
         self.cors = cors
         #: The last Host header found good: most requests have the same.
@@ -70,9 +74,10 @@ class Guard(Resource):
             b"/".join(request.postpath).decode("utf-8")
         except UnicodeDecodeError:
             return refuse(request, 400, "path is not UTF-8")
-        answer = self.hot.render(request)
-        if answer is not None:
-            return answer
+        for front in self.fronts:
+            answer = front(request)
+            if answer is not None:
+                return answer
         return self.router.render(request)
 
     def _good_host(self, host: bytes) -> bool:
@@ -123,7 +128,8 @@ def site_root(
     """
     apps = {b"api": api.app, b"healthz": operations.app, b"metrics": operations.app}
     mount = Mount({first: app.resource() for first, app in apps.items()}, legacy.app.resource())
-    metered = Metered(Guard(hot, mount, cors), route_of(apps, legacy.app), metrics)
+    guard = Guard((hot.render, legacy.render), mount, cors)
+    metered = Metered(guard, route_of(apps, legacy.app, template), metrics)
     return protect(metered, rules, refusals)
 
 
