@@ -6,7 +6,9 @@ memory when the hub has the point (else from the database).
 When a meter blinks, every long-poll parked on it gets the same answer, so
 the whole HTTP response (status line, headers and body) is rendered once
 per point (and CORS headers: with ``--cors`` origins, each allowed origin
-has its own) and written as it is to each client on a persistent HTTP/1.1
+has its own) and written as it is to each client: by the lean path
+(:mod:`blip.web.lean`), which parks most long-polls and answers most
+``/last`` on the connection itself, and here on a persistent HTTP/1.1
 connection; others get it through the usual request machinery.
 
 With thousands of long-polls parked, what makes the last client wait is
@@ -22,14 +24,13 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.http import datetimeToString
-from twisted.web.server import NOT_DONE_YET, Request, version
+from twisted.web.server import NOT_DONE_YET, Request
 
 from blip.live.hub import Hub, TooManyWaiters
 from blip.meters import Meters
 from blip.model import Point
-from blip.web.answers import LEGACY, HeaderPairs, cors_of, dress, json_body
-from blip.web.errors import ApiError, NotFound, answer_error, describe, refuse
+from blip.web.answers import LEGACY, HeaderPairs, cors_of, dress, json_body, whole_answer
+from blip.web.errors import ApiError, NotFound, answer_error, describe, legacy_body, refuse
 from blip.web.latest import Latest
 from blip.web.paths import meter_id
 from blip.web.twisted_private import prerenderable, send_now, send_prerendered
@@ -125,7 +126,7 @@ class HotRoutes:
 
     def _park(self, request: Request, meter: int) -> Any:
         dress(request, LEGACY)
-        if meter not in self.meters and self.hub.last(meter) is None:
+        if not self.known(meter):
             return refuse(request, 404, f"unknown meter {meter}")
         try:
             waiter = self.hub.wait(meter)
@@ -159,15 +160,38 @@ class HotRoutes:
         """
         now = int(self.clock.seconds())
         if point is not self._point or now != self._second or headers is not self._headers:
-            body = encode_point(point)
-            self._response = (
-                b"HTTP/1.1 200 OK\r\nServer: %s\r\nDate: %s\r\n%s"
-                b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
-                % (version, datetimeToString(now), b"".join(b"%s: %s\r\n" % h for h in headers),
-                   len(body), body)
-            )
+            self._response = self._json(200, headers, encode_point(point), now)
             self._point, self._second, self._headers = point, now, headers
         return self._response
+
+    def known(self, meter: int) -> bool:
+        """
+        :return: whether a long-poll may park on ``meter``: it is
+            configured or has a point here (else the answer is 404).
+        """
+        return meter in self.meters or self.hub.last(meter) is not None
+
+    def no_point(self, headers: HeaderPairs) -> bytes:
+        """
+        :param headers: its CORS and caching headers (:meth:`headers`).
+        :return: the whole answer of a long-poll that --longpoll-timeout
+            ended first (204).
+        """
+        return whole_answer(204, headers, b"", self.clock.seconds())
+
+    def failure(self, headers: HeaderPairs, reason: Exception) -> bytes:
+        """
+        :param headers: its CORS and caching headers (:meth:`headers`).
+        :return: the whole answer of a long-poll that failed with
+            ``reason`` (the daemon stopping), from the one error table.
+        """
+        status, message = describe(Failure(reason))
+        return self._json(status, headers, legacy_body(message), self.clock.seconds())
+
+    @staticmethod
+    def _json(status: int, headers: HeaderPairs, body: bytes, now: float) -> bytes:
+        typed = ((b"Content-Type", b"application/json"), (b"Content-Length", b"%d" % len(body)))
+        return whole_answer(status, headers + typed, body, now)
 
     def finish_later(self, parked: "_Parked") -> None:
         """

@@ -21,12 +21,14 @@ from blip.web.twisted_private import (
     HookedChannel,
     HookedRequest,
     connection_gone,
+    hand_over,
     prerenderable,
+    send,
     send_now,
     send_prerendered,
     started_writing,
 )
-from tests.conftest import within
+from tests.conftest import wait_until, within
 
 
 class Parking(Resource):
@@ -409,3 +411,135 @@ def test_reads_do_not_restart_the_timeout() -> None:
     assert not transport.disconnecting
     clock.advance(1)
     assert transport.disconnecting
+
+
+class First(Protocol):
+    """Reads one message, then hands the connection over to ``Second``."""
+
+    def __init__(self, second: "Second") -> None:
+        self.second = second
+        self.got: list[bytes] = []
+
+    def dataReceived(self, data: bytes) -> None:
+        self.got.append(data)
+        hand_over(self.transport, self.second, b"early:" + data)
+
+
+class Second(Protocol):
+    """Takes over: notes what reaches it, and when the connection goes."""
+
+    def __init__(self) -> None:
+        self.got: list[bytes] = []
+        self.made = 0
+        self.lost: Deferred[None] = Deferred()
+
+    def connectionMade(self) -> None:
+        self.made += 1
+
+    def dataReceived(self, data: bytes) -> None:
+        self.got.append(data)
+        if b"bye" in b"".join(self.got):
+            self.transport.write(b"ok")
+            self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure = None) -> None:
+        self.lost.callback(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_connection_handed_over_delivers_to_its_new_protocol() -> None:
+    """
+    Once handed over, a TCP connection's protocol is the new one: it is
+    connected once, gets what arrived before it took over, then all that
+    arrives after, writes on the same connection, and hears of its end;
+    the first protocol hears nothing more.
+    """
+    from twisted.internet import reactor
+
+    second = Second()
+    first = First(second)
+    port = reactor.listenTCP(0, Factory.forProtocol(lambda: first), interface="127.0.0.1")
+    peer = socket.create_connection(("127.0.0.1", port.getHost().port), timeout=10)
+    try:
+        peer.sendall(b"one")
+        await wait_until(lambda: second.got)
+        peer.sendall(b"two bye")
+        await within(second.lost)
+        assert peer.recv(100) == b"ok"
+        assert first.got == [b"one"]
+        assert b"".join(second.got) == b"early:onetwo bye"
+        assert second.made == 1
+    finally:
+        peer.close()
+        await port.stopListening()
+
+
+class Direct(Protocol):
+    """Sends with :func:`send`, maybe after a write the reactor has yet to send."""
+
+    def __init__(self, before: bytes, peer: socket.socket, done: "Deferred[tuple[Any, bool]]") -> None:
+        self.before = before
+        self.peer = peer
+        self.done = done
+
+    def connectionMade(self) -> None:
+        if self.before:
+            self.transport.write(self.before)
+        send(self.transport, b"hello")
+        buffered = bool(self.transport.dataBuffer or self.transport._tempDataBuffer)
+        try:
+            arrived: Optional[bytes] = self.peer.recv(100, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            arrived = None
+        self.done.callback((arrived, buffered))
+
+
+@pytest.mark.parametrize(
+    "before, arrived, buffered",
+    [(b"", b"hello", False), (b"first ", None, True)],
+)
+@pytest_twisted.ensureDeferred
+async def test_send_goes_straight_to_the_socket_unless_something_waits(
+    before: bytes, arrived: Optional[bytes], buffered: bool
+) -> None:
+    """
+    ``send`` on a TCP transport with nothing buffered puts the bytes on
+    its socket at once (the peer reads them before the reactor's next
+    turn, nothing is left in the buffer); after a write still buffered,
+    it queues behind it, and the peer reads both in order.
+    """
+    from twisted.internet import reactor
+
+    done: Deferred[tuple[Any, bool]] = Deferred()
+    peer = socket.socket()
+    port = reactor.listenTCP(
+        0, Factory.forProtocol(lambda: Direct(before, peer, done)), interface="127.0.0.1"
+    )
+    try:
+        peer.connect(("127.0.0.1", port.getHost().port))
+        first, was_buffered = await within(done)
+        assert (first, was_buffered) == (arrived, buffered)
+        got = [first or b""]
+
+        def read() -> bool:
+            try:
+                got.append(peer.recv(100, socket.MSG_DONTWAIT))
+            except BlockingIOError:
+                pass
+            return len(b"".join(got)) >= len(before) + 5
+
+        await wait_until(read)
+        assert b"".join(got) == before + b"hello"
+    finally:
+        peer.close()
+        await port.stopListening()
+
+
+def test_send_without_a_socket_writes_as_usual() -> None:
+    """
+    A transport without a socket of its own (TLS, or a test's) gets the
+    bytes through its usual ``write``.
+    """
+    transport = StringTransport()
+    send(transport, b"hello")
+    assert transport.value() == b"hello"
