@@ -51,7 +51,7 @@ from blip.web.hot import HotRoutes
 from blip.web.latest import Latest
 from blip.web.legacy import LegacyApi
 from blip.web.metrics import RequestMetrics, StateCollector
-from blip.web.site import web_site
+from blip.web.site import web_site, with_backlog
 from blip.web.v1.live import Live, LiveService
 from blip.web.v1.routes import ApiV1
 
@@ -207,7 +207,7 @@ def make_service(options: Options, reactor: Any = None, clock: Optional[IReactor
             reactor,
         )
         site.noisy = False
-        strports.service(options["listen"], site).setServiceParent(top)
+        strports.service(with_backlog(options["listen"]), site).setServiceParent(top)
     return top
 
 

@@ -10,6 +10,7 @@ opens (:mod:`blip.web.connections`), and read first by the lean path
 streams on the connection and hands it over to the site for the rest.
 """
 
+import re
 from typing import Any, Mapping, Optional
 
 from twisted.internet.interfaces import IProtocol, IReactorTime
@@ -28,6 +29,30 @@ from blip.web.lean import Front, Lean
 from blip.web.legacy import LegacyApi
 from blip.web.metrics import Metered, RequestMetrics, route_of
 from blip.web.v1.routes import ApiV1
+
+#: Connections the kernel holds for the daemon to accept, unless --listen
+#: names its own ``backlog`` (the kernel takes at most
+#: ``net.core.somaxconn``): room for thousands of clients connecting at once,
+#: as they do when the daemon restarts. Twisted's default of 50 has the
+#: kernel drop the connections that find it full, and their clients try
+#: again a second later, then three, then seven.
+BACKLOG = 4096
+#: The endpoint types whose descriptions take a ``backlog``.
+_QUEUED = {"tcp", "tcp6", "ssl", "unix"}
+_UNESCAPED_COLON = re.compile(r"(?<!\\):")
+
+
+def with_backlog(description: str) -> str:
+    """
+    :param description: the endpoint to listen on (``--listen``).
+    :return: the same, with a listen backlog of :data:`BACKLOG` unless it
+        names one or takes none.
+    """
+    kind, *parts = _UNESCAPED_COLON.split(description)
+    if kind.lower() not in _QUEUED or any(part.startswith("backlog=") for part in parts):
+        return description
+    return f"{description}:backlog={BACKLOG}"
+
 
 class Guard(Resource):
     """
