@@ -63,8 +63,6 @@ _READ = frozenset(
 #: Most heads remembered as read (most clients send the same head again and
 #: again).
 MAX_HEADS = 256
-#: Most query strings of streams remembered.
-MAX_QUERIES = 1000
 #: The end of a stream's chunked answer.
 _LAST_CHUNK = b"0\r\n\r\n"
 
@@ -73,19 +71,23 @@ class Head:
     """
     What a request's head says, as far as the lean path reads it.
 
-    :param path: its path, without the query.
-    :param query: its query string, None without one.
+    :param kind: its route: ``blip``, ``last`` or ``live``.
     """
 
-    __slots__ = ("path", "query", "close", "host", "origin", "accept", "resumes", "forwarded", "x_forwarded")
+    __slots__ = (
+        "kind", "meter", "numbered", "meters", "close", "origin", "accept", "resumes", "forwarded",
+        "x_forwarded",
+    )
 
-    def __init__(self, path: bytes, query: Optional[bytes]) -> None:
-        self.path = path
-        self.query = query
+    def __init__(self, kind: bytes) -> None:
+        self.kind = kind
+        #: The meter of ``blip`` and ``last``, and whether the path named it.
+        self.meter = DEFAULT_METER
+        self.numbered = False
+        #: The meters a live stream asks for; None for every meter.
+        self.meters: Optional[frozenset[int]] = None
         #: Whether the client asks to close the connection after the answer.
         self.close = False
-        #: Its ``Host`` header, if any.
-        self.host: Optional[bytes] = None
         #: Its last ``Origin`` and ``Accept`` headers, if any.
         self.origin: Optional[bytes] = None
         self.accept = b""
@@ -96,15 +98,40 @@ class Head:
         self.x_forwarded: list[bytes] = []
 
 
+def _route(target: bytes) -> Optional[Head]:
+    # The lean route of a request target, if it is one.
+    path, mark, query = target.partition(b"?")
+    if path == _LIVE:
+        head = Head(b"live")
+        if mark:
+            given = _METERS.fullmatch(query)
+            if given is None or len(query) > len(b"meters=") + MAX_VALUE:
+                return None
+            head.meters = frozenset(int(m) for m in given.group(1).split(b","))
+        return head
+    hot = _HOT.fullmatch(path)
+    if hot is None:
+        return None
+    # The query of /blip and /last changes nothing.
+    kind, number = hot.groups()
+    head = Head(kind)
+    if number is not None:
+        head.meter, head.numbered = int(number), True
+        if head.meter > INT_MAX:
+            return None
+    return head
+
+
 def read_head(head: bytes) -> Optional[Head]:
     """
     Read a request's head (its request line and header lines, without the
     blank line that ends it).
 
-    :return: what it says, or None unless it is a GET over HTTP/1.1 with no
-        body, with lines that Twisted Web would take as they are (no
-        folded or malformed header, no bare CR or LF, no NUL), one ``Host``
-        at most, and nothing that asks for more than an answer (``Expect``).
+    :return: what it says, or None unless it is a GET over HTTP/1.1 of a
+        route of the lean path, with no body, with lines that Twisted Web
+        would take as they are (no folded or malformed header, no bare CR
+        or LF, no NUL), one good ``Host`` at most, and nothing that asks
+        for more than an answer (``Expect``).
     """
     lines = head.split(b"\r\n")
     ends = len(lines) - 1
@@ -113,10 +140,11 @@ def read_head(head: bytes) -> Optional[Head]:
     line = _REQUEST_LINE.fullmatch(lines[0])
     if line is None:
         return None
-    path, mark, query = line.group(1).partition(b"?")
-    parsed = Head(path, query if mark else None)
+    parsed = _route(line.group(1))
+    if parsed is None:
+        return None
     connection: Optional[bytes] = None
-    length = False
+    host = length = False
     for line_ in lines[1:]:
         name, colon, value = line_.partition(b":")
         if not colon or _NAME.fullmatch(name) is None:
@@ -126,9 +154,9 @@ def read_head(head: bytes) -> Optional[Head]:
             continue
         value = value.strip(b" \t")
         if name == b"host":
-            if parsed.host is not None:
+            if host or not good_host(value):
                 return None
-            parsed.host = value
+            host = True
         elif name == b"connection":
             # Twisted reads the first one, split at spaces.
             if connection is None:
@@ -212,6 +240,8 @@ class Deadlines(Generic[Who]):
 _READING = None
 #: What a connection does once it closes or went to the channel: nothing.
 _GONE = "gone"
+#: What a long-poll does once its answer is out, until the fan-out is over.
+_ANSWERED = "answered"
 #: What a connection does: reads (None), waits for a meter's point (the
 #: meter), streams, or nothing more.
 Waiting = Union[None, int, Stream, str]
@@ -259,10 +289,9 @@ class Lean:
             for numbered in (False, True)
         }
         self._live_route = route((b"api", b"v1", b"live"))
-        self._host = b""
         self._heads: dict[bytes, Head] = {}
-        # The meters of each query string seen, one set for all its streams.
-        self._meters: dict[bytes, frozenset[int]] = {}
+        self._reactor = reactor
+        self._answered: list[Front] = []
 
     def read(self, head: bytes) -> Optional[Head]:
         """
@@ -285,39 +314,45 @@ class Lean:
 
         :return: False when it goes the usual way (nothing done).
         """
-        if head.host is not None and head.host != self._host:
-            if not good_host(head.host):
-                return False
-            self._host = head.host
         if front.judged and self.rules.refused(front.ip, head.forwarded, head.x_forwarded):
             return False
-        if head.path == _LIVE:
+        kind = head.kind
+        if kind == b"live":
             return self._stream(front, head)
-        hot = _HOT.fullmatch(head.path)
-        if hot is None:
-            return False
-        kind, number = hot.groups()
-        meter = DEFAULT_METER if number is None else int(number)
-        if meter > INT_MAX:
-            return False
-        route = self._routes[kind, number is not None]
+        meter = head.meter
         headers = self.cors.headers_for(LEGACY, head.origin)
         if kind == b"last":
             point = self.hub.last(meter)
             if point is None:
                 return False
-            front.begin(route, headers, head.close)
+            front.begin(self._routes[kind, head.numbered], headers, head.close)
             front.reply(self.hot.response(point, headers), 200)
             return True
         hub = self.hub
         if hub.waiting >= hub.max_waiters or not self.hot.known(meter):
             return False
-        front.begin(route, headers, head.close)
+        front.begin(self._routes[kind, head.numbered], headers, head.close)
         front.park(meter)
         hub.park(meter, front)
         if self.hot.longpoll_timeout:
             self.polls.arm(front, self.hot.longpoll_timeout)
         return True
+
+    def answered(self, front: "Front") -> None:
+        """
+        ``front``'s long-poll has its answer out: its bookkeeping (counting
+        it, reading the next request) waits until every answer of this
+        fan-out is out, at the reactor's next turn, so that the last client
+        of thousands does not wait for the others' bookkeeping.
+        """
+        if not self._answered:
+            self._reactor.callLater(0, self._settle)
+        self._answered.append(front)
+
+    def _settle(self) -> None:
+        answered, self._answered = self._answered, []
+        for front in answered:
+            front.settle()
 
     def _stream(self, front: "Front", head: Head) -> bool:
         live = self.live
@@ -325,19 +360,9 @@ class Lean:
             return False
         if live.clients >= live.max_clients:
             return False
-        meters: Optional[frozenset[int]] = None
-        query = head.query
-        if query is not None:
-            meters = self._meters.get(query)
-            if meters is None:
-                given = _METERS.fullmatch(query)
-                if given is None or len(query) > len(b"meters=") + MAX_VALUE:
-                    return False
-                if len(self._meters) >= MAX_QUERIES:
-                    self._meters.clear()
-                meters = self._meters[query] = frozenset(int(m) for m in given.group(1).split(b","))
-            if not all(self.hot.known(m) for m in meters):
-                return False
+        meters = head.meters
+        if meters is not None and not all(self.hot.known(m) for m in meters):
+            return False
         headers = _merged(self.cors.headers_for(V1, head.origin), STREAM_HEADERS)
         front.begin(self._live_route, headers, head.close)
         now = self.hot.clock.seconds()
@@ -459,6 +484,8 @@ class Front:
             lean.polls.disarm(self)
             lean.hub.unpark(waiting, self)
             self._count(200)
+        elif waiting is _ANSWERED:
+            self._count(200)
         elif isinstance(waiting, Stream):
             waiting.end()
             self._count(200)
@@ -568,9 +595,20 @@ class Front:
         lean = self.lean
         if lean.hot.longpoll_timeout:
             lean.polls.disarm(self)
-        self.reply(lean.hot.response(point, self.headers), 200)
-        if self.waiting is _READING:
-            self._read_on()
+        answer = lean.hot.response(point, self.headers)
+        send(self.transport, closing(answer) if self.close else answer)
+        self.waiting = _ANSWERED
+        lean.answered(self)
+
+    def settle(self) -> None:
+        """
+        The fan-out that answered the long-poll is over: count it, and go on
+        to the next request (unless the client left meanwhile).
+        """
+        if self.waiting is _ANSWERED:
+            self._done(200)
+            if self.waiting is _READING:
+                self._read_on()
 
     def released(self, reason: Exception) -> None:
         """

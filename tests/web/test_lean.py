@@ -32,27 +32,30 @@ ONE_PAGE = Cors(frozenset({PAGE}))
 
 
 @pytest.mark.parametrize(
-    "head, path, query, close, origin",
+    "head, kind, meter, meters, close, origin",
     [
-        (b"GET /blip/1 HTTP/1.1\r\nHost: x", b"/blip/1", None, False, None),
-        (b"GET /last?_=12 HTTP/1.1", b"/last", b"_=12", False, None),
-        (b"GET /last HTTP/1.1\r\nConnection: keep-alive, close\r\nOrigin: a\r\nOrigin: b", b"/last", None, True, b"b"),
-        (b"GET /last HTTP/1.1\r\nconnection:Close\r\nContent-Length: 00", b"/last", None, True, None),
-        (b"GET /last HTTP/1.1\r\nConnection: close, te", b"/last", None, False, None),
-        (b"GET /last HTTP/1.1\r\nX-Any: \x01 odd but allowed", b"/last", None, False, None),
+        (b"GET /blip/12 HTTP/1.1\r\nHost: x", b"blip", 12, None, False, None),
+        (b"GET /last?_=12 HTTP/1.1", b"last", 1, None, False, None),
+        (b"GET /api/v1/live?meters=3,1,3 HTTP/1.1", b"live", 1, {1, 3}, False, None),
+        (b"GET /last HTTP/1.1\r\nConnection: keep-alive, close\r\nOrigin: a\r\nOrigin: b", b"last", 1, None, True, b"b"),
+        (b"GET /last HTTP/1.1\r\nconnection:Close\r\nContent-Length: 00", b"last", 1, None, True, None),
+        (b"GET /last HTTP/1.1\r\nConnection: close, te", b"last", 1, None, False, None),
+        (b"GET /last HTTP/1.1\r\nX-Any: \x01 odd but allowed", b"last", 1, None, False, None),
     ],
 )
 def test_heads_read(
-    head: bytes, path: bytes, query: Optional[bytes], close: bool, origin: Optional[bytes]
+    head: bytes, kind: bytes, meter: int, meters: Optional[set[int]], close: bool, origin: Optional[bytes]
 ) -> None:
     """
-    A GET over HTTP/1.1 is read: its path and query, whether it closes
-    the connection (as Twisted reads ``Connection``: its first line, split
-    at spaces), its last ``Origin``; headers it does not need are let be.
+    A GET over HTTP/1.1 of a route of the lean path is read: its route,
+    meter or meters (a query of /blip or /last changes nothing), whether
+    it closes the connection (as Twisted reads ``Connection``: its first
+    line, split at spaces), its last ``Origin``; headers it does not need
+    are let be.
     """
     read = read_head(head)
     assert read is not None
-    assert (read.path, read.query, read.close, read.origin) == (path, query, close, origin)
+    assert (read.kind, read.meter, read.meters, read.close, read.origin) == (kind, meter, meters, close, origin)
 
 
 @pytest.mark.parametrize(
@@ -64,6 +67,15 @@ def test_heads_read(
         b"GET  /last HTTP/1.1",
         b"GET last HTTP/1.1",
         b"GET /last HTTP/1.1\r\nHost: x\r\nHost: y",
+        b"GET /last HTTP/1.1\r\nHost: a..b",
+        b"GET /last/ HTTP/1.1",
+        b"GET /last/%31 HTTP/1.1",
+        b"GET /last/1234567890123456 HTTP/1.1",
+        b"GET /blip/2147483648 HTTP/1.1",
+        b"GET /since/1/0 HTTP/1.1",
+        b"GET http://blip.example/last HTTP/1.1",
+        b"GET /api/v1/live?meters=1&x=2 HTTP/1.1",
+        b"GET /api/v1/live?meters= HTTP/1.1",
         b"GET /last HTTP/1.1\r\nX-Folded: a\r\n b",
         b"GET /last HTTP/1.1\r\nBad Name: a",
         b"GET /last HTTP/1.1\r\nNoColon",
@@ -80,10 +92,12 @@ def test_heads_read(
 )
 def test_heads_left_to_the_usual_way(head: bytes) -> None:
     """
-    Anything but a plain GET over HTTP/1.1 without a body — another method
-    or version, a malformed line, a second Host, a folded header, a bare
-    CR or LF, a NUL, a body, chunks, an expectation, too many headers — is
-    not read here: the channel answers it as it always did.
+    Anything but a plain GET over HTTP/1.1 without a body of a route of
+    the lean path — another method, version or route, a path the router
+    reads otherwise, a meter id out of range, a query of the live stream
+    other than meter ids, a malformed line, a second or bad Host, a folded
+    header, a bare CR or LF, a NUL, a body, chunks, an expectation, too
+    many headers — is not read here: the site answers it as it always did.
     """
     assert read_head(head) is None
 
