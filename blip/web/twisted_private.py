@@ -23,7 +23,7 @@ that a Twisted upgrade that changes one fails a test, not the daemon.
   channel.
 - :func:`hand_over`: a connection's protocol replaced by another, which
   the connection delivers to from then on (a TCP transport's
-  ``protocol``).
+  ``protocol``, or the ``wrappedProtocol`` of a wrapping one, as TLS is).
 - :func:`send`: bytes sent on a connection's socket at once when nothing
   waits in its buffer (a TCP transport's ``socket``, ``dataBuffer`` and
   ``_tempDataBuffer``).
@@ -33,6 +33,7 @@ from typing import Any
 
 from twisted.internet.interfaces import IProtocol
 from twisted.protocols.basic import LineReceiver
+from twisted.protocols.policies import ProtocolWrapper
 from twisted.web.http import HTTPChannel
 from twisted.web.iweb import IRequest
 from twisted.web.server import Request
@@ -205,7 +206,10 @@ def hand_over(transport: Any, protocol: IProtocol, data: bytes) -> None:
     one it was made with, connect it, and give it ``data``, what arrived
     before it took over.
     """
-    transport.protocol = protocol
+    if isinstance(transport, ProtocolWrapper):
+        transport.wrappedProtocol = protocol
+    else:
+        transport.protocol = protocol
     protocol.makeConnection(transport)
     if data:
         protocol.dataReceived(data)

@@ -13,6 +13,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import StringTransport
+from twisted.protocols.policies import WrappingFactory
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
@@ -446,19 +447,24 @@ class Second(Protocol):
         self.lost.callback(None)
 
 
+@pytest.mark.parametrize("wrapped", [False, True])
 @pytest_twisted.ensureDeferred
-async def test_a_connection_handed_over_delivers_to_its_new_protocol() -> None:
+async def test_a_connection_handed_over_delivers_to_its_new_protocol(wrapped: bool) -> None:
     """
-    Once handed over, a TCP connection's protocol is the new one: it is
-    connected once, gets what arrived before it took over, then all that
-    arrives after, writes on the same connection, and hears of its end;
-    the first protocol hears nothing more.
+    Once handed over, a TCP connection's protocol is the new one (also
+    behind a wrapping protocol, as TLS is): it is connected once, gets what
+    arrived before it took over, then all that arrives after, writes on
+    the same connection, and hears of its end; the first protocol hears
+    nothing more.
     """
     from twisted.internet import reactor
 
     second = Second()
     first = First(second)
-    port = reactor.listenTCP(0, Factory.forProtocol(lambda: first), interface="127.0.0.1")
+    factory: Any = Factory.forProtocol(lambda: first)
+    if wrapped:
+        factory = WrappingFactory(factory)
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
     peer = socket.create_connection(("127.0.0.1", port.getHost().port), timeout=10)
     try:
         peer.sendall(b"one")
