@@ -18,7 +18,7 @@ bookkeeping (finishing them, which readies the connections for the next
 request) runs after every answer is out.
 """
 
-from typing import Any, Optional
+from typing import Any, Optional, Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -34,6 +34,16 @@ from blip.web.errors import ApiError, NotFound, answer_error, describe, legacy_b
 from blip.web.latest import Latest
 from blip.web.paths import meter_id
 from blip.web.twisted_private import prerenderable, send_now, send_prerendered
+
+
+class Answered(Protocol):
+    """
+    A long-poll whose answer is out, its bookkeeping to come.
+    """
+
+    def settle(self) -> None:
+        """Do the bookkeeping of the answer."""
+
 
 #: What a long-poll's waiter gives when --longpoll-timeout passes first.
 _NO_POINT: Any = object()
@@ -56,8 +66,8 @@ class HotRoutes:
     :param meters: the configured meters (others are known once seen).
     :param clock: times --longpoll-timeout and dates the answers.
     :param longpoll_timeout: seconds before a long-poll answers 204; 0 never.
-    :param reactor: whose turns the finishing of answered long-polls waits
-        for.
+    :param reactor: whose turns the bookkeeping of answered long-polls
+        waits for.
     """
 
     log = Logger()
@@ -81,7 +91,7 @@ class HotRoutes:
         self._second = 0
         self._headers: HeaderPairs = ()
         self._response = b""
-        self._unfinished: list[_Parked] = []
+        self._unsettled: list[Answered] = []
 
     def render(self, request: Request) -> Any:
         """
@@ -193,20 +203,20 @@ class HotRoutes:
         typed = ((b"Content-Type", b"application/json"), (b"Content-Length", b"%d" % len(body)))
         return whole_answer(status, headers + typed, body, now)
 
-    def finish_later(self, parked: "_Parked") -> None:
+    def settle_later(self, answered: Answered) -> None:
         """
-        Finish an answered long-poll once every answer of this fan-out has
-        been sent (at the reactor's next turn).
+        Settle an answered long-poll (finish its request, count it, read
+        the next one) once every answer of this fan-out has been sent, at
+        the reactor's next turn.
         """
-        if not self._unfinished:
-            self.reactor.callLater(0, self._finish)
-        self._unfinished.append(parked)
+        if not self._unsettled:
+            self.reactor.callLater(0, self._settle)
+        self._unsettled.append(answered)
 
-    def _finish(self) -> None:
-        unfinished, self._unfinished = self._unfinished, []
-        for parked in unfinished:
-            if not parked.gone:
-                parked.request.finish()
+    def _settle(self) -> None:
+        unsettled, self._unsettled = self._unsettled, []
+        for answered in unsettled:
+            answered.settle()
 
 
 def _no_point(result: object, timeout: float) -> Any:
@@ -251,10 +261,18 @@ class _Parked:
             request.finish()
         elif prerenderable(request):
             send_now(send_prerendered(request, self.routes.response(point, self.headers)))
-            self.routes.finish_later(self)
+            self.routes.settle_later(self)
         else:
             request.write(self.routes.body(request, point))
             request.finish()
+
+    def settle(self) -> None:
+        """
+        Finish the request answered with a pre-rendered answer (unless the
+        client left meanwhile).
+        """
+        if not self.gone:
+            self.request.finish()
 
     def failed(self, failure: Failure) -> None:
         """

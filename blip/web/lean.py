@@ -290,8 +290,6 @@ class Lean:
         }
         self._live_route = route((b"api", b"v1", b"live"))
         self._heads: dict[bytes, Head] = {}
-        self._reactor = reactor
-        self._answered: list[Front] = []
 
     def read(self, head: bytes) -> Optional[Head]:
         """
@@ -337,22 +335,6 @@ class Lean:
         if self.hot.longpoll_timeout:
             self.polls.arm(front, self.hot.longpoll_timeout)
         return True
-
-    def answered(self, front: "Front") -> None:
-        """
-        ``front``'s long-poll has its answer out: its bookkeeping (counting
-        it, reading the next request) waits until every answer of this
-        fan-out is out, at the reactor's next turn, so that the last client
-        of thousands does not wait for the others' bookkeeping.
-        """
-        if not self._answered:
-            self._reactor.callLater(0, self._settle)
-        self._answered.append(front)
-
-    def _settle(self) -> None:
-        answered, self._answered = self._answered, []
-        for front in answered:
-            front.settle()
 
     def _stream(self, front: "Front", head: Head) -> bool:
         live = self.live
@@ -598,7 +580,9 @@ class Front:
         answer = lean.hot.response(point, self.headers)
         send(self.transport, closing(answer) if self.close else answer)
         self.waiting = _ANSWERED
-        lean.answered(self)
+        # Its bookkeeping waits until every answer of the fan-out is out,
+        # so that the last client of thousands does not wait for it.
+        lean.hot.settle_later(self)
 
     def settle(self) -> None:
         """

@@ -5,7 +5,7 @@ changes one fails here rather than in the daemon.
 """
 
 import socket
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import pytest
 import pytest_twisted
@@ -283,23 +283,64 @@ def test_a_request_whose_connection_is_lost_has_no_channel() -> None:
 
 
 class Sender(Protocol):
-    """Writes a message as soon as it is connected, then reads the peer."""
+    """
+    Writes as ``write`` does as soon as it is connected, then notes what
+    the peer can read at once and whether anything is left buffered, and
+    closes (after sending what is left).
+    """
 
-    def __init__(self, now: bool, peer: socket.socket, done: "Deferred[Optional[bytes]]") -> None:
-        self.now = now
+    def __init__(
+        self,
+        write: Callable[[Any], None],
+        peer: socket.socket,
+        done: "Deferred[tuple[Optional[bytes], bool]]",
+    ) -> None:
+        self.write = write
         self.peer = peer
         self.done = done
 
     def connectionMade(self) -> None:
-        self.transport.write(b"hello")
-        if self.now:
-            send_now(self.transport)
+        self.write(self.transport)
+        buffered = bool(self.transport.dataBuffer or self.transport._tempDataBuffer)
         try:
             arrived: Optional[bytes] = self.peer.recv(100, socket.MSG_DONTWAIT)
         except BlockingIOError:
             arrived = None
         self.transport.loseConnection()
-        self.done.callback(arrived)
+        self.done.callback((arrived, buffered))
+
+
+async def sent(write: Callable[[Any], None]) -> tuple[Optional[bytes], bool, bytes]:
+    """
+    :return: what a peer could read at once of what ``write`` wrote on a
+        new TCP connection, whether some was left buffered, and all it
+        read in the end.
+    """
+    from twisted.internet import reactor
+
+    done: Deferred[tuple[Optional[bytes], bool]] = Deferred()
+    peer = socket.socket()
+    port = reactor.listenTCP(
+        0, Factory.forProtocol(lambda: Sender(write, peer, done)), interface="127.0.0.1"
+    )
+    try:
+        peer.connect(("127.0.0.1", port.getHost().port))
+        arrived, buffered = await within(done)
+        got = [arrived or b""]
+
+        def read() -> bool:
+            try:
+                chunk = peer.recv(100, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return False
+            got.append(chunk)
+            return chunk == b""
+
+        await wait_until(read)
+        return arrived, buffered, b"".join(got)
+    finally:
+        peer.close()
+        await port.stopListening()
 
 
 @pytest.mark.parametrize("now", [True, False])
@@ -309,19 +350,15 @@ async def test_send_now_sends_before_the_reactor_looks(now: bool) -> None:
     A TCP transport's ``doWrite`` sends what it holds at once: the peer
     can read it before the reactor's next turn (without it, not yet).
     """
-    from twisted.internet import reactor
 
-    done: Deferred[Optional[bytes]] = Deferred()
-    peer = socket.socket()
-    port = reactor.listenTCP(
-        0, Factory.forProtocol(lambda: Sender(now, peer, done)), interface="127.0.0.1"
-    )
-    try:
-        peer.connect(("127.0.0.1", port.getHost().port))
-        assert await within(done) == (b"hello" if now else None)
-    finally:
-        peer.close()
-        await port.stopListening()
+    def write(transport: Any) -> None:
+        transport.write(b"hello")
+        if now:
+            send_now(transport)
+
+    arrived, _, everything = await sent(write)
+    assert arrived == (b"hello" if now else None)
+    assert everything == b"hello"
 
 
 class Closer(Protocol):
@@ -480,26 +517,6 @@ async def test_a_connection_handed_over_delivers_to_its_new_protocol(wrapped: bo
         await port.stopListening()
 
 
-class Direct(Protocol):
-    """Sends with :func:`send`, maybe after a write the reactor has yet to send."""
-
-    def __init__(self, before: bytes, peer: socket.socket, done: "Deferred[tuple[Any, bool]]") -> None:
-        self.before = before
-        self.peer = peer
-        self.done = done
-
-    def connectionMade(self) -> None:
-        if self.before:
-            self.transport.write(self.before)
-        send(self.transport, b"hello")
-        buffered = bool(self.transport.dataBuffer or self.transport._tempDataBuffer)
-        try:
-            arrived: Optional[bytes] = self.peer.recv(100, socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            arrived = None
-        self.done.callback((arrived, buffered))
-
-
 @pytest.mark.parametrize(
     "before, arrived, buffered",
     [(b"", b"hello", False), (b"first ", None, True)],
@@ -514,31 +531,13 @@ async def test_send_goes_straight_to_the_socket_unless_something_waits(
     turn, nothing is left in the buffer); after a write still buffered,
     it queues behind it, and the peer reads both in order.
     """
-    from twisted.internet import reactor
 
-    done: Deferred[tuple[Any, bool]] = Deferred()
-    peer = socket.socket()
-    port = reactor.listenTCP(
-        0, Factory.forProtocol(lambda: Direct(before, peer, done)), interface="127.0.0.1"
-    )
-    try:
-        peer.connect(("127.0.0.1", port.getHost().port))
-        first, was_buffered = await within(done)
-        assert (first, was_buffered) == (arrived, buffered)
-        got = [first or b""]
+    def write(transport: Any) -> None:
+        if before:
+            transport.write(before)
+        send(transport, b"hello")
 
-        def read() -> bool:
-            try:
-                got.append(peer.recv(100, socket.MSG_DONTWAIT))
-            except BlockingIOError:
-                pass
-            return len(b"".join(got)) >= len(before) + 5
-
-        await wait_until(read)
-        assert b"".join(got) == before + b"hello"
-    finally:
-        peer.close()
-        await port.stopListening()
+    assert await sent(write) == (arrived, buffered, before + b"hello")
 
 
 def test_send_without_a_socket_writes_as_usual() -> None:
