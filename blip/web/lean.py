@@ -406,24 +406,22 @@ class Front:
         (``timeOut``).
     :param lean: the lean path.
     :param entry: the connection's place among the open ones.
-    :param addr: the address it comes from.
     :param judged: whether each request's client is judged by its
         headers (it comes from a trusted proxy, and ``--allow`` applies).
     :param ip: the address it comes from, to judge by.
     """
 
     __slots__ = (
-        "site", "lean", "entry", "addr", "judged", "ip", "transport", "buffer", "waiting",
+        "site", "lean", "entry", "judged", "ip", "transport", "buffer", "waiting",
         "headers", "since", "route", "close", "paused",
     )
 
     def __init__(
-        self, site: Site, lean: Lean, entry: Entry, addr: Any, judged: bool, ip: Optional[IP]
+        self, site: Site, lean: Lean, entry: Entry, judged: bool, ip: Optional[IP]
     ) -> None:
         self.site = site
         self.lean = lean
         self.entry: Optional[Entry] = entry
-        self.addr = addr
         self.judged = judged
         self.ip = ip
         self.transport: Any = None
@@ -514,7 +512,7 @@ class Front:
     def _hand_over(self) -> None:
         self.lean.heads.disarm(self)
         self.waiting = _GONE
-        channel = self.site.channel(self.addr, self.entry)
+        channel = self.site.channel(self.transport.getPeer(), self.entry)
         self.entry = None
         buffer, self.buffer = self.buffer, b""
         hand_over(self.transport, channel, buffer)

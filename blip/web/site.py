@@ -164,7 +164,7 @@ class QuietSite(Site):
         if lean.rules.allow:
             ip = peer_address(addr)
         judged = ip is not None and lean.rules.trusted(ip)
-        return Front(self, lean, entry, addr, judged, ip)
+        return Front(self, lean, entry, judged, ip)
 
     def channel(self, addr: Any, entry: Optional[Entry]) -> Channel:
         """
