@@ -11,6 +11,7 @@ any of it is read (``413`` for ``GET``, ``HEAD`` and ``OPTIONS``, ``405``
 for other methods, which no route answers), and the connection closed.
 """
 
+import re
 from typing import Any, Optional
 
 from twisted.internet.interfaces import ITransport
@@ -28,9 +29,22 @@ MAX_URI = 8192
 #: Most bytes of a refused request read (and thrown away) before closing,
 #: so that the client reads the answer instead of a connection reset.
 MAX_DRAIN = 1 << 20
+#: A ``Host`` header as RFC 9110 spells it, that the router can take (as
+#: IDNA: labels of 1 to 63 characters): a name or an address, and maybe a
+#: port.
+_LABEL = rb"[0-9A-Za-z_~!$&'()*+,;=%-]{1,63}"
+_HOST = re.compile(rb"(\[[0-9A-Za-z:.%_~-]*\]|(" + _LABEL + rb"\.)*" + _LABEL + rb"\.?)?(:[0-9]*)?")
 #: The methods of the routes: a body on them is too large (413), on any
 #: other a method not allowed (405).
 METHODS = (b"GET", b"HEAD", b"OPTIONS")
+
+
+def good_host(host: bytes) -> bool:
+    """
+    :return: whether ``host``, a ``Host`` header, names a host the router
+        can take.
+    """
+    return _HOST.fullmatch(host) is not None
 
 
 def closing_answer(status: int, message: str) -> bytes:

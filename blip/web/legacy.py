@@ -16,7 +16,7 @@ one number; what matches none goes on to the page.
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Coroutine, Optional
+from typing import Any, Callable, Coroutine, Optional, Sequence
 
 from klein import Klein
 from twisted.internet.defer import Deferred
@@ -104,7 +104,7 @@ for _template in ("/blip", "/blip/<meter>", "/last"):
     _add(Route(_template, None))
 
 
-def route_of(segments: list[bytes]) -> Optional[Route]:
+def route_of(segments: Sequence[bytes]) -> Optional[Route]:
     """
     :param segments: a request's path, split at its slashes.
     :return: the legacy route of that path, if any.
@@ -116,7 +116,7 @@ def route_of(segments: list[bytes]) -> Optional[Route]:
     return ROUTES.get((segments[0], len(segments)))
 
 
-def template(segments: list[bytes]) -> Optional[str]:
+def template(segments: Sequence[bytes]) -> Optional[str]:
     """
     :return: the template of the legacy route of a path (for the metrics),
         if any.

@@ -21,12 +21,12 @@ from twisted.internet.threads import deferToThread
 from blip.common.retry import FIRST_DELAY, MAX_DELAY
 from blip.counters import Counters
 from blip.db.pool import (
+    RETRIABLE,
     DatabaseService,
     DatabaseUnavailable,
     Pool,
     PoolState,
     Prepared,
-    RETRIABLE,
     QueryCancelled,
     connection_settings,
     reconnect_delays,
