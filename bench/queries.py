@@ -8,6 +8,7 @@ and the partitions of readings it read.
 
     .venv/bin/python -m bench.queries [--quick] [--days N] [--meters N] [--layout monthly|single]
                                       [--seconds S] [--connections C] [--only NAME,...] [--profile]
+                                      [--latency-only]
 
 Quick mode uses 30 days of data and shorter runs; the full mode a year.
 ``--layout single`` reads a plain table converted in place (one partition
@@ -67,23 +68,41 @@ class Route:
 
 
 def routes(first: int, last: int, days: int) -> list[Route]:
-    """:return: the routes to measure, relative to the data's last stamp."""
+    """
+    :return: the routes to measure, relative to the data's last stamp: each
+        legacy route in its multi-meter form (``/since/1/...``) and, where
+        the single-meter original had it, in that form too (``/since/...``,
+        named ``..._labitat``), then ``/api/v1``.
+    """
     span = min(92, days)
     by_day = (last - span * DAY) - (last - span * DAY) % DAY
     by_hour = (last - 1000 * HOUR) - (last - 1000 * HOUR) % HOUR
     year = max(first, last - 365 * DAY)
-    return [
-        Route("last", "/last/1", rps_target=3000),
-        Route("last_20min", "/last/1/1200000", p50_target=True),
-        Route("since_2000", f"/since/1/{last - DAY}", p50_target=True),
-        Route("range_1h", f"/range/1/{last - 2 * HOUR}/{last - HOUR}"),
-        Route("hourly_year", f"/hourly/1/{year}/{last}", p50_target=True),
-        Route("minutely_day", f"/minutely/1/{last - DAY}/{last}"),
-        Route(f"aggregate_{span}d_by_day", f"/aggregate/1/{by_day}/{DAY}/{span}", p50_target=True, rollups=True),
-        Route(f"aggregate_hourly_{span}d_by_day", f"/aggregate_hourly/1/{by_day}/{DAY}/{span}", rollups=True),
-        Route("aggregate_1000h_by_hour", f"/aggregate/1/{by_hour}/{HOUR}/1000", rollups=True),
-        Route(f"aggregate_{span}d_by_day_unaligned", f"/aggregate/1/{by_day + 12345}/{DAY}/{span}"),
-        Route("usage_day", f"/usage/1/{DAY}"),
+    week = max(first, last - 7 * DAY)
+    legacy = [
+        # name, route, the rest of the path after the meter, whether the
+        # single-meter original had the route, targets
+        ("last", "last", "", True, {"rps_target": 3000}),
+        ("last_20min", "last", "/1200000", True, {"p50_target": True}),
+        ("since_2000", "since", f"/{last - DAY}", True, {"p50_target": True}),
+        ("range_1h", "range", f"/{last - 2 * HOUR}/{last - HOUR}", True, {}),
+        ("hourly_week", "hourly", f"/{week}/{last}", True, {"p50_target": True}),
+        ("hourly_year", "hourly", f"/{year}/{last}", True, {"p50_target": True}),
+        ("minutely_day", "minutely", f"/{last - DAY}/{last}", True, {}),
+        (f"aggregate_{span}d_by_day", "aggregate", f"/{by_day}/{DAY}/{span}", True,
+         {"p50_target": True, "rollups": True}),
+        (f"aggregate_hourly_{span}d_by_day", "aggregate_hourly", f"/{by_day}/{DAY}/{span}", False,
+         {"rollups": True}),
+        ("aggregate_1000h_by_hour", "aggregate", f"/{by_hour}/{HOUR}/1000", True, {"rollups": True}),
+        (f"aggregate_{span}d_by_day_unaligned", "aggregate", f"/{by_day + 12345}/{DAY}/{span}", False, {}),
+        ("usage_day", "usage", f"/{DAY}", False, {}),
+    ]
+    found = []
+    for name, route, rest, single, targets in legacy:
+        found.append(Route(name, f"/{route}/1{rest}", **targets))
+        if single:
+            found.append(Route(f"{name}_labitat", f"/{route}{rest}"))
+    return found + [
         Route("v1_meters", "/api/v1/meters", optional=True),
         Route("v1_meter", "/api/v1/meters/1", optional=True),
         Route("v1_power_year", f"/api/v1/meters/1/power?from={year}&to={last}", optional=True),
@@ -98,7 +117,9 @@ class StatementLog:
     """
     PostgreSQL's JSON statement log, switched on while we look: what SQL
     the daemon sends for one request. psycopg2 binds parameters on the
-    client, so the log holds the exact text, values included.
+    client, so the log holds the exact text, values included. A statement
+    the daemon prepared is logged as its EXECUTE, with the PREPARE in the
+    entry's detail: those are kept in :data:`PREPARED`.
     """
 
     def __init__(self, cluster: BenchCluster, dbname: str) -> None:
@@ -143,7 +164,13 @@ class StatementLog:
             message = entry.get("message", "")
             if (entry.get("dbname") == self.dbname and entry.get("application_name") != APPLICATION
                     and message.startswith("statement: ")):
-                found.append(message[len("statement: "):])
+                statement = message[len("statement: "):]
+                if statement.startswith("PREPARE "):
+                    continue
+                detail = entry.get("detail", "")
+                if statement.startswith("EXECUTE ") and detail.startswith("prepare: "):
+                    PREPARED[statement.split()[1]] = detail[len("prepare: "):]
+                found.append(statement)
         return found
 
     def close(self) -> None:
@@ -151,10 +178,23 @@ class StatementLog:
         self.connection.close()
 
 
+#: The statements the daemon prepared, by name: ``PREPARE <name> AS ...``.
+PREPARED: dict[str, str] = {}
+
+
+def prepare(cursor: Any, statements: list[str]) -> None:
+    """Prepare the statements that ``statements`` execute, as the daemon did."""
+    for sql in statements:
+        if sql.startswith("EXECUTE "):
+            cursor.execute(PREPARED[sql.split()[1]])
+
+
 def tables_read(statements: list[str]) -> list[str]:
     """:return: the tables and views the statements read from."""
     names = set()
     for sql in statements:
+        if sql.startswith("EXECUTE "):
+            sql = PREPARED[sql.split()[1]]
         names.update(re.findall(r"\b(?:FROM|JOIN)\s+([a-z_]+)", sql, re.IGNORECASE))
     return sorted(names)
 
@@ -176,8 +216,9 @@ def partitions_read(cluster: BenchCluster, dbname: str, statements: list[str]) -
     connection = cluster.connect(dbname)
     try:
         with connection.cursor() as cursor:
+            prepare(cursor, statements)
             for sql in statements:
-                if not sql.lstrip().upper().startswith(("SELECT", "WITH")):
+                if not sql.lstrip().upper().startswith(("SELECT", "WITH", "EXECUTE")):
                     continue
                 cursor.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + sql)
                 walk(cursor.fetchone()[0][0]["Plan"])
@@ -234,6 +275,7 @@ def timed_floor(cluster: BenchCluster, dbname: str, statements: list[str], count
     connection = cluster.connect(dbname)
     try:
         with connection.cursor() as cursor:
+            prepare(cursor, statements)
             started = time.monotonic()
             for _ in range(count):
                 t0 = time.perf_counter()
@@ -293,6 +335,8 @@ def measure(route: Route, daemon: Daemon, cluster: BenchCluster, dbname: str, st
     except ValueError:
         pass
     result["latency_ms"] = percentiles(latencies)
+    if args.latency_only:
+        return result
     result["sql"] = statements
     result["tables"] = tables_read(statements)
     result["partitions_read"] = partitions_read(cluster, dbname, statements)
@@ -350,6 +394,42 @@ def under_load(heavy: Route, light: list[Route], daemon: Daemon, args: Any) -> d
     return figures
 
 
+def statements_of(
+    chosen: list[Route], daemon: Daemon, cluster: BenchCluster, dbname: str, unlogged: bool
+) -> tuple[dict[str, list[str]], list[str]]:
+    """
+    Ask each route once, with PostgreSQL's statement log on unless
+    ``unlogged``.
+
+    :return: the statements the daemon ran for each route (by name), and
+        the optional routes that do not exist yet.
+    """
+    log = None if unlogged else StatementLog(cluster, dbname)
+    sql: dict[str, list[str]] = {}
+    missing = []
+    if log is not None:
+        log.switch(True)
+    try:
+        for route in chosen:
+            answer: dict[str, Any] = {}
+
+            def once() -> None:
+                answer["latency"], answer["status"], answer["body"] = timed_requests(daemon.port, route.path, 1, 60)
+
+            if log is None:
+                once()
+                sql[route.name] = []
+            else:
+                sql[route.name] = log.statements_of(once)
+            if route.optional and answer["status"] == 404:
+                missing.append(route.name)
+    finally:
+        if log is not None:
+            log.switch(False)
+            log.close()
+    return sql, missing
+
+
 def main() -> None:
     """Run the benchmark and print its JSON."""
     args = parse_args(
@@ -363,6 +443,8 @@ def main() -> None:
             (["--connections"], {"type": int, "default": 50, "help": "concurrent keep-alive clients [50]"}),
             (["--only"], {"help": "comma-separated route names to measure"}),
             (["--regenerate"], {"action": "store_true", "help": "generate the data again"}),
+            (["--latency-only"], {"action": "store_true",
+                                  "help": "single requests only: no SQL floor, no concurrent load"}),
         ],
     )
     days = args.days or (30 if args.quick else 365)
@@ -376,24 +458,7 @@ def main() -> None:
         daemon = Daemon("queries", ["--db", cluster.dsn(dbname), "--serial", pty.path])
         daemon.start(r"database ready")
         chosen = [r for r in routes(first, last, days) if not args.only or r.name in args.only.split(",")]
-        port = daemon.port
-        log = StatementLog(cluster, dbname)
-        sql: dict[str, list[str]] = {}
-        missing = []
-        log.switch(True)
-        try:
-            for route in chosen:
-                answer: dict[str, Any] = {}
-
-                def once() -> None:
-                    answer["latency"], answer["status"], answer["body"] = timed_requests(port, route.path, 1, 60)
-
-                sql[route.name] = log.statements_of(once)
-                if route.optional and answer["status"] == 404:
-                    missing.append(route.name)
-        finally:
-            log.switch(False)
-            log.close()
+        sql, missing = statements_of(chosen, daemon, cluster, dbname, args.latency_only)
         results: dict[str, Any] = {}
         for route in chosen:
             if route.name in missing:
@@ -403,7 +468,7 @@ def main() -> None:
             results[route.name] = measure(route, daemon, cluster, dbname, sql[route.name], args)
         heavy = next((r for r in chosen if r.name.startswith("aggregate_") and r.name.endswith("_by_day")), None)
         light = [r for r in chosen if r.name in ("last", "since_2000")]
-        if heavy is not None and light:
+        if heavy is not None and light and not args.latency_only:
             results["under_load"] = under_load(heavy, light, daemon, args)
         points = cluster.sql(dbname, "SELECT count(*) FROM readings")[0][0]
         partitions = cluster.sql(dbname, "SELECT count(*) FROM pg_inherits WHERE inhparent = 'readings'::regclass")
@@ -414,6 +479,10 @@ def main() -> None:
             "partitions": partitions[0][0],
             "points": points,
             "routes": results,
+            "p50_p99_ms": {
+                name: [figures["latency_ms"]["p50"], figures["latency_ms"]["p99"]]
+                for name, figures in results.items() if "latency_ms" in figures
+            },
             "targets": {"p50_over_floor": FLOOR_RATIO, "p50_ms": MAX_P50_MS, "last_requests_per_s": 3000},
         })
     finally:

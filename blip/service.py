@@ -57,7 +57,7 @@ from blip.web.hot import HotRoutes
 from blip.web.latest import Latest
 from blip.web.legacy import LegacyApi
 from blip.web.metrics import RequestMetrics, StateCollector
-from blip.web.site import QuietSite, site_root
+from blip.web.site import web_site, with_backlog
 from blip.web.v1.live import Live, LiveService
 from blip.web.v1.routes import ApiV1
 from blip.web.v1.writes import Writes
@@ -212,7 +212,7 @@ def make_service(options: Options, reactor: Any = None, clock: Optional[IReactor
         latest = Latest(hub, Queries(read_pool))
         rules = Rules(options["allow"], options["trusted-proxy"])
         refusals = Refusals(counters, clock)
-        root = site_root(
+        site = web_site(
             HotRoutes(hub, latest, meters, clock, options["longpoll-timeout"], reactor),
             LegacyApi(LegacyQueries(read_pool), clock, STATIC, partitions.raw_kept_since),
             ApiV1(
@@ -228,10 +228,11 @@ def make_service(options: Options, reactor: Any = None, clock: Optional[IReactor
             rules,
             refusals,
             options["cors"],
+            Door(rules, held.caps, counters, refusals, clock),
+            reactor,
         )
-        site = QuietSite(root, Door(rules, held.caps, counters, refusals, clock))
         site.noisy = False
-        strports.service(options["listen"], site).setServiceParent(top)
+        strports.service(with_backlog(options["listen"]), site).setServiceParent(top)
     return top
 
 

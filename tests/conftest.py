@@ -639,7 +639,7 @@ if TYPE_CHECKING:
 class Served:
     """
     The daemon's whole HTTP site (legacy routes, /api/v1, /healthz,
-    /metrics), built as the daemon builds it (``site_root``: access
+    /metrics), built as the daemon builds it (``web_site``: access
     control, metrics, the hot routes and every application) over a real
     database, with a fake clock for "now", timeouts, heartbeats and
     health; reached over a real port or in memory.
@@ -748,7 +748,7 @@ def open_site(
     from blip.web.latest import Latest
     from blip.web.legacy import LegacyApi
     from blip.web.metrics import RequestMetrics, StateCollector
-    from blip.web.site import QuietSite, site_root
+    from blip.web.site import web_site
     from blip.web.v1.live import Live
     from blip.web.v1.routes import ApiV1
     from blip.web.v1.writes import Writes
@@ -764,7 +764,7 @@ def open_site(
     latest = Latest(hub, store)
     rules = rules or Rules()
     refusals = Refusals(counters, clock)
-    root = site_root(
+    site = web_site(
         HotRoutes(hub, latest, meters, clock, longpoll_timeout, reactor),
         LegacyApi(LegacyQueries(store.pool), clock, STATIC, raw_since),
         ApiV1(
@@ -780,12 +780,13 @@ def open_site(
         rules,
         refusals,
         cors or ANY_ORIGIN,
+        Door(rules, caps or Caps(10_000), counters, refusals, clock),
+        reactor,
     )
     if memory:
-        client = in_memory(root)
+        client = in_memory(site.resource)
         return Served("http://blip.test", store, hub, live, clock, health, counters, lambda: client)
-    door = Door(rules, caps or Caps(10_000), counters, refusals, clock)
-    port = reactor.listenTCP(0, QuietSite(root, door), interface="127.0.0.1")
+    port = reactor.listenTCP(0, site, interface="127.0.0.1")
     return Served(
         f"http://127.0.0.1:{port.getHost().port}", store, hub, live, clock, health, counters,
         lambda: Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)), port,

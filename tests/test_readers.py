@@ -18,9 +18,9 @@ import time
 import psycopg2
 import psycopg2.extensions
 
-from blip.db.readings import CHANNEL
 from blip.db.partitions import ensure_months
 from blip.db.program import run_sync
+from blip.db.readings import CHANNEL
 from blip.db.sync_store import SyncStore
 from blip.live.notify import decode
 from tests.conftest import TIMEOUT, eventually

@@ -109,7 +109,9 @@ def test_serial_to_http_end_to_end(start_daemon, pty_meter, database) -> None:
     aggregate = json.loads(get(daemon, f"/aggregate/1/{stamps[0]}/{HOUR}/1")[1])
     assert aggregate == [[0, sent + 2]]
     assert get(daemon, "/since/1/1234567890123456")[0] == 400
-    assert get(daemon, "/last/5")[0] == 404
+    assert get(daemon, "/blip/5")[0] == 404
+    # No meter 600000: the single-meter original's last 10 minutes.
+    assert json.loads(get(daemon, "/last/600000")[1]) == rows
 
     assert database.sql("SELECT count(*) FROM readings")[0][0] == sent + 3
     daemon.wait_for(r"dropped serial line")

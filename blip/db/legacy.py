@@ -6,9 +6,10 @@ as it is; ``/usage`` is a count, and ``/last`` is
 :meth:`blip.db.queries.Queries.last`.
 """
 
-from typing import Any
+from typing import Any, Optional
 
 from blip.db.layouts import HOUR, MINUTE
+from blip.db.pool import Prepared
 from blip.db.queries import Queries, uncompiled
 
 
@@ -40,6 +41,26 @@ def _usage(select: str) -> str:
 
 
 
+# The rollups' statements are prepared: a week of hours takes the server
+# longer to parse and plan than to read (from the primary key alone).
+_HOURLY = Prepared(
+    "blip_hourly",
+    _usage(
+        "SELECT stamp, events, wh, min_ms, max_ms FROM usage_hourly"
+        " WHERE id = $1 AND stamp >= $2::bigint AND stamp <= $3::bigint ORDER BY stamp"
+    ),
+    3,
+)
+_MINUTELY = Prepared(
+    "blip_minutely",
+    _usage(
+        "SELECT stamp, events, wh, min_ms, max_ms FROM usage_minutely"
+        " WHERE id = $1 AND stamp >= $2::bigint AND stamp <= $3::bigint ORDER BY stamp LIMIT $4"
+    ),
+    4,
+)
+
+
 class LegacyQueries(Queries):
     """
     The original's answers, read from the readings and the rollups.
@@ -59,6 +80,23 @@ class LegacyQueries(Queries):
             ),
             (meter, since, limit),
         )
+
+    async def recent_unless_meter(self, number: int, meter: int, since: int, limit: int) -> Optional[str]:
+        """
+        :return: None when ``number`` is the id of a meter with readings
+            (its hourly rollups say so, which stay when its raw points are
+            dropped); else what :meth:`since` returns for ``meter``.
+        """
+        rows = await self.pool.runQuery(
+            "SELECT CASE WHEN EXISTS (SELECT 1 FROM readings_hourly WHERE id = %(n)s::bigint) THEN NULL"
+            " ELSE (" + _pairs(
+                "SELECT stamp, ms FROM readings WHERE id = %(m)s AND stamp >= %(s)s::bigint"
+                " ORDER BY stamp LIMIT %(l)s"
+            ) + ") END",
+            {"n": number, "m": meter, "s": since, "l": limit},
+        )
+        text: Optional[str] = rows[0][0]
+        return text
 
     async def between(self, meter: int, first: int, last: int, limit: int) -> str:
         """
@@ -127,28 +165,14 @@ class LegacyQueries(Queries):
         :return: ``[stamp,events,wh,min_ms,max_ms]`` of each hour with
             ``first <= stamp <= last``, as JSON.
         """
-        return await self._text(
-            _usage(
-                "SELECT stamp, events, wh, min_ms, max_ms FROM usage_hourly"
-                " WHERE id = %s AND stamp >= %s::bigint AND stamp <= %s::bigint"
-                " ORDER BY stamp"
-            ),
-            (meter, first, last),
-        )
+        return str((await self.pool.runPrepared(_HOURLY, (meter, first, last)))[0][0])
 
     async def minutely(self, meter: int, first: int, last: int, limit: int) -> str:
         """
         :return: ``[stamp,events,wh,min_ms,max_ms]`` of the first ``limit``
             minutes with ``first <= stamp <= last``, as JSON.
         """
-        return await self._text(
-            _usage(
-                "SELECT stamp, events, wh, min_ms, max_ms FROM usage_minutely"
-                " WHERE id = %s AND stamp >= %s::bigint AND stamp <= %s::bigint"
-                " ORDER BY stamp LIMIT %s"
-            ),
-            (meter, first, last, limit),
-        )
+        return str((await self.pool.runPrepared(_MINUTELY, (meter, first, last, limit)))[0][0])
 
     async def count_since(self, meter: int, since: int) -> int:
         """

@@ -77,6 +77,39 @@ def reconnect_delays() -> Iterator[float]:
 
 
 @dataclass(frozen=True, slots=True)
+class Prepared:
+    """
+    A statement each connection has the server parse and plan once
+    (``PREPARE``), then runs by name (``EXECUTE``): for small queries asked
+    all the time, whose parsing and planning cost as much as their running.
+    Only for statements whose one generic plan is as good as a plan made
+    for each set of values (not those of readings, whose partitions are
+    chosen when planning with the values). A session that forgot it
+    (``DEALLOCATE``) fails the query as a lost connection would
+    (txpostgres takes the error for one): the new session prepares it
+    again.
+
+    :param name: its name in each session.
+    :param text: the statement, its parameters ``$1``, ``$2``...
+    :param count: how many parameters it has.
+    """
+
+    name: str
+    text: str
+    count: int
+
+    @property
+    def prepare(self) -> str:
+        """:return: the statement that prepares it in a session."""
+        return f"PREPARE {self.name} AS {self.text}"
+
+    @property
+    def execute(self) -> str:
+        """:return: the statement that runs it, its values as ``%s``."""
+        return f"EXECUTE {self.name} ({', '.join(['%s'] * self.count)})"
+
+
+@dataclass(frozen=True, slots=True)
 class PoolState:
     """
     What the pool's connections are doing, for metrics.
@@ -281,6 +314,15 @@ class Pool:
         """
         return Deferred.fromCoroutine(self._run(Connection.runOperation, args, kwargs))
 
+    def runPrepared(self, statement: Prepared, params: Sequence[Any]) -> "Deferred[list[tuple[Any, ...]]]":
+        """
+        Run a prepared statement on a free connection, preparing it first
+        if that connection's session has not yet.
+
+        :return: its rows.
+        """
+        return Deferred.fromCoroutine(self._run(_run_prepared, (statement, params), {}))
+
     def runInteraction(self, interaction: Callable[..., Any], *args: Any, **kwargs: Any) -> "Deferred[Any]":
         """
         Run ``interaction`` with a cursor in a transaction on a free
@@ -316,6 +358,20 @@ class Pool:
             # server cancelled the statement (no one here does).
             return Failure(QueryCancelled("the database cancelled the query: it ran too long"))
         return result
+
+
+def _run_prepared(connection: Connection, statement: Prepared, params: Sequence[Any]) -> "Deferred[Any]":
+    # Callbacks rather than a coroutine: a statement prepared already is
+    # one query, run as any other.
+    def execute(_: object = None) -> "Deferred[Any]":
+        connection.prepared.add(statement.name)
+        run: Deferred[Any] = connection.runQuery(statement.execute, params)
+        return run
+
+    if statement.name in connection.prepared:
+        return execute()
+    preparing: Deferred[Any] = connection.runOperation(statement.prepare)
+    return preparing.addCallback(execute)
 
 
 class DatabaseService(Service):

@@ -146,6 +146,9 @@ class Connection(txpostgres.Connection):
 
     def __init__(self, reactor: IReactorTime, cooperator: Any, detector: Detector) -> None:
         super().__init__(reactor, cooperator, detector=detector)
+        #: The names of the statements prepared in the session now open
+        #: (a new session, after a reconnection, has none).
+        self.prepared: set[str] = set()
 
     def connect(self, dsn: str, **settings: str) -> "Deferred[Connection]":
         """
@@ -164,6 +167,7 @@ class Connection(txpostgres.Connection):
         return Deferred.fromCoroutine(self._open(dsn, settings))
 
     async def _open(self, dsn: str, settings: dict[str, str]) -> "Connection":
+        self.prepared = set()
         resolver: Optional[IHostnameResolver] = getattr(self.reactor, "nameResolver", None)
         extra = {} if resolver is None else await addressed(dsn, settings, resolver)
         opening: Deferred[Connection] = super().connect(dsn, **{**settings, **extra})

@@ -3,7 +3,7 @@ The live hub: every new point goes from here to the parked long-polls and
 the live subscribers, before (and whether or not) the database has it.
 """
 
-from typing import Callable, Optional
+from typing import Callable, Optional, Protocol
 
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred
@@ -21,15 +21,49 @@ class TooManyWaiters(Exception):
     """
 
 
+class Waiter(Protocol):
+    """
+    What waits, parked on the hub, for a meter's next point.
+    """
+
+    def point(self, point: Point) -> None:
+        """
+        Take the meter's next point; the waiter is no longer parked.
+        """
+
+    def released(self, reason: Exception) -> None:
+        """
+        No point is coming: the daemon stops; the waiter is no longer
+        parked.
+        """
+
+
+class _Waiting:
+    """
+    The waiter behind a Deferred of :meth:`Hub.wait`.
+    """
+
+    __slots__ = ("deferred",)
+
+    deferred: "Deferred[Point]"
+
+    def point(self, point: Point) -> None:
+        self.deferred.callback(point)
+
+    def released(self, reason: Exception) -> None:
+        self.deferred.errback(reason)
+
+
 class Hub:
     """
     Parked long-poll waiters per meter, live listeners, and the last point of
     each meter.
 
-    A waiter is a :class:`Deferred` whose canceller removes it, so a client
-    that hangs up (Klein cancels the request's Deferred) leaves nothing
-    behind. Publishing takes the meter's waiters out before firing them, so a
-    canceller never meets a fired waiter.
+    A waiter is anything with the methods of :class:`Waiter` (or, from
+    :meth:`wait`, a :class:`Deferred` whose canceller removes it), so a
+    client that hangs up leaves nothing behind. Publishing takes the
+    meter's waiters out before handing them the point, so a waiter that
+    leaves meanwhile is never met again.
 
     :param max_waiters: how many long-polls may be parked at once.
     :param counters: where parked and refused long-polls are counted.
@@ -40,34 +74,50 @@ class Hub:
     def __init__(self, max_waiters: int = 10000, counters: Optional[Counters] = None) -> None:
         self.max_waiters = max_waiters
         self.counters = counters if counters is not None else Counters()
-        self._waiters: dict[int, dict[Deferred[Point], None]] = {}
+        self._waiters: dict[int, dict[Waiter, None]] = {}
         self._last: dict[int, Point] = {}
         self._listeners: list[Listener] = []
+
+    def park(self, meter: int, waiter: Waiter) -> None:
+        """
+        Hand ``waiter`` the next point of ``meter`` (or its release).
+
+        :raise TooManyWaiters: when ``max_waiters`` are already parked.
+        """
+        counters = self.counters
+        if counters.waiters >= self.max_waiters:
+            counters.waiters_refused += 1
+            raise TooManyWaiters()
+        waiters = self._waiters.get(meter)
+        if waiters is None:
+            waiters = self._waiters[meter] = {}
+        waiters[waiter] = None
+        counters.waiters += 1
+
+    def unpark(self, meter: int, waiter: Waiter) -> None:
+        """
+        Forget ``waiter`` (a client that hung up), if it is still parked on
+        ``meter``.
+        """
+        waiters = self._waiters.get(meter)
+        if waiters is not None and waiters.pop(waiter, False) is None:
+            self.counters.waiters -= 1
+            # Nothing is kept for a meter nobody waits for: a client may
+            # ask for any meter id.
+            if not waiters:
+                del self._waiters[meter]
 
     def wait(self, meter: int) -> "Deferred[Point]":
         """
         :param meter: the meter whose next point is wanted.
-        :return: a Deferred that fires with that point.
+        :return: a Deferred that fires with that point; cancelling it
+            forgets it.
         :raise TooManyWaiters: when ``max_waiters`` are already parked.
         """
-        if self.waiting >= self.max_waiters:
-            self.counters.waiters_refused += 1
-            raise TooManyWaiters()
-        waiters = self._waiters.setdefault(meter, {})
-
-        def cancel(d: "Deferred[Point]") -> None:
-            if d in waiters:
-                del waiters[d]
-                self.waiting -= 1
-                # Nothing is kept for a meter nobody waits for: a client
-                # may ask for any meter id.
-                if not waiters and self._waiters.get(meter) is waiters:
-                    del self._waiters[meter]
-
-        d: Deferred[Point] = Deferred(cancel)
-        waiters[d] = None
-        self.waiting += 1
-        return d
+        waiting = _Waiting()
+        waiting.deferred = Deferred(lambda _: self.unpark(meter, waiting))
+        self.park(meter, waiting)
+        return waiting.deferred
 
     @property
     def waiting(self) -> int:
@@ -76,10 +126,6 @@ class Hub:
         """
         return self.counters.waiters
 
-    @waiting.setter
-    def waiting(self, count: int) -> None:
-        self.counters.waiters = count
-
     def publish(self, point: Point) -> None:
         """
         Hand a new point to the meter's waiters and to every listener.
@@ -87,9 +133,12 @@ class Hub:
         self._last[point.meter] = point
         waiters = self._waiters.pop(point.meter, None)
         if waiters:
-            self.waiting -= len(waiters)
-            for d in waiters:
-                d.callback(point)
+            self.counters.waiters -= len(waiters)
+            for waiter in waiters:
+                try:
+                    waiter.point(point)
+                except Exception:
+                    self.log.failure("waiter {waiter!r} failed", waiter=waiter)
         for listener in self._listeners:
             try:
                 listener(point)
@@ -131,10 +180,13 @@ class Hub:
         Release every parked waiter with :class:`CancelledError` (shutdown).
         """
         waiters, self._waiters = self._waiters, {}
-        self.waiting = 0
+        self.counters.waiters = 0
         for parked in waiters.values():
-            for d in parked:
-                d.errback(CancelledError("shutting down"))
+            for waiter in parked:
+                try:
+                    waiter.released(CancelledError("shutting down"))
+                except Exception:
+                    self.log.failure("waiter {waiter!r} failed", waiter=waiter)
 
 
 class HubService(Service):

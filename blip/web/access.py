@@ -177,6 +177,15 @@ class Rules:
                 found.append(self._client(chain))
         return found or [peer]
 
+    def refused(
+        self, peer: Optional[IP], forwarded: Sequence[bytes], x_forwarded: Sequence[bytes]
+    ) -> list[Optional[IP]]:
+        """
+        :return: who of the clients of a request (:meth:`clients`) is not
+            served; none when it is served.
+        """
+        return [ip for ip in self.clients(peer, forwarded, x_forwarded) if not self.allowed(ip)]
+
     def _client(self, chain: list[Optional[IP]]) -> Optional[IP]:
         for ip in reversed(chain):
             if ip is None or not self.trusted(ip):
@@ -244,12 +253,11 @@ class AccessControl(Resource):
 
     def render(self, request: IRequest) -> Any:
         headers = request.requestHeaders
-        clients = self.rules.clients(
+        refused = self.rules.refused(
             peer_address(request.getClientAddress()),
             headers.getRawHeaders(b"forwarded", []),
             headers.getRawHeaders(b"x-forwarded-for", []),
         )
-        refused = [ip for ip in clients if not self.rules.allowed(ip)]
         if not refused:
             return self.inner.render(request)
         who = self.refusals.note(refused[0])

@@ -14,7 +14,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
+from twisted.web.http import RESPONSES, datetimeToString
 from twisted.web.iweb import IRequest
+from twisted.web.server import version
 
 #: Where the modern API lives; its errors are problem documents.
 V1_PREFIX = b"/api/v1"
@@ -83,7 +85,16 @@ class Cors:
         """
         if self.origins is None:
             return style.headers
-        origin = request.getHeader(b"origin") if self.origins else None
+        return self.headers_for(style, request.getHeader(b"origin") if self.origins else None)
+
+    def headers_for(self, style: Style, origin: Optional[bytes]) -> HeaderPairs:
+        """
+        :param origin: the request's ``Origin`` header, if any.
+        :return: the CORS and caching headers of ``style`` for a request
+            from a page of ``origin`` (see :meth:`headers`).
+        """
+        if self.origins is None:
+            return style.headers
         if origin not in self.origins:
             origin = None
         key = (style, origin)
@@ -194,3 +205,29 @@ def options(request: IRequest, style: Style) -> bytes:
     if style.allow is not None:
         request.setHeader(b"Allow", style.allow)
     return no_content(request)
+
+
+def whole_answer(status: int, headers: HeaderPairs, body: bytes, now: float) -> bytes:
+    """
+    :param headers: its headers after ``Server`` and ``Date``, in order.
+    :param now: the unix time it is dated.
+    :return: a whole HTTP/1.1 answer, status line, headers and body, as
+        Twisted Web writes it on a keep-alive connection.
+    """
+    return b"HTTP/1.1 %d %s\r\nServer: %s\r\nDate: %s\r\n%s\r\n%s" % (
+        status,
+        RESPONSES.get(status, b"Unknown Status"),
+        version,
+        datetimeToString(now),
+        b"".join(b"%s: %s\r\n" % pair for pair in headers),
+        body,
+    )
+
+
+def closing(answer: bytes) -> bytes:
+    """
+    :param answer: a whole answer (:func:`whole_answer`).
+    :return: the same answer saying that the connection closes after it,
+        as Twisted Web says it.
+    """
+    return answer.replace(b"\r\n", b"\r\nConnection: close\r\n", 1)

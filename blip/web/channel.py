@@ -38,12 +38,25 @@ MAX_URI = 8192
 #: Most bytes of a refused request read (and thrown away) before closing,
 #: so that the client reads the answer instead of a connection reset.
 MAX_DRAIN = 1 << 20
+#: A ``Host`` header as RFC 9110 spells it, that the router can take (as
+#: IDNA: labels of 1 to 63 characters): a name or an address, and maybe a
+#: port.
+_LABEL = rb"[0-9A-Za-z_~!$&'()*+,;=%-]{1,63}"
+_HOST = re.compile(rb"(\[[0-9A-Za-z:.%_~-]*\]|(" + _LABEL + rb"\.)*" + _LABEL + rb"\.?)?(:[0-9]*)?")
 #: The methods of the routes: a body on them is too large (413), on any
 #: other a method not allowed (405).
 METHODS = (b"GET", b"HEAD", b"OPTIONS")
 #: The path of the one route that takes a body (with ``POST``): the write
 #: API's.
 WRITE_PATH = re.compile(rb"/api/v1/meters/[^/]*/readings")
+
+
+def good_host(host: bytes) -> bool:
+    """
+    :return: whether ``host``, a ``Host`` header, names a host the router
+        can take.
+    """
+    return _HOST.fullmatch(host) is not None
 
 
 def closing_answer(

@@ -6,7 +6,9 @@ memory when the hub has the point (else from the database).
 When a meter blinks, every long-poll parked on it gets the same answer, so
 the whole HTTP response (status line, headers and body) is rendered once
 per point (and CORS headers: with ``--cors`` origins, each allowed origin
-has its own) and written as it is to each client on a persistent HTTP/1.1
+has its own) and written as it is to each client: by the lean path
+(:mod:`blip.web.lean`), which parks most long-polls and answers most
+``/last`` on the connection itself, and here on a persistent HTTP/1.1
 connection; others get it through the usual request machinery.
 
 With thousands of long-polls parked, what makes the last client wait is
@@ -16,23 +18,46 @@ bookkeeping (finishing them, which readies the connections for the next
 request) runs after every answer is out.
 """
 
-from typing import Any, Optional
+from typing import Any, Optional, Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.http import datetimeToString
-from twisted.web.server import NOT_DONE_YET, Request, version
+from twisted.web.server import NOT_DONE_YET, Request
 
 from blip.live.hub import Hub, TooManyWaiters
 from blip.meters import Meters
 from blip.model import Point
-from blip.web.answers import LEGACY, HeaderPairs, cors_of, dress, json_body
-from blip.web.errors import ApiError, NotFound, answer_error, describe, refuse
+from blip.web.answers import (
+    LEGACY,
+    HeaderPairs,
+    cors_of,
+    dress,
+    json_body,
+    whole_answer,
+)
+from blip.web.errors import (
+    ApiError,
+    NotFound,
+    answer_error,
+    describe,
+    legacy_body,
+    refuse,
+)
 from blip.web.latest import Latest
 from blip.web.paths import meter_id
 from blip.web.twisted_private import prerenderable, send_now, send_prerendered
+
+
+class Answered(Protocol):
+    """
+    A long-poll whose answer is out, its bookkeeping to come.
+    """
+
+    def settle(self) -> None:
+        """Do the bookkeeping of the answer."""
+
 
 #: What a long-poll's waiter gives when --longpoll-timeout passes first.
 _NO_POINT: Any = object()
@@ -47,7 +72,9 @@ def encode_point(point: Point) -> bytes:
 
 class HotRoutes:
     """
-    GET and HEAD of ``/blip``, ``/blip/<id>``, ``/last`` and ``/last/<id>``.
+    GET and HEAD of ``/blip``, ``/blip/<id>``, ``/last`` and ``/last/<id>``
+    (of a meter configured or seen here; another number is left to the
+    legacy routes).
 
     :param hub: parks the long-polls, and has each meter's last point in
         memory.
@@ -55,8 +82,8 @@ class HotRoutes:
     :param meters: the configured meters (others are known once seen).
     :param clock: times --longpoll-timeout and dates the answers.
     :param longpoll_timeout: seconds before a long-poll answers 204; 0 never.
-    :param reactor: whose turns the finishing of answered long-polls waits
-        for.
+    :param reactor: whose turns the bookkeeping of answered long-polls
+        waits for.
     """
 
     log = Logger()
@@ -80,7 +107,7 @@ class HotRoutes:
         self._second = 0
         self._headers: HeaderPairs = ()
         self._response = b""
-        self._unfinished: list[_Parked] = []
+        self._unsettled: list[Answered] = []
 
     def render(self, request: Request) -> Any:
         """
@@ -97,6 +124,10 @@ class HotRoutes:
             or path[0] not in (b"blip", b"last")
             or path[-1] == b""
         ):
+            return None
+        if path[0] == b"last" and len(path) == 2 and not self._knows(path[1]):
+            # Not a meter known here: the legacy routes tell a meter with
+            # readings from the single-meter original's /last/<ms>.
             return None
         try:
             meter = meter_id(path[1].decode() if len(path) == 2 else None)
@@ -116,6 +147,17 @@ class HotRoutes:
             return NOT_DONE_YET
         return self.body(request, point)
 
+    def _knows(self, segment: bytes) -> bool:
+        """
+        :return: whether ``segment`` is the id of a meter configured or
+            seen here.
+        """
+        try:
+            meter = meter_id(segment.decode())
+        except ApiError:
+            return False
+        return meter in self.meters or self.hub.last(meter) is not None
+
     @staticmethod
     def headers(request: Request) -> HeaderPairs:
         """
@@ -125,7 +167,7 @@ class HotRoutes:
 
     def _park(self, request: Request, meter: int) -> Any:
         dress(request, LEGACY)
-        if meter not in self.meters and self.hub.last(meter) is None:
+        if not self.known(meter):
             return refuse(request, 404, f"unknown meter {meter}")
         try:
             waiter = self.hub.wait(meter)
@@ -159,30 +201,53 @@ class HotRoutes:
         """
         now = int(self.clock.seconds())
         if point is not self._point or now != self._second or headers is not self._headers:
-            body = encode_point(point)
-            self._response = (
-                b"HTTP/1.1 200 OK\r\nServer: %s\r\nDate: %s\r\n%s"
-                b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
-                % (version, datetimeToString(now), b"".join(b"%s: %s\r\n" % h for h in headers),
-                   len(body), body)
-            )
+            self._response = self._json(200, headers, encode_point(point), now)
             self._point, self._second, self._headers = point, now, headers
         return self._response
 
-    def finish_later(self, parked: "_Parked") -> None:
+    def known(self, meter: int) -> bool:
         """
-        Finish an answered long-poll once every answer of this fan-out has
-        been sent (at the reactor's next turn).
+        :return: whether a long-poll may park on ``meter``: it is
+            configured or has a point here (else the answer is 404).
         """
-        if not self._unfinished:
-            self.reactor.callLater(0, self._finish)
-        self._unfinished.append(parked)
+        return meter in self.meters or self.hub.last(meter) is not None
 
-    def _finish(self) -> None:
-        unfinished, self._unfinished = self._unfinished, []
-        for parked in unfinished:
-            if not parked.gone:
-                parked.request.finish()
+    def no_point(self, headers: HeaderPairs) -> bytes:
+        """
+        :param headers: its CORS and caching headers (:meth:`headers`).
+        :return: the whole answer of a long-poll that --longpoll-timeout
+            ended first (204).
+        """
+        return whole_answer(204, headers, b"", self.clock.seconds())
+
+    def failure(self, headers: HeaderPairs, reason: Exception) -> bytes:
+        """
+        :param headers: its CORS and caching headers (:meth:`headers`).
+        :return: the whole answer of a long-poll that failed with
+            ``reason`` (the daemon stopping), from the one error table.
+        """
+        status, message = describe(Failure(reason))
+        return self._json(status, headers, legacy_body(message), self.clock.seconds())
+
+    @staticmethod
+    def _json(status: int, headers: HeaderPairs, body: bytes, now: float) -> bytes:
+        typed = ((b"Content-Type", b"application/json"), (b"Content-Length", b"%d" % len(body)))
+        return whole_answer(status, headers + typed, body, now)
+
+    def settle_later(self, answered: Answered) -> None:
+        """
+        Settle an answered long-poll (finish its request, count it, read
+        the next one) once every answer of this fan-out has been sent, at
+        the reactor's next turn.
+        """
+        if not self._unsettled:
+            self.reactor.callLater(0, self._settle)
+        self._unsettled.append(answered)
+
+    def _settle(self) -> None:
+        unsettled, self._unsettled = self._unsettled, []
+        for answered in unsettled:
+            answered.settle()
 
 
 def _no_point(result: object, timeout: float) -> Any:
@@ -227,10 +292,18 @@ class _Parked:
             request.finish()
         elif prerenderable(request):
             send_now(send_prerendered(request, self.routes.response(point, self.headers)))
-            self.routes.finish_later(self)
+            self.routes.settle_later(self)
         else:
             request.write(self.routes.body(request, point))
             request.finish()
+
+    def settle(self) -> None:
+        """
+        Finish the request answered with a pre-rendered answer (unless the
+        client left meanwhile).
+        """
+        if not self.gone:
+            self.request.finish()
 
     def failed(self, failure: Failure) -> None:
         """

@@ -7,21 +7,28 @@ The legacy routes answer byte for byte like the original: points as
 Once raw points were dropped (``--keep-raw``), those that return or count
 raw points say since when they are kept in a header (see
 :data:`blip.web.answers.RAW_SINCE`); their bodies hold what is left.
+
+They are small answers asked for all the time, so they are found without
+a general router: a route is known by its first path segment and its
+number of segments (:data:`ROUTES`), each segment after the first being
+one number; what matches none goes on to the page.
 """
 
-from functools import wraps
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Optional
+from typing import Any, Callable, Coroutine, Optional, Sequence
 
 from klein import Klein
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
-from twisted.web.server import Request
+from twisted.web.server import NOT_DONE_YET, Request
 
 from blip.db.legacy import LegacyQueries
+from blip.model import DEFAULT_METER, Point
 from blip.web.answers import (
     LEGACY,
     RawSince,
@@ -31,41 +38,91 @@ from blip.web.answers import (
     options,
     say_raw_since,
 )
-from blip.web.errors import answer_error
+from blip.web.errors import NotFound, answer_error, refuse
+from blip.web.hot import encode_point
 from blip.web.limits import LAST_POINTS, MINUTELY_ROWS, RANGE_POINTS, SINCE_POINTS
 from blip.web.paths import buckets, meter_id, number, stamps
 from blip.web.static import StaticFiles
+from blip.web.twisted_private import send_now
 
-Handler = Callable[..., Awaitable[bytes]]
+Handler = Callable[..., Coroutine[Any, Any, bytes]]
 
 
-def legacy(app: Klein, *paths: str, raw: bool = False) -> Callable[[Handler], Handler]:
+@dataclass(frozen=True, slots=True)
+class Route:
     """
-    Register a legacy JSON route under each of ``paths``, answering GET and
-    HEAD with the handler's bytes and OPTIONS with the CORS headers alone.
+    One path of a legacy route.
+
+    :param template: the path, its numbers named (``/since/<meter>/<since>``):
+        what the metrics call it.
+    :param handler: answers GET and HEAD with the body, given the numbers
+        by name (as text); None for a path whose GET and HEAD
+        :class:`blip.web.hot.HotRoutes` answers.
+    :param raw: whether the route reads raw points, and so says since when
+        they are kept.
+    """
+
+    template: str
+    handler: Optional[Handler]
+    raw: bool = False
+
+    @property
+    def names(self) -> list[str]:
+        """:return: the names of the numbers of the path, in order."""
+        return [part[1:-1] for part in self.template.split("/")[2:]]
+
+
+#: The legacy routes, by first path segment and number of segments.
+ROUTES: dict[tuple[bytes, int], Route] = {}
+
+
+def legacy(*templates: str, raw: bool = False) -> Callable[[Handler], Handler]:
+    """
+    Register a legacy JSON route under each of ``templates`` (every
+    segment after the first a ``<name>``d number), answering GET and HEAD
+    with the handler's bytes and OPTIONS with the CORS headers alone.
 
     :param raw: whether the route reads raw points, and so says since when
         they are kept.
     """
 
     def register(f: Handler) -> Handler:
-        @wraps(f)
-        async def handler(self: Any, request: Request, **kwargs: str) -> bytes:
-            if request.method == b"OPTIONS":
-                return options(request, LEGACY)
-            dress(request, LEGACY)
-            body = await f(self, request, **kwargs)
-            if raw:
-                say_raw_since(request, self.raw_since())
-            return json_body(request, body)
-
-        for path in paths:
-            app.route(
-                path, methods=["GET", "HEAD", "OPTIONS"], endpoint=f"{f.__name__} {path}"
-            )(handler)
-        return handler
+        for template in templates:
+            _add(Route(template, f, raw))
+        return f
 
     return register
+
+
+def _add(route: Route) -> None:
+    segments = route.template.split("/")[1:]
+    ROUTES[(segments[0].encode(), len(segments))] = route
+
+
+# OPTIONS of the paths whose GET and HEAD the hot routes answer.
+for _template in ("/blip", "/blip/<meter>", "/last"):
+    _add(Route(_template, None))
+
+
+def route_of(segments: Sequence[bytes]) -> Optional[Route]:
+    """
+    :param segments: a request's path, split at its slashes.
+    :return: the legacy route of that path, if any.
+    """
+    # Each segment holds one number, like a router's: none is empty, and
+    # none holds a slash (percent-encoded).
+    if not segments or any(not segment or b"/" in segment for segment in segments):
+        return None
+    return ROUTES.get((segments[0], len(segments)))
+
+
+def template(segments: Sequence[bytes]) -> Optional[str]:
+    """
+    :return: the template of the legacy route of a path (for the metrics),
+        if any.
+    """
+    route = route_of(segments)
+    return None if route is None else route.template
 
 
 class LegacyApi:
@@ -95,6 +152,30 @@ class LegacyApi:
         """
         return int(self.clock.seconds() * 1000)
 
+    def render(self, request: Request) -> Any:
+        """
+        Answer ``request`` if its path is a legacy route's.
+
+        :return: what a resource's ``render`` returns, or None to let the
+            page's router answer.
+        """
+        path = request.postpath
+        assert path is not None  # set by the site before any resource renders
+        route = route_of(path)
+        if route is None:
+            return None
+        method = request.method
+        if method == b"OPTIONS":
+            return options(request, LEGACY)
+        dress(request, LEGACY)
+        if method not in (b"GET", b"HEAD"):
+            return refuse(request, 405, "method not allowed")
+        if route.handler is None:
+            return refuse(request, 404, "no such route")
+        numbers = {name: segment.decode() for name, segment in zip(route.names, path[1:])}
+        _Answer(self, request, route, Deferred.fromCoroutine(route.handler(self, request, **numbers)))
+        return NOT_DONE_YET
+
     @app.handle_errors(Exception)
     def error(self, request: IRequest, failure: Failure) -> Optional[bytes]:
         return answer_error(request, failure, self.log, LEGACY)
@@ -103,28 +184,37 @@ class LegacyApi:
     def page(self, request: IRequest) -> IResource:
         return self.static
 
-    @app.route("/blip", methods=["OPTIONS"], endpoint="options /blip")
-    @app.route("/blip/<meter>", methods=["OPTIONS"], endpoint="options /blip/<meter>")
-    @app.route("/last", methods=["OPTIONS"], endpoint="options /last")
-    @app.route("/last/<meter>", methods=["OPTIONS"], endpoint="options /last/<meter>")
-    def hot_options(self, request: IRequest, meter: Optional[str] = None) -> bytes:
+    @legacy("/last/<meter>")
+    async def last_or_recent(self, request: IRequest, meter: str) -> bytes:
         """
-        OPTIONS of the routes whose GET and HEAD
-        :class:`blip.web.hot.HotRoutes` answers.
-        """
-        return options(request, LEGACY)
+        ``/last/<n>`` that :class:`blip.web.hot.HotRoutes` left: a meter it
+        does not know, or the single-meter original's points of the last
+        ``n`` ms of the default meter.
 
-    @legacy(app, "/last/<meter>/<ms>", raw=True)
+        A meter with readings (kept, or rolled up) is that meter; any
+        other number is a span.
+        """
+        n = number(meter, "meter id or ms")
+        recent = await self.store.recent_unless_meter(n, DEFAULT_METER, self.now() - n, LAST_POINTS)
+        if recent is not None:
+            say_raw_since(request, self.raw_since())
+            return recent.encode()
+        reading = await self.store.last(n)
+        if reading is None:
+            raise NotFound(f"no readings for meter {n}")
+        return encode_point(Point(n, *reading))
+
+    @legacy("/last/<meter>/<ms>", raw=True)
     async def last_ms(self, request: IRequest, meter: str, ms: str) -> bytes:
         m, span = meter_id(meter), number(ms, "ms")
         return (await self.store.since(m, self.now() - span, LAST_POINTS)).encode()
 
-    @legacy(app, "/since/<since>", "/since/<meter>/<since>", raw=True)
+    @legacy("/since/<since>", "/since/<meter>/<since>", raw=True)
     async def since(self, request: IRequest, since: str, meter: Optional[str] = None) -> bytes:
         m, start = meter_id(meter), number(since, "stamp")
         return (await self.store.since(m, start, SINCE_POINTS)).encode()
 
-    @legacy(app, "/range/<first>/<last>", "/range/<meter>/<first>/<last>", raw=True)
+    @legacy("/range/<first>/<last>", "/range/<meter>/<first>/<last>", raw=True)
     async def range(
         self, request: IRequest, first: str, last: str, meter: Optional[str] = None
     ) -> bytes:
@@ -132,7 +222,7 @@ class LegacyApi:
         a, b = stamps(first, last)
         return (await self.store.between(m, a, b, RANGE_POINTS)).encode()
 
-    @legacy(app, "/aggregate/<start>/<width>/<count>", "/aggregate/<meter>/<start>/<width>/<count>", raw=True)
+    @legacy("/aggregate/<start>/<width>/<count>", "/aggregate/<meter>/<start>/<width>/<count>", raw=True)
     async def aggregate(
         self, request: IRequest, start: str, width: str, count: str, meter: Optional[str] = None
     ) -> bytes:
@@ -141,7 +231,6 @@ class LegacyApi:
         return (await self.store.aggregate(m, s, w, c)).encode()
 
     @legacy(
-        app,
         "/aggregate_hourly/<start>/<width>/<count>",
         "/aggregate_hourly/<meter>/<start>/<width>/<count>",
     )
@@ -152,7 +241,7 @@ class LegacyApi:
         s, w, c = buckets(start, width, count)
         return (await self.store.aggregate_hourly(m, s, w, c)).encode()
 
-    @legacy(app, "/hourly/<first>/<last>", "/hourly/<meter>/<first>/<last>")
+    @legacy("/hourly/<first>/<last>", "/hourly/<meter>/<first>/<last>")
     async def hourly(
         self, request: IRequest, first: str, last: str, meter: Optional[str] = None
     ) -> bytes:
@@ -160,7 +249,7 @@ class LegacyApi:
         a, b = stamps(first, last)
         return (await self.store.hourly(m, a, b)).encode()
 
-    @legacy(app, "/minutely/<first>/<last>", "/minutely/<meter>/<first>/<last>")
+    @legacy("/minutely/<first>/<last>", "/minutely/<meter>/<first>/<last>")
     async def minutely(
         self, request: IRequest, first: str, last: str, meter: Optional[str] = None
     ) -> bytes:
@@ -168,7 +257,55 @@ class LegacyApi:
         a, b = stamps(first, last)
         return (await self.store.minutely(m, a, b, MINUTELY_ROWS)).encode()
 
-    @legacy(app, "/usage/<ms>", "/usage/<meter>/<ms>", raw=True)
+    @legacy("/usage/<ms>", "/usage/<meter>/<ms>", raw=True)
     async def usage(self, request: IRequest, ms: str, meter: Optional[str] = None) -> bytes:
         m, span = meter_id(meter), number(ms, "ms")
         return b"[%d]" % await self.store.count_since(m, self.now() - span)
+
+
+class _Answer:
+    """
+    A legacy route's answer on its way: written once its handler gives the
+    body, or an error; the handler is let go when the client hangs up.
+    """
+
+    __slots__ = ("api", "request", "route", "done")
+
+    def __init__(self, api: LegacyApi, request: Request, route: Route, body: "Deferred[bytes]") -> None:
+        self.api = api
+        self.request = request
+        self.route = route
+        self.done = False
+        request.notifyFinish().addErrback(self.hung_up, body)
+        body.addCallbacks(self.send, self.failed)
+
+    def hung_up(self, reason: Failure, body: "Deferred[bytes]") -> None:
+        """The client went away: stop waiting for the body."""
+        self.done = True
+        body.cancel()
+
+    def send(self, body: bytes) -> None:
+        """
+        Write the body, and send the answer at once rather than at the
+        reactor's next turn.
+        """
+        if self.done:
+            return
+        request = self.request
+        if self.route.raw:
+            say_raw_since(request, self.api.raw_since())
+        transport = getattr(request.channel, "transport", None)
+        request.write(json_body(request, body))
+        request.finish()
+        if transport is not None:
+            send_now(transport)
+
+    def failed(self, failure: Failure) -> None:
+        """Answer the error that came instead of the body."""
+        if self.done:
+            return
+        request = self.request
+        answer = answer_error(request, failure, self.api.log, LEGACY)
+        if answer is not None:
+            request.write(answer)
+            request.finish()

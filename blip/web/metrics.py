@@ -5,13 +5,12 @@ the count and latency of HTTP requests by route.
 """
 
 import time
-from typing import Any, Callable, Iterable, Mapping, Optional
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 from klein import Klein
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
-from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request
 from werkzeug.exceptions import HTTPException
@@ -116,11 +115,22 @@ class RequestMetrics:
         children[1].observe(seconds)
 
 
-def route_of(mounts: Mapping[bytes, Klein], default: Klein) -> Callable[[IRequest], str]:
+#: Names the route template of a request's path (its segments, as
+#: ``request.postpath`` has them).
+RouteNamer = Callable[[Sequence[bytes]], str]
+
+
+def route_of(
+    mounts: Mapping[bytes, Klein],
+    default: Klein,
+    front: Callable[[Sequence[bytes]], Optional[str]] = lambda segments: None,
+) -> RouteNamer:
     """
     :param mounts: the application answering each first path segment.
     :param default: the application answering every other path.
-    :return: a function that names the route template of a request (like
+    :param front: names the route of a path answered before the
+        applications, if it is one.
+    :return: a function that names the route template of a path (like
         ``/api/v1/meters/<meter>``), or ``none`` when no route matches.
     """
 
@@ -128,16 +138,19 @@ def route_of(mounts: Mapping[bytes, Klein], default: Klein) -> Callable[[IReques
     # numbers have the same route, found once.
     known: dict[tuple[bytes, ...], str] = {}
 
-    def route(request: IRequest) -> str:
-        shape = tuple(b"#" if segment.isdigit() else segment for segment in request.postpath)
+    def route(segments: Sequence[bytes]) -> str:
+        shape = tuple(b"#" if segment.isdigit() else segment for segment in segments)
         name = known.get(shape)
         if name is None:
-            name = match(request.postpath)
+            name = match(segments)
             if len(known) < MAX_CACHED:
                 known[shape] = name
         return name
 
-    def match(segments: list[bytes]) -> str:
+    def match(segments: Sequence[bytes]) -> str:
+        named = front(segments)
+        if named is not None:
+            return named
         first = segments[0] if segments else b""
         try:
             path = "/" + b"/".join(segments).decode("utf-8")
@@ -145,8 +158,7 @@ def route_of(mounts: Mapping[bytes, Klein], default: Klein) -> Callable[[IReques
             return "none"
         adapter = mounts.get(first, default).url_map.bind("blip", path_info=path)
         # Every API route answers OPTIONS, and the page's catch-all does
-        # not: asked first, OPTIONS names the route of a path whose GET
-        # is answered before the router (the hot routes), not the page's.
+        # not: asked first, OPTIONS names a route of the API, not the page.
         for method in ("OPTIONS", "GET"):
             try:
                 rule, _ = adapter.match(path, method=method, return_rule=True)
@@ -163,7 +175,7 @@ class Metered(Resource):
     Counts and times every request answered by ``inner``.
 
     :param inner: the resource answering.
-    :param route: names a request's route.
+    :param route: names a request's route from its path.
     :param metrics: where requests are counted.
     :param timer: seconds from some fixed point (a monotonic clock).
     """
@@ -173,7 +185,7 @@ class Metered(Resource):
     def __init__(
         self,
         inner: IResource,
-        route: Callable[[IRequest], str],
+        route: RouteNamer,
         metrics: RequestMetrics,
         timer: Callable[[], float] = time.perf_counter,
     ) -> None:
@@ -185,7 +197,8 @@ class Metered(Resource):
 
     def render(self, request: Request) -> Any:
         started = self.timer()
-        route = self.route(request)
+        assert request.postpath is not None  # set by the site before it renders
+        route = self.route(request.postpath)
         body = self.inner.render(request)
         if body is not NOT_DONE_YET or request.finished:
             # Answered at once (what remains is sending it).

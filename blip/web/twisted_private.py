@@ -21,11 +21,19 @@ that a Twisted upgrade that changes one fails a test, not the daemon.
   (``FileDescriptor.doWrite``).
 - :func:`connection_gone`: a request whose connection is lost has no
   channel.
+- :func:`hand_over`: a connection's protocol replaced by another, which
+  the connection delivers to from then on (a TCP transport's
+  ``protocol``, or the ``wrappedProtocol`` of a wrapping one, as TLS is).
+- :func:`send`: bytes sent on a connection's socket at once when nothing
+  waits in its buffer (a TCP transport's ``socket``, ``dataBuffer`` and
+  ``_tempDataBuffer``).
 """
 
 from typing import Any, Optional
 
+from twisted.internet.interfaces import IProtocol
 from twisted.protocols.basic import LineReceiver
+from twisted.protocols.policies import ProtocolWrapper
 from twisted.web.http import HTTPChannel
 from twisted.web.iweb import IRequest
 from twisted.web.server import Request
@@ -192,3 +200,41 @@ def connection_gone(request: IRequest) -> bool:
     :return: whether the connection of ``request`` is lost.
     """
     return getattr(request, "channel", None) is None
+
+
+def hand_over(transport: Any, protocol: IProtocol, data: bytes) -> None:
+    """
+    Make ``protocol`` the one ``transport`` delivers to, in place of the
+    one it was made with, connect it, and give it ``data``, what arrived
+    before it took over.
+    """
+    if isinstance(transport, ProtocolWrapper):
+        transport.wrappedProtocol = protocol
+    else:
+        transport.protocol = protocol
+    protocol.makeConnection(transport)
+    if data:
+        protocol.dataReceived(data)
+
+
+def send(transport: Any, data: bytes) -> None:
+    """
+    Write ``data`` on ``transport``: straight to its socket when nothing
+    waits in its buffer (one system call, rather than a write when the
+    reactor next looks at the connection), what does not fit buffered as
+    usual. A connection that this finds broken, or one without a socket of
+    its own (TLS), is left to the transport's usual writing.
+    """
+    sock = getattr(transport, "socket", None)
+    if sock is None or transport.dataBuffer or transport._tempDataBuffer or not transport.connected:
+        transport.write(data)
+        return
+    try:
+        sent = sock.send(data)
+    except BlockingIOError:
+        sent = 0
+    except OSError:
+        # Broken: the transport's own write finds out, and closes it.
+        sent = 0
+    if sent < len(data):
+        transport.write(data[sent:])

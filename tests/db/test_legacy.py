@@ -46,6 +46,12 @@ async def test_queries(store, legacy) -> None:
     assert await legacy.hourly(1, T0, T0) == f"[[{T0},30,3600,1000,1000]]"
     assert await legacy.aggregate_hourly(1, T0, HOUR, 3) == "[[0,3600]]"
     assert await legacy.minutely(1, T0, T0 + HOUR, 10) == f"[[{T0},30,3600,1000,1000]]"
+    # A number that is a meter's id (with readings) is not read as a span.
+    assert await legacy.recent_unless_meter(2, 1, T0 + 28_000, 2000) is None
+    for number in (3, 2**31, 10**15 - 1):
+        assert json.loads(await legacy.recent_unless_meter(number, 1, T0 + 28_000, 2000)) == [
+            [T0 + 28_000, 1000], [T0 + 29_000, 1000]
+        ]
 
 
 @pytest_twisted.ensureDeferred

@@ -21,10 +21,12 @@ from twisted.internet.threads import deferToThread
 from blip.common.retry import FIRST_DELAY, MAX_DELAY
 from blip.counters import Counters
 from blip.db.pool import (
+    RETRIABLE,
     DatabaseService,
     DatabaseUnavailable,
     Pool,
     PoolState,
+    Prepared,
     QueryCancelled,
     connection_settings,
     reconnect_delays,
@@ -289,6 +291,44 @@ async def test_connections_notice_a_vanished_server(database) -> None:
         assert (settings["keepalives"], settings["keepalives_idle"], settings["tcp_user_timeout"]) == (
             "1", "5", "60000"
         )
+    finally:
+        pool.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_prepared_statement_is_prepared_once_per_session(database) -> None:
+    """
+    A prepared statement is prepared in a connection's session the first
+    time it runs there, then only executed; a new session, after a
+    reconnection, prepares it again. A session that forgot it
+    (DEALLOCATE) fails the query as a lost connection, and is replaced.
+    """
+    from twisted.internet import reactor
+
+    statement = Prepared("blip_test_sum", "SELECT $1::integer + $2::integer, 7 % 4", 2)
+    pool = Pool(database.dsn, 1, reactor)
+    await pool.start()
+
+    async def prepared() -> list[tuple]:
+        return await pool.runQuery("SELECT name, statement FROM pg_prepared_statements")
+
+    try:
+        assert await pool.runPrepared(statement, (2, 3)) == [(5, 3)]
+        assert await prepared() == [("blip_test_sum", statement.prepare)]
+        assert await pool.runPrepared(statement, (4, 5)) == [(9, 3)]
+        pid = (await pool.runQuery("SELECT pg_backend_pid()"))[0][0]
+        database.sql("SELECT pg_terminate_backend(%s)", (pid,))
+        with pytest.raises(RETRIABLE):
+            await pool.runPrepared(statement, (6, 1))
+        await wait_until(lambda: pool.state().alive == 1)
+        assert await pool.runPrepared(statement, (6, 1)) == [(7, 3)]
+        assert (await pool.runQuery("SELECT pg_backend_pid()"))[0][0] != pid
+        assert await prepared() == [("blip_test_sum", statement.prepare)]
+        await pool.runOperation("DEALLOCATE ALL")
+        with pytest.raises(RETRIABLE):
+            await pool.runPrepared(statement, (1, 1))
+        await wait_until(lambda: pool.state().alive == 1)
+        assert await pool.runPrepared(statement, (1, 1)) == [(2, 3)]
     finally:
         pool.close()
 

@@ -49,6 +49,61 @@ async def test_schema_has_the_originals_tables_and_is_idempotent(store, database
         "usage_minutely": "id,stamp,wh,min_ms,max_ms,events",
     }
     assert originals.rollups(database.sql, "readings_hourly") == [(1, T0, 1, 1000, 1000, 1000)]
+    assert rollup_keys(database) == COVERING_KEYS
+
+
+#: The rollups' primary keys: (id, stamp), carrying every other column.
+COVERING_KEYS = [
+    (table, f"CREATE UNIQUE INDEX {table}_pkey ON public.{table} USING btree (id, stamp)"
+            " INCLUDE (events, sum_ms, min_ms, max_ms)")
+    for table in ("readings_hourly", "readings_minutely")
+]
+
+
+def rollup_keys(database) -> list[tuple]:
+    """:return: each rollup table and the definition of its primary key's index."""
+    return database.sql(
+        "SELECT c.conrelid::regclass::text, pg_get_indexdef(c.conindid) FROM pg_constraint c"
+        " WHERE c.contype = 'p' AND c.conrelid IN ('readings_hourly'::regclass, 'readings_minutely'::regclass)"
+        " ORDER BY 1"
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_meters_hours_are_read_from_the_rollups_key(store, database) -> None:
+    """
+    A meter's hours (and minutes) over a range are read from the primary
+    key alone, in order, without reading the table or sorting: its rows
+    may lie anywhere in the table.
+    """
+    await store.insert([Point(m, T0 + i * 60_000, 1000) for m in (1, 2) for i in range(300)])
+    database.sql("VACUUM ANALYZE readings_hourly, readings_minutely")
+    for view in ("usage_hourly", "usage_minutely"):
+        plan = database.sql(
+            "SET enable_seqscan = off; SET enable_bitmapscan = off;"
+            f" EXPLAIN (ANALYZE, COSTS OFF, SUMMARY OFF, TIMING OFF) SELECT stamp, events, wh, min_ms, max_ms"
+            f" FROM {view} WHERE id = 1 AND stamp >= %s AND stamp <= %s ORDER BY stamp",
+            (T0, T0 + 2 * HOUR),
+        )
+        text = "\n".join(line for line, in plan)
+        assert "Index Only Scan" in text and "Sort" not in text, text
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_rollup_keyed_without_its_columns_is_keyed_again(store, database) -> None:
+    """
+    A rollup whose primary key is (id, stamp) alone, as an older
+    blipserver (or the original) made it, is keyed again with every
+    column when the schema is applied; its rows stay.
+    """
+    await store.insert([Point(1, T0, 1000)])
+    for table in ("readings_hourly", "readings_minutely"):
+        database.sql(
+            f"ALTER TABLE {table} DROP CONSTRAINT {table}_pkey, ADD CONSTRAINT old_{table}_key PRIMARY KEY (id, stamp)"
+        )
+    await Schema(store.pool).apply()
+    assert rollup_keys(database) == COVERING_KEYS
+    assert originals.rollups(database.sql, "readings_hourly") == [(1, T0, 1, 1000, 1000, 1000)]
 
 
 @pytest_twisted.ensureDeferred

@@ -28,7 +28,7 @@ from blip.model import Point
 from tests import originals
 from tests.conftest import TIMEOUT, eventually, open_site
 from tests.db.test_partitions import clock_at, partitions_of
-from tests.db.test_schema import core_schema
+from tests.db.test_schema import COVERING_KEYS, core_schema, rollup_keys
 from tests.originals import (
     HOUR,
     MINUTE,
@@ -116,7 +116,8 @@ async def test_each_layout_is_upgraded_in_place(layout, raw_pool, database, log_
     single-meter with minute rollups), filled through its per-row trigger,
     or as blipserver's with a plain readings table, is upgraded in one
     step: every legacy route then answers with the same data as before;
-    both rollups equal a recount; only blipserver's trigger remains, so
+    both rollups equal a recount, keyed with every column; only
+    blipserver's trigger remains, so
     new rows are counted once; readings is partitioned, its table of old
     the partition of everything before the next month, not rewritten;
     privileges on the views and readings carry over; and preparing it
@@ -150,6 +151,7 @@ async def test_each_layout_is_upgraded_in_place(layout, raw_pool, database, log_
         assert database.sql("SELECT has_table_privilege(%s, 'usage_hourly', 'SELECT')", (reader,)) == [(True,)]
         assert database.sql("SELECT has_table_privilege(%s, 'readings', 'SELECT')", (reader,)) == [(True,)]
         assert_partitioned_in_place(database, file)
+        assert rollup_keys(database) == COVERING_KEYS
         assert database.sql("SELECT version, note FROM blip_schema ORDER BY 1") == [*earlier, (SCHEMA_VERSION, note)]
         logged = [e for e in log_events if "upgraded the database in place" in e.get("outcome", "")]
         assert len(logged) == 1 and first_step in logged[0]["outcome"]

@@ -129,3 +129,48 @@ def test_listeners_get_every_point_and_a_failing_one_is_isolated() -> None:
     stop()
     hub.publish(Point(1, 2, 1))
     assert got == [Point(1, 1, 1)]
+
+
+class Parked:
+    """A waiter of its own kind: notes what it is handed."""
+
+    def __init__(self, broken: bool = False) -> None:
+        self.broken = broken
+        self.got: list[object] = []
+
+    def point(self, point: Point) -> None:
+        self.got.append(point)
+        if self.broken:
+            raise RuntimeError("boom")
+
+    def released(self, reason: Exception) -> None:
+        self.got.append(type(reason))
+        if self.broken:
+            raise RuntimeError("boom")
+
+
+def test_any_waiter_is_handed_its_point_or_its_release() -> None:
+    """
+    Any object with the waiter's methods parks as a Deferred does, under
+    the same cap: it is handed its meter's next point once, or its release
+    when the hub closes; one that leaves is forgotten (leaving twice, or
+    after its point, changes nothing); one that fails stops no other.
+    """
+    hub = Hub(max_waiters=3)
+    broken, kept, gone = Parked(broken=True), Parked(), Parked()
+    for waiter in (broken, kept, gone):
+        hub.park(1, waiter)
+    with pytest.raises(TooManyWaiters):
+        hub.park(2, Parked())
+    hub.unpark(1, gone)
+    hub.unpark(1, gone)
+    assert hub.waiting == 2
+    point = Point(1, 1000, 50)
+    hub.publish(point)
+    hub.unpark(1, kept)
+    assert (broken.got, kept.got, gone.got, hub.waiting) == ([point], [point], [], 0)
+    hub.park(2, broken)
+    hub.park(3, kept)
+    hub.close()
+    assert broken.got[-1] is CancelledError and kept.got[-1] is CancelledError
+    assert hub.waiting == 0 and hub._waiters == {}

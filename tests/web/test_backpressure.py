@@ -9,7 +9,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.internet.testing import StringTransport
 
-from blip.web.backpressure import Backpressure
+from blip.web.backpressure import Backpressure, RequestOutlet
 
 
 class Answer:
@@ -38,7 +38,7 @@ def test_it_holds_what_comes_while_paused() -> None:
     written when it takes more again.
     """
     answer = Answer()
-    producer = Backpressure(answer)
+    producer = Backpressure(RequestOutlet(answer))
     assert answer.producer is producer
     assert producer.send(b"a") == 0 and not producer.saturated
     producer.pauseProducing()
@@ -55,7 +55,7 @@ def test_writers_wait_until_the_connection_takes_more() -> None:
     takes more, or once the client is gone; not while it pushes back.
     """
     answer = Answer()
-    producer = Backpressure(answer)
+    producer = Backpressure(RequestOutlet(answer))
     assert Deferred.fromCoroutine(producer.ready()).called
     producer.pauseProducing()
     waiting = Deferred.fromCoroutine(producer.ready())
@@ -75,7 +75,7 @@ def test_closing_lets_go() -> None:
     the producer; a waiting writer may also give up.
     """
     answer = Answer()
-    producer = Backpressure(answer)
+    producer = Backpressure(RequestOutlet(answer))
     producer.pauseProducing()
     producer.send(b"x")
     given_up = Deferred.fromCoroutine(producer.ready())

@@ -8,10 +8,11 @@ import json
 import select
 import socket
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import pytest
 import pytest_twisted
+from twisted.internet import tcp
 from twisted.internet.threads import deferToThread
 from twisted.web.test.requesthelper import DummyChannel
 
@@ -109,25 +110,17 @@ async def test_a_long_request_line_after_an_answer_is_414(serve: Callable[..., S
 def count_reads(site: Served) -> list[int]:
     """
     :return: a list that gets the length of every piece of data the
-        site's connections read from now on.
+        site's connections read from now on (whichever protocol takes it).
     """
-    factory = site.listening.factory
-    build = factory.buildProtocol
     read: list[int] = []
 
-    def counting(addr):
-        protocol = build(addr)
-        if protocol is not None:
-            received = protocol.dataReceived
+    class Counting(tcp.Server):
+        # What the connection read, before its protocol gets it.
+        def _dataReceived(self, data: bytes) -> Any:
+            read.append(len(data))
+            return super()._dataReceived(data)
 
-            def dataReceived(data: bytes) -> None:
-                read.append(len(data))
-                received(data)
-
-            protocol.dataReceived = dataReceived
-        return protocol
-
-    factory.buildProtocol = counting
+    site.listening.transport = Counting
     return read
 
 

@@ -150,7 +150,9 @@ ERRORS = [
     ("/hourly/1/5/4", 400),
     ("/minutely/1/5/4", 400),
     ("/last/3", 404),
-    ("/last/99999999999", 404),
+    # No meter has such an id: the single-meter original's last n ms.
+    ("/last/99999999999", 200),
+    ("/last/1234567890123456", 400),
     ("/blip/7", 404),
     ("/blip/99999999999", 404),
     ("/nothing/here", 404),

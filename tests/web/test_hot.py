@@ -7,6 +7,7 @@ clients that never read).
 
 import socket
 from typing import Callable
+from unittest.mock import ANY
 
 import pytest_twisted
 from twisted.internet.defer import Deferred
@@ -115,6 +116,29 @@ async def test_last_prefers_the_live_point(serve: Callable[..., Served]) -> None
     assert (await site.get("/last"))[2] == f"[{T0 + 777_000},321]".encode()
     code, _, content = await site.get("/last/3")
     assert (code, content) == (404, b'{"error":"no readings for meter 3"}')
+
+
+@pytest_twisted.ensureDeferred
+async def test_last_of_a_number_no_meter_has(serve: Callable[..., Served]) -> None:
+    """
+    /last/<n> names a meter when one is configured, seen by the hub or has
+    readings in the database; any other number is the single-meter
+    original's /last/<ms>: the default meter's points of the last n ms.
+    """
+    site = hot_site(serve)
+    now = int(site.clock.seconds() * 1000)
+    await site.store.insert([
+        Point(1, now - 1_500_000, 10), Point(1, now - 1_100_000, 11), Point(1, now - 1000, 12),
+        Point(4, now - 5, 99),
+    ])
+    code, _, content = await site.get("/last/1200000")
+    assert (code, content) == (200, f"[[{now - 1_100_000},11],[{now - 1000},12]]".encode())
+    assert (await site.get("/last/999999999999999"))[2].startswith(f"[[{now - 1_500_000},10],".encode())
+    assert await site.get("/last/3") == (404, ANY, b'{"error":"no readings for meter 3"}')
+    assert (await site.get("/last/4"))[::2] == (200, f"[{now - 5},99]".encode())
+    assert (await site.get("/last/2"))[::2] == (200, b"[]")
+    site.hub.publish(Point(2, now, 7))
+    assert (await site.get("/last/2"))[::2] == (200, f"[{now},7]".encode())
 
 
 @pytest_twisted.ensureDeferred

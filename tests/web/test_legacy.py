@@ -56,6 +56,9 @@ EXACT = [
     ("/usage/1/" + str(int(NOW * 1000) - T0 - 5000), b"[5]"),
     ("/usage/7/1000", b"[0]"),
     ("/last/1/" + str(int(NOW * 1000) - T0 - 8000), pairs(METER1[8:])),
+    # A number no meter has: the single-meter original's last n ms.
+    ("/last/" + str(int(NOW * 1000) - T0 - 8000), pairs(METER1[8:])),
+    ("/last/5", b"[]"),
 ]
 
 
@@ -89,3 +92,23 @@ async def test_whole_numbers_print_as_postgresql_does(serve: Callable[..., Serve
     await site.store.insert([Point(4, T0 + HOUR, 1000), Point(4, T0 + HOUR + 1000, 1000)])
     code, _, content = await site.get(f"/hourly/4/{T0}/{T0 + HOUR}")
     assert content == f"[[{T0 + HOUR},2,3600,1000,1000]]".encode()
+
+
+@pytest_twisted.ensureDeferred
+async def test_last_of_n_says_since_when_raw_points_are_kept(serve: Callable[..., Served]) -> None:
+    """
+    The single-meter ``/last/<ms>`` answers raw points, and says since when
+    they are kept, as ``/last/<id>/<ms>`` does; ``/last/<id>`` of a meter
+    known only to the database answers its last point, which needs no such
+    header.
+    """
+    site = serve(Meters([Meter(1)]), now=NOW, memory=True, raw_since=lambda: T0 - HOUR)
+    await site.store.insert([Point(1, s, ms) for s, ms in METER1] + [Point(2, T0, 42)])
+    span = int(NOW * 1000) - T0 - 8000
+    for path in (f"/last/{span}", f"/last/1/{span}"):
+        code, headers, content = await site.get(path)
+        assert (code, content) == (200, pairs(METER1[8:]))
+        assert headers.getRawHeaders(b"Blip-Raw-Since") == [str(T0 - HOUR).encode()]
+    code, headers, content = await site.get("/last/2")
+    assert (code, content) == (200, f"[{T0},42]".encode())
+    assert not headers.hasHeader(b"Blip-Raw-Since")

@@ -7,6 +7,9 @@ a traceback or answers an error in anything but JSON.
 """
 
 import json
+import select
+import socket
+import time
 from ipaddress import ip_network
 from typing import Callable
 from urllib.parse import quote
@@ -23,6 +26,7 @@ from twisted.logger import LogLevel, formatEvent
 from blip.meters import Meters
 from blip.model import Point
 from blip.web.access import Rules
+from blip.web.site import with_backlog
 from tests.conftest import Served, exchange, fetch
 
 
@@ -298,3 +302,70 @@ async def test_raw_fuzzed_requests_never_get_a_500_nor_a_traceback(
         if "log_failure" in e or e.get("log_level") in (LogLevel.error, LogLevel.critical)
     ]
     assert failures == [], [formatEvent(e) for e in failures]
+
+
+@pytest.mark.parametrize(
+    "description, expected",
+    [
+        ("tcp:8080:interface=127.0.0.1", "tcp:8080:interface=127.0.0.1:backlog=4096"),
+        ("unix:/run/blip.sock", "unix:/run/blip.sock:backlog=4096"),
+        ("ssl:443:privateKey=a\\:b.pem", "ssl:443:privateKey=a\\:b.pem:backlog=4096"),
+        ("tcp:8080:backlog=10", "tcp:8080:backlog=10"),
+        ("systemd:domain=INET:index=0", "systemd:domain=INET:index=0"),
+    ],
+)
+def test_a_listen_endpoint_gets_a_deep_backlog(description: str, expected: str) -> None:
+    """
+    An endpoint that takes a listen backlog and names none gets one of
+    :data:`BACKLOG`; one that names its own, or takes none (a socket
+    systemd listens on), is left as it is.
+    """
+    assert with_backlog(description) == expected
+
+
+def connect_many(port: int, count: int, within: float) -> int:
+    """
+    Open ``count`` connections to ``port`` at once (blocking: run it in a
+    thread).
+
+    :return: how many of them the kernel established within ``within``
+        seconds (one whose handshake found the listen backlog full is
+        retried a second later).
+    """
+    sockets = []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.setblocking(False)
+            s.connect_ex(("127.0.0.1", port))
+            sockets.append(s)
+        waiting, deadline = set(sockets), time.monotonic() + within
+        while waiting and time.monotonic() < deadline:
+            _, ready, _ = select.select([], list(waiting), [], max(0.0, deadline - time.monotonic()))
+            waiting -= set(ready)
+        return count - len(waiting)
+    finally:
+        for s in sockets:
+            s.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_connections_wait_in_a_deep_backlog() -> None:
+    """
+    The backlog reaches the kernel: while nothing is accepted, 300
+    clients connecting at once all get their connection at once, where
+    Twisted's backlog of 50 would have most of them retry a second later.
+    """
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import serverFromString
+    from twisted.internet.protocol import Factory, Protocol
+
+    port = await serverFromString(reactor, with_backlog("tcp:0:interface=127.0.0.1")).listen(
+        Factory.forProtocol(Protocol)
+    )
+    port.stopReading()
+    try:
+        assert await deferToThread(connect_many, port.getHost().port, 300, 0.9) == 300
+    finally:
+        port.startReading()
+        await port.stopListening()

@@ -5,7 +5,7 @@ changes one fails here rather than in the daemon.
 """
 
 import socket
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import pytest
 import pytest_twisted
@@ -13,6 +13,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import StringTransport
+from twisted.protocols.policies import WrappingFactory
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
@@ -21,12 +22,14 @@ from blip.web.twisted_private import (
     HookedChannel,
     HookedRequest,
     connection_gone,
+    hand_over,
     prerenderable,
+    send,
     send_now,
     send_prerendered,
     started_writing,
 )
-from tests.conftest import within
+from tests.conftest import wait_until, within
 
 
 class Parking(Resource):
@@ -281,23 +284,64 @@ def test_a_request_whose_connection_is_lost_has_no_channel() -> None:
 
 
 class Sender(Protocol):
-    """Writes a message as soon as it is connected, then reads the peer."""
+    """
+    Writes as ``write`` does as soon as it is connected, then notes what
+    the peer can read at once and whether anything is left buffered, and
+    closes (after sending what is left).
+    """
 
-    def __init__(self, now: bool, peer: socket.socket, done: "Deferred[Optional[bytes]]") -> None:
-        self.now = now
+    def __init__(
+        self,
+        write: Callable[[Any], None],
+        peer: socket.socket,
+        done: "Deferred[tuple[Optional[bytes], bool]]",
+    ) -> None:
+        self.write = write
         self.peer = peer
         self.done = done
 
     def connectionMade(self) -> None:
-        self.transport.write(b"hello")
-        if self.now:
-            send_now(self.transport)
+        self.write(self.transport)
+        buffered = bool(self.transport.dataBuffer or self.transport._tempDataBuffer)
         try:
             arrived: Optional[bytes] = self.peer.recv(100, socket.MSG_DONTWAIT)
         except BlockingIOError:
             arrived = None
         self.transport.loseConnection()
-        self.done.callback(arrived)
+        self.done.callback((arrived, buffered))
+
+
+async def sent(write: Callable[[Any], None]) -> tuple[Optional[bytes], bool, bytes]:
+    """
+    :return: what a peer could read at once of what ``write`` wrote on a
+        new TCP connection, whether some was left buffered, and all it
+        read in the end.
+    """
+    from twisted.internet import reactor
+
+    done: Deferred[tuple[Optional[bytes], bool]] = Deferred()
+    peer = socket.socket()
+    port = reactor.listenTCP(
+        0, Factory.forProtocol(lambda: Sender(write, peer, done)), interface="127.0.0.1"
+    )
+    try:
+        peer.connect(("127.0.0.1", port.getHost().port))
+        arrived, buffered = await within(done)
+        got = [arrived or b""]
+
+        def read() -> bool:
+            try:
+                chunk = peer.recv(100, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return False
+            got.append(chunk)
+            return chunk == b""
+
+        await wait_until(read)
+        return arrived, buffered, b"".join(got)
+    finally:
+        peer.close()
+        await port.stopListening()
 
 
 @pytest.mark.parametrize("now", [True, False])
@@ -307,19 +351,15 @@ async def test_send_now_sends_before_the_reactor_looks(now: bool) -> None:
     A TCP transport's ``doWrite`` sends what it holds at once: the peer
     can read it before the reactor's next turn (without it, not yet).
     """
-    from twisted.internet import reactor
 
-    done: Deferred[Optional[bytes]] = Deferred()
-    peer = socket.socket()
-    port = reactor.listenTCP(
-        0, Factory.forProtocol(lambda: Sender(now, peer, done)), interface="127.0.0.1"
-    )
-    try:
-        peer.connect(("127.0.0.1", port.getHost().port))
-        assert await within(done) == (b"hello" if now else None)
-    finally:
-        peer.close()
-        await port.stopListening()
+    def write(transport: Any) -> None:
+        transport.write(b"hello")
+        if now:
+            send_now(transport)
+
+    arrived, _, everything = await sent(write)
+    assert arrived == (b"hello" if now else None)
+    assert everything == b"hello"
 
 
 class Closer(Protocol):
@@ -410,3 +450,102 @@ def test_reads_do_not_restart_the_timeout() -> None:
     assert not transport.disconnecting
     clock.advance(1)
     assert transport.disconnecting
+
+
+class First(Protocol):
+    """Reads one message, then hands the connection over to ``Second``."""
+
+    def __init__(self, second: "Second") -> None:
+        self.second = second
+        self.got: list[bytes] = []
+
+    def dataReceived(self, data: bytes) -> None:
+        self.got.append(data)
+        hand_over(self.transport, self.second, b"early:" + data)
+
+
+class Second(Protocol):
+    """Takes over: notes what reaches it, and when the connection goes."""
+
+    def __init__(self) -> None:
+        self.got: list[bytes] = []
+        self.made = 0
+        self.lost: Deferred[None] = Deferred()
+
+    def connectionMade(self) -> None:
+        self.made += 1
+
+    def dataReceived(self, data: bytes) -> None:
+        self.got.append(data)
+        if b"bye" in b"".join(self.got):
+            self.transport.write(b"ok")
+            self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure = None) -> None:
+        self.lost.callback(None)
+
+
+@pytest.mark.parametrize("wrapped", [False, True])
+@pytest_twisted.ensureDeferred
+async def test_a_connection_handed_over_delivers_to_its_new_protocol(wrapped: bool) -> None:
+    """
+    Once handed over, a TCP connection's protocol is the new one (also
+    behind a wrapping protocol, as TLS is): it is connected once, gets what
+    arrived before it took over, then all that arrives after, writes on
+    the same connection, and hears of its end; the first protocol hears
+    nothing more.
+    """
+    from twisted.internet import reactor
+
+    second = Second()
+    first = First(second)
+    factory: Any = Factory.forProtocol(lambda: first)
+    if wrapped:
+        factory = WrappingFactory(factory)
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    peer = socket.create_connection(("127.0.0.1", port.getHost().port), timeout=10)
+    try:
+        peer.sendall(b"one")
+        await wait_until(lambda: second.got)
+        peer.sendall(b"two bye")
+        await within(second.lost)
+        assert peer.recv(100) == b"ok"
+        assert first.got == [b"one"]
+        assert b"".join(second.got) == b"early:onetwo bye"
+        assert second.made == 1
+    finally:
+        peer.close()
+        await port.stopListening()
+
+
+@pytest.mark.parametrize(
+    "before, arrived, buffered",
+    [(b"", b"hello", False), (b"first ", None, True)],
+)
+@pytest_twisted.ensureDeferred
+async def test_send_goes_straight_to_the_socket_unless_something_waits(
+    before: bytes, arrived: Optional[bytes], buffered: bool
+) -> None:
+    """
+    ``send`` on a TCP transport with nothing buffered puts the bytes on
+    its socket at once (the peer reads them before the reactor's next
+    turn, nothing is left in the buffer); after a write still buffered,
+    it queues behind it, and the peer reads both in order.
+    """
+
+    def write(transport: Any) -> None:
+        if before:
+            transport.write(before)
+        send(transport, b"hello")
+
+    assert await sent(write) == (arrived, buffered, before + b"hello")
+
+
+def test_send_without_a_socket_writes_as_usual() -> None:
+    """
+    A transport without a socket of its own (TLS, or a test's) gets the
+    bytes through its usual ``write``.
+    """
+    transport = StringTransport()
+    send(transport, b"hello")
+    assert transport.value() == b"hello"

@@ -10,7 +10,7 @@ from twisted.web.server import Request
 
 from blip.db.v1 import V1Queries
 from blip.web.answers import encode
-from blip.web.backpressure import Backpressure
+from blip.web.backpressure import Backpressure, RequestOutlet
 
 #: Points read from the database at a time.
 PAGE = 20_000
@@ -58,7 +58,7 @@ class Export:
         Write the whole answer body, a page at a time, pausing while the
         client's connection does not take more.
         """
-        producer = Backpressure(request)
+        producer = Backpressure(RequestOutlet(request))
         try:
             request.write(self._head())
             cursor, first_page = self.first, True

@@ -23,7 +23,6 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.web.iweb import IRequest
 from twisted.web.server import Request
 
 from blip.db.readings import Readings
@@ -31,7 +30,7 @@ from blip.live.hub import Hub
 from blip.meters import Meter, Meters
 from blip.model import INT_MAX, Point
 from blip.web.answers import encode
-from blip.web.backpressure import Backpressure
+from blip.web.backpressure import Backpressure, Outlet, RequestOutlet
 
 #: Seconds between heartbeat comments.
 HEARTBEAT = 15.0
@@ -46,31 +45,52 @@ PAGE = 2000
 RETRY = 2000
 
 
+#: The headers of a live stream's answer, after the CORS and caching ones
+#: (whose ``Cache-Control`` the stream's replaces).
+STREAM_HEADERS = (
+    (b"Content-Type", b"text/event-stream"),
+    (b"Cache-Control", b"no-cache"),
+    (b"X-Accel-Buffering", b"no"),
+)
+
+
 class Stream:
     """
     One client's event stream.
 
     :param live: the live hub it belongs to.
-    :param request: the client's request, its headers already set.
+    :param outlet: where its events go: its request's answer, the status
+        and headers set, or its connection, the head written.
     :param meters: the meters it follows; None for every meter.
     """
 
+    __slots__ = ("live", "meters", "sent", "held", "ended", "producer", "_done")
+
     log = Logger()
 
-    def __init__(self, live: "Live", request: Request, meters: Optional[frozenset[int]]) -> None:
+    def __init__(self, live: "Live", outlet: Outlet, meters: Optional[frozenset[int]]) -> None:
         self.live = live
-        self.request = request
         self.meters = meters
         #: The stamp of the last point sent, per meter.
         self.sent: dict[int, int] = {}
         #: Points that arrive while the stream replays, sent after it.
         self.held: Optional[deque[Point]] = None
-        #: Fires when the stream is over.
-        self.done: Deferred[None] = Deferred()
         #: Whether the stream is over.
         self.ended = False
         #: Knows whether the client's connection takes more.
-        self.producer = Backpressure(request)
+        self.producer = Backpressure(outlet)
+        self._done: Optional[Deferred[None]] = None
+
+    @property
+    def done(self) -> "Deferred[None]":
+        """
+        Fires when the stream is over.
+        """
+        if self._done is None:
+            self._done = Deferred()
+            if self.ended:
+                self._done.callback(None)
+        return self._done
 
     def wants(self, point: Point) -> bool:
         """
@@ -121,26 +141,21 @@ class Stream:
         End the stream of a client that does not keep up; it reconnects
         and resumes from the last event it got.
         """
-        self.log.warn("dropping live client {peer}: {why}", peer=_peer(self.request), why=why)
+        self.log.warn("dropping live client {peer}: {why}", peer=self.producer.outlet.peer(), why=why)
         self.live.dropped += 1
         self.end()
 
     def end(self) -> None:
         """
-        Forget the stream and let its handler finish the answer.
+        Forget the stream and let its outlet finish the answer.
         """
         if self.ended:
             return
         self.ended = True
         self.live.forget(self)
         self.producer.close()
-        if not self.done.called:
-            self.done.callback(None)
-
-
-def _peer(request: IRequest) -> str:
-    address = request.getClientAddress()
-    return str(getattr(address, "host", address))
+        if self._done is not None and not self._done.called:
+            self._done.callback(None)
 
 
 class Live:
@@ -209,13 +224,22 @@ class Live:
         """
         Start a stream on ``request`` (whose status and headers are set).
         """
-        stream = Stream(self, request, None if meters is None else frozenset(meters))
+        stream = self.attach(RequestOutlet(request), None if meters is None else frozenset(meters))
+        request.notifyFinish().addBoth(lambda _: stream.end())
+        return stream
+
+    def attach(self, outlet: Outlet, meters: Optional[frozenset[int]]) -> Stream:
+        """
+        Start a stream whose events go to ``outlet``; it ends when the
+        client hangs up (whoever sees that calls :meth:`Stream.end`), falls
+        behind, or the daemon stops.
+        """
+        stream = Stream(self, outlet, meters)
         self.streams[stream] = None
         if not self._beat.running:
             self._beat.start(HEARTBEAT, now=False).addErrback(
                 lambda f: self.log.failure("heartbeat failed", f)
             )
-        request.notifyFinish().addBoth(lambda _: stream.end())
         stream.write(b"retry: %d\n\n" % RETRY)
         return stream
 

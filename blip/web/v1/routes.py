@@ -52,7 +52,7 @@ from blip.web.limits import (
 from blip.web.paths import meter_id
 from blip.web.v1.export import Export
 from blip.web.v1.heavy import Heavy, Ticket
-from blip.web.v1.live import Live
+from blip.web.v1.live import STREAM_HEADERS, Live
 from blip.web.v1.openapi import document
 from blip.web.v1.query import EARLIEST, BadParameter, Query, last_event_id
 from blip.web.v1.series import Series
@@ -345,9 +345,8 @@ class ApiV1:
                     f" ({REPLAY_DEPTH // 60_000} minutes) back; open it without Last-Event-ID",
                 )
             replaying = self.heavy.take(request)
-        request.setHeader(b"Content-Type", b"text/event-stream")
-        request.setHeader(b"Cache-Control", b"no-cache")
-        request.setHeader(b"X-Accel-Buffering", b"no")
+        for name, value in STREAM_HEADERS:
+            request.setHeader(name, value)
         with replaying:
             if request.method == b"HEAD":
                 return b""

@@ -1,0 +1,416 @@
+"""
+Tests of the lean path: the heads it reads, its deadlines, and over real
+ports that its answers are byte for byte those of the usual way (a
+connection handed over to Twisted Web's channel), that a parked client
+holds no request, that what it does not answer goes the usual way, and
+that pipelining, deadlines, access control and metrics hold on it.
+"""
+
+import gc
+import socket
+from typing import Callable, Optional
+
+import pytest
+import pytest_twisted
+from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet.task import Clock
+from twisted.internet.threads import deferToThread
+from twisted.web.server import Request
+
+from blip.meters import Meter, Meters
+from blip.model import Point
+from blip.web.access import Rules, network
+from blip.web.answers import Cors
+from blip.web.lean import Deadlines, read_head
+from tests.conftest import TIMEOUT, Served, wait_until
+
+T0 = 1_700_000_000_000
+METERS = Meters([Meter(1), Meter(3)])
+PAGE = b"https://page.example"
+#: Pages of one origin may read the answers: the CORS headers vary.
+ONE_PAGE = Cors(frozenset({PAGE}))
+
+
+@pytest.mark.parametrize(
+    "head, kind, meter, meters, close, origin",
+    [
+        (b"GET /blip/12 HTTP/1.1\r\nHost: x", b"blip", 12, None, False, None),
+        (b"GET /last?_=12 HTTP/1.1", b"last", 1, None, False, None),
+        (b"GET /api/v1/live?meters=3,1,3 HTTP/1.1", b"live", 1, {1, 3}, False, None),
+        (b"GET /last HTTP/1.1\r\nConnection: keep-alive, close\r\nOrigin: a\r\nOrigin: b", b"last", 1, None, True, b"b"),
+        (b"GET /last HTTP/1.1\r\nconnection:Close\r\nContent-Length: 00", b"last", 1, None, True, None),
+        (b"GET /last HTTP/1.1\r\nConnection: close, te", b"last", 1, None, False, None),
+        (b"GET /last HTTP/1.1\r\nX-Any: \x01 odd but allowed", b"last", 1, None, False, None),
+    ],
+)
+def test_heads_read(
+    head: bytes, kind: bytes, meter: int, meters: Optional[set[int]], close: bool, origin: Optional[bytes]
+) -> None:
+    """
+    A GET over HTTP/1.1 of a route of the lean path is read: its route,
+    meter or meters (a query of /blip or /last changes nothing), whether
+    it closes the connection (as Twisted reads ``Connection``: its first
+    line, split at spaces), its last ``Origin``; headers it does not need
+    are let be.
+    """
+    read = read_head(head)
+    assert read is not None
+    assert (read.kind, read.meter, read.meters, read.close, read.origin) == (kind, meter, meters, close, origin)
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"HEAD /last HTTP/1.1",
+        b"POST /last HTTP/1.1",
+        b"GET /last HTTP/1.0",
+        b"GET  /last HTTP/1.1",
+        b"GET last HTTP/1.1",
+        b"GET /last HTTP/1.1\r\nHost: x\r\nHost: y",
+        b"GET /last HTTP/1.1\r\nHost: a..b",
+        b"GET /last/ HTTP/1.1",
+        b"GET /last/%31 HTTP/1.1",
+        b"GET /last/1234567890123456 HTTP/1.1",
+        b"GET /blip/2147483648 HTTP/1.1",
+        b"GET /since/1/0 HTTP/1.1",
+        b"GET http://blip.example/last HTTP/1.1",
+        b"GET /api/v1/live?meters=1&x=2 HTTP/1.1",
+        b"GET /api/v1/live?meters= HTTP/1.1",
+        b"GET /last HTTP/1.1\r\nX-Folded: a\r\n b",
+        b"GET /last HTTP/1.1\r\nBad Name: a",
+        b"GET /last HTTP/1.1\r\nNoColon",
+        b"GET /last HTTP/1.1\r\nX: a\nY: b",
+        b"GET /last HTTP/1.1\r\nX: a\rb",
+        b"GET /last HTTP/1.1\r\nX: a\0b",
+        b"GET /last HTTP/1.1\r\nContent-Length: 1",
+        b"GET /last HTTP/1.1\r\nContent-Length: 0\r\nContent-Length: 0",
+        b"GET /last HTTP/1.1\r\nContent-Length: ",
+        b"GET /last HTTP/1.1\r\nTransfer-Encoding: chunked",
+        b"GET /last HTTP/1.1\r\nExpect: 100-continue",
+        b"GET /last HTTP/1.1" + b"\r\nX: y" * 101,
+    ],
+)
+def test_heads_left_to_the_usual_way(head: bytes) -> None:
+    """
+    Anything but a plain GET over HTTP/1.1 without a body of a route of
+    the lean path — another method, version or route, a path the router
+    reads otherwise, a meter id out of range, a query of the live stream
+    other than meter ids, a malformed line, a second or bad Host, a folded
+    header, a bare CR or LF, a NUL, a body, chunks, an expectation, too
+    many headers — is not read here: the site answers it as it always did.
+    """
+    assert read_head(head) is None
+
+
+def test_deadlines_pass_in_order_and_can_be_lifted() -> None:
+    """
+    Each party armed has its deadline, the same time after it was armed
+    (armed again, counted afresh); those passed are handed over in order,
+    a disarmed one never; one timer runs at a time.
+    """
+    clock = Clock()
+    passed: list[str] = []
+    deadlines: Deadlines[str] = Deadlines(clock, passed.append)
+    deadlines.arm("a", 10)
+    clock.advance(3)
+    deadlines.arm("b", 10)
+    deadlines.arm("c", 10)
+    clock.advance(3)
+    deadlines.arm("a", 10)
+    deadlines.disarm("c")
+    assert len(clock.getDelayedCalls()) == 1
+    clock.advance(4)
+    assert passed == []
+    clock.advance(3)
+    assert passed == ["b"]
+    clock.advance(3)
+    assert passed == ["b", "a"] and len(deadlines) == 0
+    assert clock.getDelayedCalls() == []
+
+
+# -- over real ports ---------------------------------------------------------
+
+
+def connect(site: Served) -> socket.socket:
+    """:return: a connection to the site."""
+    return socket.create_connection(("127.0.0.1", site.port), timeout=TIMEOUT)
+
+
+def handed_over(site: Served) -> socket.socket:
+    """
+    :return: a connection that the lean path handed over to the channel
+        (its first request, an OPTIONS, went the usual way), whose next
+        requests go the usual way too.
+    """
+    s = connect(site)
+    s.sendall(b"OPTIONS /last HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert read_until(s, b"\r\n\r\n").startswith(b"HTTP/1.1 200 ")
+    return s
+
+
+def read_until(s: socket.socket, end: bytes) -> bytes:
+    """:return: what arrives on ``s`` up to and with ``end`` (blocking)."""
+    data = b""
+    while not data.endswith(end):
+        chunk = s.recv(1)
+        assert chunk, f"closed after {data!r}"
+        data += chunk
+    return data
+
+
+def undated(answer: bytes) -> bytes:
+    """:return: ``answer`` without its Date header."""
+    return b"\r\n".join(line for line in answer.split(b"\r\n") if not line.startswith(b"Date: "))
+
+
+def request(path: bytes, origin: Optional[bytes], close: bool, *more: bytes) -> bytes:
+    """:return: a GET of ``path`` with the headers given."""
+    lines = [b"GET %s HTTP/1.1" % path, b"Host: blip.example", *more]
+    if origin is not None:
+        lines.append(b"Origin: " + origin)
+    if close:
+        lines.append(b"Connection: close")
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+async def both(site: Served, sent: bytes) -> tuple[socket.socket, socket.socket]:
+    """:return: a lean connection and a handed-over one, each sent ``sent``."""
+    lean = connect(site)
+    usual = await deferToThread(handed_over, site)
+    lean.sendall(sent)
+    usual.sendall(sent)
+    return lean, usual
+
+
+@pytest.mark.parametrize("close", [False, True])
+@pytest.mark.parametrize("origin", [None, PAGE, b"https://elsewhere.example"])
+@pytest.mark.parametrize("path", [b"/last", b"/last/1"])
+@pytest_twisted.ensureDeferred
+async def test_last_answers_as_the_usual_way(
+    serve: Callable[..., Served], path: bytes, origin: Optional[bytes], close: bool
+) -> None:
+    """
+    /last from memory answers, on the lean path, the very bytes of the
+    usual way, CORS headers and ``Connection: close`` included.
+    """
+    site = serve(METERS, cors=ONE_PAGE)
+    site.hub.publish(Point(1, T0, 1000))
+    lean, usual = await both(site, request(path, origin, close))
+    try:
+        ends = b"[%d,1000]" % T0
+        answers = [await deferToThread(read_until, s, ends) for s in (lean, usual)]
+        assert undated(answers[0]) == undated(answers[1])
+        assert (b"\r\nConnection: close\r\n" in answers[0]) is close
+    finally:
+        lean.close()
+        usual.close()
+
+
+@pytest.mark.parametrize("close", [False, True])
+@pytest.mark.parametrize("ending", ["point", "timeout", "stop"])
+@pytest_twisted.ensureDeferred
+async def test_long_polls_answer_as_the_usual_way(
+    serve: Callable[..., Served], ending: str, close: bool
+) -> None:
+    """
+    A long-poll parked on the lean path is answered with the bytes the
+    usual way answers: the point, 204 once --longpoll-timeout passed, 503
+    when the daemon stops; then the connection serves its next request,
+    or closes if asked to.
+    """
+    site = serve(METERS, cors=ONE_PAGE, longpoll_timeout=5.0)
+    lean, usual = await both(site, request(b"/blip/1", PAGE, close))
+    try:
+        await wait_until(lambda: site.hub.waiting == 2)
+        if ending == "point":
+            site.hub.publish(Point(1, T0, 1234))
+            ends = b"[%d,1234]" % T0
+        elif ending == "timeout":
+            site.clock.advance(5)
+            ends = b"\r\n\r\n"
+        else:
+            site.hub.close()
+            ends = b'{"error":"shutting down"}'
+        answers = [await deferToThread(read_until, s, ends) for s in (lean, usual)]
+        assert undated(answers[0]) == undated(answers[1])
+        assert site.hub.waiting == 0
+        if close:
+            assert await deferToThread(lean.recv, 1) == b""
+        else:
+            site.hub.publish(Point(1, T0 + 1, 5))
+            lean.sendall(request(b"/last/1", None, False))
+            assert (await deferToThread(read_until, lean, b"[%d,5]" % (T0 + 1))).startswith(
+                b"HTTP/1.1 200 OK\r\n"
+            )
+    finally:
+        lean.close()
+        usual.close()
+
+
+@pytest.mark.parametrize("close", [False, True])
+@pytest_twisted.ensureDeferred
+async def test_live_streams_answer_as_the_usual_way(serve: Callable[..., Served], close: bool) -> None:
+    """
+    A live stream on the lean path has the head, events and end of the
+    usual way's, byte for byte; after its end (the daemon stopping) the
+    connection serves its next request, or closes if asked to.
+    """
+    site = serve(METERS, cors=ONE_PAGE)
+    sent = request(b"/api/v1/live?meters=1,3", PAGE, close, b"Accept: text/event-stream")
+    lean, usual = await both(site, sent)
+    try:
+        heads = [await deferToThread(read_until, s, b"retry: 2000\n\n\r\n") for s in (lean, usual)]
+        assert undated(heads[0]) == undated(heads[1])
+        assert b"\r\nTransfer-Encoding: chunked\r\n" in heads[0]
+        await wait_until(lambda: site.live.clients == 2)
+        site.hub.publish(Point(3, T0, 1000))
+        site.hub.publish(Point(2, T0 + 1, 1000))
+        events = [await deferToThread(read_until, s, b"}\n\n\r\n") for s in (lean, usual)]
+        assert events[0] == events[1] and b'"meter":3' in events[0]
+        site.live.close()
+        ends = [await deferToThread(read_until, s, b"0\r\n\r\n") for s in (lean, usual)]
+        assert ends[0] == ends[1] == b"0\r\n\r\n"
+        if close:
+            assert await deferToThread(lean.recv, 1) == b""
+        else:
+            lean.sendall(request(b"/last/1", None, False))
+            site.hub.publish(Point(1, T0 + 2, 7))
+            assert (await deferToThread(read_until, lean, b"[%d,7]" % (T0 + 2))).startswith(b"HTTP/1.1 200")
+    finally:
+        lean.close()
+        usual.close()
+
+
+def requests_alive() -> int:
+    """:return: how many Twisted Web requests exist now."""
+    gc.collect()
+    return sum(1 for o in gc.get_objects() if isinstance(o, Request))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_parked_client_holds_no_request(serve: Callable[..., Served]) -> None:
+    """
+    Long-polls and live streams on the lean path hold no request object
+    while they wait: a socket and a few small objects each.
+    """
+    site = serve(METERS)
+    before = requests_alive()
+    clients = [connect(site) for _ in range(20)]
+    try:
+        for i, s in enumerate(clients):
+            if i % 2:
+                s.sendall(request(b"/blip", None, False))
+            else:
+                s.sendall(request(b"/api/v1/live", None, False, b"Accept: text/event-stream"))
+        await wait_until(lambda: site.hub.waiting == 10 and site.live.clients == 10)
+        assert requests_alive() <= before
+    finally:
+        for s in clients:
+            s.close()
+    await wait_until(lambda: site.hub.waiting == 0 and site.live.clients == 0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_pipelined_requests_are_answered_in_order(serve: Callable[..., Served]) -> None:
+    """
+    Requests sent at once on one connection are answered in order: a
+    long-poll holds those behind it until its point, and a request that
+    goes the usual way takes the rest along.
+    """
+    site = serve(METERS)
+    s = connect(site)
+    try:
+        s.sendall(
+            request(b"/blip/1", None, False) + request(b"/last/1", None, False)
+            + request(b"/blip/1", None, False) + request(b"/api/v1/meters/3", None, False)
+            + request(b"/last", None, False)
+        )
+        await wait_until(lambda: site.hub.waiting == 1)
+        site.hub.publish(Point(1, T0, 10))
+        first = await deferToThread(read_until, s, b"[%d,10]" % T0)
+        second = await deferToThread(read_until, s, b"[%d,10]" % T0)
+        assert first.startswith(b"HTTP/1.1 200 ") and second.startswith(b"HTTP/1.1 200 ")
+        await wait_until(lambda: site.hub.waiting == 1)
+        site.hub.publish(Point(1, T0 + 1, 11))
+        assert (await deferToThread(read_until, s, b"[%d,11]" % (T0 + 1))).startswith(b"HTTP/1.1 200 ")
+        meter = await deferToThread(read_until, s, b"}")
+        assert meter.startswith(b"HTTP/1.1 200 ") and b'"id":3' in meter
+        assert (await deferToThread(read_until, s, b"[%d,11]" % (T0 + 1))).startswith(b"HTTP/1.1 200 ")
+    finally:
+        s.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_idle_connection_is_closed_at_its_deadline(serve: Callable[..., Served]) -> None:
+    """
+    A connection that sends no request, or no next one after an answer,
+    is closed once the site's timeout passes, as the channel closes it.
+    """
+    site = serve(METERS)
+    site.listening.factory.timeOut = 0.3
+    site.hub.publish(Point(1, T0, 10))
+    idle, answered = connect(site), connect(site)
+    try:
+        answered.sendall(request(b"/last/1", None, False))
+        assert (await deferToThread(read_until, answered, b"[%d,10]" % T0)).startswith(b"HTTP/1.1 200 ")
+        assert await deferToThread(idle.recv, 1) == b""
+        assert await deferToThread(answered.recv, 1) == b""
+    finally:
+        idle.close()
+        answered.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_proxy_s_clients_are_judged_by_their_headers(serve: Callable[..., Served]) -> None:
+    """
+    Behind a trusted proxy, each request on the lean path is judged by
+    who its headers say it is from: an allowed client is served, another
+    is refused 403 the usual way.
+    """
+    rules = Rules((network("10.0.0.0/8"),), (network("127.0.0.1"),))
+    site = serve(METERS, rules=rules)
+    site.hub.publish(Point(1, T0, 10))
+    s = connect(site)
+    try:
+        s.sendall(request(b"/last/1", None, False, b"X-Forwarded-For: 10.1.2.3"))
+        assert (await deferToThread(read_until, s, b"[%d,10]" % T0)).startswith(b"HTTP/1.1 200 ")
+        s.sendall(request(b"/last/1", None, False, b"X-Forwarded-For: 192.0.2.7"))
+        refused = await deferToThread(read_until, s, b"}")
+        assert refused.startswith(b"HTTP/1.1 403 ") and b"192.0.2.7 is not allowed" in refused
+    finally:
+        s.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_lean_requests_are_counted(serve: Callable[..., Served]) -> None:
+    """
+    Requests answered on the lean path are counted and timed by route, as
+    every other request: /last, and long-polls answered or hung up.
+    """
+    site = serve(METERS)
+    site.hub.publish(Point(1, T0, 10))
+    s, gone = connect(site), connect(site)
+    try:
+        s.sendall(request(b"/last/1", None, False) * 2 + request(b"/blip", None, False))
+        gone.sendall(request(b"/blip/3", None, False))
+        await wait_until(lambda: site.hub.waiting == 2)
+        gone.close()
+        await wait_until(lambda: site.hub.waiting == 1)
+        site.hub.publish(Point(1, T0 + 1, 10))
+        await deferToThread(read_until, s, b"[%d,10]" % (T0 + 1))
+    finally:
+        s.close()
+    _, _, body = await site.get("/metrics")
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(body.decode())
+        for sample in family.samples
+    }
+
+    def requests(route: str) -> float:
+        return samples.get(
+            ("blip_http_requests_total", (("method", "GET"), ("route", route), ("status", "200"))), 0
+        )
+
+    assert (requests("/last/<meter>"), requests("/blip"), requests("/blip/<meter>")) == (2, 1, 1)
+    assert samples[("blip_http_request_duration_seconds_count", (("route", "/last/<meter>"),))] == 2
