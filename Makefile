@@ -89,10 +89,13 @@ bench-queries: venv postgres $(BENCH_STAMP)
 bench-disk: venv postgres $(BENCH_STAMP)
 	@$(call BENCH_RUN,disk)
 
+bench-forward: venv postgres $(BENCH_STAMP)
+	@$(call BENCH_RUN,forward)
+
 bench-retention: venv postgres $(BENCH_STAMP)
 	@$(call BENCH_RUN,retention)
 
-bench: bench-ingest bench-fanout bench-queries bench-disk bench-retention
+bench: bench-ingest bench-fanout bench-queries bench-disk bench-forward bench-retention
 
 clean:
 	rm -rf $(VENV) var node_modules

@@ -170,3 +170,30 @@ CREATE TABLE IF NOT EXISTS blip_schema (
     applied BIGINT  NOT NULL,   -- unix ms
     note    TEXT    NOT NULL
 );
+
+-- Device tokens of the write API (POST /api/v1/meters/<id>/readings): each
+-- writes only its meters. The token given out is "<id>.<secret>"; only the
+-- SHA-256 of its secret is kept (a secret of 32 random bytes needs no slow
+-- hash), and it is compared in constant time. `blip token` makes, lists
+-- and revokes them.
+CREATE TABLE IF NOT EXISTS device_tokens (
+    id      TEXT      PRIMARY KEY,   -- the token's public part
+    name    TEXT      NOT NULL,      -- what it is for (the device)
+    meters  INTEGER[] NOT NULL,      -- the meters it may write
+    hash    BYTEA     NOT NULL,      -- SHA-256 of its secret
+    created BIGINT    NOT NULL,      -- unix ms
+    revoked BIGINT                   -- unix ms; NULL while it is valid
+);
+
+-- Stretches when this node's logger was down, filled with the points of a
+-- peer logger of the same meter (--peer, `blip repair`): one row per
+-- stretch, each repaired once, from one peer.
+CREATE TABLE IF NOT EXISTS repairs (
+    meter    INTEGER NOT NULL,
+    started  BIGINT  NOT NULL,   -- unix ms the stretch starts
+    ended    BIGINT  NOT NULL,   -- unix ms it ends
+    peer     TEXT    NOT NULL,   -- the peer's URL
+    points   INTEGER NOT NULL,   -- points stored from it
+    repaired BIGINT  NOT NULL,   -- unix ms of the repair
+    PRIMARY KEY (meter, started)
+);

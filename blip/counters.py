@@ -18,7 +18,7 @@ LOG_INTERVAL = 60.0
 
 #: The fields of :class:`Counters` that are current values (gauges) rather
 #: than running totals.
-GAUGES = frozenset({"waiters", "backlog", "connections"})
+GAUGES = frozenset({"waiters", "backlog", "forward_backlog", "connections"})
 
 
 @dataclass
@@ -69,9 +69,25 @@ class Counters:
     #: Points received by LISTEN that did not reach the hub: of a meter not
     #: known here, or stamped too far from now (see blip.live.notify).
     notified_refused: int = 0
-    #: Requests refused by --allow.
     #: Requests and connections refused by --allow.
     forbidden: int = 0
+    #: Points the write API stored (new ones; those already stored are not
+    #: counted).
+    api_stored: int = 0
+    #: Write API requests refused for their token (401 and 403).
+    api_refused: int = 0
+    #: Points the --upstream server acknowledged (stored, or already there).
+    forwarded: int = 0
+    #: Batches the --upstream server refused or could not take.
+    forward_failures: int = 0
+    #: Points of --peer loggers stored where this node's logger was down.
+    repaired: int = 0
+    #: Attempts to repair a stretch that failed (the peer away, slow or
+    #: wrong); they are made again later.
+    repair_failures: int = 0
+    #: Points of a peer refused: not strictly increasing, in the future or
+    #: out of range.
+    peer_refused: int = 0
     #: HTTP connections closed as they opened: over --max-connections or
     #: --max-connections-per-client.
     connections_refused: int = 0
@@ -80,6 +96,8 @@ class Counters:
     #: Gauge: points received and not yet committed to the database, in
     #: memory or in the spool (updated at least once per batch).
     backlog: int = 0
+    #: Gauge: points not yet acknowledged by the --upstream server.
+    forward_backlog: int = 0
     #: Gauge: HTTP connections open now.
     connections: int = 0
 

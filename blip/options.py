@@ -23,6 +23,8 @@ from blip.db.embedded import Cluster, EmbeddedError
 from blip.db.partitions import KeepRaw, parse_keep_raw
 from blip.meters import Meters, MetersError
 from blip.mqtt.broker import Broker, BrokerError, parse_broker
+from blip.remote.client import UrlError, base_url, read_token
+from blip.remote.repair import WINDOW_DAYS
 from blip.source.relay import Relay, RelayError, is_relay, parse_relay
 from blip.web import access, answers, connections
 
@@ -91,6 +93,13 @@ class Options(usage.Options):
         ["db-read", None, None,
          "libpq connection string or URI of a read replica for the HTTP side's queries"
          " (live points still come from --db) [default: --db]."],
+        ["upstream", None, None,
+         "Send every point to this central blipserver's write API too (http:// or https://,"
+         " where it is served); without --db, this node keeps no database and serves no HTTP."],
+        ["token-file", None, None, "File holding the --upstream token (blip token create)."],
+        ["peer-window", None, str(WINDOW_DAYS), "Days of the past repaired from --peer loggers."],
+        ["peer-token-file", None, None,
+         "File holding a bearer token sent to every --peer (for a peer behind a proxy that wants one)."],
         ["keep-raw", None, None,
          "Drop raw points older than this (400d, 8w, 18mo, 2y), a whole month at a time;"
          " the minute and hour rollups stay [default: keep them for ever]."],
@@ -98,7 +107,7 @@ class Options(usage.Options):
 
     #: Options that may be given several times; in the environment, a list
     #: separated by spaces or commas.
-    lists = ("allow", "trusted-proxy", "cors")
+    lists = ("allow", "trusted-proxy", "cors", "peer")
     #: Settings read from the environment alone (BLIP_<NAME>): secrets,
     #: which a command line would show every user.
     secrets = ("mqtt-password",)
@@ -138,10 +147,66 @@ class Options(usage.Options):
         """
         self["cors"].append(origin)
 
+    def opt_peer(self, url: str) -> None:
+        """
+        Another blipserver reading the same meter (http:// or https://, where
+        it is served): this node's stretches when its logger was down are
+        filled with the peer's points; repeat for several.
+        """
+        self["peer"].append(url)
+
     # --help prints an option's docstring as it is written: one line each.
-    for _method in (opt_allow, opt_trusted_proxy, opt_cors):
+    for _method in (opt_allow, opt_trusted_proxy, opt_cors, opt_peer):
         _method.__doc__ = " ".join((_method.__doc__ or "").split())
     del _method
+
+    def _remotes(self) -> None:
+        """
+        Check --upstream, --token-file, --peer and their company, and read
+        the tokens (now, while the daemon may still be root).
+        """
+        #: Whether this node has a database (none: it only forwards).
+        self.database = self["db"] is not None or not self["upstream"]
+        try:
+            self["upstream"] = base_url(self["upstream"]) if self["upstream"] else None
+        except UrlError as e:
+            raise usage.UsageError(f"--upstream: {e}") from None
+        try:
+            self["peer"] = tuple(base_url(url) for url in self["peer"] or _env_list("peer"))
+        except UrlError as e:
+            raise usage.UsageError(f"--peer: {e}") from None
+        self["peer-window"] = _days(self["peer-window"], "--peer-window")
+        try:
+            if self["upstream"] is not None:
+                if not self["token-file"]:
+                    raise usage.UsageError("--upstream: needs --token-file (the token of blip token create)")
+                self["token-file"] = read_token(self["token-file"], "--token-file")
+            elif self["token-file"]:
+                raise usage.UsageError("--token-file: is the token of --upstream, which is not given")
+            else:
+                self["token-file"] = None
+            if self["peer-token-file"]:
+                if not self["peer"]:
+                    raise usage.UsageError("--peer-token-file: is the token of --peer, which is not given")
+                self["peer-token-file"] = read_token(self["peer-token-file"], "--peer-token-file")
+            else:
+                self["peer-token-file"] = None
+        except UrlError as e:
+            raise usage.UsageError(str(e)) from None
+        if self["upstream"] is not None and self["role"] == "web":
+            raise usage.UsageError("--upstream: forwards what this node reads (--role all or ingest)")
+        if self["peer"] and self["role"] == "web":
+            raise usage.UsageError("--peer: repairs the outages of this node's logger (--role all or ingest)")
+        if not self.database:
+            for name, why in (
+                ("peer", "repairs this node's database"),
+                ("mqtt", "counts energy from the database"),
+                ("keep-raw", "drops points from the database"),
+            ):
+                if self[name]:
+                    raise usage.UsageError(
+                        f"--{name}: {why}, and with --upstream but no --db this node has none"
+                    )
 
     def postOptions(self) -> None:
         flag = self["simulate"]
@@ -181,7 +246,7 @@ class Options(usage.Options):
         self["db"] = self["db"] or None
         if self["db"] is not None:
             _check_dsn(self["db"], "--db")
-        else:
+        elif not self["upstream"]:
             try:
                 Cluster.at(state / "pg", run_as[0] if run_as else None).check()
             except EmbeddedError as e:
@@ -199,6 +264,7 @@ class Options(usage.Options):
                 self[name] = tuple(access.network(value) for value in values)
             except ValueError as e:
                 raise usage.UsageError(f"--{name}: {e}") from None
+        self._remotes()
         self["cors"] = _cors(self["cors"] or _env_list("cors"), bool(self["allow"]))
         self["meters"] = _meters(self["meters"])
         _check_endpoint(self["listen"])
@@ -241,6 +307,14 @@ def _seconds(value: Any, option: str) -> float:
     return seconds
 
 
+def _days(value: Any, option: str) -> float:
+    try:
+        days = float(str(value).strip())
+    except ValueError:
+        raise usage.UsageError(f"{option}: not a number of days: {value!r}") from None
+    if not 0 < days <= 36_500:
+        raise usage.UsageError(f"{option}: must be more than 0 and at most 36500 days, not {value}")
+    return days
 #: An origin as a browser's Origin header spells it.
 _ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://[^/?#@\s]+")
 

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 from twisted.application import strports
 from twisted.application.internet import TimerService
 from twisted.application.service import IService
+from twisted.internet.defer import succeed
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 
 from blip.common.descriptors import raise_limit
@@ -31,8 +32,9 @@ from blip.db.pool import DatabaseService, Pool, PoolService
 from blip.db.queries import Queries
 from blip.db.readings import Readings
 from blip.db.schema import Schema, schema_sql
+from blip.db.tokens import Tokens
 from blip.db.v1 import V1Queries
-from blip.ingest.periods import Periods, PeriodsService
+from blip.ingest.periods import ALIVE_INTERVAL, Periods, PeriodsService
 from blip.ingest.spool import Spool
 from blip.ingest.stamps import Stamps
 from blip.ingest.writer import Ingest
@@ -40,6 +42,10 @@ from blip.live.hub import Hub, HubService
 from blip.live.notify import Listener
 from blip.mqtt.service import mqtt_service
 from blip.options import TwistdOptions as Options
+from blip.remote.client import Client
+from blip.remote.repair import Repairer, RepairService
+from blip.remote.upstream import RETRIABLE as UPSTREAM_RETRIABLE
+from blip.remote.upstream import UPSTREAM_SPOOL, Copies, Forwarding, Upstream
 from blip.source.arduino import MeterFactory
 from blip.source.device import SerialEndpoint, SerialService
 from blip.source.relay import Relay, RelayEndpoint
@@ -54,6 +60,7 @@ from blip.web.metrics import RequestMetrics, StateCollector
 from blip.web.site import web_site, with_backlog
 from blip.web.v1.live import Live, LiveService
 from blip.web.v1.routes import ApiV1
+from blip.web.v1.writes import Writes
 
 __all__ = ["Options", "makeService", "make_service"]
 
@@ -96,13 +103,16 @@ def make_service(options: Options, reactor: Any = None, clock: Optional[IReactor
     clean_exit.setServiceParent(top)
     counters = Counters()
     meters = options["meters"]
-    serves = options["role"] in ("all", "web")
+    # A node that only forwards (no database) serves no HTTP.
+    serves = options["role"] in ("all", "web") and options.database
     # What the HTTP side may hold at once, within the descriptors it may open.
     held = plan(
         raise_limit(reactor), options["max-connections"], options["max-connections-per-client"],
         options["max-waiters"],
     ) if serves else None
     hub = Hub(max_waiters=held.waiters if held else options["max-waiters"], counters=counters)
+    if not options.database:
+        return _forwarding_only(options, reactor, clock, top, counters, hub)
 
     before = None
     dsn = options["db"]
@@ -144,20 +154,28 @@ def make_service(options: Options, reactor: Any = None, clock: Optional[IReactor
         AfterReady(
             "ingest", database.when_ready, ingest.start, ingest.stop, ingest.open
         ).setServiceParent(top)
+        if options["upstream"] is not None:
+            forward = _forwarding(options, reactor, clock, counters, Hub(), stamps, top)
+            ingest.observe(Copies(forward))
         periods = Periods(IngestPeriods(pool), options["node-name"], clock, options["state-dir"] / PERIODS)
+        opened = periods.opened
+        if options["peer"]:
+            peers = [Client(reactor, url, options["peer-token-file"]) for url in options["peer"]]
+            repairs = RepairService(
+                Repairer(peers, pool, counters, clock), lambda: [m.id for m in meters],
+                options["peer-window"] * 86_400, database.when_ready, clock,
+            )
+            repairs.setServiceParent(top)
+
+            def opened() -> None:
+                periods.opened()
+                repairs.outage_ended()
+
         factory = MeterFactory(
             health.watching(meter_table.noticing(ingest.receive)), stamps, clock, counters,
-            meter_table.describe,
-            opened=periods.opened, lost=periods.lost,
+            meter_table.describe, opened=opened, lost=periods.lost,
         )
-        source = options["serial"]
-        if source:
-            endpoint: IStreamClientEndpoint
-            if isinstance(source, Relay):
-                endpoint = RelayEndpoint(reactor, source, options["baudrate"], counters)
-            else:
-                endpoint = SerialEndpoint(reactor, source, options["baudrate"], counters)
-            SerialService(endpoint, factory, clock).setServiceParent(top)
+        _source(options, reactor, clock, counters, factory, top)
         if options["simulate"]:
             SimulatedHistory(list(meters), readings, database.when_ready, clock).setServiceParent(top)
             SimulatorService(list(meters), factory, clock).setServiceParent(top)
@@ -197,7 +215,14 @@ def make_service(options: Options, reactor: Any = None, clock: Optional[IReactor
         site = web_site(
             HotRoutes(hub, latest, meters, clock, options["longpoll-timeout"], reactor),
             LegacyApi(LegacyQueries(read_pool), clock, STATIC, partitions.raw_kept_since),
-            ApiV1(V1Queries(read_pool), latest, live, meters, clock, partitions.raw_kept_since),
+            ApiV1(
+                V1Queries(read_pool), latest, live, meters, clock,
+                Writes(
+                    Tokens(queries), Readings(queries), hub, counters, clock,
+                    lambda meter: meter_table.notice(meter, "through the write API"),
+                ),
+                partitions.raw_kept_since,
+            ),
             Operations(health, registry),
             RequestMetrics(registry),
             rules,
@@ -208,6 +233,77 @@ def make_service(options: Options, reactor: Any = None, clock: Optional[IReactor
         )
         site.noisy = False
         strports.service(with_backlog(options["listen"]), site).setServiceParent(top)
+    return top
+
+
+def _source(
+    options: Options, reactor: Any, clock: IReactorTime, counters: Counters, factory: MeterFactory,
+    top: Sequence,
+) -> None:
+    """
+    The serial device (or its relay) of --serial, if one is given, added
+    to ``top``.
+    """
+    source = options["serial"]
+    if source:
+        endpoint: IStreamClientEndpoint
+        if isinstance(source, Relay):
+            endpoint = RelayEndpoint(reactor, source, options["baudrate"], counters)
+        else:
+            endpoint = SerialEndpoint(reactor, source, options["baudrate"], counters)
+        SerialService(endpoint, factory, clock).setServiceParent(top)
+
+
+def _forwarding(
+    options: Options, reactor: Any, clock: IReactorTime, counters: Counters, hub: Hub,
+    stamps: Stamps, top: Sequence, own_counters: Optional[Counters] = None,
+) -> Ingest:
+    """
+    The ingest whose sink is the --upstream server (see blip.remote.upstream),
+    with its own spool, added to ``top``.
+
+    :param own_counters: its counters when it is this node's only ingest;
+        else it has its own, and only its backlog is the daemon's
+        ``forward_backlog``.
+    """
+    url = options["upstream"]
+    client = Client(reactor, url, options["token-file"])
+
+    def backlog(count: int) -> None:
+        counters.forward_backlog = count
+        if own_counters is not None:
+            own_counters.backlog = count
+
+    forward = Ingest(
+        Upstream(client, counters), hub, stamps, clock, own_counters or Counters(),
+        Spool(options["state-dir"] / UPSTREAM_SPOOL), name=f"upstream {url}",
+        backlog=backlog, retriable=UPSTREAM_RETRIABLE,
+    )
+    forwarding = Forwarding(forward, client)
+    AfterReady(
+        "forwarding to the upstream", lambda: succeed(None), forwarding.start, forwarding.stop,
+        forward.open,
+    ).setServiceParent(top)
+    return forward
+
+
+def _forwarding_only(
+    options: Options, reactor: Any, clock: IReactorTime, top: Sequence, counters: Counters, hub: Hub
+) -> IService:
+    """
+    A node without a database that sends what it reads to --upstream
+    alone: no embedded cluster, no HTTP.
+    """
+    meters = options["meters"]
+    stamps = Stamps(options["state-dir"] / STAMPS)
+    forward = _forwarding(options, reactor, clock, counters, hub, stamps, top, counters)
+    factory = MeterFactory(forward.receive, stamps, clock, counters, meters.describe)
+    _source(options, reactor, clock, counters, factory, top)
+    if options["simulate"]:
+        SimulatorService(list(meters), factory, clock).setServiceParent(top)
+    TimerService(ALIVE_INTERVAL, stamps.keep).setServiceParent(top)
+    CountersLog(counters, clock).setServiceParent(top)
+    HubService(hub).setServiceParent(top)
     return top
 
 

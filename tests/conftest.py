@@ -155,11 +155,7 @@ class Database:
         return self.cluster.sql(self.name, statement, params)
 
 
-@pytest.fixture
-def database(pg_cluster: TestCluster) -> Iterator[Database]:
-    """
-    An empty database, dropped after the test.
-    """
+def _fresh_database(pg_cluster: TestCluster) -> Iterator[Database]:
     name = "t_" + uuid.uuid4().hex[:16]
     pg_cluster.sql("postgres", f"CREATE DATABASE {name}")
     try:
@@ -169,6 +165,23 @@ def database(pg_cluster: TestCluster) -> Iterator[Database]:
             pg_cluster.sql("postgres", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         except psycopg2.OperationalError:
             pass
+
+
+@pytest.fixture
+def database(pg_cluster: TestCluster) -> Iterator[Database]:
+    """
+    An empty database, dropped after the test.
+    """
+    yield from _fresh_database(pg_cluster)
+
+
+@pytest.fixture
+def other_database(pg_cluster: TestCluster) -> Iterator[Database]:
+    """
+    A second empty database (another logger's, say), dropped after the
+    test.
+    """
+    yield from _fresh_database(pg_cluster)
 
 
 class Forger:
@@ -657,14 +670,20 @@ class Served:
         return int(self.url.rsplit(":", 1)[1])
 
     async def get(
-        self, path: str, headers: Optional[dict[str, str]] = None, method: str = "GET"
+        self, path: str, headers: Optional[dict[str, str]] = None, method: str = "GET",
+        body: Optional[bytes] = None,
     ) -> tuple[int, "Headers", bytes]:
-        """:return: status, headers and body of one request."""
-        from twisted.web.client import readBody
+        """:return: status, headers and body of one request (with ``body``, if given)."""
+        from io import BytesIO
+
+        from twisted.web.client import FileBodyProducer, readBody
         from twisted.web.http_headers import Headers
 
         sent = Headers({k.encode(): [v.encode()] for k, v in (headers or {}).items()})
-        response = await self.agent().request(method.encode(), (self.url + path).encode(), sent)
+        producer = None if body is None else FileBodyProducer(BytesIO(body))
+        response = await self.agent().request(
+            method.encode(), (self.url + path).encode(), sent, producer
+        )
         received = response.headers.copy()
         if isinstance(response.length, int):
             # Twisted's client moves Content-Length out of the headers.
@@ -716,8 +735,10 @@ def open_site(
 
     from blip.counters import Counters
     from blip.db.legacy import LegacyQueries
+    from blip.db.tokens import Tokens
     from blip.db.v1 import V1Queries
     from blip.live.hub import Hub
+    from blip.meters import default_meter
     from blip.service import STATIC
     from blip.web.access import Refusals, Rules
     from blip.web.answers import ANY_ORIGIN
@@ -730,6 +751,7 @@ def open_site(
     from blip.web.site import web_site
     from blip.web.v1.live import Live
     from blip.web.v1.routes import ApiV1
+    from blip.web.v1.writes import Writes
 
     clock = Clock()
     clock.advance(now)
@@ -745,7 +767,14 @@ def open_site(
     site = web_site(
         HotRoutes(hub, latest, meters, clock, longpoll_timeout, reactor),
         LegacyApi(LegacyQueries(store.pool), clock, STATIC, raw_since),
-        ApiV1(V1Queries(store.pool), latest, live, meters, clock, raw_since),
+        ApiV1(
+            V1Queries(store.pool), latest, live, meters, clock,
+            Writes(
+                Tokens(store.pool), store, hub, counters, clock,
+                lambda m: None if m in meters else meters.add(default_meter(m)),
+            ),
+            raw_since,
+        ),
         Operations(health, registry),
         RequestMetrics(registry),
         rules,
@@ -1349,3 +1378,17 @@ def ser2net(pty_meter: Pty) -> Iterator[Callable[..., Ser2net]]:
         for relay in made:
             relay.kill()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def make_token(database: Database, meters: list[int], name: str = "device") -> str:
+    """
+    Make a device token of the write API for ``meters``, as ``blip token
+    create`` does.
+
+    :return: the token.
+    """
+    from blip.db.tokens import CREATE, new_token
+
+    made = new_token(name, meters, int(time.time() * 1000))
+    database.sql(CREATE, made.row)
+    return made.token

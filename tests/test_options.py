@@ -352,6 +352,68 @@ def test_networks_and_replica(monkeypatch) -> None:
         parse(["--db-read", "dbname=replica"])
 
 
+def test_upstream_and_peers(monkeypatch, tmp_path) -> None:
+    """
+    --upstream takes a server's URL and needs --token-file, whose token is
+    read at once; without --db such a node has no database (and needs no
+    PostgreSQL); --peer may be repeated or listed in BLIP_PEER, with an
+    optional token for all, and a window of 7 days by default.
+    """
+    token = tmp_path / "token"
+    token.write_text("abc.def\n")
+    options = parse(["--db", "dbname=x"])
+    assert (options["upstream"], options["token-file"], options["peer"]) == (None, None, ())
+    assert options.database and options["peer-window"] == 7.0
+    options = parse(["--upstream", "https://power.example/ajax/", "--token-file", str(token)])
+    assert (options["upstream"], options["token-file"], options.database) == (
+        "https://power.example/ajax", "abc.def", False,
+    )
+    options = parse(["--upstream", "http://central:8080", "--token-file", str(token), "--db", "dbname=x"])
+    assert options.database
+    options = parse([
+        "--db", "dbname=x", "--peer", "http://a.lan:8080/", "--peer", "https://b.lan",
+        "--peer-token-file", str(token), "--peer-window", "1.5",
+    ])
+    assert options["peer"] == ("http://a.lan:8080", "https://b.lan")
+    assert (options["peer-token-file"], options["peer-window"]) == ("abc.def", 1.5)
+    monkeypatch.setenv("BLIP_PEER", "http://a.lan, http://c.lan")
+    assert parse(["--db", "dbname=x"])["peer"] == ("http://a.lan", "http://c.lan")
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--upstream", "ftp://central"], "--upstream: expected http"),
+        (["--upstream", "http://central"], "--upstream: needs --token-file"),
+        (["--upstream", "http://central", "--token-file", "/nonexistent"], "--token-file: cannot read"),
+        (["--upstream", "http://central", "--token-file", "{token}", "--role", "web", "--db", "dbname=x"],
+         "--upstream: forwards what this node reads"),
+        (["--token-file", "{token}"], "--token-file: is the token of --upstream"),
+        (["--upstream", "http://central", "--token-file", "{token}", "--peer", "http://a"],
+         "--peer: repairs this node's database"),
+        (["--upstream", "http://central", "--token-file", "{token}", "--mqtt", "mqtt://b"],
+         "--mqtt: counts energy from the database"),
+        (["--peer", "http://user:pw@a.lan"], "--peer: .*not in the URL"),
+        (["--peer", "http://a", "--role", "web"], "--peer: repairs the outages of this node's logger"),
+        (["--peer-token-file", "{token}"], "--peer-token-file: is the token of --peer"),
+        (["--peer", "http://a", "--peer-window", "0"], "--peer-window: must be more than 0"),
+        (["--peer", "http://a", "--peer-window", "a week"], "--peer-window: not a number of days"),
+    ],
+)
+def test_bad_remote_options(args: list[str], message: str, tmp_path) -> None:
+    """
+    A bad --upstream, --token-file, --peer or --peer-window, or one given
+    with what it cannot go with, is one clear error naming the option.
+    """
+    token = tmp_path / "token"
+    token.write_text("abc.def\n")
+    args = [arg.replace("{token}", str(token)) for arg in args]
+    if "--db" not in args and "--upstream" not in args:
+        args = [*args, "--db", "dbname=x"]
+    with pytest.raises(usage.UsageError, match=message):
+        parse(args)
+
+
 def test_a_password_in_a_bad_connection_string_is_not_repeated() -> None:
     """
     A connection string that cannot be read is refused without quoting

@@ -97,13 +97,19 @@ def fill_history(dsn: str, now_ms: int) -> dict[str, tuple[int, int]]:
     and every minute by day (in UTC), meter 2 every 10 minutes; the logger
     was down from 10 to 7 hours ago (no blips, no ingest period), and
     meter 1 was idle (listened to, silent) from 5 to 4 hours ago, its next
-    blip an hour after the one before.
+    blip an hour after the one before. The logger was down from 14 to 12
+    hours ago too, but a peer's points repaired that stretch: meter 1's
+    blips are there, with a silence of an hour in the middle (``quiet``).
 
-    :return: the ``down`` and ``idle`` stretches, unix ms.
+    :return: the ``down``, ``idle``, ``repaired`` and ``quiet`` stretches,
+        unix ms.
     """
     minute = now_ms - now_ms % 60_000
     down = (minute - 10 * HOUR, minute - 7 * HOUR)
     idle = (minute - 5 * HOUR, minute - 4 * HOUR)
+    repaired = (minute - 14 * HOUR, minute - 12 * HOUR)
+    quiet = (repaired[0] + HOUR // 2, repaired[1] - HOUR // 2)
+    last = None
     rows = io.StringIO()
     start = now_ms - 400 * DAY
     start -= start % 60_000
@@ -113,8 +119,14 @@ def fill_history(dsn: str, now_ms: int) -> dict[str, tuple[int, int]]:
         ms = 60_000 if 7 <= hour < 22 else 300_000
         if stamp == idle[1]:
             rows.write(f"1\t{stamp}\t{HOUR}\n")
+        elif quiet[0] <= stamp < quiet[1]:
+            pass
+        elif last is not None and last < quiet[0] <= quiet[1] <= stamp < repaired[1]:
+            rows.write(f"1\t{stamp}\t{stamp - last}\n")
         elif not (down[0] <= stamp < down[1] or idle[0] <= stamp < idle[1]):
             rows.write(f"1\t{stamp}\t{ms}\n")
+        if not quiet[0] <= stamp < quiet[1]:
+            last = stamp
         stamp += ms
     for stamp in range(start, now_ms - 600_000, 600_000):
         if not down[0] <= stamp < down[1]:
@@ -127,11 +139,21 @@ def fill_history(dsn: str, now_ms: int) -> dict[str, tuple[int, int]]:
             cursor.executemany(
                 "INSERT INTO ingest_periods (node, started, alive_at, ended, end_reason)"
                 " VALUES ('history', %s, %s, %s, %s)",
-                [(start, down[0], down[0], "device lost"), (down[1], now_ms, now_ms, "stop")],
+                [
+                    (start, repaired[0], repaired[0], "stop"),
+                    (repaired[1], down[0], down[0], "device lost"),
+                    (down[1], now_ms, now_ms, "stop"),
+                ],
+            )
+            cursor.execute(
+                "INSERT INTO repairs (meter, started, ended, peer, points, repaired)"
+                " SELECT 1, %s, %s, 'http://peer.example', count(*), %s FROM readings"
+                "  WHERE id = 1 AND stamp >= %s AND stamp < %s",
+                (*repaired, now_ms, *repaired),
             )
     finally:
         connection.close()
-    return {"down": down, "idle": idle}
+    return {"down": down, "idle": idle, "repaired": repaired, "quiet": quiet}
 
 
 @pytest.fixture(scope="session")
@@ -564,7 +586,9 @@ def test_history_shows_where_the_logger_was_down(browser, site) -> None:
     """
     Where the logger was down, the history's power chart is shaded, from
     the start of the outage to its end, with no line across it; where the
-    meter was merely idle it draws low power, not a gap.
+    meter was merely idle it draws low power, not a gap; where a peer's
+    points repaired an outage, it draws them like any data, a silence
+    among them (a gap of kind repaired) as low power, with no shade.
     """
     page = open_page(browser, site["daemon"].url("/"), 1280, 900)
     house = meter_view(page)
@@ -583,9 +607,18 @@ def test_history_shows_where_the_logger_was_down(browser, site) -> None:
     assert sum(map(line_pixels, inside)) == 0 and any(map(shaded, inside))
     for at in (down[0] + 10 * 60_000, down[1] - 10 * 60_000):
         assert any(map(shaded, columns(at))), at
-    # The line is drawn on either side of the outage, and through the idle
-    # hour, with no shade.
-    for at in (down[0] - 20 * 60_000, down[1] + 20 * 60_000, (idle[0] + idle[1]) // 2):
+    # The line is drawn on either side of the outage, through the idle
+    # hour, and through the repaired stretch, its silence included, with
+    # no shade.
+    repaired, quiet = site["repaired"], site["quiet"]
+    url = site["daemon"].url(f"/api/v1/meters/1/gaps?from={repaired[0]}&to={repaired[1]}")
+    with urllib.request.urlopen(url, timeout=TIMEOUT) as answer:
+        gaps = json.load(answer)["gaps"]
+    assert [(g["kind"], g["peer"]) for g in gaps] == [("repaired", "http://peer.example")]
+    for at in (
+        down[0] - 20 * 60_000, down[1] + 20 * 60_000, (idle[0] + idle[1]) // 2,
+        repaired[0] + 10 * 60_000, (quiet[0] + quiet[1]) // 2, repaired[1] - 10 * 60_000,
+    ):
         around = columns(at)
         assert sum(map(line_pixels, around)) > 0 and not any(map(shaded, around)), at
     assert page.errors == []  # type: ignore[attr-defined]

@@ -10,19 +10,26 @@ database beside the daemon, or without it.
     blip import FILE.csv --meter ID                FILE may be - for standard input
     blip export --meter ID [--from MS] [--to MS]   CSV on standard output
     blip archive --before DATE FILE.csv.gz         every raw point before DATE, before --keep-raw drops it
+    blip token create --meter ID [--meter ID ...] --name NAME   prints a new token once
+    blip token list
+    blip token revoke TOKEN-ID
+    blip repair --peer URL [--peer URL ...] --from MS --to MS [--meter ID] [--token-file FILE]
 
 Each finds the database as the daemon does: ``--db`` or ``BLIP_DB``, else
 the embedded cluster under ``--state-dir`` (``BLIP_STATE_DIR``, ``./var``),
 which a daemon must be running. Commands that write (``upgrade``,
-``import``, ``rollups rebuild``) first prepare the database exactly as the
-daemon does at start (creating or upgrading its schema); those that only
-read want it prepared already. They are not the daemon: they use plain
-blocking psycopg2, and their SQL lives in :mod:`blip.db.sync_store` all the same.
+``import``, ``rollups rebuild``, ``token create``, ``repair``) first
+prepare the database exactly as the daemon does at start (creating or
+upgrading its schema); those that only read want it prepared already. They
+are not the daemon: they use plain blocking psycopg2, and their SQL lives
+in :mod:`blip.db.sync_store` all the same; ``repair`` alone runs the
+daemon's own repair (:mod:`blip.remote.repair`) on a reactor of its own.
 """
 
 import argparse
 import os
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -33,12 +40,15 @@ import psycopg2
 import psycopg2.extensions
 
 from blip.cli import rollups, transfer
+from blip.cli.repair import repair_once
 from blip.common.env import env_name
 from blip.db.embedded import Cluster, EmbeddedError
 from blip.db.layouts import LAYOUTS, SCHEMA_VERSION, Refused
 from blip.db.sync_store import SyncStore
+from blip.db.tokens import new_token
 from blip.meters import default_meter
 from blip.model import INT_MAX, STAMP_MAX
+from blip.remote.client import UrlError, base_url, read_token
 
 
 class CommandError(Exception):
@@ -51,6 +61,12 @@ def _meter(text: str) -> int:
     if not (text.isascii() and text.isdigit()) or int(text) > INT_MAX:
         raise argparse.ArgumentTypeError(f"not a meter id (0 to {INT_MAX}): {text!r}")
     return int(text)
+
+
+def _name(text: str) -> str:
+    if not text.strip() or len(text) > 200 or not text.isprintable():
+        raise argparse.ArgumentTypeError(f"a name of 1 to 200 printable characters, not {text[:40]!r}")
+    return text.strip()
 
 
 def _stamp(text: str) -> int:
@@ -152,6 +168,45 @@ def parser() -> argparse.ArgumentParser:
              " or unix ms",
     )
     keep.set_defaults(run=run_archive)
+    tokens = commands.add_parser("token", help="make, list or revoke device tokens of the write API")
+    token_actions = tokens.add_subparsers(dest="action", required=True, metavar="ACTION")
+    create = token_actions.add_parser(
+        "create", parents=[database], help="make a token and print it (once)",
+        description="Make a device token that may write the given meters through"
+                    " POST /api/v1/meters/<id>/readings, and print it: it is shown this once"
+                    " (only its hash is stored).",
+    )
+    create.add_argument("--meter", type=_meter, metavar="ID", required=True, action="append",
+                        help="a meter it may write; repeat for several")
+    create.add_argument("--name", required=True, type=_name, help="what it is for (the device)")
+    create.set_defaults(run=run_token_create)
+    listing = token_actions.add_parser(
+        "list", parents=[database], help="list the tokens (never the tokens themselves)",
+        description="List every device token: id, name, meters, when made and revoked.",
+    )
+    listing.set_defaults(run=run_token_list)
+    revoke = token_actions.add_parser(
+        "revoke", parents=[database], help="revoke a token",
+        description="Revoke a device token: from now on it writes nothing.",
+    )
+    revoke.add_argument("id", metavar="TOKEN-ID", help="the token's id (before its dot, or as listed)")
+    revoke.set_defaults(run=run_token_revoke)
+
+    repair = commands.add_parser(
+        "repair", parents=[database], help="fill gaps with a peer logger's points, once",
+        description="Fill the stretches of --from to --to when no logger of this database was"
+                    " listening (and those before its first record of ingest: history) with the"
+                    " points of a peer blipserver reading the same meter, as the daemon's --peer"
+                    " does; stretches repaired before are left alone.",
+    )
+    repair.add_argument("--peer", metavar="URL", required=True, action="append",
+                        help="the peer (http:// or https://, where it is served); repeat to try several")
+    repair.add_argument("--token-file", metavar="FILE", help="a bearer token sent to the peers")
+    repair.add_argument("--from", dest="first", metavar="MS", type=_stamp, required=True)
+    repair.add_argument("--to", dest="last", metavar="MS", type=_stamp, required=True)
+    repair.add_argument("--meter", type=_meter, metavar="ID", action="append",
+                        help="only this meter; repeat for several [default: every meter]")
+    repair.set_defaults(run=run_repair)
     return top
 
 
@@ -316,3 +371,76 @@ def run_export(store: SyncStore, args: Any) -> int:
     transfer.export_csv(store, args.meter, first, last, sys.stdout.buffer)
     sys.stdout.flush()
     return 0
+
+
+def _now() -> int:
+    return int(time.time() * 1000)
+
+
+def _when(ms: Optional[int]) -> str:
+    if ms is None:
+        return "-"
+    return datetime.fromtimestamp(ms / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def run_token_create(store: SyncStore, args: Any) -> int:
+    """``blip token create``."""
+    prepared(store)
+    for meter in args.meter:
+        store.note_meter(default_meter(meter))
+    made = new_token(args.name, args.meter, _now())
+    store.create_token(made)
+    print(made.token)
+    meters = ", ".join(map(str, sorted(set(args.meter))))
+    print(
+        f"blip: token {made.token.partition('.')[0]} ({args.name}) may write meter(s) {meters};"
+        " this is the only time it is shown",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def run_token_list(store: SyncStore, args: Any) -> int:
+    """``blip token list``."""
+    current(store)
+    print("id\tname\tmeters\tcreated\trevoked")
+    for row in store.tokens():
+        meters = ",".join(map(str, row.meters))
+        print(f"{row.id}\t{row.name}\t{meters}\t{_when(row.created)}\t{_when(row.revoked)}")
+    return 0
+
+
+def run_token_revoke(store: SyncStore, args: Any) -> int:
+    """``blip token revoke``."""
+    current(store)
+    ident = args.id.partition(".")[0]
+    revoked = store.revoke_token(ident, _now())
+    if revoked is None:
+        raise CommandError(f"no token {ident!r} (see blip token list)")
+    print(f"token {ident} revoked at {_when(revoked)}")
+    return 0
+
+
+def run_repair(store: SyncStore, args: Any) -> int:
+    """``blip repair``."""
+    prepared(store)
+    if args.first >= args.last:
+        raise CommandError("--from must be before --to")
+    try:
+        peers = [base_url(url) for url in args.peer]
+    except UrlError as e:
+        raise CommandError(f"--peer: {e}") from None
+    try:
+        token = None if args.token_file is None else read_token(args.token_file, "--token-file")
+    except UrlError as e:
+        raise CommandError(str(e)) from None
+    meters = args.meter or store.meter_ids()
+    dsn, _ = dsn_of(args)
+    outcome = repair_once(dsn, peers, token, meters, args.first, args.last)
+    for problem in outcome.problems:
+        print(f"blip: cannot repair {problem}", file=sys.stderr)
+    print(
+        f"{outcome.repaired} stretches repaired, {outcome.points} points stored;"
+        f" {outcome.failed} stretches could not be repaired"
+    )
+    return 0 if outcome.done else 1

@@ -14,40 +14,18 @@ way, to a gzip-compressed CSV file (``meter,stamp,ms``), before
 ``--keep-raw`` drops them.
 """
 
-import csv
 import gzip
 import os
 from pathlib import Path
-from typing import IO, Iterable, Iterator, TextIO, Union
+from typing import IO, Iterable, Iterator, TextIO
 
 from blip.db.sync_store import SyncStore
-from blip.model import INT_MAX, STAMP_MAX
+from blip.model import csv_points
 
 #: Points per import transaction.
 IMPORT_BATCH = 50_000
 #: Bad lines reported one by one; more are only counted.
 MAX_REPORTED = 100
-HEADER = ["stamp", "ms"]
-
-
-def parse(fields: list[str]) -> Union[tuple[int, int], str]:
-    """
-    :param fields: one CSV row.
-    :return: the point ``(stamp, ms)``, or why the row is not one.
-    """
-    if len(fields) != 2:
-        return f"expected 2 fields (stamp,ms), found {len(fields)}"
-    stamp_text, ms_text = fields[0].strip(), fields[1].strip()
-    if not (stamp_text.isascii() and stamp_text.isdigit()):
-        return f"stamp {stamp_text[:40]!r} is not a whole number of ms"
-    if not (ms_text.isascii() and ms_text.isdigit()):
-        return f"ms {ms_text[:40]!r} is not a whole number"
-    stamp, ms = int(stamp_text), int(ms_text)
-    if stamp > STAMP_MAX:
-        return f"stamp {stamp_text[:40]} is too large"
-    if not 1 <= ms <= INT_MAX:
-        return f"ms {ms_text[:40]} is not from 1 to {INT_MAX}"
-    return stamp, ms
 
 
 class Points:
@@ -68,20 +46,11 @@ class Points:
         self.bad = 0
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        reader = csv.reader(self.lines)
-        first = True
-        for fields in reader:
-            if not any(field.strip() for field in fields):
-                continue
-            if first and [field.strip().lower() for field in fields] == HEADER:
-                first = False
-                continue
-            first = False
-            point = parse(fields)
+        for line, point in csv_points(self.lines):
             if isinstance(point, str):
                 self.bad += 1
                 if self.bad <= MAX_REPORTED:
-                    print(f"{self.name}:{reader.line_num}: {point}; skipped", file=self.err)
+                    print(f"{self.name}:{line}: {point}; skipped", file=self.err)
                 continue
             yield point
 

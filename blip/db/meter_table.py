@@ -120,6 +120,21 @@ class MeterTable:
         self.meters.describe(meter_id, description)
         self._changed(meter_id)
 
+    def notice(self, meter_id: int, where: str = "on the serial line") -> None:
+        """
+        Make a meter known, with the default settings if it is new.
+
+        :param where: where it was seen, for the log.
+        """
+        if meter_id not in self.meters:
+            self.meters.add(default_meter(meter_id))
+            self.log.info(
+                "new meter {meter} seen {where}; it has the default settings until configured",
+                meter=meter_id,
+                where=where,
+            )
+            self._changed(meter_id)
+
     def noticing(self, receive: Receive) -> Receive:
         """
         :return: ``receive``, after making every meter it is given a point
@@ -127,14 +142,7 @@ class MeterTable:
         """
 
         def notice(point: Point) -> None:
-            if point.meter not in self.meters:
-                self.meters.add(default_meter(point.meter))
-                self.log.info(
-                    "new meter {meter} seen on the serial line; it has the default"
-                    " settings until configured",
-                    meter=point.meter,
-                )
-                self._changed(point.meter)
+            self.notice(point.meter)
             receive(point)
 
         return notice

@@ -4,7 +4,7 @@ settings, shared by every node) and the ``ingest_periods`` table (when each
 node ingested with its source open).
 """
 
-from typing import Any, Optional, Sequence
+from typing import Any, NamedTuple, Optional, Sequence
 
 from blip.db.pool import Pool
 from blip.meters import Meter
@@ -80,10 +80,23 @@ class MeterRows:
         return [_meter(row) for row in await self.pool.runQuery(_METERS)]
 
 
+class IngestSpan(NamedTuple):
+    """
+    When one node ingested with its source open.
+
+    :param started: unix ms the period started.
+    :param until: unix ms it ended (or its node was last known alive).
+    """
+
+    started: int
+    until: int
+
+
 class IngestPeriods:
     """
-    The rows of the ingest periods table that ingest writes (``/api/v1``
-    reads them: see :meth:`blip.db.v1.V1Queries.ingest_periods`).
+    The rows of the ingest periods table: written by ingest, read for the
+    gaps of ``/api/v1`` and for the repair of gaps from a peer (see
+    :mod:`blip.ingest.downtime`).
 
     :param pool: the connections to run statements on.
     """
@@ -131,3 +144,32 @@ class IngestPeriods:
             (node, before),
         )
         return int(rows[0][0])
+
+    async def ingest_periods(
+        self, first: int, last: int, now: Optional[int] = None, fresh: int = 0
+    ) -> list[IngestSpan]:
+        """
+        :return: every period of any node when ingest ran with its source
+            open that overlaps ``[first, last]``, by start; a period still
+            open ends at its ``alive_at``, or at ``now`` if that is at most
+            ``fresh`` ms before (its node runs).
+        """
+        rows = await self.pool.runQuery(
+            "SELECT started, until FROM ("
+            " SELECT started,"
+            "        CASE WHEN ended IS NULL AND alive_at >= %(now)s::bigint - %(fresh)s::bigint"
+            "             THEN greatest(alive_at, %(now)s::bigint)"
+            "             ELSE coalesce(ended, alive_at) END AS until"
+            "   FROM ingest_periods WHERE started <= %(last)s::bigint) AS p"
+            " WHERE until >= %(first)s::bigint ORDER BY started",
+            {"first": first, "last": last, "now": now, "fresh": fresh},
+        )
+        return list(map(IngestSpan._make, rows))
+
+    async def first_ingest(self) -> Optional[int]:
+        """
+        :return: when the first recorded period of ingest started (any
+            node), or None: before it nothing says whether a logger ran.
+        """
+        rows = await self.pool.runQuery("SELECT min(started) FROM ingest_periods")
+        return None if rows[0][0] is None else int(rows[0][0])

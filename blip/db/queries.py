@@ -1,7 +1,8 @@
 """
 What every set of queries on the readings shares: the pool it runs on,
 whether the database answers, the newest points (which the legacy routes,
-``/api/v1``, the live stream and ingest all ask for), and running a
+``/api/v1``, the live stream and ingest all ask for), a meter's points a
+page at a time (``/api/v1`` and the repair of gaps), and running a
 statement the planner misprices without JIT compilation.
 
 Parameters are always bound by the driver. Stamps and widths are cast to
@@ -72,6 +73,19 @@ class Queries:
         """
         rows = await self.pool.runQuery(_LAST, {"m": meter, "min": STAMP_MIN})
         return Reading(*rows[0]) if rows else None
+
+    async def points_page(self, meter: int, first: int, last: int, limit: int) -> list[Reading]:
+        """
+        :return: the first ``limit`` points with ``first <= stamp < last``,
+            oldest first (one keyset page).
+        """
+        rows = await self.pool.runQuery(
+            "SELECT stamp, ms FROM readings WHERE id = %s"
+            " AND stamp >= %s::bigint AND stamp < %s::bigint"
+            " ORDER BY stamp LIMIT %s",
+            (meter, first, last, limit),
+        )
+        return list(map(Reading._make, rows))
 
     async def last_points(self) -> list[Point]:
         """

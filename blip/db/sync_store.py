@@ -19,6 +19,7 @@ from blip.db.partitions import ensure_months, raw_since
 from blip.db.program import run_sync
 from blip.db.queries import METERS_WITH_ROLLUPS
 from blip.db.schema import prepare, read_catalog
+from blip.db.tokens import CREATE, LIST, REVOKE, NewToken, TokenRow, token_row
 from blip.db.upgrades import rebuild_statements
 from blip.meters import Meter
 from blip.model import DEFAULT_METER
@@ -263,6 +264,28 @@ class SyncStore:
             query = cursor.mogrify(_EXPORT, (meter, first, last)).decode()
             cursor.copy_expert(f"COPY ({query}) TO STDOUT WITH (FORMAT csv, HEADER)", out)
 
+    def create_token(self, token: NewToken) -> None:
+        """
+        Store a new device token (its hash, never the token).
+        """
+        with self.connection, self.connection.cursor() as cursor:
+            cursor.execute(CREATE, token.row)
+
+    def tokens(self) -> list[TokenRow]:
+        """
+        :return: every device token, newest first.
+        """
+        return [token_row(row) for row in self._rows(LIST)]
+
+    def revoke_token(self, ident: str, now: int) -> Optional[int]:
+        """
+        Revoke a device token: from now on it authorises nothing.
+
+        :return: when it was revoked (earlier, if it already was), or None
+            when there is no such token.
+        """
+        rows = self._rows(REVOKE, (now, ident))
+        return None if not rows else int(rows[0][0])
     def archive(self, before: int, out: Writable) -> int:
         """
         Write every raw point with a stamp below ``before`` to ``out`` as

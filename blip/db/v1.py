@@ -1,15 +1,16 @@
 """
 The queries behind ``/api/v1``: raw points a keyset page at a time (as
 rows, or as text the database writes for exports), the rollups summed into
-buckets, blips per calendar period for energy and cost, and the silences,
-context and ingest periods the gaps are made of.
+buckets, blips per calendar period for energy and cost, and the silences
+and context the gaps are made of (classified by the record of ingest
+periods: see :mod:`blip.ingest.downtime`).
 
 Ranges are half-open: ``first <= stamp < last``, in unix ms.
 """
 
 from typing import NamedTuple, Optional
 
-from blip.db.queries import Queries, Reading, uncompiled
+from blip.db.queries import Queries, uncompiled
 
 
 class PointsText(NamedTuple):
@@ -93,18 +94,6 @@ class Silence(NamedTuple):
     end: int
 
 
-class IngestSpan(NamedTuple):
-    """
-    When one node ingested with its source open.
-
-    :param started: unix ms the period started.
-    :param until: unix ms it ended (or its node was last known alive).
-    """
-
-    started: int
-    until: int
-
-
 class V1Queries(Queries):
     """
     The rows the modern API computes its series from.
@@ -124,19 +113,6 @@ class V1Queries(Queries):
             (meter, first, last),
         )
         return int(rows[0][0])
-
-    async def points_page(self, meter: int, first: int, last: int, limit: int) -> list[Reading]:
-        """
-        :return: the first ``limit`` points with ``first <= stamp < last``,
-            oldest first (one keyset page).
-        """
-        rows = await self.pool.runQuery(
-            "SELECT stamp, ms FROM readings WHERE id = %s"
-            " AND stamp >= %s::bigint AND stamp < %s::bigint"
-            " ORDER BY stamp LIMIT %s",
-            (meter, first, last, limit),
-        )
-        return list(map(Reading._make, rows))
 
     async def points_text(
         self, meter: int, first: int, last: int, limit: int, csv: bool
@@ -312,35 +288,6 @@ class V1Queries(Queries):
             {"m": meter, "f": first, "f0": first - first % 60000, "l": last, "g": longer, "n": limit},
         )
         return list(map(Silence._make, rows))
-
-    async def ingest_periods(
-        self, first: int, last: int, now: Optional[int] = None, fresh: int = 0
-    ) -> list[IngestSpan]:
-        """
-        :return: every period of any node when ingest ran with its source
-            open that overlaps ``[first, last]``, by start; a period still
-            open ends at its ``alive_at``, or at ``now`` if that is at most
-            ``fresh`` ms before (its node runs).
-        """
-        rows = await self.pool.runQuery(
-            "SELECT started, until FROM ("
-            " SELECT started,"
-            "        CASE WHEN ended IS NULL AND alive_at >= %(now)s::bigint - %(fresh)s::bigint"
-            "             THEN greatest(alive_at, %(now)s::bigint)"
-            "             ELSE coalesce(ended, alive_at) END AS until"
-            "   FROM ingest_periods WHERE started <= %(last)s::bigint) AS p"
-            " WHERE until >= %(first)s::bigint ORDER BY started",
-            {"first": first, "last": last, "now": now, "fresh": fresh},
-        )
-        return list(map(IngestSpan._make, rows))
-
-    async def first_ingest(self) -> Optional[int]:
-        """
-        :return: when the first recorded period of ingest started (any
-            node), or None: before it nothing says whether a logger ran.
-        """
-        rows = await self.pool.runQuery("SELECT min(started) FROM ingest_periods")
-        return None if rows[0][0] is None else int(rows[0][0])
 
 
 _POINTS_TEXT = {

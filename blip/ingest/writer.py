@@ -18,6 +18,11 @@ memory, up to :data:`MAX_PENDING` of them; the spool is tried again every
 :data:`SPOOL_RETRY` seconds, and only the points it has not taken yet are
 appended. Beyond that bound new points are dropped (they still go live),
 counted and logged: memory stays bounded however long the disk stays full.
+
+The database is one kind of :class:`Sink`: a node that forwards its points
+to another blipserver writes them through a second Ingest whose sink is
+that server's write API (see :mod:`blip.remote.upstream`), with a spool of
+its own.
 """
 
 import typing
@@ -33,7 +38,6 @@ from blip.common.throttle import Throttle
 from blip.common.waiting import detached, within
 from blip.counters import Counters
 from blip.db.pool import RETRIABLE
-from blip.db.readings import Readings
 from blip.ingest.spool import AppendError, Spool
 from blip.ingest.stamps import Stamps
 from blip.live.hub import Hub
@@ -61,6 +65,25 @@ SPOOL_RETRY = 1.0
 DROP_WARN_INTERVAL = 60.0
 
 DatabaseAlive = Callable[[], "Deferred[None]"]
+
+
+class Sink(typing.Protocol):
+    """
+    Where an :class:`Ingest` writes its points (the database: a
+    :class:`~blip.db.readings.Readings`).
+    """
+
+    async def insert(self, points: Sequence[Point]) -> int:
+        """
+        Store ``points`` (in order), skipping those stored already.
+
+        :return: how many were new.
+        """
+
+    async def last_points(self) -> list[Point]:
+        """
+        :return: the newest point stored of each meter.
+        """
 
 
 class Observer(typing.Protocol):
@@ -106,13 +129,18 @@ class Ingest:
         than for a timer; when None, retries run on their timer.
     :param max_pending: most points kept in memory while neither the
         database nor the spool takes them.
+    :param name: what the sink is, for the log (``database``).
+    :param backlog: told how many points are not committed yet whenever
+        that changes (by default the counters' ``backlog``).
+    :param retriable: the errors of the sink that mean it is away rather
+        than wrong (reading the last points is retried on those).
     """
 
     log = Logger()
 
     def __init__(
         self,
-        store: Readings,
+        store: Sink,
         hub: Hub,
         stamps: Stamps,
         clock: IReactorTime,
@@ -120,8 +148,14 @@ class Ingest:
         spool: Optional[Spool] = None,
         db_alive: Optional[DatabaseAlive] = None,
         max_pending: int = MAX_PENDING,
+        name: str = "database",
+        backlog: Optional[Callable[[int], None]] = None,
+        retriable: tuple[type[BaseException], ...] = RETRIABLE,
     ) -> None:
         self.store = store
+        self.name = name
+        self._backlog = backlog
+        self.retriable = retriable
         self.hub = hub
         self.stamps = stamps
         self.clock = clock
@@ -198,8 +232,9 @@ class Ingest:
         if len(self.spool):
             self.log.info(
                 "{count} points of a previous run wait in the spool; they are"
-                " written to the database before new ones",
+                " written to the {sink} before new ones",
                 count=len(self.spool),
+                sink=self.name,
             )
         self._update_backlog()
 
@@ -214,7 +249,7 @@ class Ingest:
         reading = self._starting = Deferred.fromCoroutine(
             retrying(
                 lambda: detached(Deferred.fromCoroutine(self.store.last_points())),
-                RETRIABLE,
+                self.retriable,
                 self.clock,
                 self.log,
                 "read the last points",
@@ -234,7 +269,7 @@ class Ingest:
         self._ready = True
         if len(self.spool):
             self.log.info(
-                "writing {count} spooled points to the database", count=len(self.spool)
+                "writing {count} spooled points to the {sink}", count=len(self.spool), sink=self.name
             )
         self._replay()
 
@@ -299,7 +334,7 @@ class Ingest:
         elif self._writing is None:
             self._write_pending()
         else:
-            self.log.debug("the database is behind: spooling until it catches up")
+            self.log.debug("the {sink} is behind: spooling until it catches up", sink=self.name)
             self._start_spooling()
         self._update_backlog()
 
@@ -422,7 +457,7 @@ class Ingest:
                 insert = Deferred.fromCoroutine(self.store.insert(batch))
                 if not await within(insert, WRITE_TIMEOUT, self.clock):
                     insert.addErrback(lambda f: None)
-                    raise WriteStalled(f"no answer from the database in {WRITE_TIMEOUT:.0f} s")
+                    raise WriteStalled(f"no answer from the {self.name} in {WRITE_TIMEOUT:.0f} s")
                 new = await insert
             except Exception as e:
                 self._writing = None
@@ -446,8 +481,9 @@ class Ingest:
             self.counters.replayed += len(batch)
         if self._failures:
             self.log.info(
-                "database writes are back after {failures} failed attempts;"
+                "{sink} writes are back after {failures} failed attempts;"
                 " {count} points wait in the spool",
+                sink=self.name,
                 failures=self._failures,
                 count=len(self.spool),
             )
@@ -461,8 +497,9 @@ class Ingest:
         self.counters.write_failures += 1
         if self._failures == 0:
             self.log.warn(
-                "cannot write to the database: {why}; spooling points and"
+                "cannot write to the {sink}: {why}; spooling points and"
                 " retrying until it takes them",
+                sink=self.name,
                 why=str(error).strip() or repr(error),
             )
         self._failures += 1
@@ -502,4 +539,8 @@ class Ingest:
 
     def _update_backlog(self) -> None:
         in_flight = 0 if self._writing is None or self._batch_spooled else len(self._batch)
-        self.counters.backlog = len(self.pending) + len(self.spool) + in_flight
+        backlog = len(self.pending) + len(self.spool) + in_flight
+        if self._backlog is None:
+            self.counters.backlog = backlog
+        else:
+            self._backlog(backlog)

@@ -45,6 +45,24 @@ class NotFound(ApiError):
     status = 404
 
 
+class Unauthorized(ApiError):
+    """No credentials, or some that authorise nothing."""
+
+    status = 401
+
+
+class Forbidden(ApiError):
+    """Credentials that do not authorise this."""
+
+    status = 403
+
+
+class Unsupported(ApiError):
+    """A body of a media type the route does not read."""
+
+    status = 415
+
+
 class Busy(ApiError):
     """Too many clients of some kind; try again later."""
 

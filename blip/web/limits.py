@@ -29,6 +29,17 @@ ENERGY_ROWS = 10_000
 GAP_ROWS = 10_000
 #: The longest ``min_gap`` of the gaps, in ms.
 MAX_MIN_GAP = 10**15
+#: The most ``limit`` of ``/readings`` (one page of points; ask again from
+#: the last stamp + 1 for more).
+READINGS_LIMIT = 100_000
+
+#: Most bytes of a request body (the write API's batch of points); a
+#: longer one is refused with 413 before it is read whole.
+WRITE_BODY = 1 << 20
+#: Most points in one batch of the write API.
+WRITE_POINTS = 10_000
+#: Seconds a written point may be stamped ahead of this node's clock.
+WRITE_AHEAD = 300
 #: Gaps this long or longer, in ms, are found from the minute rollups;
 #: shorter ones by reading every point, of at most :data:`RAW_GAP_SPAN` ms
 #: of the range per answer (the rest is a ``next`` page away).

@@ -7,8 +7,8 @@ that a Twisted upgrade that changes one fails a test, not the daemon.
   answer to a request Twisted cannot parse or whose head is over its caps
   (``HTTPChannel``'s private ``_respondToBadRequestAndDisconnect``, and
   its counts of a head), and a request whose head announces a body, with
-  its method, once the head is whole (``HTTPChannel._command`` and
-  ``length``); and its idle timeout, not reset by each read, as a
+  its method, target and length, once the head is whole
+  (``HTTPChannel._command``, ``_path`` and ``length``); and its idle timeout, not reset by each read, as a
   deadline for each request's head (``HTTPChannel.dataReceived``).
 - :class:`HookedRequest`: a request target that is not a path, before
   the request is handled (``Request.requestReceived``, "not intended for
@@ -29,7 +29,7 @@ that a Twisted upgrade that changes one fails a test, not the daemon.
   ``_tempDataBuffer``).
 """
 
-from typing import Any
+from typing import Any, Optional
 
 from twisted.internet.interfaces import IProtocol
 from twisted.protocols.basic import LineReceiver
@@ -79,12 +79,14 @@ class HookedChannel(HTTPChannel):
         """
         self.bad_request()
 
-    def body_announced(self, method: bytes) -> bool:
+    def body_announced(self, method: bytes, target: bytes, length: Optional[int]) -> bool:
         """
         A request's line and headers are whole and announce a body (a
         ``Content-Length`` over 0, or chunks), none of which is read yet.
 
         :param method: its method.
+        :param target: its request target, as it came.
+        :param length: the body's ``Content-Length``; None for chunks.
         :return: whether to go on with the request; if not, the hook has
             answered it and closed the connection.
         """
@@ -109,7 +111,7 @@ class HookedChannel(HTTPChannel):
     def allHeadersReceived(self) -> None:
         # What the headers say of a body: length 0 for none, None for
         # chunks, else its length.
-        if self.length == 0 or self.body_announced(self._command):
+        if self.length == 0 or self.body_announced(self._command, self._path, self.length):
             super().allHeadersReceived()
 
 

@@ -1,6 +1,7 @@
 // The page's calls to blipserver's /api/v1, by relative URL so that the page
 // works unchanged behind a reverse proxy under any path prefix.
 
+import { outagesOf } from "./gaps.js";
 import { periodFor } from "./time.js";
 
 export class ApiError extends Error {}
@@ -67,10 +68,9 @@ export async function total(meter, from, to) {
   return (await energy(meter, from, to, periodFor(from, to, 1))).total;
 }
 
-// The stretches when the logger was down (those when the meter was merely
-// idle are drawn as low power, so they are left out).
+// The stretches when the logger was down (see outagesOf).
 export async function outages(meter, from, to) {
   const query = new URLSearchParams({ from: time(from), to: time(to) });
   const answer = await getJSON(`api/v1/meters/${meter}/gaps?${query}`);
-  return answer.gaps.filter((gap) => gap.kind === "logger_down").map((gap) => ({ from: gap.from, to: gap.to }));
+  return outagesOf(answer.gaps);
 }

@@ -4,6 +4,15 @@
 
 import { SECOND } from "./time.js";
 
+// The gaps of /api/v1 a chart shows as outages: where the logger was down.
+// The others are drawn like data: where the meter was merely idle (low
+// power), where nothing says whether a logger ran (history), and where this
+// logger was down but a peer logger's points repaired the stretch (they are
+// the meter's points; a silence among them is the meter's too).
+export function outagesOf(gaps) {
+  return gaps.filter((gap) => gap.kind === "logger_down").map((gap) => ({ from: gap.from, to: gap.to }));
+}
+
 // Columns of a uPlot data set (times in s first) with the rows inside an
 // outage (times in ms) left out and a row of nulls in the middle of each, so
 // that no line or band crosses it. `rows` gives each kept row's index in the

@@ -15,7 +15,7 @@ from pathlib import Path
 import psycopg2
 
 from tests import originals
-from tests.conftest import ROOT, TIMEOUT, eventually
+from tests.conftest import ROOT, TIMEOUT, eventually, free_port
 from tests.originals import HOUR, MINUTE, MULTI
 
 DAY = 24 * HOUR
@@ -376,3 +376,72 @@ def test_commands_find_the_daemons_embedded_database(start_daemon, tmp_path) -> 
     stopped = blip("export", "--meter", "1", "--state-dir", state, command=script)
     assert stopped.returncode == 1
     assert f"cannot connect to the embedded database in {state}/pg (it runs while the daemon runs)" in stopped.stderr
+
+
+def test_tokens_are_made_listed_and_revoked(database) -> None:
+    """
+    ``blip token create`` prints a new token once (and stores only its
+    hash), ``list`` shows every token without it, ``revoke`` revokes one by
+    id (a second time changes nothing) and refuses an unknown id; bad
+    arguments are one line each.
+    """
+    made = blip("token", "create", "--meter", "3", "--meter", "4", "--name", "cellar pi", db=database.dsn)
+    assert made.returncode == 0, made.stderr
+    token = made.stdout.strip()
+    ident, _, secret = token.partition(".")
+    assert len(ident) == 12 and len(secret) == 43
+    assert f"token {ident} (cellar pi) may write meter(s) 3, 4" in made.stderr
+    rows = database.sql("SELECT id, name, meters, revoked FROM device_tokens")
+    assert rows == [(ident, "cellar pi", [3, 4], None)]
+    assert secret.encode() not in bytes(database.sql("SELECT hash FROM device_tokens")[0][0])
+    assert database.sql("SELECT id FROM meters ORDER BY id") == [(3,), (4,)]
+    listed = blip("token", "list", db=database.dsn)
+    assert listed.returncode == 0 and secret not in listed.stdout
+    header, line = listed.stdout.splitlines()
+    assert header.split("\t") == ["id", "name", "meters", "created", "revoked"]
+    assert line.split("\t")[:3] == [ident, "cellar pi", "3,4"] and line.endswith("\t-")
+    revoked = blip("token", "revoke", token, db=database.dsn)
+    assert revoked.returncode == 0 and revoked.stdout.startswith(f"token {ident} revoked at ")
+    first = database.sql("SELECT revoked FROM device_tokens")[0][0]
+    assert blip("token", "revoke", ident, db=database.dsn).stdout == revoked.stdout
+    assert database.sql("SELECT revoked FROM device_tokens")[0][0] == first
+    assert not blip("token", "list", db=database.dsn).stdout.splitlines()[1].endswith("\t-")
+    for args, status, message in (
+        (["token", "revoke", "nosuchtoken0"], 1, "no token 'nosuchtoken0'"),
+        (["token", "create", "--meter", "1"], 2, "required: --name"),
+        (["token", "create", "--name", "x"], 2, "required: --meter"),
+        (["token", "create", "--meter", "1", "--name", " "], 2, "a name of 1 to 200"),
+    ):
+        done = blip(*args, db=database.dsn)
+        assert done.returncode == status and message in done.stderr, (args, done.stderr)
+
+
+def test_repair_fills_history_from_a_peer(start_daemon, database, other_database) -> None:
+    """
+    ``blip repair`` fills what this database lacks of a range with no
+    record of ingest (history) from a peer that has every blink, each blink
+    once at both edges though the peer's stamps are 30 ms off; a peer that
+    is away fails the repair (status 1, saying why) and records nothing;
+    a second run finds the range repaired and stores nothing.
+    """
+
+    def blinks(indices, offset: int = 0) -> str:
+        return "".join(f"{T0 + i * 1000 + offset},1000\n" for i in indices)
+
+    assert blip("import", "-", "--meter", "1", stdin=blinks([*range(10), *range(21, 41)]), db=database.dsn).returncode == 0
+    assert blip("import", "-", "--meter", "1", stdin=blinks(range(41), 30), db=other_database.dsn).returncode == 0
+    span = ["--from", str(T0 - 1000), "--to", str(T0 + 41_000)]
+    away = blip("repair", "--peer", f"http://127.0.0.1:{free_port()}", *span, db=database.dsn)
+    assert away.returncode == 1 and "blip: cannot repair meter 1 from" in away.stderr, away.stderr
+    assert database.sql("SELECT count(*) FROM repairs") == [(0,)]
+    peer = start_daemon("--db", other_database.dsn, "--role", "web")
+    done = blip("repair", "--peer", "http://127.0.0.1:1", "--peer", peer.url("/"), *span, db=database.dsn)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "1 stretches repaired, 11 points stored; 0 stretches could not be repaired\n"
+    stamps = [s for (s,) in database.sql("SELECT stamp FROM readings ORDER BY stamp")]
+    assert [round((s - T0) / 1000) for s in stamps] == list(range(41))
+    assert database.sql("SELECT sum(events) FROM readings_hourly") == [(41,)]
+    again = blip("repair", "--peer", peer.url("/"), *span, db=database.dsn)
+    assert again.stdout.startswith("0 stretches repaired, 0 points stored") and again.returncode == 0
+    wrong = blip("repair", "--peer", "ftp://x", *span, db=database.dsn)
+    assert wrong.returncode == 1 and wrong.stderr.startswith("blip: error: --peer: expected http://"), wrong.stderr

@@ -37,12 +37,14 @@ async def test_schema_has_the_originals_tables_and_is_idempotent(store, database
     )
     assert dict(columns) == {
         "blip_schema": "version,applied,note",
+        "device_tokens": "id,name,meters,hash,created,revoked",
         "ingest_periods": "node,started,alive_at,ended,end_reason",
         "meters": "id,label,description,pulses_per_kwh,multiplier,price_per_kwh,currency,timezone",
         "readings": "id,stamp,ms",
         "readings_dropped": "partition,from_stamp,to_stamp,rows,dropped",
         "readings_hourly": "id,stamp,events,sum_ms,min_ms,max_ms",
         "readings_minutely": "id,stamp,events,sum_ms,min_ms,max_ms",
+        "repairs": "meter,started,ended,peer,points,repaired",
         "usage_hourly": "id,stamp,wh,min_ms,max_ms,events",
         "usage_minutely": "id,stamp,wh,min_ms,max_ms,events",
     }

@@ -9,11 +9,10 @@ import json
 import pytest
 import pytest_twisted
 
-from blip.db.node_state import IngestPeriods
+from blip.db.node_state import IngestPeriods, IngestSpan
 from blip.db.queries import Reading
 from blip.db.v1 import (
     GapContext,
-    IngestSpan,
     PeriodBlips,
     PointsText,
     Rollup,
@@ -83,11 +82,11 @@ async def test_what_gaps_are_made_of(store, v1) -> None:
         Silence(T0 - 5000, T0), Silence(T0 + 1000, T0 + 10 * MINUTE)
     ]
     assert await v1.long_silences(1, T0, T0 + HOUR, 2 * MINUTE, 10) == [Silence(T0 + 1000, T0 + 10 * MINUTE)]
-    assert await v1.first_ingest() is None
     periods = IngestPeriods(store.pool)
+    assert await periods.first_ingest() is None
     await periods.save_ingest_period("n1", T0, T0 + MINUTE, T0 + 2 * MINUTE, "stop")
     await periods.save_ingest_period("n2", T0 + HOUR, T0 + HOUR + 1000, None, None)
-    assert await v1.ingest_periods(T0, T0 + 2 * HOUR, T0 + HOUR + 2000, 5000) == [
+    assert await periods.ingest_periods(T0, T0 + 2 * HOUR, T0 + HOUR + 2000, 5000) == [
         IngestSpan(T0, T0 + 2 * MINUTE), IngestSpan(T0 + HOUR, T0 + HOUR + 2000)
     ]
-    assert await v1.first_ingest() == T0
+    assert await periods.first_ingest() == T0

@@ -9,7 +9,6 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
 from blip.db.node_state import IngestPeriods
-from blip.db.v1 import V1Queries
 from blip.ingest.periods import ALIVE_INTERVAL, Periods, PeriodsService
 from tests.conftest import wait_until
 
@@ -80,7 +79,7 @@ async def test_a_period_left_open_is_closed_as_a_crash(store, database, log_even
     assert (T0 - 9000, T0 - 5000, T0 - 5000, "crash") in rows(database)
     assert rows(database, "n2") == [(T0 - 9000, T0 - 1000, None, None)]
     assert rows(database)[0] == (T0 - 20000, T0 - 19000, T0 - 19000, "stop")
-    assert sorted(await V1Queries(store.pool).ingest_periods(T0 - 10000, T0)) == [(T0 - 9000, T0 - 5000), (T0 - 9000, T0 - 1000)]
+    assert sorted(await IngestPeriods(store.pool).ingest_periods(T0 - 10000, T0)) == [(T0 - 9000, T0 - 5000), (T0 - 9000, T0 - 1000)]
 
 
 @pytest_twisted.ensureDeferred

@@ -152,28 +152,38 @@ def stream_body(port: int, head: bytes, total: int = 5 << 20, source: str = "127
     return sent, answer
 
 
+#: The media types of a legacy error and of a problem document (/api/v1).
+LEGACY, PROBLEM = b"application/json", b"application/problem+json"
+
+
 @pytest.mark.parametrize(
-    "head, status",
+    "head, status, media",
     [
-        (b"GET /last/1 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n", 413),
-        (b"HEAD /last/1 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n", 413),
-        (b"OPTIONS /last/1 HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nTransfer-Encoding: chunked\r\n\r\n", 413),
-        (b"POST /last/1 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n", 405),
-        (b"GET /last/1 HTTP/1.1\r\nHost: x\r\nContent-Length: 5242880\r\n\r\n", 413),
-        (b"GET /last/1 HTTP/1.0\r\nContent-Length: 1\r\n\r\n", 413),
+        (b"GET /last/1 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n", 413, LEGACY),
+        (b"HEAD /last/1 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n", 413, LEGACY),
+        (b"OPTIONS /last/1 HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nTransfer-Encoding: chunked\r\n\r\n", 413, LEGACY),
+        (b"POST /last/1 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n", 405, LEGACY),
+        (b"GET /last/1 HTTP/1.1\r\nHost: x\r\nContent-Length: 5242880\r\n\r\n", 413, LEGACY),
+        (b"GET /last/1 HTTP/1.0\r\nContent-Length: 1\r\n\r\n", 413, LEGACY),
+        (b"GET /api/v1/meters/1/readings HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n", 413, PROBLEM),
+        (b"PUT /api/v1/meters/1/readings HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n", 405, PROBLEM),
+        (b"POST http://x/api/v1/meters/1/power HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n", 405, PROBLEM),
+        (b"POST /api/v1/meters/1/readings?x HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+         b"Content-Length: 5242880\r\n\r\n", 413, PROBLEM),
     ],
 )
 @pytest_twisted.ensureDeferred
 async def test_a_body_is_refused_before_it_is_read(
-    serve: Callable[..., Served], head: bytes, status: int
+    serve: Callable[..., Served], head: bytes, status: int, media: bytes
 ) -> None:
     """
-    No route takes a body: a request announcing one (chunks, or a
-    Content-Length over 0) is answered at once in JSON — 413 for GET,
-    HEAD and OPTIONS, 405 for other methods — without a 100 Continue,
-    and its connection closed, before the body is read: of a 5 MiB body,
-    the server reads 64 KiB at most (what its first read of the
-    connection takes).
+    Only the write API takes a body, of at most 1 MiB: a request announcing
+    one elsewhere (chunks, or a Content-Length over 0), or a longer one, is
+    answered at once in JSON (a problem document under /api/v1) — 413 for
+    GET, HEAD and OPTIONS and for a body too large, 405 for other methods,
+    with the methods allowed — without a 100 Continue, and its connection
+    closed, before the body is read: of a 5 MiB body, the server reads 64
+    KiB at most (what its first read of the connection takes).
     """
     site = serve(Meters())
     read = count_reads(site)
@@ -182,8 +192,11 @@ async def test_a_body_is_refused_before_it_is_read(
     assert answer.startswith(b"HTTP/1.1 %d " % status), answer[:200]
     assert b"100 Continue" not in answer
     head_of_answer, _, body = answer.partition(b"\r\n\r\n")
-    assert b"Content-Type: application/json" in head_of_answer
+    assert b"Content-Type: " + media + b"\r\n" in head_of_answer
     assert "error" in json.loads(body)
+    if status == 405:
+        methods = b"GET, HEAD, OPTIONS, POST" if b"/readings" in head else b"GET, HEAD, OPTIONS"
+        assert b"Allow: " + methods + b"\r\n" in head_of_answer
 
 
 @pytest_twisted.ensureDeferred

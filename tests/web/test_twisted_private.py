@@ -54,7 +54,7 @@ class Recording(HookedChannel):
         self.long_lines: list[bool] = []
         self.bad = 0
         self.too_large = 0
-        self.bodies: list[bytes] = []
+        self.bodies: list[tuple[bytes, bytes, Optional[int]]] = []
         self.refuse_bodies = False
 
     def line_too_long(self, request_line: bool, line: bytes) -> None:
@@ -69,8 +69,8 @@ class Recording(HookedChannel):
         self.too_large += 1
         self.transport.loseConnection()
 
-    def body_announced(self, method: bytes) -> bool:
-        self.bodies.append(method)
+    def body_announced(self, method: bytes, target: bytes, length: Optional[int]) -> bool:
+        self.bodies.append((method, target, length))
         if self.refuse_bodies:
             self.transport.loseConnection()
             return False
@@ -173,15 +173,16 @@ def test_a_head_over_the_caps_goes_to_its_hook(head: bytes) -> None:
     [
         (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", []),
         (b"GET / HTTP/1.1\r\nContent-Length: 0\r\n\r\n", []),
-        (b"POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\n", [b"POST"]),
-        (b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", [b"GET"]),
+        (b"POST /a?b HTTP/1.1\r\nContent-Length: 3\r\n\r\n", [(b"POST", b"/a?b", 3)]),
+        (b"GET http://x/ HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", [(b"GET", b"http://x/", None)]),
     ],
 )
-def test_the_body_hook_knows_the_method(head: bytes, seen: list[bytes]) -> None:
+def test_the_body_hook_knows_the_method(head: bytes, seen: list[tuple]) -> None:
     """
     Once a request's head is whole, the hook is told of a body that
-    follows, with the request's method (HTTPChannel's ``_command`` and
-    ``length``).
+    follows, with the request's method, target as it came and length
+    (HTTPChannel's ``_command``, ``_path`` and ``length``; None for
+    chunks).
     """
     parking = Parking()
     channel, _ = connect(parking)

@@ -28,16 +28,20 @@ class Export:
     :param csv: CSV with a ``stamp,ms`` header, else a JSON object.
     :param raw_since: the unix ms before which raw points were dropped,
         None when none were (in the JSON object).
+    :param limit: the most points written (the first ones), or None for
+        every one.
     """
 
     def __init__(
-        self, store: V1Queries, meter: int, first: int, last: int, csv: bool, raw_since: Optional[int] = None
+        self, store: V1Queries, meter: int, first: int, last: int, csv: bool,
+        raw_since: Optional[int] = None, limit: Optional[int] = None,
     ) -> None:
         self.store = store
         self.meter = meter
         self.first = first
         self.last = last
         self.csv = csv
+        self.limit = limit
         self.raw_since = raw_since
 
     def _head(self) -> bytes:
@@ -58,17 +62,21 @@ class Export:
         try:
             request.write(self._head())
             cursor, first_page = self.first, True
-            while not producer.stopped:
+            left = self.limit
+            while not producer.stopped and left != 0:
                 await producer.ready()
+                page = PAGE if left is None else min(PAGE, left)
                 text, count, final = await self.store.points_text(
-                    self.meter, cursor, self.last, PAGE, self.csv
+                    self.meter, cursor, self.last, page, self.csv
                 )
                 if count:
                     if not (first_page or self.csv):
                         request.write(b",")
                     request.write(text.encode())
                     first_page = False
-                if count < PAGE or final is None:
+                if left is not None:
+                    left -= count
+                if count < page or final is None:
                     break
                 cursor = final + 1
             request.write(self._tail())

@@ -8,7 +8,7 @@ from typing import Any
 
 import blip
 from blip.meters import DAYS
-from blip.model import INT_MAX
+from blip.model import INT_MAX, STAMP_MAX
 from blip.web.answers import RAW_SINCE, V1_PREFIX
 from blip.web.limits import (
     DEFAULT_PERIOD,
@@ -21,9 +21,13 @@ from blip.web.limits import (
     POWER_POINTS,
     POWER_POINTS_CAP,
     RAW_GAP_SPAN,
+    READINGS_LIMIT,
     REPLAY_DEPTH,
     RETRY_AFTER,
     ROLLUP_GAP,
+    WRITE_AHEAD,
+    WRITE_BODY,
+    WRITE_POINTS,
 )
 from blip.web.v1.live import HEARTBEAT
 from blip.web.v1.query import EARLIEST, INTEGER, LATEST, MAX_VALUE
@@ -113,6 +117,59 @@ def _time(name: str, default: str) -> dict[str, Any]:
                 {"type": "string", "format": "date-time"},
             ]
         },
+    }
+
+
+def _write() -> dict[str, Any]:
+    """
+    :return: the write API's operation.
+    """
+    return {
+        "post": {
+            "operationId": "writeReadings",
+            "summary": "Store points from a device",
+            "description": (
+                "Store a batch of the meter's points, sent by a logger elsewhere (another"
+                " blipserver forwarding its points, a device) with a token that may write the"
+                " meter (`blip token create --meter ID --name NAME`). The batch is checked"
+                f" whole before anything is stored: at most {WRITE_POINTS} points, stamps"
+                f" strictly increasing and at most {WRITE_AHEAD} s ahead of the server's clock,"
+                " ms from 1. Points already stored are skipped, so a batch sent again stores"
+                " nothing twice. Recent points reach the long-polls and live streams as if"
+                " read from a serial line; older ones are history. A body over"
+                f" {WRITE_BODY} bytes is refused (413) before it is read."
+            ),
+            "security": [{"token": []}],
+            "parameters": [_param("MeterId")],
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": _ref("Batch")},
+                    "text/csv": {
+                        "schema": {
+                            "type": "string",
+                            "description": "`stamp,ms` lines; a `stamp,ms` header is optional.",
+                        }
+                    },
+                },
+            },
+            "responses": {
+                "200": {
+                    "description": "Stored.",
+                    "content": {"application/json": {"schema": _ref("Written")}},
+                },
+                "400": _PROBLEM,
+                "401": {
+                    **_PROBLEM,
+                    "description": "No token, or one that is malformed, unknown or revoked.",
+                },
+                "403": {**_PROBLEM, "description": "A token that may not write this meter."},
+                "404": _PROBLEM,
+                "413": _PROBLEM,
+                "415": _PROBLEM,
+                "503": _PROBLEM,
+            },
+        }
     }
 
 
@@ -226,20 +283,36 @@ def document() -> dict[str, Any]:
                 },
             }
         ),
-        "Gap": _object(
+        "Gap": {
+            **_object(
+                {
+                    "from": _UNIX_MS,
+                    "to": _UNIX_MS,
+                    "kind": {
+                        "enum": ["logger_down", "idle", "unknown", "repaired"],
+                        "description": (
+                            "`logger_down`: no ingest was listening to the serial device;"
+                            " `idle`: one was, and the meter did not blink; `unknown`: before"
+                            " the first recorded period of ingest (history from before"
+                            " blipserver, or imported), when nothing says which; `repaired`:"
+                            " no ingest of this node was listening, and the points of the"
+                            " stretch are those of the peer logger named by `peer`."
+                        ),
+                    },
+                    "peer": {"type": "string", "description": "The peer of a `repaired` gap."},
+                }
+            ),
+            "required": ["from", "to", "kind"],
+        },
+        "Repair": _object(
             {
                 "from": _UNIX_MS,
                 "to": _UNIX_MS,
-                "kind": {
-                    "enum": ["logger_down", "idle", "unknown"],
-                    "description": (
-                        "`logger_down`: no ingest was listening to the serial device;"
-                        " `idle`: one was, and the meter did not blink; `unknown`: before"
-                        " the first recorded period of ingest (history from before"
-                        " blipserver, or imported), when nothing says which."
-                    ),
-                },
-            }
+                "peer": {"type": "string", "description": "The peer logger's URL."},
+                "points": {"type": "integer", "minimum": 0, "description": "Points stored from it."},
+                "at": {**_UNIX_MS, "description": "When the stretch was repaired."},
+            },
+            "A stretch when this node's logger was down, filled with a peer logger's points.",
         ),
         "Gaps": _object(
             {
@@ -252,6 +325,7 @@ def document() -> dict[str, Any]:
                 },
                 "min_gap": {"type": "integer", "minimum": 1, "description": "The threshold used, in ms."},
                 "gaps": {"type": "array", "items": _ref("Gap")},
+                "repairs": {"type": "array", "items": _ref("Repair")},
                 "next": {
                     "type": ["integer", "null"],
                     "description": "The `from` of the next page, when there are more gaps than one answer holds.",
@@ -286,6 +360,33 @@ def document() -> dict[str, Any]:
             "The `data` of a `point` event.",
         ),
         "LiveSnapshot": _object({"points": {"type": "array", "items": _ref("LivePoint")}}),
+        "Batch": {
+            "type": "array",
+            "maxItems": WRITE_POINTS,
+            "description": (
+                "`[stamp, ms]` pairs: unix ms of each blink and ms since the one before, stamps"
+                " strictly increasing."
+            ),
+            "items": {
+                "type": "array",
+                "prefixItems": [
+                    {"type": "integer", "minimum": 0, "maximum": STAMP_MAX},
+                    {"type": "integer", "minimum": 1, "maximum": INT_MAX},
+                ],
+                "minItems": 2,
+                "maxItems": 2,
+            },
+        },
+        "Written": _object(
+            {
+                "stored": {"type": "integer", "minimum": 0, "description": "Points stored."},
+                "duplicates": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "Points of the batch that were stored already.",
+                },
+            }
+        ),
     }
     parameters = {
         "MeterId": {
@@ -396,7 +497,8 @@ def document() -> dict[str, Any]:
             "getReadings", "Every point",
             (
                 "Every point of the range, oldest first, streamed without a row cap: as JSON,"
-                " or as CSV (`stamp,ms` header) to download."
+                " or as CSV (`stamp,ms` header) to download; or, with `limit`, the first"
+                " points only, a page whatever the range (not a heavy request)."
                 + _HEAVY
             ),
             [
@@ -407,13 +509,24 @@ def document() -> dict[str, Any]:
                     "required": False,
                     "schema": {"enum": ["json", "csv"], "default": "json"},
                 },
+                {
+                    "name": "limit",
+                    "in": "query",
+                    "required": False,
+                    "description": (
+                        "At most this many points (the first ones); ask again from the last"
+                        " stamp + 1 for more. Every point of the range by default."
+                    ),
+                    "schema": {"type": "integer", "minimum": 1, "maximum": READINGS_LIMIT},
+                },
             ],
             {
                 "application/json": {"schema": _ref("Readings")},
                 "text/csv": {"schema": {"type": "string"}},
             },
             raw=True,
-        ),
+        )
+        | _write(),
         "/live": _get(
             "live", "Live points",
             (
@@ -475,6 +588,16 @@ def document() -> dict[str, Any]:
                 "Problem": {
                     "description": "An error.",
                     "content": {"application/problem+json": {"schema": _ref("Problem")}},
+                }
+            },
+            "securitySchemes": {
+                "token": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": (
+                        "A device token (`blip token create`), as `Authorization: Bearer"
+                        " <token>`; it writes only its meters."
+                    ),
                 }
             },
         },

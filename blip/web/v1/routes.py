@@ -1,15 +1,17 @@
 """
 The modern API under ``/api/v1``: meters with their settings and last
 point, power in W at a resolution that fits, energy and cost per calendar
-period, the gaps in the readings, every point streamed as JSON or CSV, and
-a live stream of Server-Sent Events; described by the OpenAPI document it
-serves at ``/api/v1/openapi.json``.
+period, the gaps in the readings, every point streamed as JSON or CSV, a
+live stream of Server-Sent Events, and the write API for devices with a
+token (see :mod:`blip.web.v1.writes`); described by the OpenAPI document
+it serves at ``/api/v1/openapi.json``.
 
 Times are unix ms; ranges are half-open, ``from <= t < to``. Every error is
 ``application/problem+json`` (RFC 9457) whose ``detail`` also appears as
 ``error``, as in the legacy routes' ``{"error": "..."}``.
 """
 
+from dataclasses import replace
 from functools import wraps
 from typing import Any, Awaitable, Callable, Optional
 
@@ -28,6 +30,7 @@ from blip.web.answers import (
     V1,
     V1_PREFIX,
     RawSince,
+    Style,
     dress,
     encode,
     json_body,
@@ -43,6 +46,7 @@ from blip.web.limits import (
     PERIODS,
     POWER_POINTS,
     POWER_POINTS_CAP,
+    READINGS_LIMIT,
     REPLAY_DEPTH,
 )
 from blip.web.paths import meter_id
@@ -52,6 +56,7 @@ from blip.web.v1.live import STREAM_HEADERS, Live
 from blip.web.v1.openapi import document
 from blip.web.v1.query import EARLIEST, BadParameter, Query, last_event_id
 from blip.web.v1.series import Series
+from blip.web.v1.writes import Writes, check_batch, read_batch
 
 PREFIX = V1_PREFIX.decode()
 #: A range without ``from`` starts this long before its end.
@@ -60,18 +65,23 @@ DEFAULT_SPAN = 86_400_000
 Handler = Callable[..., Awaitable[Any]]
 
 
-def route(app: Klein, path: str) -> Callable[[Handler], Handler]:
+#: The answers of a path that also takes POST (the write API).
+WRITABLE = replace(V1, allow=b"GET, HEAD, OPTIONS, POST")
+
+
+def route(app: Klein, path: str, style: Style = V1) -> Callable[[Handler], Handler]:
     """
     Register a route of the API at ``PREFIX + path``, answering GET and HEAD
     with what the handler returns (data as JSON; bytes or None when it
-    wrote the answer itself) and OPTIONS with the CORS headers.
+    wrote the answer itself) and OPTIONS with the CORS headers and the
+    ``Allow`` header of ``style``.
     """
 
     def register(f: Handler) -> Handler:
         @wraps(f)
         async def handler(self: Any, request: IRequest, **kwargs: str) -> Optional[bytes]:
             if request.method == b"OPTIONS":
-                return options(request, V1)
+                return options(request, style)
             dress(request, V1)
             result = await f(self, request, **kwargs)
             if result is None or isinstance(result, bytes):
@@ -117,6 +127,7 @@ class ApiV1:
     :param live: the live streams.
     :param meters: the configured meters.
     :param clock: the current time, for ranges that end now.
+    :param writes: the write API.
     :param raw_since: since when raw points are kept.
     """
 
@@ -128,9 +139,10 @@ class ApiV1:
 
     def __init__(
         self, store: V1Queries, latest: Latest, live: Live, meters: Meters, clock: IReactorTime,
-        raw_since: RawSince = kept_for_ever,
+        writes: Writes, raw_since: RawSince = kept_for_ever,
     ) -> None:
         self.store = store
+        self.writes = writes
         self.latest = latest
         self.live = live
         self.meters = meters
@@ -240,17 +252,29 @@ class ApiV1:
             "to": last,
             "raw_since": self._raw_since(request),
             "min_gap": gaps.min_gap,
-            "gaps": [{"from": g.start, "to": g.end, "kind": g.kind} for g in gaps.gaps],
+            "gaps": [
+                {"from": g.start, "to": g.end, "kind": g.kind}
+                | ({} if g.peer is None else {"peer": g.peer})
+                for g in gaps.gaps
+            ],
+            "repairs": [
+                {"from": r.start, "to": r.end, "peer": r.peer, "points": r.points, "at": r.at}
+                for r in gaps.repairs
+            ],
             "next": gaps.next,
         }
 
-    @route(app, "/meters/<meter>/readings")
+    @route(app, "/meters/<meter>/readings", WRITABLE)
     async def readings(self, request: Request, meter: str) -> Optional[bytes]:
         settings = await self.meter(meter)
         query = Query(request)
         first, last = self.span(query, settings)
         csv = query.choice("format", "json", ("json", "csv")) == "csv"
-        heavy = self.heavy.take(request, last - first)
+        limit = None
+        if query.text("limit") is not None:
+            limit = query.integer("limit", 0, 1, READINGS_LIMIT)
+        # A page of at most READINGS_LIMIT points is light, whatever its range.
+        heavy = self.heavy.take(request, last - first) if limit is None else Ticket(None)
         if csv:
             request.setHeader(b"Content-Type", b"text/csv; charset=utf-8")
             request.setHeader(
@@ -263,8 +287,19 @@ class ApiV1:
             raw_since = self._raw_since(request)
             if request.method == b"HEAD":
                 return b""
-            await Export(self.store, settings.id, first, last, csv, raw_since).write_to(request)
+            await Export(self.store, settings.id, first, last, csv, raw_since, limit).write_to(request)
         return None
+
+    @app.route(PREFIX + "/meters/<meter>/readings", methods=["POST"], endpoint="write_readings")
+    async def write_readings(self, request: IRequest, meter: str) -> bytes:
+        dress(request, V1)
+        m = meter_id(meter)
+        await self.writes.authorise(request, m)
+        media = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
+        assert request.content is not None  # a request with a body has one
+        points = read_batch(request.content.read(), media)
+        check_batch(points, self.now())
+        return json_body(request, encode(await self.writes.write(m, points)))
 
     def _raw_since(self, request: IRequest) -> Optional[int]:
         """

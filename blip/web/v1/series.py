@@ -11,8 +11,10 @@ from datetime import datetime, timedelta, timezone
 from functools import lru_cache
 from typing import Optional
 
+from blip.db.node_state import IngestPeriods
+from blip.db.repairs import Repair, Repairs
 from blip.db.v1 import Rollup, V1Queries
-from blip.ingest.periods import ALIVE_INTERVAL
+from blip.ingest.downtime import Downtime, Stretch, repaired
 from blip.meters import Meter
 from blip.web.answers import RawSince, kept_for_ever
 from blip.web.limits import ENERGY_ROWS, GAP_ROWS, RAW_GAP_SPAN, ROLLUP_GAP
@@ -34,9 +36,6 @@ LONGEST = {
 MIN_GAP = 2 * MINUTE
 #: A gap is this many mean blip intervals long at least.
 GAP_FACTOR = 3
-#: An open period of ingest refreshed this recently is of a node that runs:
-#: it lasts until now.
-FRESH = int(2.5 * ALIVE_INTERVAL * 1000)
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
@@ -98,23 +97,6 @@ class Energy:
 
 
 @dataclass(frozen=True, slots=True)
-class Gap:
-    """
-    A stretch of time without blips.
-
-    :param start: unix ms it starts.
-    :param end: unix ms it ends.
-    :param kind: ``logger_down`` when no ingest was listening, ``idle`` when
-        one was and the meter did not blink, ``unknown`` before the first
-        record of ingest.
-    """
-
-    start: int
-    end: int
-    kind: str
-
-
-@dataclass(frozen=True, slots=True)
 class Gaps:
     """
     The gaps of a range.
@@ -123,11 +105,14 @@ class Gaps:
     :param min_gap: the shortest silence counted as a gap, in ms.
     :param next: the ``from`` that asks for the gaps after these, when
         there are more than one answer holds; else None.
+    :param repairs: the stretches of the range (up to ``next``) filled
+        with a peer's points, oldest first.
     """
 
-    gaps: list[Gap]
+    gaps: list[Stretch]
     min_gap: int
     next: Optional[int]
+    repairs: list[Repair] = field(default_factory=list)
 
 
 def offset_ms(zone: str, instant: int) -> int:
@@ -181,6 +166,8 @@ class Series:
 
     def __init__(self, store: V1Queries, raw_since: RawSince = kept_for_ever) -> None:
         self.store = store
+        self.downtime = Downtime(IngestPeriods(store.pool))
+        self.repairs = Repairs(store.pool)
         self.raw_since = raw_since
 
     async def power(self, meter: Meter, first: int, last: int, max_points: int) -> Power:
@@ -252,9 +239,11 @@ class Series:
         the meter did not blink for longer than ``min_gap`` ms (by default
         :data:`GAP_FACTOR` mean blip intervals of the range, and at least
         :data:`MIN_GAP`), each split into the parts when ingest was
-        listening (``idle``) and when it was not (``logger_down``), or
+        listening (``idle``) and when it was not (``logger_down``, or
+        ``repaired`` where a peer's points fill the stretch), or
         ``unknown`` before the first recorded period of ingest (history
-        from before blipserver, or imported).
+        from before blipserver, or imported); with the repairs of the
+        range.
 
         Silences of two minutes or more are found from the minute rollups,
         at a cost that does not grow with the points in the range; shorter
@@ -306,67 +295,8 @@ class Series:
                 following = after
         spans = [(max(a, first), min(b, last)) for a, b in silences]
         spans = [(a, b) for a, b in spans if a < b]
-        gaps: list[Gap] = []
-        if spans:
-            periods = await self.store.ingest_periods(spans[0][0], spans[-1][1], now, FRESH)
-            listening = _union([(int(a), int(b)) for a, b in periods])
-            # Before the first record of ingest nothing says whether a
-            # logger ran; a listening period from before the spans is one.
-            recorded: Optional[int] = spans[0][0]
-            if not listening or listening[0][0] > spans[0][0]:
-                recorded = await self.store.first_ingest()
-            for a, b in spans:
-                gaps.extend(_unrecorded(_classify(a, b, listening), recorded))
-        return Gaps(gaps, min_gap, following)
-
-
-def _union(periods: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    merged: list[tuple[int, int]] = []
-    for start, end in sorted(periods):
-        if merged and start <= merged[-1][1]:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
-        else:
-            merged.append((start, end))
-    return merged
-
-
-def _unrecorded(parts: list[Gap], recorded: Optional[int]) -> list[Gap]:
-    """
-    :return: ``parts``, with what is ``logger_down`` before ``recorded``
-        (the first record of ingest; None: there is none) ``unknown``.
-    """
-    split: list[Gap] = []
-    for gap in parts:
-        if gap.kind != "logger_down" or (recorded is not None and gap.start >= recorded):
-            split.append(gap)
-        elif recorded is None or gap.end <= recorded:
-            split.append(Gap(gap.start, gap.end, "unknown"))
-        else:
-            split += [Gap(gap.start, recorded, "unknown"), Gap(recorded, gap.end, "logger_down")]
-    return split
-
-
-def _classify(start: int, end: int, listening: list[tuple[int, int]]) -> list[Gap]:
-    """
-    Split ``[start, end)`` into the parts inside ``listening`` (sorted,
-    disjoint) and outside it.
-    """
-    parts: list[Gap] = []
-    at = start
-    for lo, hi in listening:
-        if hi <= at or hi <= lo:
-            continue
-        if lo >= end:
-            break
-        if lo > at:
-            parts.append(Gap(at, lo, "logger_down"))
-            at = lo
-        covered = min(hi, end)
-        parts.append(Gap(at, covered, "idle"))
-        at = covered
-        if at >= end:
-            break
-    if at < end:
-        parts.append(Gap(at, end, "logger_down"))
-    return parts
-
+        repairs = await self.repairs.overlapping(
+            meter.id, first, last if following is None else following, GAP_ROWS
+        )
+        gaps = repaired(await self.downtime.split(spans, now), repairs)
+        return Gaps(gaps, min_gap, following, repairs)

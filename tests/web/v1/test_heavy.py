@@ -29,8 +29,9 @@ async def test_heavy_requests_beyond_the_cap_are_refused(
     While as many heavy requests run as may (exports over more than a
     week, held up by a lock on the readings), another one (an export, a
     resumed live stream) gets 503 with Retry-After at once, while others
-    (gaps of a year or a day, an export of a week) wait their turn; once
-    they are done, a heavy request runs again.
+    (gaps of a year or a day, an export of a week, a page of a longer
+    range's first points, as a peer logger asks for) wait their turn;
+    once they are done, a heavy request runs again.
     """
     site = serve(Meters(), now=NOW / 1000)
     await site.store.insert([Point(1, NOW - HEAVY_SPAN - 1000, 1000), Point(1, NOW - 1000, 1000)])
@@ -46,6 +47,7 @@ async def test_heavy_requests_beyond_the_cap_are_refused(
                     f"/api/v1/meters/1/gaps?from={NOW - 365 * 86_400_000}&to={NOW}",
                     f"/api/v1/meters/1/gaps?from={NOW - 86_400_000}&to={NOW}",
                     f"/api/v1/meters/1/readings?from={NOW - HEAVY_SPAN}&to={NOW}",
+                    f"/api/v1/meters/1/readings?from={NOW - HEAVY_SPAN - 1}&to={NOW}&limit=5000",
                 )
             ]
 

@@ -13,7 +13,7 @@ from openapi_spec_validator import validate
 
 from blip.web.v1.openapi import document
 from blip.web.v1.routes import ApiV1
-from tests.conftest import Database
+from tests.conftest import Database, make_token
 
 HOUR = 3_600_000
 
@@ -78,25 +78,48 @@ def _fill(database: Database) -> None:
     )
 
 
+#: Schemathesis's settings: a batch of the write API that the document
+#: allows may still be refused (400), for stamps that do not strictly
+#: increase or lie ahead of the server's clock, which JSON Schema cannot
+#: say; every other check stays as it is.
+CONFIG = """
+[[operations]]
+include-method = "POST"
+include-path = "/meters/{id}/readings"
+
+[operations.checks.positive_data_acceptance]
+expected-statuses = ["2xx", "400", "401", "403", "404"]
+"""
+
+
 def test_fuzzing_finds_no_error(start_daemon, database: Database, tmp_path: Path) -> None:
     """
     Schemathesis, driven by the document the daemon serves, sends every
-    route generated valid and invalid requests and finds no 5xx, no answer
-    outside the document (status, content type, schema), and no valid
-    request refused or invalid one accepted.
+    route generated valid and invalid requests — the write API with a
+    token of meters 1 and 2, and without it — and finds no 5xx, no answer
+    outside the document (status, content type, schema), no valid request
+    refused (but a batch the schema cannot judge) or invalid one accepted,
+    and no write accepted without its token.
     """
     meters = tmp_path / "meters.toml"
     meters.write_text(METERS)
     daemon = start_daemon("--db", database.dsn, "--meters", str(meters))
     daemon.wait_for("database ready")
     _fill(database)
+    token = make_token(database, [1, 2], "fuzzer")
+    (tmp_path / "schemathesis.toml").write_text(CONFIG)
     schemathesis = Path(sys.executable).parent / "schemathesis"
     run = subprocess.run(
         [
             str(schemathesis), "run", daemon.url("/api/v1/openapi.json"),
-            "--max-examples", "40", "--request-timeout", "20", "--workers", "2",
+            # One worker: hypothesis describes its strategies with ast.parse,
+            # which CPython 3.11 may fail in two threads at once ("AST
+            # constructor recursion depth mismatch", python/cpython#106905),
+            # as it did generating the write API's batches.
+            "--max-examples", "40", "--request-timeout", "20", "--workers", "1",
             "--phases", "examples,coverage,fuzzing",
             "--suppress-health-check", "too_slow",
+            "--header", f"Authorization: Bearer {token}",
         ],
         capture_output=True, text=True, timeout=600, cwd=tmp_path,
     )

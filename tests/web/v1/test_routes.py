@@ -21,6 +21,7 @@ from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
+from blip.db.repairs import Repair, Repairs
 from blip.meters import Meter, Meters, TariffRule
 from blip.model import Point
 from blip.web.v1.export import PAGE
@@ -164,7 +165,8 @@ async def test_power(house: Served) -> None:
 @pytest_twisted.ensureDeferred
 async def test_energy_and_gaps(house: Served, database) -> None:
     """
-    /energy and /gaps answer their documented shapes.
+    /energy and /gaps answer their documented shapes; a repaired stretch
+    is listed, and its silence is no longer logger_down.
     """
     await house.store.insert([Point(1, T0 + i * 60_000, 60_000) for i in (0, 1, 2, 20)])
     database.sql(
@@ -181,14 +183,24 @@ async def test_energy_and_gaps(house: Served, database) -> None:
         {"from": T0 + 120_000, "to": T0 + 600_000, "kind": "idle"},
         {"from": T0 + 600_000, "to": T0 + 1_200_000, "kind": "logger_down"},
     ]
-    assert (gaps["min_gap"], gaps["next"]) == (120_000, None)
+    assert (gaps["min_gap"], gaps["next"], gaps["repairs"]) == (120_000, None, [])
+    await Repairs(house.store.pool).record(1, Repair(T0 + 900_000, T0 + 1_200_000, "http://peer", 4, T0))
+    code, _, gaps = await fetch(house, f"/meters/1/gaps?from={T0}&to={T0 + 20 * 60_000 + 1}&min_gap=120000")
+    assert gaps["gaps"][1:] == [
+        {"from": T0 + 600_000, "to": T0 + 900_000, "kind": "logger_down"},
+        {"from": T0 + 900_000, "to": T0 + 1_200_000, "kind": "repaired", "peer": "http://peer"},
+    ]
+    assert gaps["repairs"] == [
+        {"from": T0 + 900_000, "to": T0 + 1_200_000, "peer": "http://peer", "points": 4, "at": T0}
+    ]
 
 
 @pytest_twisted.ensureDeferred
 async def test_readings_stream_every_point(house: Served) -> None:
     """
     /readings streams every point of the range, past the size of a page,
-    as JSON or as CSV with a header and a file name.
+    as JSON or as CSV with a header and a file name; with a limit, only
+    the first points.
     """
     count = PAGE * 2 + 17
     await house.store.insert([Point(1, T0 + i, 1 + i % 7) for i in range(count)])
@@ -207,6 +219,11 @@ async def test_readings_stream_every_point(house: Served) -> None:
     ]
     code, _, body = await fetch(house, f"/meters/3/readings?from={T0}&to={T0 + 10}")
     assert body["points"] == []
+    # A page of the first points, past the size of a page read at once.
+    code, _, body = await fetch(house, f"/meters/1/readings?from={T0 + 1}&to={T0 + count}&limit={PAGE + 3}")
+    assert body["points"] == [[T0 + i, 1 + i % 7] for i in range(1, PAGE + 4)]
+    code, _, text = await fetch(house, f"/meters/1/readings?from={T0}&to={T0 + count}&format=csv&limit=2")
+    assert text == f"stamp,ms\r\n{T0},1\r\n{T0 + 1},2\r\n"
 
 
 @pytest.mark.parametrize(
@@ -220,6 +237,8 @@ async def test_readings_stream_every_point(house: Served) -> None:
         ("/meters/1/energy?period=fortnight", 400, "period"),
         ("/meters/1/gaps?min_gap=0", 400, "min_gap"),
         ("/meters/1/readings?format=xml", 400, "format"),
+        ("/meters/1/readings?limit=0", 400, "limit"),
+        ("/meters/1/readings?limit=100001", 400, "limit"),
         ("/live?meters=1x2", 400, "meters"),
         ("/meters/-1/power", 400, "meter id"),
         ("/meters/4/power", 404, "unknown meter 4"),
@@ -268,14 +287,16 @@ async def test_unknown_paths_and_methods(house: Served, path: str, method: str, 
 async def test_options_and_cors(house: Served) -> None:
     """
     Every route answers OPTIONS with the CORS headers, like the legacy
-    routes, and allows the Last-Event-ID header for the live stream.
+    routes, and allows the Last-Event-ID header for the live stream; its
+    Allow header names the methods the document gives it.
     """
-    for path in document()["paths"]:
+    for path, operations in document()["paths"].items():
         code, headers, body = await house.get("/api/v1" + path.replace("{id}", "1"), method="OPTIONS")
         assert (code, body) == (200, b"")
         assert headers.getRawHeaders(b"Access-Control-Allow-Origin") == [b"*"]
         assert b"last-event-id" in headers.getRawHeaders(b"Access-Control-Allow-Headers")[0]
-        assert headers.getRawHeaders(b"Allow") == [b"GET, HEAD, OPTIONS"]
+        allow = b"GET, HEAD, OPTIONS, POST" if "post" in operations else b"GET, HEAD, OPTIONS"
+        assert headers.getRawHeaders(b"Allow") == [allow]
 
 
 @pytest_twisted.ensureDeferred

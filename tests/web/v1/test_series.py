@@ -12,6 +12,7 @@ import pytest
 import pytest_twisted
 
 from blip.db.readings import Readings
+from blip.db.repairs import Repair, Repairs
 from blip.db.v1 import V1Queries
 from blip.meters import Meter, TariffRule
 from blip.model import Point
@@ -331,6 +332,33 @@ async def test_a_running_node_listens_until_now(store: Readings, database) -> No
         (0, 5 * MINUTE, "unknown"), (5 * MINUTE, 10 * MINUTE, "logger_down"),
         (10 * MINUTE, 20 * MINUTE, "idle"), (20 * MINUTE, 30 * MINUTE, "logger_down"),
     ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_repaired_stretch_is_no_longer_logger_down(store: Readings, database) -> None:
+    """
+    Where a peer's points repaired a stretch when the logger was down, what
+    silence is left in it is ``repaired`` (naming the peer), not
+    ``logger_down``; the rest of the outage stays logger_down; the repairs
+    that overlap the range are listed, those outside it are not.
+    """
+    await store.insert([Point(1, T0 + s * MINUTE, 1000) for s in (0, 60)])
+    database.sql(
+        "INSERT INTO ingest_periods VALUES ('a', %s, %s, %s, 'stop'), ('a', %s, %s, NULL, NULL)",
+        (T0 - HOUR, T0, T0, T0 + 60 * MINUTE, T0 + 90 * MINUTE),
+    )
+    repairs = Repairs(store.pool)
+    await repairs.record(1, Repair(T0 + 10 * MINUTE, T0 + 30 * MINUTE, "https://peer.example", 0, T0 + HOUR))
+    await repairs.record(1, Repair(T0 + 2 * HOUR, T0 + 3 * HOUR, "https://peer.example", 5, T0 + HOUR))
+    # Overlapping a repaired stretch: not recorded.
+    assert not await repairs.record(1, Repair(T0 + 20 * MINUTE, T0 + 40 * MINUTE, "https://b.example", 1, 0))
+    gaps = await Series(V1Queries(store.pool)).gaps(METER, T0, T0 + 60 * MINUTE, T0 + 90 * MINUTE, 5 * MINUTE)
+    assert [(g.start - T0, g.end - T0, g.kind, g.peer) for g in gaps.gaps] == [
+        (0, 10 * MINUTE, "logger_down", None),
+        (10 * MINUTE, 30 * MINUTE, "repaired", "https://peer.example"),
+        (30 * MINUTE, 60 * MINUTE, "logger_down", None),
+    ]
+    assert gaps.repairs == [Repair(T0 + 10 * MINUTE, T0 + 30 * MINUTE, "https://peer.example", 0, T0 + HOUR)]
 
 
 def expected_gaps(stamps: list[int], first: int, last: int, now: int, longer: int) -> list[tuple[int, int]]:
