@@ -19,6 +19,7 @@ from twisted.python import usage
 
 from blip.common.env import env_name
 from blip.common.owned import Folder, Unsafe, user_name
+from blip.db import hosts
 from blip.db.embedded import Cluster, EmbeddedError
 from blip.db.partitions import KeepRaw, parse_keep_raw
 from blip.meters import Meters, MetersError
@@ -56,7 +57,8 @@ class Options(usage.Options):
         ["baudrate", None, "9600",
          "Serial speed (of a relayed line: set through rfc2217://; a tcp:// relay keeps its own)."],
         ["db", None, None,
-         "libpq connection string or URI of PostgreSQL"
+         "libpq connection string or URI of PostgreSQL; for a primary with standbys,"
+         " every server: host=a,b port=5432,5432 ... target_session_attrs=read-write"
          " [default: an embedded private cluster in the state dir]."],
         ["state-dir", None, "./var",
          "Where the embedded cluster, the ingest spool and other state live."],
@@ -89,8 +91,9 @@ class Options(usage.Options):
          "File holding the password of the --mqtt URL's user, when the URL has none;"
          " or give it in BLIP_MQTT_PASSWORD. Never on the command line, which every user sees."],
         ["db-read", None, None,
-         "libpq connection string or URI of a read replica for the HTTP side's queries"
-         " (live points still come from --db) [default: --db]."],
+         "libpq connection string or URI of a read replica for the HTTP side's queries,"
+         " or of several (host=r1,r2 ... target_session_attrs=prefer-standby"
+         " load_balance_hosts=random); live points still come from --db [default: --db]."],
         ["keep-raw", None, None,
          "Drop raw points older than this (400d, 8w, 18mo, 2y), a whole month at a time;"
          " the minute and hour rollups stay [default: keep them for ever]."],
@@ -181,6 +184,12 @@ class Options(usage.Options):
         self["db"] = self["db"] or None
         if self["db"] is not None:
             _check_dsn(self["db"], "--db")
+            if len(hosts.listed(self["db"])) > 1 and not hosts.read_write(self["db"]):
+                raise usage.UsageError(
+                    "--db: names several hosts: add target_session_attrs=read-write"
+                    " (?target_session_attrs=read-write to a URI), so that blipserver writes"
+                    " to the one that takes writes, never to a standby"
+                )
         else:
             try:
                 Cluster.at(state / "pg", run_as[0] if run_as else None).check()
