@@ -423,7 +423,9 @@ class Ingest:
                 if not await within(insert, WRITE_TIMEOUT, self.clock):
                     insert.addErrback(lambda f: None)
                     raise WriteStalled(f"no answer from the database in {WRITE_TIMEOUT:.0f} s")
-                new = await insert
+                # (Awaiting it directly would fail with an AssertionError of
+                # Twisted's: it is still running its callbacks.)
+                new = await detached(insert)
             except Exception as e:
                 self._writing = None
                 if not self._closed:

@@ -117,6 +117,24 @@ async def test_failed_write_is_retried_in_order(store, database) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_failed_write_says_why(store, database, log_events) -> None:
+    """
+    The warning about a write the database refused gives the database's
+    reason, also when the refusal comes after the write was sent (not the
+    AssertionError Twisted raised for a Deferred awaited again while its
+    callbacks ran).
+    """
+    ingest, clock, hub, counters = make_ingest(store)
+    await ingest.start()
+    database.sql("ALTER TABLE readings RENAME TO readings_away")
+    ingest.receive(Point(1, T0, 100))
+    clock.advance(BATCH_DELAY)
+    await wait_until(lambda: counters.write_failures == 1)
+    [why] = [e["why"] for e in log_events if e.get("log_format", "").startswith("cannot write")]
+    assert 'relation "readings" does not exist' in why
+
+
+@pytest_twisted.ensureDeferred
 async def test_stop_writes_what_is_queued(store, database) -> None:
     """
     Stopping writes the queued points before returning.
