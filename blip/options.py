@@ -184,12 +184,8 @@ class Options(usage.Options):
         self["db"] = self["db"] or None
         if self["db"] is not None:
             _check_dsn(self["db"], "--db")
-            if len(hosts.listed(self["db"])) > 1 and not hosts.read_write(self["db"]):
-                raise usage.UsageError(
-                    "--db: names several hosts: add target_session_attrs=read-write"
-                    " (?target_session_attrs=read-write to a URI), so that blipserver writes"
-                    " to the one that takes writes, never to a standby"
-                )
+            if hosts.may_reach_a_standby(self["db"]):
+                raise usage.UsageError(f"--db: {hosts.SEVERAL_HOSTS}")
         else:
             try:
                 Cluster.at(state / "pg", run_as[0] if run_as else None).check()

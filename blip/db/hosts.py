@@ -148,14 +148,25 @@ def listed(dsn: str, settings: Optional[Mapping[str, str]] = None) -> list[tuple
     return list(zip(hosts, ports))
 
 
-def read_write(dsn: str) -> bool:
+#: What is wrong with a connection string for writing that
+#: :func:`may_reach_a_standby`, said after the option that gave it.
+SEVERAL_HOSTS = (
+    "names several hosts: add target_session_attrs=read-write"
+    " (?target_session_attrs=read-write to a URI), so that blipserver writes"
+    " to the one that takes writes, never to a standby"
+)
+
+
+def may_reach_a_standby(dsn: str) -> bool:
     """
-    :return: whether a connection to ``dsn`` (or to ``PGTARGETSESSIONATTRS``)
-        accepts only a server that takes writes (``target_session_attrs``
-        ``read-write`` or ``primary``).
+    :return: whether a connection to ``dsn`` may reach a server that takes
+        no writes: it names several hosts without asking for one that takes
+        writes (``target_session_attrs`` ``read-write`` or ``primary``, in
+        the string or in ``PGTARGETSESSIONATTRS``).
     """
     given = _given(dsn, {}) or {}
-    return _setting(given, "target_session_attrs") in ("read-write", "primary")
+    writes = _setting(given, "target_session_attrs") in ("read-write", "primary")
+    return len(listed(dsn)) > 1 and not writes
 
 
 async def attempts(dsn: str, settings: Mapping[str, str], resolver: IHostnameResolver) -> list[dict[str, str]]:

@@ -21,7 +21,7 @@ from twisted.internet.interfaces import IHostnameResolver
 from zope.interface import implementer
 
 from blip.db.embedded import PORT
-from blip.db.hosts import attempts, listed, read_write
+from blip.db.hosts import attempts, listed, may_reach_a_standby
 from blip.db.pool import Pool
 from blip.db.txpg import Connection, Detector
 from tests.conftest import TIMEOUT, wait_until
@@ -193,23 +193,24 @@ async def test_rounds_of_prefer_standby_and_random_balancing(monkeypatch) -> Non
     ))
 
 
-def test_listed_hosts_and_read_write(monkeypatch) -> None:
+def test_listed_hosts_and_standbys(monkeypatch) -> None:
     """
     The hosts of a string (key=value or URI, with the environment's
-    defaults) in order with their ports, and whether it asks for a
-    server that takes writes.
+    defaults) in order with their ports, and whether it may reach a
+    standby: several hosts, without asking for a server that takes writes.
     """
     assert listed("postgresql://a:1,b:2/db") == [("a", "1"), ("b", "2")]
     assert listed("host=a,b port=5") == [("a", "5"), ("b", "5")]
     assert listed("dbname=x") == []
     monkeypatch.setenv("PGHOST", "c,d")
     assert listed("dbname=x") == [("c", ""), ("d", "")]
-    assert read_write("host=a,b target_session_attrs=read-write")
-    assert read_write("postgresql://a,b/db?target_session_attrs=primary")
-    assert not read_write("host=a,b target_session_attrs=any")
-    assert not read_write("host=a,b")
+    assert not may_reach_a_standby("host=a,b target_session_attrs=read-write")
+    assert not may_reach_a_standby("postgresql://a,b/db?target_session_attrs=primary")
+    assert may_reach_a_standby("host=a,b target_session_attrs=any")
+    assert may_reach_a_standby("host=a,b")
+    assert not may_reach_a_standby("host=a")
     monkeypatch.setenv("PGTARGETSESSIONATTRS", "read-write")
-    assert read_write("host=a,b")
+    assert not may_reach_a_standby("host=a,b")
 
 
 @pytest_twisted.ensureDeferred
