@@ -25,7 +25,7 @@ import psycopg2
 import pytest
 
 from blip.db.embedded import Cluster
-from tests.conftest import TIMEOUT, eventually, free_port, open_pty, shared_tempdir
+from tests.conftest import TIMEOUT, eventually, free_port, open_pty, shared_tempdir, sql_at
 from tests.ingest.test_writer import rollups_match_readings
 from tests.link import Link
 from tests.test_service import answer, park
@@ -115,14 +115,8 @@ class Server:
 
     def sql(self, statement: str, params: tuple = (), dbname: str = NAME) -> list[tuple]:
         """Run one statement over TCP and return its rows."""
-        connection = psycopg2.connect(host="127.0.0.1", port=self.port, user=NAME, dbname=dbname)
-        try:
-            connection.autocommit = True
-            with connection.cursor() as cursor:
-                cursor.execute(statement, params)
-                return cursor.fetchall() if cursor.description else []
-        finally:
-            connection.close()
+        dsn = psycopg2.extensions.make_dsn(host="127.0.0.1", port=self.port, user=NAME, dbname=dbname)
+        return sql_at(dsn, statement, params)
 
     def count(self) -> int:
         """:return: how many readings it has."""
