@@ -42,6 +42,9 @@ class Counters:
     spooled: int = 0
     #: Spooled points read back and committed (duplicates included).
     replayed: int = 0
+    #: Points committed on a database server and written again to the next
+    #: one (after a failover or a restart: see blip.ingest.writer).
+    resent: int = 0
     #: Batches the database refused or could not take.
     write_failures: int = 0
     #: Points dropped because neither the database nor the spool took them

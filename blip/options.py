@@ -19,6 +19,7 @@ from twisted.python import usage
 
 from blip.common.env import env_name
 from blip.common.owned import Folder, Unsafe, user_name
+from blip.db import hosts
 from blip.db.embedded import Cluster, EmbeddedError
 from blip.db.partitions import KeepRaw, parse_keep_raw
 from blip.meters import Meters, MetersError
@@ -58,7 +59,8 @@ class Options(usage.Options):
         ["baudrate", None, "9600",
          "Serial speed (of a relayed line: set through rfc2217://; a tcp:// relay keeps its own)."],
         ["db", None, None,
-         "libpq connection string or URI of PostgreSQL"
+         "libpq connection string or URI of PostgreSQL; for a primary with standbys,"
+         " every server: host=a,b port=5432,5432 ... target_session_attrs=read-write"
          " [default: an embedded private cluster in the state dir]."],
         ["state-dir", None, "./var",
          "Where the embedded cluster, the ingest spool and other state live."],
@@ -91,8 +93,9 @@ class Options(usage.Options):
          "File holding the password of the --mqtt URL's user, when the URL has none;"
          " or give it in BLIP_MQTT_PASSWORD. Never on the command line, which every user sees."],
         ["db-read", None, None,
-         "libpq connection string or URI of a read replica for the HTTP side's queries"
-         " (live points still come from --db) [default: --db]."],
+         "libpq connection string or URI of a read replica for the HTTP side's queries,"
+         " or of several (host=r1,r2 ... target_session_attrs=prefer-standby"
+         " load_balance_hosts=random); live points still come from --db [default: --db]."],
         ["upstream", None, None,
          "Send every point to this central blipserver's write API too (http:// or https://,"
          " where it is served); without --db, this node keeps no database and serves no HTTP."],
@@ -246,6 +249,8 @@ class Options(usage.Options):
         self["db"] = self["db"] or None
         if self["db"] is not None:
             _check_dsn(self["db"], "--db")
+            if hosts.may_reach_a_standby(self["db"]):
+                raise usage.UsageError(f"--db: {hosts.SEVERAL_HOSTS}")
         elif not self["upstream"]:
             try:
                 Cluster.at(state / "pg", run_as[0] if run_as else None).check()

@@ -63,6 +63,21 @@ def _must(cluster: Cluster, argv: list[str]) -> None:
         pytest.fail(f"{argv[0]} {argv[1]} failed: {done.stdout}{done.stderr}{log}", pytrace=False)
 
 
+def sql_at(dsn: str, statement: str, params: tuple = ()) -> list[tuple]:
+    """
+    Run one statement synchronously on the database of ``dsn``, in a
+    connection of its own, and return its rows.
+    """
+    connection = psycopg2.connect(dsn)
+    try:
+        connection.autocommit = True
+        with connection.cursor() as cursor:
+            cursor.execute(statement, params)
+            return cursor.fetchall() if cursor.description else []
+    finally:
+        connection.close()
+
+
 class TestCluster:
     """
     The run's PostgreSQL cluster, which tests may stop and start again.
@@ -92,14 +107,7 @@ class TestCluster:
         Run one statement synchronously and return its rows (for checks
         made outside the code under test).
         """
-        connection = psycopg2.connect(self.dsn(dbname))
-        try:
-            connection.autocommit = True
-            with connection.cursor() as cursor:
-                cursor.execute(statement, params)
-                return cursor.fetchall() if cursor.description else []
-        finally:
-            connection.close()
+        return sql_at(self.dsn(dbname), statement, params)
 
 
 @pytest.fixture(scope="session")

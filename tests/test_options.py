@@ -64,6 +64,20 @@ def test_environment_and_command_line(monkeypatch) -> None:
     assert options["listen"] == "tcp:9000"
 
 
+def test_a_primary_with_standbys_and_several_replicas() -> None:
+    """
+    --db may name a primary and its standbys when it asks for the server
+    that takes writes (key=value or URI); --db-read may name several
+    replicas as libpq would pick among them.
+    """
+    primary = "host=a,b port=5432,5433 dbname=x target_session_attrs=read-write"
+    replicas = "host=r1,r2 dbname=x target_session_attrs=prefer-standby load_balance_hosts=random"
+    options = parse(["--db", primary, "--db-read", replicas])
+    assert (options["db"], options["db-read"]) == (primary, replicas)
+    uri = "postgresql://a:5432,b:5432/x?target_session_attrs=primary"
+    assert parse(["--db", uri])["db"] == uri
+
+
 def test_node_name(monkeypatch) -> None:
     """
     The node name defaults to the host name and can be set by option or
@@ -123,6 +137,8 @@ def test_simulate_from_the_environment(monkeypatch) -> None:
         (["--listen", "carrier-pigeon:80"], "--listen"),
         (["--listen", "tcp:notaport"], "--listen"),
         (["--db", "host=x = y"], "--db"),
+        (["--db", "host=a,b dbname=x"], "--db: names several hosts: add target_session_attrs"),
+        (["--db", "postgresql://a,b/x?target_session_attrs=any"], "--db: names several hosts"),
         (["--meters", "/nonexistent/meters.toml"], "--meters"),
         (["--serial", "/dev/ttyUSB0", "--simulate"], "--serial and --simulate"),
         (["--serial", "tcp://esp-link.lan"], "--serial: no port in 'tcp://esp-link.lan'"),

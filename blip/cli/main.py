@@ -42,6 +42,7 @@ import psycopg2.extensions
 from blip.cli import rollups, transfer
 from blip.cli.repair import repair_once
 from blip.common.env import env_name
+from blip.db import hosts
 from blip.db.embedded import Cluster, EmbeddedError
 from blip.db.layouts import LAYOUTS, SCHEMA_VERSION, Refused
 from blip.db.sync_store import SyncStore
@@ -97,8 +98,10 @@ def parser() -> argparse.ArgumentParser:
     where = database.add_argument_group("database")
     where.add_argument(
         "--db", metavar="DSN",
-        help="libpq connection string or URI of PostgreSQL [default: $BLIP_DB, else the"
-             " embedded database of --state-dir, which a running daemon serves]",
+        help="libpq connection string or URI of PostgreSQL, the daemon's (for a primary"
+             " with standbys: host=a,b ... target_session_attrs=read-write) [default:"
+             " $BLIP_DB, else the embedded database of --state-dir, which a running daemon"
+             " serves]",
     )
     where.add_argument(
         "--state-dir", metavar="DIR", type=Path,
@@ -260,6 +263,8 @@ def dsn_of(args: Any) -> tuple[str, str]:
             raise CommandError(
                 "--db: not a connection string or URI (key=value ... or postgresql://...)"
             ) from None
+        if hosts.may_reach_a_standby(dsn):
+            raise CommandError(f"--db: {hosts.SEVERAL_HOSTS}")
         return dsn, "the database"
     state = args.state_dir or Path(os.environ.get(env_name("state-dir")) or "./var")
     root = state / "pg"

@@ -17,7 +17,10 @@ def within(d: "Deferred[Any]", seconds: float, clock: IReactorTime) -> "Deferred
     """
     :param d: what to wait for; its result passes on untouched.
     :return: a Deferred that fires True when ``d`` fires, or False after
-        ``seconds``, whichever comes first.
+        ``seconds``, whichever comes first. It fires while ``d`` runs its
+        callbacks: take ``d``'s result through :func:`detached` (awaiting
+        ``d`` itself then fails with an AssertionError of Twisted's when
+        ``d`` failed).
     """
     result: Deferred[bool] = Deferred()
 

@@ -5,6 +5,7 @@ the reads that let a node, a live client or a publisher catch up with what
 is stored.
 """
 
+from datetime import datetime
 from typing import Any, Mapping, NamedTuple, Optional, Sequence
 
 from blip.db.partitions import ensure_months
@@ -26,6 +27,9 @@ NOTIFY_POINTS = 180
 # not announced twice. Only this write notifies, not the trigger: history
 # loaded with `blip import` or psql is not live and must not reach live
 # clients as if the meter had just blinked.
+#
+# The last column says which server committed them: when its postmaster
+# started, different for every server of a list, and after a restart.
 #
 # Payload (see blip.live.notify.decode): groups separated by ";", one per
 # meter, "<meter>:<stamp>,<ms> <step>,<ms> ..." where each step is the
@@ -52,7 +56,8 @@ _INSERT = (
     " payloads AS ("
     " SELECT string_agg(text, ';' ORDER BY id) AS payload FROM groups GROUP BY chunk)"
     " SELECT (SELECT count(*) FROM new),"
-    f"       (SELECT count(pg_notify('{CHANNEL}', payload)) FROM payloads)"
+    f"       (SELECT count(pg_notify('{CHANNEL}', payload)) FROM payloads),"
+    "        pg_postmaster_start_time()"
 )
 # The same without the announcement, for history that is not live.
 _INSERT_QUIETLY = (
@@ -72,6 +77,32 @@ def _array(numbers: list[int]) -> str:
         ``ARRAY[...]`` of a list.
     """
     return "{" + ",".join(map(str, numbers)) + "}"
+
+
+def _arrays(points: Sequence[Point]) -> tuple[str, str, str]:
+    """
+    :return: the meters, stamps and ms of ``points``, as the arrays the
+        inserts take.
+    """
+    return (
+        _array([p.meter for p in points]),
+        _array([p.stamp for p in points]),
+        _array([p.ms for p in points]),
+    )
+
+
+class Committed(NamedTuple):
+    """
+    What a write of the ingest committed.
+
+    :param new: how many of its points were new.
+    :param server: which server committed it: when that server started
+        (another server of a list of hosts, or the same one restarted,
+        starts at another time).
+    """
+
+    new: int
+    server: datetime
 
 
 class BlipTotal(NamedTuple):
@@ -105,7 +136,7 @@ class Readings(Queries):
     :param pool: the connections to run statements on.
     """
 
-    async def insert(self, points: Sequence[Point], announce: bool = True) -> int:
+    async def write(self, points: Sequence[Point]) -> Committed:
         """
         Store points in one statement; the rollup trigger updates the
         minute and hour rollups in the same transaction. Points already
@@ -113,20 +144,24 @@ class Readings(Queries):
         :data:`CHANNEL` (see :data:`_INSERT`), delivered when the
         transaction commits.
 
+        :return: how many points were new, and which server committed
+            them.
+        """
+        rows = await self.pool.runQuery(_INSERT, _arrays(points))
+        return Committed(int(rows[0][0]), rows[0][2])
+
+    async def insert(self, points: Sequence[Point], announce: bool = True) -> int:
+        """
+        Store points as :meth:`write` does.
+
         :param announce: False for history, which no live client wants,
             and whose months may want partitions: they are made first.
         :return: how many points were new.
         """
-        if not announce:
-            await run_in(self.pool, ensure_months(None, (p.stamp for p in points)))
-        rows = await self.pool.runQuery(
-            _INSERT if announce else _INSERT_QUIETLY,
-            (
-                _array([p.meter for p in points]),
-                _array([p.stamp for p in points]),
-                _array([p.ms for p in points]),
-            ),
-        )
+        if announce:
+            return (await self.write(points)).new
+        await run_in(self.pool, ensure_months(None, (p.stamp for p in points)))
+        rows = await self.pool.runQuery(_INSERT_QUIETLY, _arrays(points))
         return int(rows[0][0])
 
     async def has_readings_before(self, meter: int, stamp: int) -> bool:

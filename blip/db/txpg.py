@@ -33,7 +33,7 @@ from twisted.python.failure import Failure
 from txpostgres import reconnection, retrying, txpostgres
 
 from blip.common.waiting import detached, within
-from blip.db.hosts import addressed
+from blip.db.hosts import attempts
 
 
 class Detector(reconnection.DeadConnectionDetector):
@@ -129,6 +129,21 @@ def connect_timeout(dsn: str, settings: Mapping[str, str]) -> float:
     return float(max(seconds, 2)) if seconds > 0 else 0.0
 
 
+#: What an attempt to open a connection that took too long fails with.
+TIMED_OUT = "timeout expired"
+
+
+def _where(attempt: Mapping[str, str]) -> str:
+    """
+    :return: the start of libpq's message about a failed attempt to reach
+        the host of ``attempt`` (see :func:`blip.db.hosts.attempts`).
+    """
+    address = attempt.get("hostaddr")
+    shown = f' ({address})' if address and address != attempt["host"] else ""
+    port = f', port {attempt["port"]}' if attempt.get("port") else ""
+    return f'connection to server at "{attempt["host"]}"{shown}{port} failed: '
+
+
 class Connection(txpostgres.Connection):
     """
     A txpostgres connection that opens without blocking and within its
@@ -152,39 +167,62 @@ class Connection(txpostgres.Connection):
 
     def connect(self, dsn: str, **settings: str) -> "Deferred[Connection]":
         """
-        Open the connection: resolve its host names without blocking
-        (:func:`blip.db.hosts.addressed`), then let txpostgres open it, and
-        give up (close it, and fail with :exc:`psycopg2.OperationalError`)
-        when it is not open after ``connect_timeout`` per address: libpq
-        applies that setting only to connections it opens while blocking.
-        Cancelling the returned Deferred closes the attempt (txpostgres
-        would call psycopg2's ``cancel()``).
+        Open the connection: resolve its host names without blocking, and
+        try a list of hosts one address at a time
+        (:func:`blip.db.hosts.attempts`), each given up (closed, and
+        failed with :exc:`psycopg2.OperationalError`) when it is not open
+        after ``connect_timeout``: libpq applies that setting only to
+        connections it opens while blocking. Cancelling the returned
+        Deferred closes the attempt (txpostgres would call psycopg2's
+        ``cancel()``).
 
         :param dsn: a libpq connection string or URI.
         :param settings: more libpq settings, which win over ``dsn``'s.
-        :return: a Deferred that fires with this connection once it is open.
+        :return: a Deferred that fires with this connection once it is
+            open; or fails with the reasons of every attempt, one a line.
         """
         return Deferred.fromCoroutine(self._open(dsn, settings))
 
     async def _open(self, dsn: str, settings: dict[str, str]) -> "Connection":
         self.prepared = set()
         resolver: Optional[IHostnameResolver] = getattr(self.reactor, "nameResolver", None)
-        extra = {} if resolver is None else await addressed(dsn, settings, resolver)
-        opening: Deferred[Connection] = super().connect(dsn, **{**settings, **extra})
-        # Reconnections connect again with the host names, not with the
-        # addresses found this time.
-        self.detector.setReconnectable(self, dsn, **settings)
-        addresses = len(extra.get("host", "").split(","))
-        timeout = connect_timeout(dsn, settings) * addresses
+        tried = [] if resolver is None else await attempts(dsn, settings, resolver)
+        timeout = connect_timeout(dsn, settings)
+        try:
+            if not tried:
+                return await self._attempt(dsn, settings, timeout)
+            failures = []
+            for extra in tried:
+                try:
+                    return await self._attempt(dsn, {**settings, **extra}, timeout)
+                except psycopg2.OperationalError as e:
+                    why = str(e).strip()
+                    named = why.startswith("connection to server")
+                    failures.append(why if named else _where(extra) + why)
+            raise psycopg2.OperationalError("\n".join(failures))
+        finally:
+            # Reconnections connect again with the host names, not with
+            # the addresses found this time.
+            self.detector.setReconnectable(self, dsn, **settings)
+
+    async def _attempt(self, dsn: str, settings: dict[str, str], timeout: float) -> "Connection":
+        """
+        One attempt to open the connection, given up after ``timeout``
+        seconds (0: never).
+        """
+        opening: Deferred[Connection] = super().connect(dsn, **settings)
         try:
             if timeout and not await within(opening, timeout, self.reactor):
-                raise psycopg2.OperationalError("timeout expired")
+                raise psycopg2.OperationalError(TIMED_OUT)
             return await detached(opening)
         except BaseException:
             if not opening.called:
                 # Closing fails the opening (with ConnectionDone); what
                 # failed is said above.
                 opening.addErrback(lambda f: None)
+            if self.pollable() is not None:
+                # Before the next attempt (txpostgres refuses to open a
+                # connection that is not closed).
                 self.close()
             raise
 

@@ -94,8 +94,11 @@ class Format:
 
 #: The layout of new spool files.
 CURRENT = Format(b"BLIPSPL2", struct.Struct("<iqiI"), True)
+#: The layout of the first spool files: 16 bytes a point, no checksum (also
+#: how ingest keeps the points it may have to write again).
+PLAIN = Format(b"BLIPSPL1", _BODY, False)
 #: Every layout that can be read, by header.
-FORMATS = {f.header: f for f in (CURRENT, Format(b"BLIPSPL1", _BODY, False))}
+FORMATS = {f.header: f for f in (CURRENT, PLAIN)}
 #: The first bytes of a new spool file: its format and version.
 HEADER = CURRENT.header
 #: One point's record in a new spool file.

@@ -19,6 +19,16 @@ memory, up to :data:`MAX_PENDING` of them; the spool is tried again every
 appended. Beyond that bound new points are dropped (they still go live),
 counted and logged: memory stays bounded however long the disk stays full.
 
+A write commits on whichever server the database connections reach: with
+a list of hosts (a primary and its standbys), another one after a
+failover. What the old primary committed last may not have reached the
+standby promoted in its place (replication runs behind the commits), so
+when a write commits on another server than the one before (or on the
+same one restarted), the points committed in the :data:`RESEND_WINDOW`
+seconds before the last commit on the one before (at most
+:data:`RESEND_MOST`) are written to it again, ahead of the points that
+wait: those it has are skipped, and counted nowhere twice.
+
 The database is one kind of :class:`Sink`: a node that forwards its points
 to another blipserver writes them through a second Ingest whose sink is
 that server's write API (see :mod:`blip.remote.upstream`), with a spool of
@@ -26,6 +36,8 @@ its own.
 """
 
 import typing
+from collections import deque
+from datetime import datetime
 from typing import Any, Callable, Optional, Sequence
 
 from twisted.internet.defer import CancelledError, Deferred
@@ -38,7 +50,8 @@ from blip.common.throttle import Throttle
 from blip.common.waiting import detached, within
 from blip.counters import Counters
 from blip.db.pool import RETRIABLE
-from blip.ingest.spool import AppendError, Spool
+from blip.db.readings import Committed
+from blip.ingest.spool import PLAIN, AppendError, Spool
 from blip.ingest.stamps import Stamps
 from blip.live.hub import Hub
 from blip.model import Point
@@ -63,6 +76,12 @@ MAX_PENDING = 100_000
 SPOOL_RETRY = 1.0
 #: Seconds between two warnings about dropped points.
 DROP_WARN_INTERVAL = 60.0
+#: Points committed this many seconds before the last commit on a server
+#: are written again when the next write commits on another server: far
+#: more than a streaming replica lags behind its primary while it keeps up.
+RESEND_WINDOW = 10.0
+#: Most points kept to be written again (the newest), packed: 16 bytes each.
+RESEND_MOST = 100_000
 
 DatabaseAlive = Callable[[], "Deferred[None]"]
 
@@ -73,11 +92,11 @@ class Sink(typing.Protocol):
     :class:`~blip.db.readings.Readings`).
     """
 
-    async def insert(self, points: Sequence[Point]) -> int:
+    async def write(self, points: Sequence[Point]) -> Committed:
         """
         Store ``points`` (in order), skipping those stored already.
 
-        :return: how many were new.
+        :return: how many were new, and which server stored them.
         """
 
     async def last_points(self) -> list[Point]:
@@ -187,6 +206,14 @@ class Ingest:
         self._batch_spooled = False
         self._failures = 0
         self._retry_delay = backoff()
+        # The server that committed the last write, the batches it
+        # committed within RESEND_WINDOW of it (when, how many points, and
+        # the points packed: a tenth of their size as objects), how many
+        # points they hold, and the points to write again to another server.
+        self._server: Optional[datetime] = None
+        self._recent: deque[tuple[float, int, bytes]] = deque()
+        self._recent_points = 0
+        self._again: list[Point] = []
 
     def observe(self, observer: Observer) -> Callable[[], None]:
         """
@@ -289,6 +316,7 @@ class Ingest:
         self._spool_retry = None
         if self._starting is not None:
             self._starting.cancel()
+        self.pending[:0], self._again = self._again, []
         deadline = self.clock.seconds() + STOP_TIMEOUT
         while True:
             if self._writing is None:
@@ -454,11 +482,13 @@ class Ingest:
         assert done is not None
         try:
             try:
-                insert = Deferred.fromCoroutine(self.store.insert(batch))
+                insert = Deferred.fromCoroutine(self.store.write(batch))
                 if not await within(insert, WRITE_TIMEOUT, self.clock):
                     insert.addErrback(lambda f: None)
                     raise WriteStalled(f"no answer from the {self.name} in {WRITE_TIMEOUT:.0f} s")
-                new = await insert
+                # (Awaiting it directly would fail with an AssertionError of
+                # Twisted's: it is still running its callbacks.)
+                committed = await detached(insert)
             except Exception as e:
                 self._writing = None
                 if not self._closed:
@@ -466,16 +496,17 @@ class Ingest:
             else:
                 self._writing = None
                 if not self._closed:
-                    self._written(batch, from_spool, new)
+                    self._written(batch, from_spool, committed)
         finally:
             if self._writing is done:
                 self._writing = None
             self._update_backlog()
             done.callback(None)
 
-    def _written(self, batch: list[Point], from_spool: bool, new: int) -> None:
-        self.counters.stored += new
+    def _written(self, batch: list[Point], from_spool: bool, committed: Committed) -> None:
+        self.counters.stored += committed.new
         self._tell(lambda observer: observer.stored(batch))
+        self._remember(batch, committed.server)
         if from_spool:
             self.spool.consume(len(batch))
             self.counters.replayed += len(batch)
@@ -488,10 +519,42 @@ class Ingest:
                 count=len(self.spool),
             )
             self._failures = 0
-        if self._spooling:
+        if self._again:
+            chunk = self._again[:MAX_STATEMENT]
+            del self._again[:MAX_STATEMENT]
+            self._start_write(chunk, False)
+        elif self._spooling:
             self._replay()
         else:
             self._schedule()
+
+    def _remember(self, batch: list[Point], server: datetime) -> None:
+        """
+        Keep the points ``server`` committed last; when it is another
+        server than the one before, queue the points that one committed
+        last to be written to it again.
+        """
+        if server != self._server:
+            if self._server is not None and self._recent:
+                again = [point for _, _, packed in self._recent for point in PLAIN.read(packed)]
+                self.counters.resent += len(again)
+                self.log.info(
+                    "the database server changed (a failover, or a restart): writing"
+                    " again the {count} points committed in the last {window:g} s on the"
+                    " one before, which it may not have had",
+                    count=len(again), window=RESEND_WINDOW,
+                )
+                self._again[:0] = again
+            self._server = server
+            self._recent.clear()
+            self._recent_points = 0
+        now = self.clock.seconds()
+        self._recent.append((now, len(batch), PLAIN.pack(batch)))
+        self._recent_points += len(batch)
+        while self._recent and (
+            self._recent[0][0] < now - RESEND_WINDOW or self._recent_points > RESEND_MOST
+        ):
+            self._recent_points -= self._recent.popleft()[1]
 
     def _failed(self, batch: list[Point], from_spool: bool, error: Exception) -> None:
         self.counters.write_failures += 1

@@ -10,11 +10,13 @@ twice (its answer lost) stores nothing twice there.
 """
 
 import json
+from datetime import datetime, timezone
 from typing import Any, Sequence
 
 from twisted.logger import Logger
 
 from blip.counters import Counters
+from blip.db.readings import Committed
 from blip.ingest.writer import Ingest
 from blip.model import Point
 from blip.remote.client import Client, RemoteError, RemoteUnavailable
@@ -27,6 +29,10 @@ UPSTREAM_SPOOL = "upstream-spool"
 #: them (a refused token or a clock too far ahead is set right by the
 #: operator, and the points wait in the spool meanwhile).
 RETRIABLE = (RemoteError,)
+#: The server that stores what is sent, as the Ingest sees it: always the
+#: same one (what it acknowledged stays acknowledged; nothing is sent again
+#: for a failover behind it).
+CENTRAL = datetime.min.replace(tzinfo=timezone.utc)
 
 
 class Upstream:
@@ -43,6 +49,14 @@ class Upstream:
     def __init__(self, client: Client, counters: Counters) -> None:
         self.client = client
         self.counters = counters
+
+    async def write(self, points: Sequence[Point]) -> Committed:
+        """
+        Send ``points``, as :meth:`insert` does.
+
+        :return: how many the server stored, and :data:`CENTRAL`.
+        """
+        return Committed(await self.insert(points), CENTRAL)
 
     async def insert(self, points: Sequence[Point]) -> int:
         """

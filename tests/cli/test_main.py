@@ -341,6 +341,7 @@ def test_bad_arguments_are_one_clear_error(database) -> None:
         (["import", "/nonexistent.csv", "--meter", "1", "--db", database.dsn], 1,
          "blip: error: /nonexistent.csv: No such file or directory"),
         (["export", "--meter", "1", "--db", "nonsense"], 1, "--db: not a connection string or URI"),
+        (["upgrade", "--db", "host=a,b dbname=x"], 1, "--db: names several hosts: add target_session_attrs"),
         (["upgrade", "--db", "host=/nonexistent dbname=x"], 1, "blip: error: cannot connect to the database:"),
     ]
     for args, status, message in cases:

@@ -8,7 +8,16 @@ import hashlib
 import pytest
 import pytest_twisted
 
-from blip.db.tokens import CREATE, LIST, REVOKE, TOKEN, BadToken, Tokens, new_token, token_row
+from blip.db.tokens import (
+    CREATE,
+    LIST,
+    REVOKE,
+    TOKEN,
+    BadToken,
+    Tokens,
+    new_token,
+    token_row,
+)
 
 T0 = 1_700_000_000_000
 

@@ -8,6 +8,7 @@ a full disk, and what observers of ingest are told.
 import os
 import time
 from collections.abc import AsyncIterator
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 
@@ -18,13 +19,14 @@ from twisted.internet.threads import deferToThread
 
 from blip.counters import Counters
 from blip.db.pool import Pool
-from blip.db.readings import Readings
+from blip.db.readings import Committed, Readings
 from blip.ingest.spool import HEADER, RECORD, Spool
 from blip.ingest.stamps import Stamps
 from blip.ingest.writer import (
     BATCH_DELAY,
     BATCH_SIZE,
     MAX_STATEMENT,
+    RESEND_WINDOW,
     SPOOL_RETRY,
     STOP_TIMEOUT,
     Ingest,
@@ -96,11 +98,13 @@ async def test_a_full_batch_is_written_without_waiting(store) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_failed_write_is_retried_in_order(store, database) -> None:
+async def test_failed_write_is_retried_in_order(store, database, log_events) -> None:
     """
     A batch the database refuses goes to the spool, ahead of later points,
     and is written once the database takes it again; nothing is lost or
-    reordered.
+    reordered. The warning gives the database's reason (not the
+    AssertionError Twisted raises for a failed Deferred awaited while its
+    callbacks run).
     """
     ingest, clock, hub, counters = make_ingest(store)
     await ingest.start()
@@ -108,6 +112,8 @@ async def test_failed_write_is_retried_in_order(store, database) -> None:
     ingest.receive(Point(1, T0, 100))
     clock.advance(BATCH_DELAY)
     await wait_until(lambda: counters.write_failures == 1)
+    [why] = [e["why"] for e in log_events if e.get("log_format", "").startswith("cannot write")]
+    assert 'relation "readings" does not exist' in why
     ingest.receive(Point(1, T0 + 1, 100))
     assert [p.stamp for p in ingest.spool.peek(10)] == [T0, T0 + 1]
     database.sql("ALTER TABLE readings_away RENAME TO readings")
@@ -518,6 +524,70 @@ async def test_observers_are_told_of_arrivals_and_commits(store) -> None:
     clock.advance(BATCH_DELAY)
     await wait_until(lambda: counters.stored == 4)
     assert len(recorder.arrived) == 3 and len(recorder.committed) == 3
+
+
+class Servers(Readings):
+    """
+    The test database as a list of servers would look to ingest: each write
+    says it was committed by :attr:`server`; while :attr:`losing`, writes
+    are committed on a server that dies before its standby has them (they
+    succeed and store nothing).
+    """
+
+    server = datetime(2024, 1, 1, tzinfo=timezone.utc)
+    losing = False
+
+    async def write(self, points) -> Committed:
+        """Commit on :attr:`server`, or lose the points there."""
+        if self.losing:
+            return Committed(len(points), self.server)
+        return (await super().write(points))._replace(server=self.server)
+
+
+@pytest_twisted.ensureDeferred
+async def test_points_committed_last_on_a_server_are_written_again_to_the_next(
+    store, database, log_events
+) -> None:
+    """
+    When a write commits on another server than the one before (a standby
+    promoted after the primary died), the points committed within
+    RESEND_WINDOW seconds before the last commit on the one before (those
+    its standby may not have had) are written to it again, first: every
+    point is then stored once, rollups counting each once. Older points,
+    and writes to the same server, are not written again.
+    """
+    store = Servers(store.pool)
+    ingest, clock, hub, counters = make_ingest(store)
+    await ingest.start()
+
+    def blip(i: int) -> None:
+        ingest.receive(Point(1, T0 + i * 1000, 1000 + i))
+        clock.advance(BATCH_DELAY)
+
+    blip(0)
+    await wait_until(lambda: counters.stored == 1)
+    clock.advance(RESEND_WINDOW + 1)  # point 0 is older than the window from here on
+    blip(1)
+    await wait_until(lambda: counters.stored == 2)
+    store.losing = True
+    for i in (2, 3):
+        blip(i)
+        await wait_until(lambda: counters.stored == i + 1)
+    assert database.sql("SELECT count(*) FROM readings") == [(2,)]
+    assert counters.resent == 0
+
+    store.losing = False
+    store.server = datetime(2024, 1, 2, tzinfo=timezone.utc)
+    blip(4)
+    await wait_until(lambda: database.sql("SELECT count(*) FROM readings") == [(5,)])
+    assert counters.resent == 3
+    [changed] = [e for e in log_events if e.get("log_format", "").startswith("the database server changed")]
+    assert changed["count"] == 3
+    blip(5)
+    await wait_until(lambda: database.sql("SELECT count(*) FROM readings") == [(6,)])
+    assert counters.resent == 3
+    assert database.sql("SELECT ms FROM readings ORDER BY stamp") == [(1000 + i,) for i in range(6)]
+    assert rollups_match_readings(database)
 
 
 @pytest_twisted.async_yield_fixture

@@ -15,7 +15,14 @@ from twisted.internet import reactor, ssl
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
-from blip.remote.client import Client, RemoteRefused, RemoteUnavailable, UrlError, base_url, read_token
+from blip.remote.client import (
+    Client,
+    RemoteRefused,
+    RemoteUnavailable,
+    UrlError,
+    base_url,
+    read_token,
+)
 from tests.conftest import _write_certificates, free_port, shared_tempdir
 
 

@@ -26,8 +26,8 @@ from blip.ingest.downtime import LOGGER_DOWN, UNKNOWN, Stretch
 from blip.meters import Meters
 from blip.model import Point
 from blip.remote.client import Client
-from blip.remote.repair import PAGE, Pass, Pending, PeerWrong, Repairer, RepairService
-from tests.conftest import Database, Served, free_port, wait_until
+from blip.remote.repair import PAGE, Pass, PeerWrong, Pending, Repairer, RepairService
+from tests.conftest import Database, Served, wait_until
 
 SECOND = 1000
 #: Blinks of the meter are a second apart from here on (unix ms).
