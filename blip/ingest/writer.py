@@ -324,6 +324,7 @@ class Ingest:
             self.stamps.seed(point.meter, point.stamp)
             self.hub.remember(point)
         self._ready = True
+        self.log.info("ready: points go to the {sink}", sink=self.name)
         if len(self.spool):
             self.log.info(
                 "writing {count} spooled points to the {sink}", count=len(self.spool), sink=self.name
