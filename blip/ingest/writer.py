@@ -3,15 +3,28 @@ Ingest: every point from the serial source goes to the live hub at once and
 into the database in batches, in the order the points arrived, whatever
 happens to the database.
 
-While the database takes every batch within a batch period, points wait in
-memory for at most :data:`BATCH_DELAY` and nothing touches the disk. When it
-does not — not ready yet at start, unreachable, refusing writes, or slower
-than a batch period — every point is appended to the spool
-(:mod:`blip.ingest.spool`) as it arrives, the spool is fsynced once per batch
-period, and it is written to the database in order, chunk by chunk, with
-backoff between failed attempts, until it is empty; then points go straight
-to the database again. Writes are idempotent, so a chunk that was committed
-just before a failure or a crash and is written again changes nothing.
+While the database keeps up, points wait in memory for at most
+:data:`BATCH_DELAY` and nothing touches the disk. A write that is merely
+slow (a loaded machine may take longer than a batch period to commit) holds
+the points that arrive meanwhile in memory, and they are written together
+as soon as it commits. When the database does not keep up — not ready yet
+at start, unreachable, refusing writes, a write unanswered for
+:data:`SLOW_WRITE` seconds, or more points waiting behind a write than the
+next one takes (:data:`MAX_STATEMENT`) — the points of the write in flight,
+those waiting and every later one as it arrives are appended to the spool
+(:mod:`blip.ingest.spool`), the spool is fsynced once per batch period, and
+it is written to the database in order, chunk by chunk, with backoff
+between failed attempts, until it is empty; then points go straight to the
+database again. Writes are idempotent, so a chunk that was committed just
+before a failure or a crash and is written again changes nothing.
+
+What a kill -9 (or a crash) can lose is what is held in memory only: while
+writes keep up, the points of the last batch period or two; while they are
+slow, up to the points of the last two :data:`SLOW_WRITE` periods (those of
+a write unanswered for less than that, which arrived while the write before
+it was in flight, and those that arrived since); while spooling, nothing
+(but what a power cut takes before the next fsync). A stop writes or spools
+every point.
 
 When the spool cannot be written either (a full disk), points wait in
 memory, up to :data:`MAX_PENDING` of them; the spool is tried again every
@@ -60,6 +73,14 @@ from blip.model import Point
 BATCH_DELAY = 0.05
 #: A batch is written as soon as it holds this many points.
 BATCH_SIZE = 500
+#: Seconds a write may stay unanswered before its points and those behind
+#: it go to the spool. A healthy database commits a batch in milliseconds,
+#: and in a few hundredths of a second under the heaviest readers on a busy
+#: two-core machine (more than a batch period now and then); one
+#: unanswered for a second is far beyond that: the database is not keeping
+#: up. Longer would hold more points in memory only, where a kill -9 loses
+#: them (up to about twice this many seconds' worth).
+SLOW_WRITE = 1.0
 #: The spool, or a backlog in memory, is written in statements of at most
 #: this many points.
 MAX_STATEMENT = 5000
@@ -194,6 +215,9 @@ class Ingest:
         self._drops = Throttle(clock, DROP_WARN_INTERVAL)
         self._observers: list[Observer] = []
         self._timer: Optional[IDelayedCall] = None
+        # Whether the batch period of pending points ended while a write was
+        # in flight: they are written as soon as it is done.
+        self._overdue = False
         self._retry: Optional[IDelayedCall] = None
         # Waits that stop cancels (never a query: that would block on
         # psycopg2's cancel): for the database to come back after a failed
@@ -202,6 +226,8 @@ class Ingest:
         self._starting: Optional[Deferred[list[Point]]] = None
         # Fires when the write in flight has been dealt with.
         self._writing: Optional[Deferred[None]] = None
+        # Spools once the write in flight has been unanswered for SLOW_WRITE.
+        self._slow: Optional[IDelayedCall] = None
         self._batch: list[Point] = []
         self._batch_spooled = False
         self._failures = 0
@@ -238,7 +264,11 @@ class Ingest:
         self.pending.append(point)
         if self._spooling:
             self._spool_pending()
-        elif len(self.pending) >= BATCH_SIZE and self._writing is None:
+        elif self._writing is not None:
+            if len(self.pending) >= MAX_STATEMENT:
+                # More than the next write takes: the database is behind.
+                self._behind()
+        elif len(self.pending) >= BATCH_SIZE:
             self._write_pending()
             return
         if self._timer is None:
@@ -294,6 +324,7 @@ class Ingest:
             self.stamps.seed(point.meter, point.stamp)
             self.hub.remember(point)
         self._ready = True
+        self.log.info("ready: points go to the {sink}", sink=self.name)
         if len(self.spool):
             self.log.info(
                 "writing {count} spooled points to the {sink}", count=len(self.spool), sink=self.name
@@ -310,6 +341,7 @@ class Ingest:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+        self._cancel_slow()
         self._cancel_retry()
         if self._spool_retry is not None and self._spool_retry.active():
             self._spool_retry.cancel()
@@ -362,9 +394,25 @@ class Ingest:
         elif self._writing is None:
             self._write_pending()
         else:
-            self.log.debug("the {sink} is behind: spooling until it catches up", sink=self.name)
-            self._start_spooling()
+            # The write in flight is slow: these points follow it as soon as
+            # it is done (or go to the spool with it, should it take
+            # SLOW_WRITE).
+            self._overdue = True
         self._update_backlog()
+
+    def _behind(self) -> None:
+        self.log.debug("the {sink} is behind: spooling until it catches up", sink=self.name)
+        self._start_spooling()
+
+    def _write_slow(self) -> None:
+        self._slow = None
+        self._behind()
+        self._update_backlog()
+
+    def _cancel_slow(self) -> None:
+        if self._slow is not None and self._slow.active():
+            self._slow.cancel()
+        self._slow = None
 
     def _start_spooling(self) -> None:
         if self._writing is not None and not self._batch_spooled:
@@ -446,6 +494,7 @@ class Ingest:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+        self._overdue = False
         if self.pending:
             batch = self.pending[:MAX_STATEMENT]
             del self.pending[:MAX_STATEMENT]
@@ -465,7 +514,7 @@ class Ingest:
     def _schedule(self) -> None:
         if self._spooling or not self.pending or self._stopping:
             return
-        if len(self.pending) >= BATCH_SIZE and self._writing is None:
+        if self._writing is None and (len(self.pending) >= BATCH_SIZE or self._overdue):
             self._write_pending()
         elif self._timer is None:
             self._timer = self.clock.callLater(BATCH_DELAY, self._tick)
@@ -473,6 +522,9 @@ class Ingest:
     def _start_write(self, batch: list[Point], from_spool: bool) -> None:
         self._batch, self._batch_spooled = batch, from_spool
         self._writing = Deferred()
+        if not from_spool and not self._stopping:
+            # (Armed first: the write may be done before the call returns.)
+            self._slow = self.clock.callLater(SLOW_WRITE, self._write_slow)
         Deferred.fromCoroutine(self._write(batch, from_spool)).addErrback(
             lambda f: self.log.failure("ingest write failed", f)
         )
@@ -490,18 +542,22 @@ class Ingest:
                 # Twisted's: it is still running its callbacks.)
                 committed = await detached(insert)
             except Exception as e:
-                self._writing = None
+                self._end_write()
                 if not self._closed:
                     self._failed(batch, from_spool, e)
             else:
-                self._writing = None
+                self._end_write()
                 if not self._closed:
                     self._written(batch, from_spool, committed)
         finally:
             if self._writing is done:
-                self._writing = None
+                self._end_write()
             self._update_backlog()
             done.callback(None)
+
+    def _end_write(self) -> None:
+        self._writing = None
+        self._cancel_slow()
 
     def _written(self, batch: list[Point], from_spool: bool, committed: Committed) -> None:
         self.counters.stored += committed.new

@@ -1,8 +1,8 @@
 """
 Tests of ingest: live first, batches by time and size, order, retries after
 a failed write, the flush on stop, the spool through database outages
-(the test cluster stopped mid-stream), restarts, stalls, damaged records and
-a full disk, and what observers of ingest are told.
+(the test cluster stopped mid-stream), restarts, slow and stalled writes,
+damaged records and a full disk, and what observers of ingest are told.
 """
 
 import os
@@ -27,6 +27,7 @@ from blip.ingest.writer import (
     BATCH_SIZE,
     MAX_STATEMENT,
     RESEND_WINDOW,
+    SLOW_WRITE,
     SPOOL_RETRY,
     STOP_TIMEOUT,
     Ingest,
@@ -288,7 +289,7 @@ def writes_waiting_for_a_lock(database) -> int:
 @pytest_twisted.ensureDeferred
 async def test_a_stalled_write_sends_points_to_the_spool(store, database, tmp_path: Path) -> None:
     """
-    A write that takes longer than a batch period (here: blocked by a lock
+    A write that takes longer than SLOW_WRITE (here: blocked by a lock
     another session holds) sends it and the points behind it to the spool,
     so a kill in the meantime would lose nothing; once the lock goes,
     everything is written exactly once.
@@ -317,6 +318,163 @@ async def test_a_stalled_write_sends_points_to_the_spool(store, database, tmp_pa
     assert counters.stored == 4
     assert rollups_match_readings(database)
     await ingest.stop()
+
+
+class HeldWrites:
+    """
+    A sink whose writes are answered when the test says: each waits, in
+    :attr:`writes`, until :meth:`commit` (or :meth:`fail`) answers it.
+    """
+
+    server = datetime(2024, 1, 1, tzinfo=timezone.utc)
+
+    def __init__(self) -> None:
+        #: The points of each write not answered yet, and its answer.
+        self.writes: list[tuple[list[Point], Deferred[None]]] = []
+        #: Every point committed, as often as it was.
+        self.committed: list[Point] = []
+
+    async def write(self, points) -> Committed:
+        """Wait for the test's answer; then commit ``points``."""
+        answer: Deferred[None] = Deferred()
+        self.writes.append((list(points), answer))
+        await answer
+        new = [point for point in points if point not in self.committed]
+        self.committed.extend(points)
+        return Committed(len(new), self.server)
+
+    async def last_points(self) -> list[Point]:
+        """Nothing stored before."""
+        return []
+
+    def waiting(self) -> list[list[Point]]:
+        """:return: the points of each write not answered yet."""
+        return [points for points, _ in self.writes]
+
+    def commit(self) -> None:
+        """Answer the oldest write waiting: committed."""
+        self.writes.pop(0)[1].callback(None)
+
+
+def held_ingest(tmp_path: Path) -> tuple[Ingest, Clock, HeldWrites, Counters]:
+    """
+    :return: a started ingest writing to a :class:`HeldWrites`, with a spool
+        file under ``tmp_path``, and its clock, sink and counters.
+    """
+    sink, clock, counters = HeldWrites(), Clock(), Counters()
+    ingest = Ingest(sink, Hub(), Stamps(), clock, counters, Spool(tmp_path / "spool"))
+    ingest.open()
+    assert Deferred.fromCoroutine(ingest.start()).called
+    return ingest, clock, sink, counters
+
+
+def test_a_slow_write_keeps_the_points_behind_it_in_memory(tmp_path: Path) -> None:
+    """
+    A write the database takes longer than a batch period but less than
+    SLOW_WRITE to commit (a loaded machine) sends nothing to the spool: the
+    points that arrive meanwhile wait in memory and are written as soon as
+    it commits, in one batch, in order, each once.
+    """
+    ingest, clock, sink, counters = held_ingest(tmp_path)
+    first = Point(1, T0, 10)
+    ingest.receive(first)
+    clock.advance(BATCH_DELAY)
+    assert sink.waiting() == [[first]]
+    behind = [Point(1, T0 + i, 10) for i in range(1, 41)]
+    for point in behind:
+        ingest.receive(point)
+        clock.advance(SLOW_WRITE / 42)
+    assert sink.waiting() == [[first]]
+    assert counters.spooled == 0 and len(ingest.spool) == 0
+    assert ingest.pending == behind
+    sink.commit()
+    assert sink.waiting() == [behind], "written at once: their batch period is over"
+    sink.commit()
+    assert sink.committed == [first, *behind]
+    assert counters.stored == 41 and counters.backlog == 0
+    assert counters.spooled == 0 and not (tmp_path / "spool").exists()
+
+
+def test_a_write_unanswered_for_the_grace_sends_it_and_what_follows_to_the_spool(
+    tmp_path: Path,
+) -> None:
+    """
+    Once a write has been unanswered for SLOW_WRITE, its points and those
+    that wait behind it are spooled, in order, even if no point arrives
+    then; later points go to the spool as they arrive. When the write
+    commits after all, the spool is written and every point is counted
+    stored once.
+    """
+    ingest, clock, sink, counters = held_ingest(tmp_path)
+    sent = [Point(1, T0 + i, 10) for i in range(8)]
+    ingest.receive(sent[0])
+    clock.advance(BATCH_DELAY)
+    for point in sent[1:5]:
+        ingest.receive(point)
+        clock.advance(BATCH_DELAY)
+    clock.advance(SLOW_WRITE - 5 * BATCH_DELAY)
+    assert counters.spooled == 0, "not yet: unanswered for a little less"
+    clock.advance(2 * BATCH_DELAY)
+    assert counters.spooled == 5 and ingest.pending == []
+    assert ingest.spool.peek(10) == sent[:5]
+    assert Spool(tmp_path / "spool").open() == [sent[4]], "on disk"
+    for point in sent[5:]:
+        ingest.receive(point)
+    assert counters.spooled == 8 and ingest.spool.peek(10) == sent
+    sink.commit()
+    assert sink.waiting() == [sent]
+    sink.commit()
+    assert sink.committed == [sent[0], *sent]
+    assert counters.stored == 8 and counters.backlog == 0
+    assert not (tmp_path / "spool").exists()
+
+
+def test_more_points_behind_a_write_than_a_statement_takes_go_to_the_spool(
+    tmp_path: Path,
+) -> None:
+    """
+    Points arriving faster than writes take them, however quick each write
+    is, do not pile up in memory: once MAX_STATEMENT points wait behind the
+    write in flight, they are spooled.
+    """
+    ingest, clock, sink, counters = held_ingest(tmp_path)
+    ingest.receive(Point(1, T0, 10))
+    clock.advance(BATCH_DELAY)
+    for i in range(1, MAX_STATEMENT):
+        ingest.receive(Point(1, T0 + i, 10))
+    assert counters.spooled == 0 and len(ingest.pending) == MAX_STATEMENT - 1
+    ingest.receive(Point(1, T0 + MAX_STATEMENT, 10))
+    assert ingest.pending == [] and counters.spooled == MAX_STATEMENT + 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_stop_during_a_slow_write_writes_or_spools_every_point(tmp_path: Path) -> None:
+    """
+    A stop while a write is slow waits for it, then writes the points that
+    waited behind it; should the write not be answered within STOP_TIMEOUT,
+    they and its own points are left in the spool, in order.
+    """
+    ingest, clock, sink, counters = held_ingest(tmp_path)
+    ingest.receive(Point(1, T0, 10))
+    clock.advance(BATCH_DELAY)
+    ingest.receive(Point(1, T0 + 1, 10))
+    stopping = Deferred.fromCoroutine(ingest.stop())
+    sink.commit()
+    assert sink.waiting() == [[Point(1, T0 + 1, 10)]]
+    sink.commit()
+    await stopping
+    assert counters.stored == 2 and counters.spooled == 0
+
+    ingest, clock, sink, counters = held_ingest(tmp_path)
+    ingest.receive(Point(1, T0, 10))
+    clock.advance(BATCH_DELAY)
+    ingest.receive(Point(1, T0 + 1, 10))
+    stopping = Deferred.fromCoroutine(ingest.stop())
+    clock.advance(STOP_TIMEOUT)
+    await stopping
+    left = Spool(tmp_path / "spool")
+    left.open()
+    assert left.peek(10) == [Point(1, T0, 10), Point(1, T0 + 1, 10)]
 
 
 @pytest_twisted.ensureDeferred
