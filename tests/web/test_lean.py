@@ -291,9 +291,11 @@ def requests_alive() -> int:
 async def test_a_parked_client_holds_no_request(serve: Callable[..., Served]) -> None:
     """
     Long-polls and live streams on the lean path hold no request object
-    while they wait: a socket and a few small objects each.
+    while they wait: a socket and a few small objects each, read by the
+    lane; when their clients hang up, the lane forgets them.
     """
     site = serve(METERS)
+    lane = site.listening.factory.lean.lane
     before = requests_alive()
     clients = [connect(site) for _ in range(20)]
     try:
@@ -304,10 +306,12 @@ async def test_a_parked_client_holds_no_request(serve: Callable[..., Served]) ->
                 s.sendall(request(b"/api/v1/live", None, False, b"Accept: text/event-stream"))
         await wait_until(lambda: site.hub.waiting == 10 and site.live.clients == 10)
         assert requests_alive() <= before
+        assert len(lane) == 20
     finally:
         for s in clients:
             s.close()
     await wait_until(lambda: site.hub.waiting == 0 and site.live.clients == 0)
+    await wait_until(lambda: len(lane) == 0)
 
 
 @pytest_twisted.ensureDeferred

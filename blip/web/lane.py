@@ -1,0 +1,182 @@
+"""
+The lane: the reading of the lean path's connections, taken off the
+reactor's loop and done in a loop of its own, over an epoll of their
+sockets that the reactor watches as one descriptor. When a blip has
+answered thousands of parked long-polls, each client's next request then
+costs one ``recv`` and a few Python operations, rather than a pass
+through the reactor's dispatching, its logging context and the
+transport's reading, per connection.
+
+Only connections with a socket of their own ride the lane (plain TCP, not
+TLS), and only where the system has epoll. Reading goes back to the
+transport, which knows no difference, as soon as anything else is to be
+done with the connection: it is paused, handed over to Twisted Web's
+channel, closed, or its client hangs up (the transport then finds the end
+itself, and ends the connection as usual).
+"""
+
+import select
+import socket
+from typing import Any, Optional, Protocol
+
+from twisted.internet.interfaces import IReactorFDSet, IReadDescriptor
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from blip.web.twisted_private import own_socket
+
+#: Most bytes read from a connection at once (as Twisted's TCP reads).
+READ_SIZE = 65536
+#: Most connections read in one turn of the reactor; the rest wait for the
+#: next one, so that nothing else waits long.
+MOST_AT_ONCE = 1024
+
+
+class Rider(Protocol):
+    """
+    A connection's protocol, as the lane reads for it.
+    """
+
+    #: The connection.
+    transport: Any
+
+    def dataReceived(self, data: bytes) -> None:
+        """
+        Bytes read from the connection.
+        """
+
+
+@implementer(IReadDescriptor)
+class Lane:
+    """
+    Reads the connections it is given, in one loop.
+
+    :param reactor: watches the lane's epoll; one that watches no
+        descriptors (a test's clock), or a system without epoll, leaves
+        every connection to its transport.
+    """
+
+    log = Logger()
+
+    def __init__(self, reactor: Any) -> None:
+        #: The reactor, if the lane can ride it.
+        self.reactor: Optional[IReactorFDSet] = (
+            reactor if IReactorFDSet.providedBy(reactor) and hasattr(select, "epoll") else None
+        )
+        self._epoll: Optional["select.epoll"] = None
+        #: The riders, by their socket's descriptor, and their sockets.
+        self._riders: dict[int, tuple[Rider, socket.socket]] = {}
+        #: The descriptors not read until they are resumed.
+        self._paused: set[int] = set()
+
+    def __len__(self) -> int:
+        return len(self._riders)
+
+    def take(self, rider: Rider) -> int:
+        """
+        Read ``rider``'s connection here from now on, if it can be.
+
+        :return: the descriptor the lane knows it by, or -1 when the
+            transport goes on reading (no socket of its own).
+        """
+        sock = own_socket(rider.transport)
+        if sock is None or self.reactor is None:
+            return -1
+        if self._epoll is None:
+            self._epoll = select.epoll()
+            self.reactor.addReader(self)
+        fd = sock.fileno()
+        rider.transport.pauseProducing()
+        self._epoll.register(fd, select.EPOLLIN)
+        self._riders[fd] = rider, sock
+        return fd
+
+    def pause(self, fd: int) -> None:
+        """
+        Read nothing more of ``fd`` until :meth:`resume`.
+        """
+        self._paused.add(fd)
+        self._unwatch(fd)
+
+    def resume(self, fd: int) -> None:
+        """
+        Read ``fd`` again.
+        """
+        assert self._epoll is not None
+        self._paused.discard(fd)
+        self._epoll.register(fd, select.EPOLLIN)
+
+    def give_back(self, fd: int, reading: bool) -> None:
+        """
+        The lane reads ``fd`` no more; its transport does if ``reading``
+        (otherwise it stays paused).
+        """
+        rider, _ = self._riders.pop(fd)
+        self._paused.discard(fd)
+        self._unwatch(fd)
+        if reading:
+            rider.transport.resumeProducing()
+
+    def forget(self, fd: int) -> None:
+        """
+        ``fd``'s connection is gone (its socket may be closed already).
+        """
+        if self._riders.pop(fd, None) is not None:
+            self._paused.discard(fd)
+            self._unwatch(fd)
+
+    def _unwatch(self, fd: int) -> None:
+        assert self._epoll is not None
+        try:
+            self._epoll.unregister(fd)
+        except OSError:
+            # Not watched (paused), or closed: nothing to undo.
+            pass
+
+    # -- IReadDescriptor ------------------------------------------------------
+
+    def fileno(self) -> int:
+        assert self._epoll is not None
+        return self._epoll.fileno()
+
+    def doRead(self) -> None:
+        assert self._epoll is not None
+        riders = self._riders
+        for fd, _ in self._epoll.poll(0, MOST_AT_ONCE):
+            ridden = riders.get(fd)
+            if ridden is None:
+                continue
+            rider, sock = ridden
+            try:
+                data = sock.recv(READ_SIZE)
+            except BlockingIOError:
+                continue
+            except OSError:
+                data = b""
+            if not data:
+                # The end, or an error: the transport reads it again, and
+                # ends the connection as it always does.
+                self.give_back(fd, reading=True)
+                continue
+            try:
+                rider.dataReceived(data)
+            except Exception:
+                self.log.failure("reading a connection")
+                if fd in riders:
+                    self.give_back(fd, reading=False)
+                rider.transport.abortConnection()
+
+    def connectionLost(self, reason: Failure) -> None:
+        # The reactor gave up on the lane (its epoll failed): every
+        # connection goes back to its transport, a new lane opens for the
+        # next ones.
+        self.log.error("the lane's epoll failed: {why}", why=reason.getErrorMessage())
+        riders, paused = self._riders, self._paused
+        self._riders, self._paused, self._epoll = {}, set(), None
+        for fd, (rider, _) in riders.items():
+            if fd not in paused:
+                rider.transport.resumeProducing()
+
+    def logPrefix(self) -> str:
+        return "lane"
