@@ -168,15 +168,15 @@ class Lane:
                 rider.transport.abortConnection()
 
     def connectionLost(self, reason: Failure) -> None:
-        # The reactor gave up on the lane (its epoll failed): every
-        # connection goes back to its transport, a new lane opens for the
-        # next ones.
-        self.log.error("the lane's epoll failed: {why}", why=reason.getErrorMessage())
-        riders, paused = self._riders, self._paused
+        # The reactor lets go of the lane (it stops, or the lane's epoll
+        # failed): each connection ends as the reactor ends the ones it
+        # watches itself, and a new lane opens for the next ones.
+        riders, epoll = self._riders, self._epoll
         self._riders, self._paused, self._epoll = {}, set(), None
-        for fd, (rider, _) in riders.items():
-            if fd not in paused:
-                rider.transport.resumeProducing()
+        if epoll is not None:
+            epoll.close()
+        for rider, _ in riders.values():
+            rider.transport.connectionLost(reason)
 
     def logPrefix(self) -> str:
         return "lane"

@@ -11,6 +11,7 @@ from typing import Any, Optional
 
 import pytest_twisted
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionLost
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -170,6 +171,29 @@ async def test_a_protocol_failing_to_read_ends_only_its_connection() -> None:
         assert len(readers.lane) == 1
     finally:
         globalLogPublisher.removeObserver(observe)
+        await readers.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_lane_let_go_ends_its_connections_as_the_reactor_does() -> None:
+    """
+    When the reactor lets go of the lane (it stops, or the lane's epoll
+    fails), its connections end as the reactor's own do: the protocols
+    hear of it, the peers see the connection closed; the next connection
+    is read by a new epoll.
+    """
+    readers = Readers()
+    try:
+        (peer, reader), _ = await readers.connect(), await readers.connect()
+        readers.reactor.removeReader(readers.lane)
+        readers.lane.connectionLost(Failure(ConnectionLost()))
+        assert all(r.lost.called for r in readers.readers) and len(readers.lane) == 0
+        assert peer.recv(10) == b""
+        new_peer, new = await readers.connect()
+        assert new.fd >= 0
+        new_peer.sendall(b"again")
+        await wait_until(lambda: new.got == b"again")
+    finally:
         await readers.close()
 
 
