@@ -38,6 +38,7 @@ from bench.harness import (
     Pty,
     cpu_seconds,
     emit,
+    http_get,
     note,
     parse_args,
     percentiles,
@@ -234,6 +235,25 @@ class Clients:
                 got[fd] = (arrived, data)
 
 
+def all_parked(port: int, count: int, timeout: float = 60.0) -> None:
+    """
+    Wait until ``count`` long-polls are parked on the daemon (its
+    ``blip_longpoll_waiters``): an idle-looking daemon may only be short
+    of CPU, with requests still unread, and a blip written then would find
+    their clients not parked.
+    """
+    deadline = time.monotonic() + timeout
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        while True:
+            _, body = http_get(sock, f"127.0.0.1:{port}", "/metrics")
+            parked = re.search(rb"^blip_longpoll_waiters (\S+)$", body, re.MULTILINE)
+            if parked is not None and float(parked.group(1)) >= count:
+                return
+            if time.monotonic() > deadline:
+                raise SystemExit(f"only {parked and parked.group(1)!r} of {count} long-polls parked")
+            time.sleep(0.02)
+
+
 def blip_ms(body: bytes) -> Optional[int]:
     """:return: the ``ms`` of the point in an answer, or None."""
     match = _SSE_MS.search(body)
@@ -306,6 +326,8 @@ def run(count: int, blips: int, kind: str, path: str, cluster: BenchCluster, pro
                 per_blip.append(round(max(delays), 2) if delays else None)
                 clients.repark()
                 wait_idle(daemon.pid, quiet=0.1)
+                if kind == "longpoll":
+                    all_parked(daemon.port, count - len(clients.dead))
         client_cpu_s = client_cpu() - cpu0
         daemon_cpu_s = cpu_seconds(daemon.pid) - daemon_cpu0
         rss_after = rss_kib(daemon.pid)

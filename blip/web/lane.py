@@ -40,6 +40,9 @@ class Rider(Protocol):
 
     #: The connection.
     transport: Any
+    #: The descriptor the lane reads it by, or -1 while the lane does not
+    #: (kept by the lane).
+    fd: int
 
     def dataReceived(self, data: bytes) -> None:
         """
@@ -73,16 +76,15 @@ class Lane:
     def __len__(self) -> int:
         return len(self._riders)
 
-    def take(self, rider: Rider) -> int:
+    def take(self, rider: Rider) -> None:
         """
-        Read ``rider``'s connection here from now on, if it can be.
-
-        :return: the descriptor the lane knows it by, or -1 when the
-            transport goes on reading (no socket of its own).
+        Read ``rider``'s connection here from now on, if it can be (its
+        ``fd`` says).
         """
+        rider.fd = -1
         sock = own_socket(rider.transport)
         if sock is None or self.reactor is None:
-            return -1
+            return
         if self._epoll is None:
             self._epoll = select.epoll()
             self.reactor.addReader(self)
@@ -90,48 +92,59 @@ class Lane:
         rider.transport.pauseProducing()
         self._epoll.register(fd, select.EPOLLIN)
         self._riders[fd] = rider, sock
-        return fd
+        rider.fd = fd
 
-    def pause(self, fd: int) -> None:
+    def pause(self, rider: Rider) -> None:
         """
-        Read nothing more of ``fd`` until :meth:`resume`.
+        Read nothing more of ``rider``'s connection until :meth:`resume`.
         """
-        self._paused.add(fd)
-        self._unwatch(fd)
+        fd = rider.fd
+        if fd >= 0 and fd not in self._paused:
+            self._paused.add(fd)
+            self._unwatch(fd)
 
-    def resume(self, fd: int) -> None:
+    def resume(self, rider: Rider) -> None:
         """
-        Read ``fd`` again.
+        Read ``rider``'s connection again.
         """
-        assert self._epoll is not None
-        self._paused.discard(fd)
-        self._epoll.register(fd, select.EPOLLIN)
+        fd = rider.fd
+        if fd in self._paused:
+            self._paused.remove(fd)
+            assert self._epoll is not None
+            self._epoll.register(fd, select.EPOLLIN)
 
-    def give_back(self, fd: int, reading: bool) -> None:
+    def give_back(self, rider: Rider, reading: bool) -> None:
         """
-        The lane reads ``fd`` no more; its transport does if ``reading``
-        (otherwise it stays paused).
+        The lane reads ``rider``'s connection no more; its transport does
+        if ``reading`` (otherwise it stays paused).
         """
-        rider, _ = self._riders.pop(fd)
-        self._paused.discard(fd)
-        self._unwatch(fd)
-        if reading:
+        if self._drop(rider) and reading:
             rider.transport.resumeProducing()
 
-    def forget(self, fd: int) -> None:
+    def forget(self, rider: Rider) -> None:
         """
-        ``fd``'s connection is gone (its socket may be closed already).
+        ``rider``'s connection is gone (its socket may be closed already).
         """
-        if self._riders.pop(fd, None) is not None:
-            self._paused.discard(fd)
+        self._drop(rider)
+
+    def _drop(self, rider: Rider) -> bool:
+        # Whether the lane read the rider's connection (and now does not).
+        fd, rider.fd = rider.fd, -1
+        if fd < 0:
+            return False
+        del self._riders[fd]
+        if fd in self._paused:
+            self._paused.remove(fd)
+        else:
             self._unwatch(fd)
+        return True
 
     def _unwatch(self, fd: int) -> None:
         assert self._epoll is not None
         try:
             self._epoll.unregister(fd)
         except OSError:
-            # Not watched (paused), or closed: nothing to undo.
+            # Closed already: nothing to undo.
             pass
 
     # -- IReadDescriptor ------------------------------------------------------
@@ -157,14 +170,13 @@ class Lane:
             if not data:
                 # The end, or an error: the transport reads it again, and
                 # ends the connection as it always does.
-                self.give_back(fd, reading=True)
+                self.give_back(rider, reading=True)
                 continue
             try:
                 rider.dataReceived(data)
             except Exception:
                 self.log.failure("reading a connection")
-                if fd in riders:
-                    self.give_back(fd, reading=False)
+                self.give_back(rider, reading=False)
                 rider.transport.abortConnection()
 
     def connectionLost(self, reason: Failure) -> None:
@@ -176,6 +188,7 @@ class Lane:
         if epoll is not None:
             epoll.close()
         for rider, _ in riders.values():
+            rider.fd = -1
             rider.transport.connectionLost(reason)
 
     def logPrefix(self) -> str:

@@ -448,7 +448,7 @@ class Front:
         #: Whether reading waits until its answer is out.
         self.paused = False
         #: The connection's descriptor in the lean path's lane, or -1 while
-        #: the transport reads it.
+        #: the transport reads it (kept by the lane).
         self.fd = -1
 
     # -- IProtocol ----------------------------------------------------------
@@ -458,7 +458,7 @@ class Front:
         self.connectionMade()
 
     def connectionMade(self) -> None:
-        self.fd = self.lean.lane.take(self)
+        self.lean.lane.take(self)
         self._await_head()
 
     def dataReceived(self, data: bytes) -> None:
@@ -468,7 +468,7 @@ class Front:
         elif len(self.buffer) > MAX_AHEAD and not self.paused and self.waiting is not _GONE:
             self.paused = True
             if self.fd >= 0:
-                self.lean.lane.pause(self.fd)
+                self.lean.lane.pause(self)
             else:
                 self.transport.pauseProducing()
 
@@ -488,9 +488,7 @@ class Front:
         if self.entry is not None:
             self.entry.leave()
             self.entry = None
-        if self.fd >= 0:
-            lean.lane.forget(self.fd)
-            self.fd = -1
+        lean.lane.forget(self)
 
     # -- reading requests ---------------------------------------------------
 
@@ -530,7 +528,8 @@ class Front:
 
     def _hand_over(self) -> None:
         self.lean.heads.disarm(self)
-        self._leave_lane(reading=True)
+        # The transport reads again, for the channel.
+        self.lean.lane.give_back(self, True)
         self.waiting = _GONE
         channel = self.site.channel(self.transport.getPeer(), self.entry)
         self.entry = None
@@ -546,15 +545,9 @@ class Front:
 
     def _close(self) -> None:
         self.waiting = _GONE
-        self._leave_lane(reading=False)
+        self.lean.lane.give_back(self, False)
         self.transport.loseConnection()
 
-    def _leave_lane(self, reading: bool) -> None:
-        # The transport reads the connection again (if ``reading``), or
-        # nobody does.
-        if self.fd >= 0:
-            self.lean.lane.give_back(self.fd, reading and not self.paused)
-            self.fd = -1
 
     # -- answering ------------------------------------------------------------
 
@@ -585,7 +578,7 @@ class Front:
         if self.paused:
             self.paused = False
             if self.fd >= 0:
-                self.lean.lane.resume(self.fd)
+                self.lean.lane.resume(self)
             else:
                 self.transport.resumeProducing()
 

@@ -36,7 +36,7 @@ class Reader(Protocol):
         self.lost: Deferred[None] = Deferred()
 
     def connectionMade(self) -> None:
-        self.fd = self.lane.take(self)
+        self.lane.take(self)
 
     def dataReceived(self, data: bytes) -> None:
         if self.fail:
@@ -44,8 +44,7 @@ class Reader(Protocol):
         self.got += data
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        if self.fd >= 0:
-            self.lane.forget(self.fd)
+        self.lane.forget(self)
         self.lost.callback(None)
 
 
@@ -101,8 +100,8 @@ async def test_the_lane_reads_until_it_gives_back() -> None:
         assert not readers.reading(reader)
         peer.sendall(b"one ")
         await wait_until(lambda: reader.got == b"one ")
-        readers.lane.give_back(reader.fd, reading=True)
-        assert readers.reading(reader) and len(readers.lane) == 0
+        readers.lane.give_back(reader, reading=True)
+        assert readers.reading(reader) and len(readers.lane) == 0 and reader.fd == -1
         peer.sendall(b"two")
         await wait_until(lambda: reader.got == b"one two")
     finally:
@@ -118,12 +117,12 @@ async def test_a_paused_connection_is_not_read_until_resumed() -> None:
     readers = Readers()
     try:
         (first, one), (second, two) = await readers.connect(), await readers.connect()
-        readers.lane.pause(one.fd)
+        readers.lane.pause(one)
         first.sendall(b"held")
         second.sendall(b"read")
         await wait_until(lambda: two.got == b"read")
         assert one.got == b""
-        readers.lane.resume(one.fd)
+        readers.lane.resume(one)
         await wait_until(lambda: one.got == b"held")
     finally:
         await readers.close()
@@ -143,6 +142,31 @@ async def test_a_hang_up_ends_the_connection_as_usual() -> None:
         await within(one.lost)
         assert len(readers.lane) == 1
         assert not two.lost.called
+    finally:
+        await readers.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_connection_given_back_at_its_end_is_let_be() -> None:
+    """
+    A connection the lane gave back when its peer stopped sending is the
+    transport's alone: pausing, resuming or giving it back again (its
+    protocol may not have heard of the end yet) changes nothing, and the
+    transport ends it as usual.
+    """
+    readers = Readers()
+    try:
+        peer, reader = await readers.connect()
+        peer.sendall(b"ask")
+        peer.shutdown(socket.SHUT_WR)
+        await wait_until(lambda: reader.fd == -1)
+        assert reader.got == b"ask" and len(readers.lane) == 0
+        readers.lane.pause(reader)
+        readers.lane.resume(reader)
+        readers.lane.give_back(reader, reading=False)
+        assert reader.fd == -1 and len(readers.lane) == 0
+        await within(reader.lost)
+        assert peer.recv(10) == b""
     finally:
         await readers.close()
 
@@ -184,7 +208,8 @@ async def test_a_lane_let_go_ends_its_connections_as_the_reactor_does() -> None:
     """
     readers = Readers()
     try:
-        (peer, reader), _ = await readers.connect(), await readers.connect()
+        (peer, _), (_, reader) = await readers.connect(), await readers.connect()
+        assert reader.fd >= 0
         readers.reactor.removeReader(readers.lane)
         readers.lane.connectionLost(Failure(ConnectionLost()))
         assert all(r.lost.called for r in readers.readers) and len(readers.lane) == 0
@@ -207,9 +232,12 @@ def test_without_descriptors_or_a_socket_the_transport_reads() -> None:
 
     class Transported:
         transport: Optional[Any] = StringTransport()
+        fd = 7
 
         def dataReceived(self, data: bytes) -> None:
             pass
 
-    assert Lane(Clock()).take(Transported()) == -1
-    assert Lane(reactor).take(Transported()) == -1
+    for lane in (Lane(Clock()), Lane(reactor)):
+        rider = Transported()
+        lane.take(rider)
+        assert rider.fd == -1 and len(lane) == 0
