@@ -34,21 +34,10 @@ sys.path.insert(0, str(ROOT))
 
 from blip.db.embedded import Cluster  # noqa: E402
 from tests import originals  # noqa: E402
+from tests.conftest import sql_at as sql  # noqa: E402
 
 #: 2023-01-01 00:00 UTC.
 START = 1_672_531_200_000
-
-
-def sql(dsn: str, statement: str, params: tuple = ()) -> list[tuple]:
-    """Run one statement in autocommit and return its rows."""
-    connection = psycopg2.connect(dsn)
-    try:
-        connection.autocommit = True
-        with connection.cursor() as cursor:
-            cursor.execute(statement, params)
-            return cursor.fetchall() if cursor.description else []
-    finally:
-        connection.close()
 
 
 def blip(dsn: str, *args: str, stdout=None) -> dict:

@@ -17,6 +17,9 @@ its batch is committed, LISTEN on the web node).
 
 The client is one thread on raw non-blocking sockets and epoll, so that it
 stays well below the daemon's cost on a 2-core machine (its CPU is reported).
+Each answer's arrival is the time the kernel received it (``SO_TIMESTAMPNS``),
+not the time the client got round to reading it: the delays are the
+daemon's, not the client's.
 """
 
 import os
@@ -24,6 +27,7 @@ import re
 import resource
 import select
 import socket
+import struct
 import time
 from typing import Any, Optional
 
@@ -34,6 +38,7 @@ from bench.harness import (
     Pty,
     cpu_seconds,
     emit,
+    http_get,
     note,
     parse_args,
     percentiles,
@@ -51,6 +56,24 @@ DATABASE = "bench_fanout"
 CONNECT_CHUNK = 50
 _LENGTH = re.compile(rb"\r\ncontent-length:\s*(\d+)", re.IGNORECASE)
 _SSE_MS = re.compile(rb'"ms"\s*:\s*(\d+)|\[\d+,(\d+)\]')
+
+
+#: Linux's option for a socket's receive timestamps in nanoseconds (Python
+#: names only the microsecond one).
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+_TIMESPEC = struct.Struct("@qq")
+
+
+def kernel_time(ancillary: list[tuple[int, int, bytes]]) -> int:
+    """
+    :return: when the kernel received the data that came with
+        ``ancillary`` (``time.time_ns`` scale), or now if it does not say.
+    """
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= _TIMESPEC.size:
+            seconds, nanoseconds = _TIMESPEC.unpack_from(data)
+            return seconds * 1_000_000_000 + nanoseconds
+    return time.time_ns()
 
 
 def client_cpu() -> float:
@@ -98,6 +121,7 @@ class Clients:
                 for _ in range(min(CONNECT_CHUNK, count - start)):
                     sock = socket.socket()
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
                     sock.setblocking(False)
                     sock.connect_ex(("127.0.0.1", self.port))
                     connecting[sock.fileno()] = sock
@@ -127,7 +151,7 @@ class Clients:
         Collect answers until ``expected`` clients have one or ``timeout``
         seconds pass; long-poll clients ask again at once.
 
-        :return: ``{fd: (perf_counter_ns at arrival, body)}`` and the
+        :return: ``{fd: (time_ns of the kernel's arrival, body)}`` and the
             problems met (closed connections, bad statuses).
         """
         got: dict[int, tuple[int, bytes]] = {}
@@ -140,13 +164,13 @@ class Clients:
                 break
             for fd, _ in poll(left):
                 try:
-                    data = socks[fd].recv(65536)
+                    data, ancillary, _, _ = socks[fd].recvmsg(65536, 64)
                 except BlockingIOError:
                     continue
                 except OSError as e:
-                    data = b""
+                    data, ancillary = b"", []
                     problems.append(str(e))
-                arrived = time.perf_counter_ns()
+                arrived = kernel_time(ancillary)
                 if not data:
                     problems.append("connection closed")
                     self.epoll.unregister(fd)
@@ -211,6 +235,25 @@ class Clients:
                 got[fd] = (arrived, data)
 
 
+def all_parked(port: int, count: int, timeout: float = 60.0) -> None:
+    """
+    Wait until ``count`` long-polls are parked on the daemon (its
+    ``blip_longpoll_waiters``): an idle-looking daemon may only be short
+    of CPU, with requests still unread, and a blip written then would find
+    their clients not parked.
+    """
+    deadline = time.monotonic() + timeout
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        while True:
+            _, body = http_get(sock, f"127.0.0.1:{port}", "/metrics")
+            parked = re.search(rb"^blip_longpoll_waiters (\S+)$", body, re.MULTILINE)
+            if parked is not None and float(parked.group(1)) >= count:
+                return
+            if time.monotonic() > deadline:
+                raise SystemExit(f"only {parked and parked.group(1)!r} of {count} long-polls parked")
+            time.sleep(0.02)
+
+
 def blip_ms(body: bytes) -> Optional[int]:
     """:return: the ``ms`` of the point in an answer, or None."""
     match = _SSE_MS.search(body)
@@ -272,10 +315,10 @@ def run(count: int, blips: int, kind: str, path: str, cluster: BenchCluster, pro
         with Profiler(daemon.pid, f"fanout-{count}-{kind}", profile) as profiler:
             for i in range(blips):
                 ms = 1000 + i
-                started = time.perf_counter_ns()
+                started = time.time_ns()
                 os.write(pty.master, b"%d\n" % ms)
                 got, trouble = clients.answers(count, timeout=10 + count / 1000)
-                busy += (time.perf_counter_ns() - started) / 1e9
+                busy += (time.time_ns() - started) / 1e9
                 problems += trouble
                 delays = [(at - started) / 1e6 for at, body in got.values() if blip_ms(body) == ms]
                 missed += count - len(delays)
@@ -283,6 +326,8 @@ def run(count: int, blips: int, kind: str, path: str, cluster: BenchCluster, pro
                 per_blip.append(round(max(delays), 2) if delays else None)
                 clients.repark()
                 wait_idle(daemon.pid, quiet=0.1)
+                if kind == "longpoll":
+                    all_parked(daemon.port, count - len(clients.dead))
         client_cpu_s = client_cpu() - cpu0
         daemon_cpu_s = cpu_seconds(daemon.pid) - daemon_cpu0
         rss_after = rss_kib(daemon.pid)

@@ -728,13 +728,14 @@ def open_site(
     max_clients: int = 100, counters: Optional["Counters"] = None, longpoll_timeout: float = 0.0,
     max_waiters: int = 10_000, rules: Optional["Rules"] = None, memory: bool = False,
     caps: Optional["Caps"] = None, cors: Optional["Cors"] = None,
-    raw_since: Callable[[], Optional[int]] = lambda: None,
+    raw_since: Callable[[], Optional[int]] = lambda: None, tls: bool = False,
 ) -> Served:
     """
     Build the daemon's site over ``store`` as ``blip.service`` builds it,
     with a fake clock at ``now``, and serve it on a real port of 127.0.0.1
-    or in memory; :meth:`Served.close` closes it. ``raw_since`` says since
-    when raw points are kept.
+    (over TLS with ``tls``, with Twisted's own test certificate) or in
+    memory; :meth:`Served.close` closes it. ``raw_since`` says since when
+    raw points are kept.
     """
     from prometheus_client import CollectorRegistry
     from twisted.internet import reactor
@@ -794,9 +795,16 @@ def open_site(
     if memory:
         client = in_memory(site.resource)
         return Served("http://blip.test", store, hub, live, clock, health, counters, lambda: client)
-    port = reactor.listenTCP(0, site, interface="127.0.0.1")
+    if tls:
+        import twisted.test
+        from twisted.internet.ssl import DefaultOpenSSLContextFactory
+
+        pem = str(Path(twisted.test.__file__).parent / "server.pem")
+        port = reactor.listenSSL(0, site, DefaultOpenSSLContextFactory(pem, pem), interface="127.0.0.1")
+    else:
+        port = reactor.listenTCP(0, site, interface="127.0.0.1")
     return Served(
-        f"http://127.0.0.1:{port.getHost().port}", store, hub, live, clock, health, counters,
+        f"{'https' if tls else 'http'}://127.0.0.1:{port.getHost().port}", store, hub, live, clock, health, counters,
         lambda: Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)), port,
     )
 

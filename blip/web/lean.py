@@ -37,6 +37,7 @@ from blip.web.answers import LEGACY, V1, Cors, HeaderPairs, closing, whole_answe
 from blip.web.channel import good_host
 from blip.web.connections import Entry
 from blip.web.hot import HotRoutes
+from blip.web.lane import Lane
 from blip.web.limits import MAX_DIGITS
 from blip.web.metrics import RequestMetrics, RouteNamer
 from blip.web.twisted_private import hand_over, send
@@ -262,7 +263,8 @@ class Lean:
     :param route: names a request's route.
     :param rules: who is served.
     :param cors: which web pages may read the answers.
-    :param reactor: times the deadlines of the requests' heads.
+    :param reactor: times the deadlines of the requests' heads, and reads
+        the connections in a :class:`~blip.web.lane.Lane` where it can.
     :param timer: seconds from some fixed point, for the metrics.
     """
 
@@ -286,6 +288,8 @@ class Lean:
         self.timer = timer
         #: Connections waiting for a request's head.
         self.heads: Deadlines[Front] = Deadlines(reactor, Front.timed_out)
+        #: Reads the connections, where it can.
+        self.lane = Lane(reactor)
         #: Long-polls parked, under --longpoll-timeout.
         self.polls: Deadlines[Front] = Deadlines(hot.clock, Front.no_point)
         self._routes = {
@@ -418,7 +422,7 @@ class Front:
 
     __slots__ = (
         "site", "lean", "entry", "judged", "ip", "transport", "buffer", "waiting",
-        "headers", "since", "route", "close", "paused",
+        "headers", "since", "route", "close", "paused", "fd",
     )
 
     def __init__(
@@ -443,6 +447,9 @@ class Front:
         self.close = False
         #: Whether reading waits until its answer is out.
         self.paused = False
+        #: The connection's descriptor in the lean path's lane, or -1 while
+        #: the transport reads it (kept by the lane).
+        self.fd = -1
 
     # -- IProtocol ----------------------------------------------------------
 
@@ -451,6 +458,7 @@ class Front:
         self.connectionMade()
 
     def connectionMade(self) -> None:
+        self.lean.lane.take(self)
         self._await_head()
 
     def dataReceived(self, data: bytes) -> None:
@@ -459,7 +467,10 @@ class Front:
             self._serve()
         elif len(self.buffer) > MAX_AHEAD and not self.paused and self.waiting is not _GONE:
             self.paused = True
-            self.transport.pauseProducing()
+            if self.fd >= 0:
+                self.lean.lane.pause(self)
+            else:
+                self.transport.pauseProducing()
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         lean = self.lean
@@ -477,6 +488,7 @@ class Front:
         if self.entry is not None:
             self.entry.leave()
             self.entry = None
+        lean.lane.forget(self)
 
     # -- reading requests ---------------------------------------------------
 
@@ -516,6 +528,8 @@ class Front:
 
     def _hand_over(self) -> None:
         self.lean.heads.disarm(self)
+        # The transport reads again, for the channel.
+        self.lean.lane.give_back(self, True)
         self.waiting = _GONE
         channel = self.site.channel(self.transport.getPeer(), self.entry)
         self.entry = None
@@ -527,8 +541,13 @@ class Front:
         No whole head arrived in time: close the connection, as the
         channel does.
         """
+        self._close()
+
+    def _close(self) -> None:
         self.waiting = _GONE
+        self.lean.lane.give_back(self, False)
         self.transport.loseConnection()
+
 
     # -- answering ------------------------------------------------------------
 
@@ -553,13 +572,15 @@ class Front:
     def _done(self, status: int) -> None:
         self._count(status)
         if self.close:
-            self.waiting = _GONE
-            self.transport.loseConnection()
+            self._close()
             return
         self.waiting = _READING
         if self.paused:
             self.paused = False
-            self.transport.resumeProducing()
+            if self.fd >= 0:
+                self.lean.lane.resume(self)
+            else:
+                self.transport.resumeProducing()
 
     def _count(self, status: int) -> None:
         lean = self.lean

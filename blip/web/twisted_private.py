@@ -27,10 +27,15 @@ that a Twisted upgrade that changes one fails a test, not the daemon.
 - :func:`send`: bytes sent on a connection's socket at once when nothing
   waits in its buffer (a TCP transport's ``socket``, ``dataBuffer`` and
   ``_tempDataBuffer``).
+- :func:`own_socket`: a connection's socket, when the transport reads and
+  writes it itself (a TCP transport's ``socket``; a wrapping transport,
+  as TLS is, has none of its own).
 """
 
+import socket
 from typing import Any, Optional
 
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.interfaces import IProtocol
 from twisted.protocols.basic import LineReceiver
 from twisted.protocols.policies import ProtocolWrapper
@@ -217,6 +222,15 @@ def hand_over(transport: Any, protocol: IProtocol, data: bytes) -> None:
         protocol.dataReceived(data)
 
 
+def own_socket(transport: Any) -> Optional[socket.socket]:
+    """
+    :return: the socket ``transport`` reads and writes itself, or None
+        (a transport wrapping another, as TLS does, or none at all).
+    """
+    sock = getattr(transport, "socket", None)
+    return sock if isinstance(sock, socket.socket) and isinstance(transport, FileDescriptor) else None
+
+
 def send(transport: Any, data: bytes) -> None:
     """
     Write ``data`` on ``transport``: straight to its socket when nothing
@@ -225,7 +239,7 @@ def send(transport: Any, data: bytes) -> None:
     usual. A connection that this finds broken, or one without a socket of
     its own (TLS), is left to the transport's usual writing.
     """
-    sock = getattr(transport, "socket", None)
+    sock = own_socket(transport)
     if sock is None or transport.dataBuffer or transport._tempDataBuffer or not transport.connected:
         transport.write(data)
         return

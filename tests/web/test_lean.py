@@ -8,6 +8,7 @@ that pipelining, deadlines, access control and metrics hold on it.
 
 import gc
 import socket
+import ssl
 from typing import Callable, Optional
 
 import pytest
@@ -291,9 +292,11 @@ def requests_alive() -> int:
 async def test_a_parked_client_holds_no_request(serve: Callable[..., Served]) -> None:
     """
     Long-polls and live streams on the lean path hold no request object
-    while they wait: a socket and a few small objects each.
+    while they wait: a socket and a few small objects each, read by the
+    lane; when their clients hang up, the lane forgets them.
     """
     site = serve(METERS)
+    lane = site.listening.factory.lean.lane
     before = requests_alive()
     clients = [connect(site) for _ in range(20)]
     try:
@@ -304,10 +307,36 @@ async def test_a_parked_client_holds_no_request(serve: Callable[..., Served]) ->
                 s.sendall(request(b"/api/v1/live", None, False, b"Accept: text/event-stream"))
         await wait_until(lambda: site.hub.waiting == 10 and site.live.clients == 10)
         assert requests_alive() <= before
+        assert len(lane) == 20
     finally:
         for s in clients:
             s.close()
     await wait_until(lambda: site.hub.waiting == 0 and site.live.clients == 0)
+    await wait_until(lambda: len(lane) == 0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_answers_over_tls_go_through_tls(serve: Callable[..., Served]) -> None:
+    """
+    On a TLS port (``--listen ssl:...``) the lean path's answers go through
+    TLS like every other: a long-poll and ``/last`` on one connection are
+    read by a TLS client whole and in order.
+    """
+    site = serve(METERS, tls=True)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    # The handshake needs the reactor: a thread waits for it.
+    s = await deferToThread(context.wrap_socket, connect(site))
+    try:
+        s.sendall(request(b"/blip/1", None, False) + request(b"/last/1", None, False))
+        await wait_until(lambda: site.hub.waiting == 1)
+        site.hub.publish(Point(1, T0, 10))
+        for _ in range(2):
+            answer = await deferToThread(read_until, s, b"[%d,10]" % T0)
+            assert answer.startswith(b"HTTP/1.1 200 "), answer
+    finally:
+        s.close()
 
 
 @pytest_twisted.ensureDeferred

@@ -6,10 +6,12 @@ family it promises, and requests counted by route template.
 from typing import Callable
 
 import pytest_twisted
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from blip.counters import GAUGES, Counters
 from blip.meters import Meters
+from blip.web.metrics import RequestMetrics
 from tests.conftest import Served, wait_until
 from tests.web.v1.test_live import subscribe
 
@@ -74,3 +76,33 @@ async def test_metrics(serve: Callable[..., Served]) -> None:
         ("blip_http_request_duration_seconds_count", (("route", "/api/v1/meters/<meter>"),))
     ] == 3
     reader.close()
+
+
+def test_request_tallies_read_as_prometheus_counts_and_buckets() -> None:
+    """
+    Requests are tallied by route, method and status (methods outside the
+    known ones together as ``other``), and their seconds in cumulative
+    buckets whose bounds include the value on them, with count and sum,
+    as Prometheus's own histogram reports them.
+    """
+    registry = CollectorRegistry()
+    metrics = RequestMetrics(registry)
+    for seconds in (0.0005, 0.0007, 0.02, 11.0):
+        metrics.observe("/last", b"GET", 200, seconds)
+    metrics.observe("/last", b"BREW", 405, 0.001)
+    metrics.observe("/last", b"WHEN", 405, 0.001)
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(generate_latest(registry).decode())
+        for s in family.samples
+    }
+    route = (("route", "/last"),)
+    assert samples[("blip_http_requests_total", (("method", "GET"),) + route + (("status", "200"),))] == 4
+    assert samples[("blip_http_requests_total", (("method", "other"),) + route + (("status", "405"),))] == 2
+    bucket = {
+        le: samples[("blip_http_request_duration_seconds_bucket", (("le", le),) + route)]
+        for le in ("0.0005", "0.001", "0.025", "10.0", "+Inf")
+    }
+    assert bucket == {"0.0005": 1, "0.001": 4, "0.025": 5, "10.0": 5, "+Inf": 6}
+    assert samples[("blip_http_request_duration_seconds_count", route)] == 6
+    assert abs(samples[("blip_http_request_duration_seconds_sum", route)] - 11.0232) < 1e-9

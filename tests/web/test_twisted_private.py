@@ -13,7 +13,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import StringTransport
-from twisted.protocols.policies import WrappingFactory
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
@@ -23,6 +23,7 @@ from blip.web.twisted_private import (
     HookedRequest,
     connection_gone,
     hand_over,
+    own_socket,
     prerenderable,
     send,
     send_now,
@@ -311,8 +312,11 @@ class Sender(Protocol):
         self.done.callback((arrived, buffered))
 
 
-async def sent(write: Callable[[Any], None]) -> tuple[Optional[bytes], bool, bytes]:
+async def sent(
+    write: Callable[[Any], None], wrapping: Optional[type[WrappingFactory]] = None
+) -> tuple[Optional[bytes], bool, bytes]:
     """
+    :param wrapping: wraps the connection's protocol, as TLS does.
     :return: what a peer could read at once of what ``write`` wrote on a
         new TCP connection, whether some was left buffered, and all it
         read in the end.
@@ -321,9 +325,10 @@ async def sent(write: Callable[[Any], None]) -> tuple[Optional[bytes], bool, byt
 
     done: Deferred[tuple[Optional[bytes], bool]] = Deferred()
     peer = socket.socket()
-    port = reactor.listenTCP(
-        0, Factory.forProtocol(lambda: Sender(write, peer, done)), interface="127.0.0.1"
-    )
+    factory: Any = Factory.forProtocol(lambda: Sender(write, peer, done))
+    if wrapping is not None:
+        factory = wrapping(factory)
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
     try:
         peer.connect(("127.0.0.1", port.getHost().port))
         arrived, buffered = await within(done)
@@ -539,6 +544,44 @@ async def test_send_goes_straight_to_the_socket_unless_something_waits(
         send(transport, b"hello")
 
     assert await sent(write) == (arrived, buffered, before + b"hello")
+
+
+class Bracketing(ProtocolWrapper):
+    """
+    A wrapping protocol that changes what is written on the connection
+    underneath, as TLS does.
+    """
+
+    def write(self, data: bytes) -> None:
+        self.transport.write(b"[" + data + b"]")
+
+
+class BracketingFactory(WrappingFactory):
+    """
+    Wraps each connection's protocol in :class:`Bracketing`.
+    """
+
+    protocol = Bracketing
+
+
+@pytest_twisted.ensureDeferred
+async def test_send_on_a_wrapping_transport_writes_through_the_wrapper() -> None:
+    """
+    ``send`` on a transport that wraps a TCP connection (as TLS does) writes
+    through the wrapper: nothing reaches the socket underneath as it is
+    (under TLS that would be plain text); and such a transport has no
+    socket of its own, where a TCP transport has.
+    """
+    sockets: list[Optional[socket.socket]] = []
+
+    def write(transport: Any) -> None:
+        sockets.append(own_socket(transport))
+        send(transport, b"hello")
+
+    assert (await sent(write, BracketingFactory))[2] == b"[hello]"
+    assert sockets == [None]
+    assert (await sent(write))[2] == b"hello"
+    assert isinstance(sockets[1], socket.socket)
 
 
 def test_send_without_a_socket_writes_as_usual() -> None:
