@@ -96,19 +96,24 @@ class Lane:
 
     def pause(self, rider: Rider) -> None:
         """
-        Read nothing more of ``rider``'s connection until :meth:`resume`.
+        Read nothing more of ``rider``'s connection until :meth:`resume`
+        (nor its transport, when the lane does not read it).
         """
         fd = rider.fd
-        if fd >= 0 and fd not in self._paused:
+        if fd < 0:
+            rider.transport.pauseProducing()
+        elif fd not in self._paused:
             self._paused.add(fd)
             self._unwatch(fd)
 
     def resume(self, rider: Rider) -> None:
         """
-        Read ``rider``'s connection again.
+        Read ``rider``'s connection again (or its transport does).
         """
         fd = rider.fd
-        if fd in self._paused:
+        if fd < 0:
+            rider.transport.resumeProducing()
+        elif fd in self._paused:
             self._paused.remove(fd)
             assert self._epoll is not None
             self._epoll.register(fd, select.EPOLLIN)

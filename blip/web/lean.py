@@ -467,10 +467,7 @@ class Front:
             self._serve()
         elif len(self.buffer) > MAX_AHEAD and not self.paused and self.waiting is not _GONE:
             self.paused = True
-            if self.fd >= 0:
-                self.lean.lane.pause(self)
-            else:
-                self.transport.pauseProducing()
+            self.lean.lane.pause(self)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         lean = self.lean
@@ -548,7 +545,6 @@ class Front:
         self.lean.lane.give_back(self, False)
         self.transport.loseConnection()
 
-
     # -- answering ------------------------------------------------------------
 
     def begin(self, route: str, headers: HeaderPairs, close: bool) -> None:
@@ -577,10 +573,7 @@ class Front:
         self.waiting = _READING
         if self.paused:
             self.paused = False
-            if self.fd >= 0:
-                self.lean.lane.resume(self)
-            else:
-                self.transport.resumeProducing()
+            self.lean.lane.resume(self)
 
     def _count(self, status: int) -> None:
         lean = self.lean

@@ -150,9 +150,9 @@ async def test_a_hang_up_ends_the_connection_as_usual() -> None:
 async def test_a_connection_given_back_at_its_end_is_let_be() -> None:
     """
     A connection the lane gave back when its peer stopped sending is the
-    transport's alone: pausing, resuming or giving it back again (its
-    protocol may not have heard of the end yet) changes nothing, and the
-    transport ends it as usual.
+    transport's alone: pausing and resuming it go to the transport, giving
+    it back again (its protocol may not have heard of the end yet) changes
+    nothing, and the transport ends it as usual.
     """
     readers = Readers()
     try:

@@ -22,7 +22,7 @@ from blip.meters import Meter, Meters
 from blip.model import Point
 from blip.web.access import Rules, network
 from blip.web.answers import Cors
-from blip.web.lean import Deadlines, read_head
+from blip.web.lean import MAX_AHEAD, Deadlines, read_head
 from tests.conftest import TIMEOUT, Served, wait_until
 
 T0 = 1_700_000_000_000
@@ -365,6 +365,62 @@ async def test_pipelined_requests_are_answered_in_order(serve: Callable[..., Ser
         meter = await deferToThread(read_until, s, b"}")
         assert meter.startswith(b"HTTP/1.1 200 ") and b'"id":3' in meter
         assert (await deferToThread(read_until, s, b"[%d,11]" % (T0 + 1))).startswith(b"HTTP/1.1 200 ")
+    finally:
+        s.close()
+
+
+def unread(site: Served, s: socket.socket) -> int:
+    """
+    :return: how many bytes of what ``s`` sent the site has not read (the
+        kernel's receive queue of its end of the connection, from
+        ``/proc/net/tcp``).
+    """
+    ends = ("0100007F:%04X" % site.port, "0100007F:%04X" % s.getsockname()[1])
+    with open("/proc/net/tcp") as table:
+        for line in table.readlines()[1:]:
+            fields = line.split()
+            if (fields[1], fields[2]) == ends:
+                return int(fields[4].split(":")[1], 16)
+    return 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_requests_far_ahead_wait_unread_and_are_answered_after(
+    serve: Callable[..., Served]
+) -> None:
+    """
+    More than MAX_AHEAD bytes of requests sent behind a parked long-poll
+    are not read on while it waits (reading pauses), and once its point
+    has answered it, reading resumes and every one of them is answered,
+    in order.
+    """
+    site = serve(METERS)
+    s = connect(site)
+    try:
+        behind = request(b"/last/1", None, False)
+        count = MAX_AHEAD // len(behind) + 50
+        s.sendall(request(b"/blip/1", None, False))
+        await wait_until(lambda: site.hub.waiting == 1)
+        s.sendall(behind * count)
+        await wait_until(lambda: unread(site, s) == 0)
+        s.sendall(behind * 10)
+        count += 10
+        # These stay in the kernel: nothing more is read while it waits.
+        await wait_until(lambda: unread(site, s) == len(behind) * 10)
+        site.hub.publish(Point(1, T0, 10))
+
+        body = b"[%d,10]" % T0
+
+        def answers() -> bytes:
+            data = b""
+            while data.count(body) < count + 1:
+                chunk = s.recv(65536)
+                assert chunk, f"closed after {data.count(body)} answers"
+                data += chunk
+            return data
+
+        data = await deferToThread(answers)
+        assert data.count(b"HTTP/1.1 200 ") == data.count(body) == count + 1
     finally:
         s.close()
 
