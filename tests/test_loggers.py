@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import pytest
+
 from tests.conftest import TIMEOUT, eventually, free_port, make_token, open_pty
 from tests.link import Link
 from tests.test_service import get
@@ -82,6 +84,7 @@ class Pair:
             count += 1
 
 
+@pytest.mark.long(30)
 def test_two_loggers_repair_each_others_outages(start_daemon, database, other_database, tmp_path) -> None:
     """
     Two daemons read the same blink sequence, each from its own pty, into
@@ -238,6 +241,7 @@ class LiveClient:
         self._stop = True
 
 
+@pytest.mark.long(125)
 def test_a_forwarding_logger_loses_nothing(start_daemon, database, pty_meter, tmp_path) -> None:
     """
     A logger without a database reads blips at 50/s for two minutes and

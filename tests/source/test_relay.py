@@ -211,6 +211,7 @@ def counter(daemon, name: str) -> float:
     return float(found.group(1))
 
 
+@pytest.mark.long(10)
 def test_the_daemon_reads_through_a_relay_restarted_mid_stream(
     start_daemon, database, ser2net, pty_meter
 ) -> None:
@@ -266,6 +267,7 @@ def test_the_daemon_reads_through_a_relay_restarted_mid_stream(
     assert reasons == [("device lost",), ("stop",)]
 
 
+@pytest.mark.long(45)
 def test_a_relay_that_falls_silent_is_given_up(start_daemon, database, ser2net, pty_meter) -> None:
     """
     A relay that vanishes without closing the connection (its network cut:
