@@ -86,22 +86,34 @@ class Blips(threading.Thread):
         self.join(TIMEOUT)
 
 
-def replug(daemon, link: MeterLink, blips: Blips) -> int:
+def replug(daemon, link: MeterLink, blips: Blips, database) -> int:
     """
-    Unplug the device and plug it back; return once the daemon reads it
-    again and 30 more lines are written.
+    Unplug the device and plug it back, once the daemon has read every
+    line written (a pty's unread input vanishes with it, as a USB
+    device's does); return once the daemon reads it again and 30 more
+    lines are written.
 
     :return: the number of the first line written after the replug (the
         daemon drops it, as the first after an opening).
     """
     seen = len(daemon.output)
     with link.lock:
+        assert eventually(lambda: stored_lines(database)[-1:] == [blips.sent - 1]), blips.sent
         link.replug()
         replugged_at = blips.sent
     daemon.wait_for("serial source lost", since=seen)
     daemon.wait_for("reading serial device", since=seen)
     blips.wait_sent(blips.sent + 30)
     return replugged_at
+
+
+def all_kept(daemon, points: int) -> bool:
+    """
+    :return: whether the daemon has read ``points`` points, and stored or
+        spooled each.
+    """
+    blips = metric(daemon, "blip_blips_total")
+    return blips == points == metric(daemon, "blip_stored_total") + metric(daemon, "blip_spooled_total")
 
 
 def stored_lines(database) -> list[int]:
@@ -132,9 +144,13 @@ def test_outage_kill_and_unplug_lose_no_blip(
         stoppable_cluster.stop()
         daemon.wait_for("cannot write to the database")
         blips.wait_sent(blips.sent + 30)
-        before_kill = blips.sent
-        daemon.stop(signal.SIGKILL)
-        after_kill = blips.sent
+        with meter_link.lock:
+            # Killed once every line written is stored or spooled: what a
+            # daemon has read and holds in memory only dies with it.
+            assert eventually(lambda: all_kept(daemon, blips.sent - 1)), blips.sent
+            before_kill = blips.sent
+            daemon.stop(signal.SIGKILL)
+            after_kill = blips.sent
         blips.wait_sent(after_kill + 20)
 
         daemon = start_daemon(*args)
@@ -147,11 +163,14 @@ def test_outage_kill_and_unplug_lose_no_blip(
         daemon.wait_for("database ready")
         assert eventually(lambda: not (start_daemon.state / "spool").exists())
 
-        replugged_at = replug(daemon, meter_link, blips)
+        replugged_at = replug(daemon, meter_link, blips, database)
     finally:
         blips.stop()
     total = blips.sent
-    assert eventually(lambda: len(stored_lines(database)) >= total - 3)
+    assert eventually(lambda: len(stored_lines(database)) >= total - 3), (
+        f"lines missing: {sorted(set(range(total)) - set(stored_lines(database)))}"
+        f" (killed after {before_kill}, replugged at {replugged_at})\n" + "\n".join(daemon.output)
+    )
     assert daemon.stop() == 0
 
     lines = stored_lines(database)
@@ -398,7 +417,7 @@ def test_a_flood_of_idle_connections_loses_no_blip(
         assert eventually(lambda: sum(map(closed_by_server, flood)) == 300 - 128), sum(map(closed_by_server, flood))
 
         seen = len(daemon.output)
-        replugged_at = replug(daemon, meter_link, blips)
+        replugged_at = replug(daemon, meter_link, blips, database)
         stoppable_cluster.stop()
         daemon.wait_for("cannot write to the database", since=seen)
         blips.wait_sent(blips.sent + 30)
@@ -411,7 +430,10 @@ def test_a_flood_of_idle_connections_loses_no_blip(
         for s in flood:
             s.close()
     total = blips.sent
-    assert eventually(lambda: len(stored_lines(database)) >= total - 2)
+    assert eventually(lambda: len(stored_lines(database)) >= total - 2), (
+        f"lines missing: {sorted(set(range(total)) - set(stored_lines(database)))}"
+        f" (replugged at {replugged_at})\n" + "\n".join(daemon.output)
+    )
     assert get(daemon, "/last/1")[0] == 200
     assert daemon.stop() == 0
     lines = stored_lines(database)
