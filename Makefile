@@ -65,8 +65,18 @@ lint-js: $(NODE_STAMP)
 demo: $(RUN_STAMP) postgres
 	$(BIN)/twistd --nodaemon --pidfile= blip --simulate
 
+# The tests run in parallel workers (pytest-xdist), each with its own
+# cluster, daemons and folders: most of the suite's time is spent waiting,
+# so three overlap well on two cores. --dist loadgroup hands out one test
+# at a time, so that the long ones, run first, overlap the rest. The tests
+# marked `alone` time the daemon under a load of their own: they run
+# afterwards, one at a time, as they would on an idle machine.
+# TEST_WORKERS=0 runs the rest in one process too.
+TEST_WORKERS ?= 3
+
 test: venv postgres mosquitto ser2net chromium proxies lint-js
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup -m "not alone"; \
+		status=$$?; $(BIN)/pytest -m alone && exit $$status
 
 # Benchmarks: each prints one JSON object (see bench/README.md).
 # QUICK=1 runs each in under a minute; BENCH_ARGS passes more options.

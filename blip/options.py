@@ -26,7 +26,14 @@ from blip.meters import Meters, MetersError
 from blip.mqtt.broker import Broker, BrokerError, parse_broker
 from blip.remote.client import UrlError, base_url, read_token
 from blip.remote.repair import WINDOW_DAYS
-from blip.source.relay import Relay, RelayError, is_relay, parse_relay
+from blip.source.relay import (
+    SHORTEST_SILENCE,
+    SILENCE_LIMIT,
+    Relay,
+    RelayError,
+    is_relay,
+    parse_relay,
+)
 from blip.web import access, answers, connections
 
 ROLES = ("all", "ingest", "web")
@@ -58,6 +65,9 @@ class Options(usage.Options):
          " or rfc2217://HOST:PORT."],
         ["baudrate", None, "9600",
          "Serial speed (of a relayed line: set through rfc2217://; a tcp:// relay keeps its own)."],
+        ["relay-silence", None, str(SILENCE_LIMIT),
+         "Seconds after a relayed serial line's last word at which it is given up and"
+         " connected again; TCP asks whether the relay is still there from half that on."],
         ["db", None, None,
          "libpq connection string or URI of PostgreSQL; for a primary with standbys,"
          " every server: host=a,b port=5432,5432 ... target_session_attrs=read-write"
@@ -219,6 +229,7 @@ class Options(usage.Options):
             self["simulate"] = flag.strip().lower() in _TRUE
         self["simulate"] = bool(self["simulate"])
         self["baudrate"] = _integer(self["baudrate"], "--baudrate", 1, 4_000_000)
+        self["relay-silence"] = _integer(self["relay-silence"], "--relay-silence", SHORTEST_SILENCE, 3600)
         self["longpoll-timeout"] = _seconds(self["longpoll-timeout"], "--longpoll-timeout")
         self["max-waiters"] = _integer(self["max-waiters"], "--max-waiters", 1, 10_000_000)
         if self["max-connections"] not in (None, ""):

@@ -248,7 +248,9 @@ def _source(
     if source:
         endpoint: IStreamClientEndpoint
         if isinstance(source, Relay):
-            endpoint = RelayEndpoint(reactor, source, options["baudrate"], counters)
+            endpoint = RelayEndpoint(
+                reactor, source, options["baudrate"], counters, options["relay-silence"]
+            )
         else:
             endpoint = SerialEndpoint(reactor, source, options["baudrate"], counters)
         SerialService(endpoint, factory, clock).setServiceParent(top)

@@ -39,6 +39,24 @@ ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 30.0
 
 
+# --- Parallel runs (pytest-xdist): the long tests first ---
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """
+    Run the tests marked ``long(seconds)`` first, the longest first, the
+    rest in their order: the workers of a parallel run (``make test``)
+    then each begin with one of them and share the short ones out while
+    they wait, instead of one finishing the run alone with a long one.
+    """
+
+    def seconds(item: pytest.Item) -> float:
+        mark = item.get_closest_marker("long")
+        return float(mark.args[0]) if mark is not None else 0.0
+
+    items.sort(key=seconds, reverse=True)
+
+
 def shared_tempdir(prefix: str) -> Path:
     """
     :return: a new temporary folder that the unprivileged database user can

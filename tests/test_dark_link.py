@@ -13,6 +13,7 @@ import socket
 import threading
 import time
 
+import pytest
 from psycopg2.extensions import make_dsn
 
 from blip.db.embedded import PORT
@@ -60,6 +61,7 @@ class LiveStream(threading.Thread):
         self.socket.close()
 
 
+@pytest.mark.alone
 def test_a_dark_link_blocks_nothing(start_daemon, database, pty_meter) -> None:
     """
     While the link to the database is dark for longer than the health

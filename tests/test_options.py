@@ -38,6 +38,7 @@ def test_defaults() -> None:
     options = parse(["--db", "dbname=x"])
     assert options["serial"] is None
     assert options["baudrate"] == 9600
+    assert options["relay-silence"] == 40
     assert options["simulate"] is False
     assert options["listen"] == "tcp:8080:interface=127.0.0.1"
     assert options["role"] == "all"
@@ -56,7 +57,9 @@ def test_environment_and_command_line(monkeypatch) -> None:
     monkeypatch.setenv("BLIP_DB", "dbname=power")
     monkeypatch.setenv("BLIP_LONGPOLL_TIMEOUT", "30")
     monkeypatch.setenv("BLIP_LISTEN", "tcp:9000")
+    monkeypatch.setenv("BLIP_RELAY_SILENCE", "90")
     options = parse(["--baudrate", "57600"])
+    assert options["relay-silence"] == 90
     assert options["serial"] == "/dev/arduino"
     assert options["baudrate"] == 57600
     assert options["db"] == "dbname=power"
@@ -125,6 +128,8 @@ def test_simulate_from_the_environment(monkeypatch) -> None:
     [
         (["--baudrate", "fast"], "--baudrate: not an integer"),
         (["--baudrate", "0"], "--baudrate: must be from 1"),
+        (["--relay-silence", "7"], "--relay-silence: must be from 8 to 3600, not 7"),
+        (["--relay-silence", "a minute"], "--relay-silence: not an integer"),
         (["--longpoll-timeout", "-1"], "--longpoll-timeout"),
         (["--longpoll-timeout", "soon"], "--longpoll-timeout"),
         (["--query-timeout", "-1"], "--query-timeout: must be 0 or more"),

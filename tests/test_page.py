@@ -70,10 +70,12 @@ def chromium_path() -> str:
     )
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def browser() -> Iterator:
     """
-    A headless Chromium driven by Playwright.
+    A headless Chromium driven by Playwright, one for the whole run (for
+    each worker of a parallel run, whose tests of the page come between
+    others').
     """
     from playwright.sync_api import sync_playwright
 

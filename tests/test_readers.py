@@ -17,6 +17,7 @@ import time
 
 import psycopg2
 import psycopg2.extensions
+import pytest
 
 from blip.db.partitions import ensure_months
 from blip.db.program import run_sync
@@ -145,6 +146,7 @@ def ask(port: int, path: str, headers: str = "", seconds: float = 3.0) -> tuple[
     return int(head.split(b" ", 2)[1]), head
 
 
+@pytest.mark.alone
 def test_heavy_readers_never_hold_up_the_writer(start_daemon, database, meter_link) -> None:
     """
     Eight clients ask, over and over for 30 s: a count of every blip ever

@@ -10,8 +10,9 @@ with the COM-PORT-OPTION) to the relay, which then sets the line to
 with the same backoff as a local device. Host names are resolved by the
 reactor's resolver (the system's, in a thread), attempts time out, and TCP
 keepalives notice a relay that vanished without closing the connection
-(powered off, off the network) within :data:`SILENCE_LIMIT` seconds of its
-last word: its loss is then counted and logged like a device's.
+(powered off, off the network) within ``--relay-silence`` seconds
+(:data:`SILENCE_LIMIT` unless told) of its last word: its loss is then
+counted and logged like a device's.
 """
 
 import socket
@@ -43,16 +44,14 @@ from blip.source.device import Openings
 SCHEMES = ("tcp", "rfc2217")
 #: Seconds a connection attempt to one of the relay's addresses may take.
 CONNECT_TIMEOUT = 10.0
-#: Seconds without a byte from the relay before TCP asks whether it is
-#: still there (a quiet meter blinks less often than this).
-KEEPALIVE_IDLE = 20
-#: Seconds between two unanswered keepalive probes.
-KEEPALIVE_INTERVAL = 5
-#: Unanswered probes after which the relay is given up for lost.
-KEEPALIVE_PROBES = 4
 #: Seconds after the relay's last word (or its last acknowledgement of
-#: what blipserver sent it) at which a silent relay is given up for lost.
-SILENCE_LIMIT = KEEPALIVE_IDLE + KEEPALIVE_INTERVAL * KEEPALIVE_PROBES
+#: what blipserver sent it) at which a silent relay is given up for lost,
+#: unless --relay-silence says otherwise.
+SILENCE_LIMIT = 40
+#: The shortest such limit: its keepalive probes are then a second apart.
+SHORTEST_SILENCE = 8
+#: Unanswered keepalive probes after which the relay is given up for lost.
+KEEPALIVE_PROBES = 4
 
 #: Telnet's binary transmission option (RFC 856).
 BINARY = b"\x00"
@@ -125,22 +124,36 @@ def parse_relay(url: str) -> Relay:
     return Relay(parts.scheme, parts.hostname, port)
 
 
-def keep_alive(transport: ITCPTransport) -> None:
+def keepalive_times(silence: int) -> tuple[int, int]:
+    """
+    :param silence: seconds after a peer's last word at which it is given
+        up (at least :data:`SHORTEST_SILENCE`).
+    :return: the seconds without a byte from it before TCP asks whether it
+        is still there (half of ``silence``), and between two unanswered
+        probes (the other half shared by :data:`KEEPALIVE_PROBES`).
+    """
+    idle = silence // 2
+    return idle, (silence - idle) // KEEPALIVE_PROBES
+
+
+def keep_alive(transport: ITCPTransport, silence: int = SILENCE_LIMIT) -> None:
     """
     Make the connection notice a peer that went silent: keepalive probes
-    after :data:`KEEPALIVE_IDLE` seconds without a byte from it, and give up
-    on data it does not acknowledge within :data:`SILENCE_LIMIT` seconds.
-    The timings are set where the system lets them be (Linux does).
+    from half of ``silence`` seconds without a byte from it on (see
+    :func:`keepalive_times`), and give up on data it does not acknowledge
+    within ``silence`` seconds. The timings are set where the system lets
+    them be (Linux does).
     """
     transport.setTcpKeepAlive(True)
     handle = ISystemHandle(transport).getHandle()
     if not isinstance(handle, socket.socket):
         return
+    idle, interval = keepalive_times(silence)
     for name, value in (
-        ("TCP_KEEPIDLE", KEEPALIVE_IDLE),
-        ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL),
+        ("TCP_KEEPIDLE", idle),
+        ("TCP_KEEPINTVL", interval),
         ("TCP_KEEPCNT", KEEPALIVE_PROBES),
-        ("TCP_USER_TIMEOUT", SILENCE_LIMIT * 1000),
+        ("TCP_USER_TIMEOUT", silence * 1000),
     ):
         option = getattr(socket, name, None)
         if option is not None:
@@ -266,13 +279,19 @@ class RelayEndpoint:
         relay keeps its own).
     :param counters: where connections and failures to connect are counted
         (as openings of the serial device).
+    :param silence: seconds after the relay's last word at which it is
+        given up for lost (see :func:`keep_alive`).
     """
 
     log = Logger()
 
-    def __init__(self, reactor: Any, relay: Relay, baudrate: int, counters: Counters) -> None:
+    def __init__(
+        self, reactor: Any, relay: Relay, baudrate: int, counters: Counters,
+        silence: int = SILENCE_LIMIT,
+    ) -> None:
         self.relay = relay
         self.baudrate = baudrate
+        self.silence = silence
         self.openings = Openings(counters)
         self._tcp = HostnameEndpoint(reactor, relay.host, relay.port, timeout=CONNECT_TIMEOUT)
 
@@ -291,7 +310,7 @@ class RelayEndpoint:
             raise NoProtocol()
         transport = getattr(protocol, "transport", None)
         if ITCPTransport.providedBy(transport):
-            keep_alive(transport)
+            keep_alive(transport, self.silence)
         self.openings.opened()
         self.log.info("reading the serial line relayed by {relay}", relay=str(self.relay))
         if isinstance(protocol, ComPort):

@@ -19,14 +19,14 @@ from twisted.internet.testing import StringTransport
 from blip.source.device import SerialService
 from blip.source.relay import (
     COM_PORT_OPTION,
-    KEEPALIVE_IDLE,
-    KEEPALIVE_INTERVAL,
     KEEPALIVE_PROBES,
+    SHORTEST_SILENCE,
     SILENCE_LIMIT,
     ComPort,
     Relay,
     RelayEndpoint,
     RelayError,
+    keepalive_times,
     parse_relay,
 )
 from tests.conftest import wait_until
@@ -82,13 +82,23 @@ def relayed(r: Recorder, relay: Relay, baudrate: int = 9600) -> SerialService:
     return SerialService(RelayEndpoint(reactor, relay, baudrate, r.counters), r.factory, reactor)
 
 
+def test_keepalive_times() -> None:
+    """
+    TCP asks after a silent relay from half of --relay-silence on, and
+    shares the other half between its probes.
+    """
+    assert keepalive_times(SILENCE_LIMIT) == (20, 5)
+    assert keepalive_times(SHORTEST_SILENCE) == (4, 1)
+    assert keepalive_times(3600) == (1800, 450)
+
+
 @pytest_twisted.ensureDeferred
 async def test_lines_through_ser2net(ser2net, pty_meter, log_events) -> None:
     """
     Lines written into the pty arrive through ser2net (raw TCP), the first
     one after connecting dropped, as from a local device; the connection
-    sends keepalive probes after KEEPALIVE_IDLE quiet seconds and gives up
-    after SILENCE_LIMIT; stopping the service is not a loss.
+    sends keepalive probes after 20 quiet seconds, every 5 s, and gives up
+    after SILENCE_LIMIT (40 s); stopping the service is not a loss.
     """
     from twisted.internet import reactor
 
@@ -104,10 +114,10 @@ async def test_lines_through_ser2net(ser2net, pty_meter, log_events) -> None:
         handle = protocol.transport.getHandle()
         assert handle.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
         tcp = socket.IPPROTO_TCP
-        assert handle.getsockopt(tcp, socket.TCP_KEEPIDLE) == KEEPALIVE_IDLE
-        assert handle.getsockopt(tcp, socket.TCP_KEEPINTVL) == KEEPALIVE_INTERVAL
-        assert handle.getsockopt(tcp, socket.TCP_KEEPCNT) == KEEPALIVE_PROBES
-        assert handle.getsockopt(tcp, socket.TCP_USER_TIMEOUT) == SILENCE_LIMIT * 1000
+        assert handle.getsockopt(tcp, socket.TCP_KEEPIDLE) == 20
+        assert handle.getsockopt(tcp, socket.TCP_KEEPINTVL) == 5
+        assert handle.getsockopt(tcp, socket.TCP_KEEPCNT) == KEEPALIVE_PROBES == 4
+        assert handle.getsockopt(tcp, socket.TCP_USER_TIMEOUT) == SILENCE_LIMIT * 1000 == 40_000
     finally:
         await service.stopService()
     assert r.counters.serial_opens == 1 and r.counters.serial_lost == 0
@@ -211,6 +221,7 @@ def counter(daemon, name: str) -> float:
     return float(found.group(1))
 
 
+@pytest.mark.long(10)
 def test_the_daemon_reads_through_a_relay_restarted_mid_stream(
     start_daemon, database, ser2net, pty_meter
 ) -> None:
@@ -266,19 +277,21 @@ def test_the_daemon_reads_through_a_relay_restarted_mid_stream(
     assert reasons == [("device lost",), ("stop",)]
 
 
+@pytest.mark.long(15)
 def test_a_relay_that_falls_silent_is_given_up(start_daemon, database, ser2net, pty_meter) -> None:
     """
     A relay that vanishes without closing the connection (its network cut:
     nothing gets through, nothing is closed) is given up for lost within
-    SILENCE_LIMIT seconds of its last word, logged once and counted like a
-    lost device; once the network is back, the daemon connects again
+    --relay-silence seconds of its last word (the shortest it takes, 8),
+    logged once and counted like a lost device; once the network is back, the daemon connects again
     (ser2net's kickolduser lets the new connection replace the dead one)
     and reads on: every blip from the first that came through is stored.
     """
     relay = ser2net(isolated=True)
     relay.start()
     daemon = start_daemon(
-        "--serial", relay.url, "--db", database.dsn, "--node-name", "barn", program=relay.twistd()
+        "--serial", relay.url, "--db", database.dsn, "--node-name", "barn",
+        "--relay-silence", str(SHORTEST_SILENCE), program=relay.twistd(),
     )
     daemon.wait_for("database ready")
     daemon.wait_for("reading the serial line relayed")
@@ -289,8 +302,8 @@ def test_a_relay_that_falls_silent_is_given_up(start_daemon, database, ser2net, 
     mark = len(daemon.output)
     relay.silence()
     silenced = time.monotonic()
-    daemon.wait_for("serial source lost", since=mark, timeout=SILENCE_LIMIT + 30)
-    assert time.monotonic() - silenced < SILENCE_LIMIT + 5
+    daemon.wait_for("serial source lost", since=mark, timeout=SHORTEST_SILENCE + 30)
+    assert time.monotonic() - silenced < SHORTEST_SILENCE + 5
     relay.restore()
     daemon.wait_for("reading the serial line relayed", since=mark)
     # ser2net throws away what the device sent while it switched to the
