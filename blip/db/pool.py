@@ -298,21 +298,21 @@ class Pool:
             connection.close_for_good()
         self._alive.clear()
 
-    def runQuery(self, *args: Any, **kwargs: Any) -> "Deferred[list[tuple[Any, ...]]]":
+    def runQuery(self, query: str, params: Any = None) -> "Deferred[list[tuple[Any, ...]]]":
         """
         Run one query on a free connection, as
         :meth:`txpostgres.txpostgres.Connection.runQuery` does.
 
         :return: its rows (psycopg2's default cursor's).
         """
-        return Deferred.fromCoroutine(self._run(Connection.runQuery, args, kwargs))
+        return Deferred.fromCoroutine(self._run(_query, (query, params), {}))
 
-    def runOperation(self, *args: Any, **kwargs: Any) -> "Deferred[None]":
+    def runOperation(self, statement: str, params: Any = None) -> "Deferred[None]":
         """
         Run one statement on a free connection, as
         :meth:`txpostgres.txpostgres.Connection.runOperation` does.
         """
-        return Deferred.fromCoroutine(self._run(Connection.runOperation, args, kwargs))
+        return Deferred.fromCoroutine(self._run(_operation, (statement, params), {}))
 
     def runPrepared(self, statement: Prepared, params: Sequence[Any]) -> "Deferred[list[tuple[Any, ...]]]":
         """
@@ -360,18 +360,45 @@ class Pool:
         return result
 
 
+def _operation(connection: Connection, statement: str, params: Any = None) -> "Deferred[Any]":
+    """
+    Run one statement on ``connection``, which the pool gave to its caller
+    alone: a txpostgres cursor's ``execute``, without the queue and the
+    liveness check of the connection's own ``runOperation`` (the pool
+    keeps one statement on a connection at a time, and gives out only
+    live ones), each a few Deferreds more for every query. A failure that
+    shows the connection dead has it reconnect, as there.
+
+    :return: a Deferred that fires with the cursor once it ran.
+    """
+    run: Deferred[Any] = connection.cursor().execute(statement, params)
+    return run.addErrback(connection.detector.checkForDeadConnection)
+
+
+def _query(connection: Connection, query: str, params: Any = None) -> "Deferred[Any]":
+    """
+    Run one query on ``connection`` (as :func:`_operation`).
+
+    :return: a Deferred that fires with its rows.
+    """
+    return _operation(connection, query, params).addCallback(_rows)
+
+
+def _rows(cursor: Any) -> list[tuple[Any, ...]]:
+    rows: list[tuple[Any, ...]] = cursor.fetchall()
+    return rows
+
+
 def _run_prepared(connection: Connection, statement: Prepared, params: Sequence[Any]) -> "Deferred[Any]":
     # Callbacks rather than a coroutine: a statement prepared already is
     # one query, run as any other.
     def execute(_: object = None) -> "Deferred[Any]":
         connection.prepared.add(statement.name)
-        run: Deferred[Any] = connection.runQuery(statement.execute, params)
-        return run
+        return _query(connection, statement.execute, params)
 
     if statement.name in connection.prepared:
         return execute()
-    preparing: Deferred[Any] = connection.runOperation(statement.prepare)
-    return preparing.addCallback(execute)
+    return _operation(connection, statement.prepare).addCallback(execute)
 
 
 class DatabaseService(Service):

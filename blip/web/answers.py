@@ -162,9 +162,18 @@ def say_raw_since(request: IRequest, since: Optional[int]) -> None:
     Set :data:`RAW_SINCE` (readable by scripts of other origins) when raw
     points before ``since`` were dropped.
     """
-    if since is not None:
-        request.setHeader(RAW_SINCE, b"%d" % since)
-        request.setHeader(b"Access-Control-Expose-Headers", RAW_SINCE)
+    for name, value in raw_since_headers(since):
+        request.setHeader(name, value)
+
+
+def raw_since_headers(since: Optional[int]) -> HeaderPairs:
+    """
+    :return: the headers that say raw points before ``since`` were dropped
+        (none when none were), in the order :func:`say_raw_since` sets them.
+    """
+    if since is None:
+        return ()
+    return ((RAW_SINCE, b"%d" % since), (b"Access-Control-Expose-Headers", RAW_SINCE))
 
 
 def encode(data: Any) -> bytes:
@@ -207,6 +216,19 @@ def options(request: IRequest, style: Style) -> bytes:
     return no_content(request)
 
 
+# The Date header's value of the last second an answer was dated, and that
+# second.
+_dated: list[Any] = [None, b""]
+
+
+def _date(now: float) -> bytes:
+    second = int(now)
+    if second != _dated[0]:
+        _dated[:] = [second, datetimeToString(second)]
+    date: bytes = _dated[1]
+    return date
+
+
 def whole_answer(status: int, headers: HeaderPairs, body: bytes, now: float) -> bytes:
     """
     :param headers: its headers after ``Server`` and ``Date``, in order.
@@ -218,10 +240,20 @@ def whole_answer(status: int, headers: HeaderPairs, body: bytes, now: float) -> 
         status,
         RESPONSES.get(status, b"Unknown Status"),
         version,
-        datetimeToString(now),
+        _date(now),
         b"".join(b"%s: %s\r\n" % pair for pair in headers),
         body,
     )
+
+
+def json_answer(status: int, headers: HeaderPairs, body: bytes, now: float) -> bytes:
+    """
+    :param headers: its CORS, caching and other headers, in order.
+    :return: a whole HTTP/1.1 answer of a JSON ``body`` (see
+        :func:`whole_answer`), typed and sized as :func:`json_body` says.
+    """
+    typed = ((b"Content-Type", b"application/json"), (b"Content-Length", b"%d" % len(body)))
+    return whole_answer(status, headers + typed, body, now)
 
 
 def closing(answer: bytes) -> bytes:

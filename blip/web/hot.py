@@ -34,6 +34,7 @@ from blip.web.answers import (
     HeaderPairs,
     cors_of,
     dress,
+    json_answer,
     json_body,
     whole_answer,
 )
@@ -201,7 +202,7 @@ class HotRoutes:
         """
         now = int(self.clock.seconds())
         if point is not self._point or now != self._second or headers is not self._headers:
-            self._response = self._json(200, headers, encode_point(point), now)
+            self._response = json_answer(200, headers, encode_point(point), now)
             self._point, self._second, self._headers = point, now, headers
         return self._response
 
@@ -227,12 +228,7 @@ class HotRoutes:
             ``reason`` (the daemon stopping), from the one error table.
         """
         status, message = describe(Failure(reason))
-        return self._json(status, headers, legacy_body(message), self.clock.seconds())
-
-    @staticmethod
-    def _json(status: int, headers: HeaderPairs, body: bytes, now: float) -> bytes:
-        typed = ((b"Content-Type", b"application/json"), (b"Content-Length", b"%d" % len(body)))
-        return whole_answer(status, headers + typed, body, now)
+        return json_answer(status, headers, legacy_body(message), self.clock.seconds())
 
     def settle_later(self, answered: Answered) -> None:
         """

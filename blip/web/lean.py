@@ -3,7 +3,9 @@ The lean path: the requests clients repeat all day long, answered right on
 the connection without Twisted Web's request machinery, so that a parked
 client costs a socket and a few small objects, and a blip to thousands of
 them little more than one system call each: ``/blip`` long-polls,
-``/last`` from memory, and ``/api/v1/live`` streams.
+``/last`` from memory, and ``/api/v1/live`` streams; and the other legacy
+routes (``/hourly/...``, ``/since/...``), whose answers cost their query
+and little else.
 
 Every connection starts with a :class:`Front`, which reads each request's
 head itself. A request it can answer plainly — a GET over HTTP/1.1 of one
@@ -13,14 +15,16 @@ answers; at the first other one it hands the connection, with all it has
 read, to Twisted Web's channel for good, and that request and every later
 one go the usual way: errors, refusals and every other route are the
 site's. The answers are the same bytes as the usual way's (rendered once
-per point by :mod:`blip.web.hot` and :mod:`blip.web.v1.live`), counted in
-the same metrics, under the same deadlines.
+per point by :mod:`blip.web.hot` and :mod:`blip.web.v1.live`, by
+:mod:`blip.web.legacy` for the other legacy routes), counted in the same
+metrics, under the same deadlines.
 """
 
 import re
 import time
-from typing import Any, Callable, Generic, Optional, Protocol, TypeVar, Union
+from typing import Any, Callable, Generic, Optional, Protocol, Sequence, TypeVar, Union
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
     IDelayedCall,
     IProtocol,
@@ -38,6 +42,7 @@ from blip.web.channel import good_host
 from blip.web.connections import Entry
 from blip.web.hot import HotRoutes
 from blip.web.lane import Lane
+from blip.web.legacy import ROUTES, LegacyApi, Route, route_of
 from blip.web.limits import MAX_DIGITS
 from blip.web.metrics import RequestMetrics, RouteNamer
 from blip.web.twisted_private import hand_over, send
@@ -57,6 +62,9 @@ _REQUEST_LINE = re.compile(rb"GET (/[!-~]*) HTTP/1\.1")
 _NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _HOT = re.compile(rb"/(blip|last)(?:/([0-9]{1,%d}))?" % MAX_DIGITS)
 _LIVE = b"/api/v1/live"
+# A path of the other legacy routes read here: segments of letters, digits
+# and underscores (none percent-encoded, as the usual way would decode it).
+_LEGACY = re.compile(rb"(?:/[0-9A-Za-z_]+)+")
 # A query of meter ids that the usual way reads as it is (others go there).
 _METERS = re.compile(rb"meters=([0-9]{1,10}(?:,[0-9]{1,10})*)")
 #: The headers read; any other is let be.
@@ -77,16 +85,22 @@ class Head:
     """
     What a request's head says, as far as the lean path reads it.
 
-    :param kind: its route: ``blip``, ``last`` or ``live``.
+    :param kind: its route: ``blip``, ``last``, ``live`` or ``legacy`` (the
+        other legacy routes).
     """
 
     __slots__ = (
         "kind", "meter", "numbered", "meters", "close", "origin", "accept", "resumes", "forwarded",
-        "x_forwarded",
+        "x_forwarded", "route", "path", "target",
     )
 
-    def __init__(self, kind: bytes) -> None:
+    def __init__(self, kind: bytes, target: bytes) -> None:
         self.kind = kind
+        #: The request target, and the legacy route of its path and the
+        #: path's segments (``legacy``).
+        self.target = target
+        self.route: Optional[Route] = None
+        self.path: Sequence[bytes] = ()
         #: The meter of ``blip`` and ``last``, and whether the path named it.
         self.meter = DEFAULT_METER
         self.numbered = False
@@ -108,7 +122,7 @@ def _route(target: bytes) -> Optional[Head]:
     # The lean route of a request target, if it is one.
     path, mark, query = target.partition(b"?")
     if path == _LIVE:
-        head = Head(b"live")
+        head = Head(b"live", target)
         if mark:
             given = _METERS.fullmatch(query)
             if given is None or len(query) > len(b"meters=") + MAX_VALUE:
@@ -117,15 +131,33 @@ def _route(target: bytes) -> Optional[Head]:
         return head
     hot = _HOT.fullmatch(path)
     if hot is None:
-        return None
+        return _legacy(path, target)
     # The query of /blip and /last changes nothing.
     kind, number = hot.groups()
-    head = Head(kind)
+    head = Head(kind, target)
     if number is not None:
         head.meter, head.numbered = int(number), True
         if head.meter > INT_MAX:
             return None
     return head
+
+
+def _legacy(path: bytes, target: bytes) -> Optional[Head]:
+    # The head of a GET of one of the other legacy routes, if it is one (its
+    # query changes nothing either).
+    if _LEGACY.fullmatch(path) is None:
+        return None
+    segments = path[1:].split(b"/")
+    route = route_of(segments)
+    if route is None or route.handler is None:
+        return None
+    head = Head(b"legacy", target)
+    head.route, head.path = route, segments
+    return head
+
+
+#: The legacy route of /last/<n>.
+_LAST_OR_RECENT = ROUTES[b"last", 2]
 
 
 def read_head(head: bytes) -> Optional[Head]:
@@ -249,8 +281,8 @@ _GONE = "gone"
 #: What a long-poll does once its answer is out, until the fan-out is over.
 _ANSWERED = "answered"
 #: What a connection does: reads (None), waits for a meter's point (the
-#: meter), streams, or nothing more.
-Waiting = Union[None, int, Stream, str]
+#: meter) or a legacy route's body (its Deferred), streams, or nothing more.
+Waiting = Union[None, int, "Deferred[bytes]", Stream, str]
 
 
 class Lean:
@@ -259,6 +291,7 @@ class Lean:
 
     :param hot: ``/blip`` and ``/last``.
     :param live: the live streams.
+    :param legacy: the other legacy routes.
     :param metrics: where requests are counted and timed.
     :param route: names a request's route.
     :param rules: who is served.
@@ -272,6 +305,7 @@ class Lean:
         self,
         hot: HotRoutes,
         live: Live,
+        legacy: LegacyApi,
         metrics: RequestMetrics,
         route: RouteNamer,
         rules: Rules,
@@ -282,6 +316,7 @@ class Lean:
         self.hot = hot
         self.hub: Hub = hot.hub
         self.live = live
+        self.legacy = legacy
         self.metrics = metrics
         self.rules = rules
         self.cors = cors
@@ -328,9 +363,17 @@ class Lean:
             return self._stream(front, head)
         meter = head.meter
         headers = self.cors.headers_for(LEGACY, head.origin)
+        if kind == b"legacy":
+            assert head.route is not None
+            return self._ask(front, head.route, head.path, head, headers)
         if kind == b"last":
             point = self.hub.last(meter)
             if point is None:
+                if head.numbered and not self.hot.known(meter):
+                    # Not a meter known here: the legacy route tells a meter
+                    # with readings from the single-meter original's
+                    # /last/<ms>.
+                    return self._ask(front, _LAST_OR_RECENT, (b"last", b"%d" % meter), head, headers)
                 return False
             front.begin(self._routes[kind, head.numbered], headers, head.close)
             front.reply(self.hot.response(point, headers), 200)
@@ -343,6 +386,12 @@ class Lean:
         hub.park(meter, front)
         if self.hot.longpoll_timeout:
             self.polls.arm(front, self.hot.longpoll_timeout)
+        return True
+
+    def _ask(self, front: "Front", route: Route, path: Sequence[bytes], head: Head, headers: HeaderPairs) -> bool:
+        # A legacy route's answer, once its body (its query) is there.
+        front.begin(route.template, headers, head.close)
+        front.ask(self.legacy.body(route, path), head.target)
         return True
 
     def _stream(self, front: "Front", head: Head) -> bool:
@@ -482,6 +531,10 @@ class Front:
         elif isinstance(waiting, Stream):
             waiting.end()
             self._count(200)
+        elif isinstance(waiting, Deferred):
+            # Its query runs on; the answer is not waited for.
+            waiting.cancel()
+            self._count(200)
         if self.entry is not None:
             self.entry.leave()
             self.entry = None
@@ -578,6 +631,34 @@ class Front:
     def _count(self, status: int) -> None:
         lean = self.lean
         lean.metrics.observe(self.route, b"GET", status, lean.timer() - self.since)
+
+    # -- the other legacy routes ---------------------------------------------
+
+    def ask(self, body: "Deferred[bytes]", target: bytes) -> None:
+        """
+        The request's answer is ``body``'s, once it comes (from the
+        database); ``target`` names the request in the log.
+        """
+        if body.called:
+            # Its numbers refused at once: answered now, and the next
+            # request read as after an answer from memory.
+            body.addCallbacks(self._answer, self._failed, errbackArgs=(target,))
+            return
+        self.waiting = body
+        body.addCallbacks(self._answer, self._failed, errbackArgs=(target,)).addCallback(self._answered)
+
+    def _answer(self, body: bytes) -> None:
+        if self.waiting is not _GONE:
+            self.reply(self.lean.legacy.answer(self.headers, body), 200)
+
+    def _failed(self, failure: Failure, target: bytes) -> None:
+        if self.waiting is not _GONE:
+            status, answer = self.lean.legacy.failed(self.headers, failure, target)
+            self.reply(answer, status)
+
+    def _answered(self, _: None) -> None:
+        if self.waiting is _READING:
+            self._read_on()
 
     # -- long-polls (a waiter of the hub) -----------------------------------
 

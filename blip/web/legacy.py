@@ -5,16 +5,19 @@ The original blipserver's JSON routes (but the two hot ones,
 The legacy routes answer byte for byte like the original: points as
 ``[stamp,ms]``, lists without spaces, numbers as PostgreSQL prints them.
 Once raw points were dropped (``--keep-raw``), those that return or count
-raw points say since when they are kept in a header (see
-:data:`blip.web.answers.RAW_SINCE`); their bodies hold what is left.
+raw points (:class:`RawPoints`) say since when they are kept in a header
+(see :data:`blip.web.answers.RAW_SINCE`); their bodies hold what is left.
 
 They are small answers asked for all the time, so they are found without
 a general router: a route is known by its first path segment and its
 number of segments (:data:`ROUTES`), each segment after the first being
-one number; what matches none goes on to the page.
+one number; what matches none goes on to the page. Their plain GETs are
+mostly answered by the lean path (:mod:`blip.web.lean`), through
+:meth:`LegacyApi.body` and the whole answers made here; the rest come
+through :meth:`LegacyApi.render`.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Coroutine, Optional, Sequence
 
@@ -31,14 +34,16 @@ from blip.db.legacy import LegacyQueries
 from blip.model import DEFAULT_METER, Point
 from blip.web.answers import (
     LEGACY,
+    HeaderPairs,
     RawSince,
     dress,
+    json_answer,
     json_body,
     kept_for_ever,
     options,
-    say_raw_since,
+    raw_since_headers,
 )
-from blip.web.errors import NotFound, answer_error, refuse
+from blip.web.errors import NotFound, answer_error, describe, legacy_body, refuse
 from blip.web.hot import encode_point
 from blip.web.limits import LAST_POINTS, MINUTELY_ROWS, RANGE_POINTS, SINCE_POINTS
 from blip.web.paths import buckets, meter_id, number, stamps
@@ -46,6 +51,13 @@ from blip.web.static import StaticFiles
 from blip.web.twisted_private import send_now
 
 Handler = Callable[..., Coroutine[Any, Any, bytes]]
+
+
+class RawPoints(bytes):
+    """
+    A body made of raw points, or counting them: its answer says since
+    when they are kept.
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,37 +70,31 @@ class Route:
     :param handler: answers GET and HEAD with the body, given the numbers
         by name (as text); None for a path whose GET and HEAD
         :class:`blip.web.hot.HotRoutes` answers.
-    :param raw: whether the route reads raw points, and so says since when
-        they are kept.
     """
 
     template: str
     handler: Optional[Handler]
-    raw: bool = False
+    #: The names of the numbers of the path, in order.
+    names: tuple[str, ...] = field(init=False)
 
-    @property
-    def names(self) -> list[str]:
-        """:return: the names of the numbers of the path, in order."""
-        return [part[1:-1] for part in self.template.split("/")[2:]]
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "names", tuple(part[1:-1] for part in self.template.split("/")[2:]))
 
 
 #: The legacy routes, by first path segment and number of segments.
 ROUTES: dict[tuple[bytes, int], Route] = {}
 
 
-def legacy(*templates: str, raw: bool = False) -> Callable[[Handler], Handler]:
+def legacy(*templates: str) -> Callable[[Handler], Handler]:
     """
     Register a legacy JSON route under each of ``templates`` (every
     segment after the first a ``<name>``d number), answering GET and HEAD
     with the handler's bytes and OPTIONS with the CORS headers alone.
-
-    :param raw: whether the route reads raw points, and so says since when
-        they are kept.
     """
 
     def register(f: Handler) -> Handler:
         for template in templates:
-            _add(Route(template, f, raw))
+            _add(Route(template, f))
         return f
 
     return register
@@ -172,9 +178,45 @@ class LegacyApi:
             return refuse(request, 405, "method not allowed")
         if route.handler is None:
             return refuse(request, 404, "no such route")
-        numbers = {name: segment.decode() for name, segment in zip(route.names, path[1:])}
-        _Answer(self, request, route, Deferred.fromCoroutine(route.handler(self, request, **numbers)))
+        _Answer(self, request, self.body(route, path))
         return NOT_DONE_YET
+
+    def body(self, route: Route, path: Sequence[bytes]) -> "Deferred[bytes]":
+        """
+        :param route: a route with a handler, the route of ``path``.
+        :return: the body of the answer to a GET of ``path``
+            (:class:`RawPoints` when made of raw points).
+        """
+        assert route.handler is not None
+        numbers = {name: segment.decode() for name, segment in zip(route.names, path[1:])}
+        return Deferred.fromCoroutine(route.handler(self, **numbers))
+
+    def raw_headers(self, body: bytes) -> HeaderPairs:
+        """
+        :return: the headers that say since when raw points are kept, on
+            an answer of ``body`` (none unless it is made of raw points).
+        """
+        return raw_since_headers(self.raw_since()) if isinstance(body, RawPoints) else ()
+
+    def answer(self, headers: HeaderPairs, body: bytes) -> bytes:
+        """
+        :param headers: its CORS and caching headers.
+        :return: the whole HTTP/1.1 answer of ``body`` (:meth:`body`).
+        """
+        return json_answer(200, headers + self.raw_headers(body), body, self.clock.seconds())
+
+    def failed(self, headers: HeaderPairs, failure: Failure, target: bytes) -> tuple[int, bytes]:
+        """
+        :param headers: its CORS and caching headers.
+        :param target: the request's target, for the log.
+        :return: the status and whole HTTP/1.1 answer of a request whose
+            body (:meth:`body`) failed, from the one error table; a 500 (a
+            bug) is logged with its traceback.
+        """
+        status, message = describe(failure)
+        if status == 500:
+            self.log.failure("error answering {uri}", failure, uri=target)
+        return status, json_answer(status, headers, legacy_body(message), self.clock.seconds())
 
     @app.handle_errors(Exception)
     def error(self, request: IRequest, failure: Failure) -> Optional[bytes]:
@@ -185,7 +227,7 @@ class LegacyApi:
         return self.static
 
     @legacy("/last/<meter>")
-    async def last_or_recent(self, request: IRequest, meter: str) -> bytes:
+    async def last_or_recent(self, meter: str) -> bytes:
         """
         ``/last/<n>`` that :class:`blip.web.hot.HotRoutes` left: a meter it
         does not know, or the single-meter original's points of the last
@@ -197,70 +239,59 @@ class LegacyApi:
         n = number(meter, "meter id or ms")
         recent = await self.store.recent_unless_meter(n, DEFAULT_METER, self.now() - n, LAST_POINTS)
         if recent is not None:
-            say_raw_since(request, self.raw_since())
-            return recent.encode()
+            return RawPoints(recent.encode())
         reading = await self.store.last(n)
         if reading is None:
             raise NotFound(f"no readings for meter {n}")
         return encode_point(Point(n, *reading))
 
-    @legacy("/last/<meter>/<ms>", raw=True)
-    async def last_ms(self, request: IRequest, meter: str, ms: str) -> bytes:
+    @legacy("/last/<meter>/<ms>")
+    async def last_ms(self, meter: str, ms: str) -> bytes:
         m, span = meter_id(meter), number(ms, "ms")
-        return (await self.store.since(m, self.now() - span, LAST_POINTS)).encode()
+        return RawPoints((await self.store.since(m, self.now() - span, LAST_POINTS)).encode())
 
-    @legacy("/since/<since>", "/since/<meter>/<since>", raw=True)
-    async def since(self, request: IRequest, since: str, meter: Optional[str] = None) -> bytes:
+    @legacy("/since/<since>", "/since/<meter>/<since>")
+    async def since(self, since: str, meter: Optional[str] = None) -> bytes:
         m, start = meter_id(meter), number(since, "stamp")
-        return (await self.store.since(m, start, SINCE_POINTS)).encode()
+        return RawPoints((await self.store.since(m, start, SINCE_POINTS)).encode())
 
-    @legacy("/range/<first>/<last>", "/range/<meter>/<first>/<last>", raw=True)
-    async def range(
-        self, request: IRequest, first: str, last: str, meter: Optional[str] = None
-    ) -> bytes:
+    @legacy("/range/<first>/<last>", "/range/<meter>/<first>/<last>")
+    async def range(self, first: str, last: str, meter: Optional[str] = None) -> bytes:
         m = meter_id(meter)
         a, b = stamps(first, last)
-        return (await self.store.between(m, a, b, RANGE_POINTS)).encode()
+        return RawPoints((await self.store.between(m, a, b, RANGE_POINTS)).encode())
 
-    @legacy("/aggregate/<start>/<width>/<count>", "/aggregate/<meter>/<start>/<width>/<count>", raw=True)
-    async def aggregate(
-        self, request: IRequest, start: str, width: str, count: str, meter: Optional[str] = None
-    ) -> bytes:
+    @legacy("/aggregate/<start>/<width>/<count>", "/aggregate/<meter>/<start>/<width>/<count>")
+    async def aggregate(self, start: str, width: str, count: str, meter: Optional[str] = None) -> bytes:
         m = meter_id(meter)
         s, w, c = buckets(start, width, count)
-        return (await self.store.aggregate(m, s, w, c)).encode()
+        return RawPoints((await self.store.aggregate(m, s, w, c)).encode())
 
     @legacy(
         "/aggregate_hourly/<start>/<width>/<count>",
         "/aggregate_hourly/<meter>/<start>/<width>/<count>",
     )
-    async def aggregate_hourly(
-        self, request: IRequest, start: str, width: str, count: str, meter: Optional[str] = None
-    ) -> bytes:
+    async def aggregate_hourly(self, start: str, width: str, count: str, meter: Optional[str] = None) -> bytes:
         m = meter_id(meter)
         s, w, c = buckets(start, width, count)
         return (await self.store.aggregate_hourly(m, s, w, c)).encode()
 
     @legacy("/hourly/<first>/<last>", "/hourly/<meter>/<first>/<last>")
-    async def hourly(
-        self, request: IRequest, first: str, last: str, meter: Optional[str] = None
-    ) -> bytes:
+    async def hourly(self, first: str, last: str, meter: Optional[str] = None) -> bytes:
         m = meter_id(meter)
         a, b = stamps(first, last)
         return (await self.store.hourly(m, a, b)).encode()
 
     @legacy("/minutely/<first>/<last>", "/minutely/<meter>/<first>/<last>")
-    async def minutely(
-        self, request: IRequest, first: str, last: str, meter: Optional[str] = None
-    ) -> bytes:
+    async def minutely(self, first: str, last: str, meter: Optional[str] = None) -> bytes:
         m = meter_id(meter)
         a, b = stamps(first, last)
         return (await self.store.minutely(m, a, b, MINUTELY_ROWS)).encode()
 
-    @legacy("/usage/<ms>", "/usage/<meter>/<ms>", raw=True)
-    async def usage(self, request: IRequest, ms: str, meter: Optional[str] = None) -> bytes:
+    @legacy("/usage/<ms>", "/usage/<meter>/<ms>")
+    async def usage(self, ms: str, meter: Optional[str] = None) -> bytes:
         m, span = meter_id(meter), number(ms, "ms")
-        return b"[%d]" % await self.store.count_since(m, self.now() - span)
+        return RawPoints(b"[%d]" % await self.store.count_since(m, self.now() - span))
 
 
 class _Answer:
@@ -269,12 +300,11 @@ class _Answer:
     body, or an error; the handler is let go when the client hangs up.
     """
 
-    __slots__ = ("api", "request", "route", "done")
+    __slots__ = ("api", "request", "done")
 
-    def __init__(self, api: LegacyApi, request: Request, route: Route, body: "Deferred[bytes]") -> None:
+    def __init__(self, api: LegacyApi, request: Request, body: "Deferred[bytes]") -> None:
         self.api = api
         self.request = request
-        self.route = route
         self.done = False
         request.notifyFinish().addErrback(self.hung_up, body)
         body.addCallbacks(self.send, self.failed)
@@ -292,8 +322,8 @@ class _Answer:
         if self.done:
             return
         request = self.request
-        if self.route.raw:
-            say_raw_since(request, self.api.raw_since())
+        for name, value in self.api.raw_headers(body):
+            request.setHeader(name, value)
         transport = getattr(request.channel, "transport", None)
         request.write(json_body(request, body))
         request.finish()

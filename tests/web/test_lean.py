@@ -11,10 +11,13 @@ import socket
 import ssl
 from typing import Callable, Optional
 
+import psycopg2
 import pytest
 import pytest_twisted
 from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
+from twisted.internet.testing import EventLoggingObserver
 from twisted.internet.threads import deferToThread
 from twisted.web.server import Request
 
@@ -22,8 +25,8 @@ from blip.meters import Meter, Meters
 from blip.model import Point
 from blip.web.access import Rules, network
 from blip.web.answers import Cors
-from blip.web.lean import MAX_AHEAD, Deadlines, read_head
-from tests.conftest import TIMEOUT, Served, wait_until
+from blip.web.lean import MAX_AHEAD, Deadlines, Front, read_head
+from tests.conftest import TIMEOUT, Database, Served, read_response, wait_until
 
 T0 = 1_700_000_000_000
 METERS = Meters([Meter(1), Meter(3)])
@@ -71,9 +74,11 @@ def test_heads_read(
         b"GET /last HTTP/1.1\r\nHost: a..b",
         b"GET /last/ HTTP/1.1",
         b"GET /last/%31 HTTP/1.1",
-        b"GET /last/1234567890123456 HTTP/1.1",
         b"GET /blip/2147483648 HTTP/1.1",
-        b"GET /since/1/0 HTTP/1.1",
+        b"GET /since/1/%30 HTTP/1.1",
+        b"GET /since/1/0/0/0 HTTP/1.1",
+        b"GET /since//0 HTTP/1.1",
+        b"GET /since/-1 HTTP/1.1",
         b"GET http://blip.example/last HTTP/1.1",
         b"GET /api/v1/live?meters=1&x=2 HTTP/1.1",
         b"GET /api/v1/live?meters= HTTP/1.1",
@@ -95,7 +100,8 @@ def test_heads_left_to_the_usual_way(head: bytes) -> None:
     """
     Anything but a plain GET over HTTP/1.1 without a body of a route of
     the lean path — another method, version or route, a path the router
-    reads otherwise, a meter id out of range, a query of the live stream
+    reads otherwise (percent-encoded, empty segments), a meter id out of
+    range, a query of the live stream
     other than meter ids, a malformed line, a second or bad Host, a folded
     header, a bare CR or LF, a NUL, a body, chunks, an expectation, too
     many headers — is not read here: the site answers it as it always did.
@@ -499,3 +505,131 @@ async def test_lean_requests_are_counted(serve: Callable[..., Served]) -> None:
 
     assert (requests("/last/<meter>"), requests("/blip"), requests("/blip/<meter>")) == (2, 1, 1)
     assert samples[("blip_http_request_duration_seconds_count", (("route", "/last/<meter>"),))] == 2
+
+
+# -- the other legacy routes ---------------------------------------------------
+
+HOUR = 3_600_000
+#: Meter 1's points, a second apart from an hour's start; now is an hour on.
+STARTS = T0 - T0 % HOUR
+POINTS = [Point(1, STARTS + i * 1000, 1000 + i) for i in range(10)]
+NOW = STARTS / 1000 + 3600
+
+
+def test_heads_of_the_other_legacy_routes_are_read() -> None:
+    """
+    A GET of another legacy route is read with its route and the segments
+    of its path (its query changes nothing); a path of no route is not.
+    """
+    read = read_head(b"GET /hourly/1/2/3?_=4 HTTP/1.1\r\nConnection: close")
+    assert read is not None and read.route is not None
+    assert (read.kind, read.route.template, list(read.path), read.close) == (
+        b"legacy", "/hourly/<meter>/<first>/<last>", [b"hourly", b"1", b"2", b"3"], True
+    )
+    assert read_head(b"GET /hourly/1/2/3/4 HTTP/1.1") is None
+    assert read_head(b"GET /page HTTP/1.1") is None
+
+
+#: Paths of the other legacy routes, and their answers' status.
+LEGACY_PATHS = [
+    (b"/hourly/1/%d/%d" % (STARTS, STARTS + HOUR), 200),
+    (b"/hourly/%d/%d" % (STARTS, STARTS), 200),
+    (b"/since/1/%d" % (STARTS + 7000), 200),
+    (b"/range/%d/%d" % (STARTS + 2000, STARTS + 4000), 200),
+    (b"/aggregate/1/%d/3000/2" % (STARTS + 500), 200),
+    (b"/usage/1/%d" % (HOUR - 5000), 200),
+    # A number no meter has: the single-meter original's last n ms.
+    (b"/last/%d" % (HOUR - 8000), 200),
+    (b"/last/1/%d" % (HOUR - 8000), 200),
+    # A range that ends before it starts, a width of 0, no meter id, a
+    # number too long.
+    (b"/range/1/5/4", 400),
+    (b"/aggregate/1/0/0/5", 400),
+    (b"/hourly/x/1/2", 400),
+    (b"/since/1/1234567890123456", 400),
+    (b"/last/1234567890123456", 400),
+]
+
+
+@pytest.mark.parametrize("close", [False, True])
+@pytest.mark.parametrize("origin", [None, PAGE])
+@pytest.mark.parametrize("path, status", LEGACY_PATHS)
+@pytest_twisted.ensureDeferred
+async def test_legacy_routes_answer_as_the_usual_way(
+    serve: Callable[..., Served], monkeypatch: pytest.MonkeyPatch, path: bytes, status: int,
+    origin: Optional[bytes], close: bool,
+) -> None:
+    """
+    The other legacy routes answer, on the lean path, the very bytes of
+    the usual way: their bodies from the database, the header saying
+    since when raw points are kept, CORS headers, errors, and
+    ``Connection: close``; and no Twisted Web request is made for them.
+    """
+    site = serve(METERS, now=NOW, cors=ONE_PAGE, raw_since=lambda: STARTS + 3000)
+    await site.store.insert(POINTS)
+    lean, usual = await both(site, b"")
+    made = []
+    monkeypatch.setattr(Request, "__init__", lambda self, *a, **k: made.append(self) or init(self, *a, **k))
+    try:
+        sent = request(path, origin, close)
+        lean.sendall(sent)
+        lean_answer = b"\r\n\r\n".join(await deferToThread(read_response, lean))
+        assert made == []
+        usual.sendall(sent)
+        usual_answer = b"\r\n\r\n".join(await deferToThread(read_response, usual))
+        assert len(made) == 1
+        assert undated(lean_answer) == undated(usual_answer)
+        assert lean_answer.startswith(b"HTTP/1.1 %d " % status)
+        assert (b"\r\nBlip-Raw-Since: %d\r\n" % (STARTS + 3000) in lean_answer) is (
+            status == 200 and not path.startswith(b"/hourly")
+        )
+        if close:
+            assert await deferToThread(lean.recv, 1) == b""
+        else:
+            lean.sendall(request(b"/usage/1/1000", None, False))
+            assert (await deferToThread(read_response, lean))[1] == b"[0]"
+    finally:
+        lean.close()
+        usual.close()
+
+
+init = Request.__init__
+
+
+def asking() -> int:
+    """:return: how many lean connections wait for a legacy route's body."""
+    gc.collect()
+    return sum(1 for o in gc.get_objects() if isinstance(o, Front) and isinstance(o.waiting, Deferred))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_leaving_before_its_answer_costs_only_the_query(
+    serve: Callable[..., Served], database: Database, log_events: EventLoggingObserver
+) -> None:
+    """
+    A client that hangs up while its legacy route's query runs is counted
+    as answered; its query runs to its end, and the database connection it
+    used is free again; nothing is logged as a failure.
+    """
+    site = serve(METERS, now=NOW)
+    await site.store.insert(POINTS)
+    path = "/hourly/1/%d/%d" % (STARTS, STARTS + HOUR)
+    lock = psycopg2.connect(database.dsn)
+    try:
+        with lock.cursor() as cursor:
+            cursor.execute("LOCK TABLE usage_hourly IN ACCESS EXCLUSIVE MODE")
+        s = connect(site)
+        s.sendall(request(path.encode(), None, False))
+        await wait_until(lambda: site.store.pool.state().busy == 1 and asking() == 1)
+        s.close()
+        await wait_until(lambda: asking() == 0)
+        assert site.store.pool.state().busy == 1
+    finally:
+        lock.rollback()
+        lock.close()
+    await wait_until(lambda: site.store.pool.state().busy == 0)
+    _, _, metrics = await site.get("/metrics")
+    assert b'blip_http_requests_total{method="GET",route="/hourly/<meter>/<first>/<last>",status="200"} 1.0' in metrics
+    status, _, body = await site.get(path)
+    assert status == 200 and body.startswith(b"[[%d,10," % STARTS)
+    assert [e for e in log_events if "log_failure" in e] == []
