@@ -22,12 +22,10 @@ def _pairs(select: str) -> str:
         aggregated in the order ``select`` gives them, as PostgreSQL does
         for a sorted subquery under a plain aggregate (its documentation on
         aggregate expressions): an ORDER BY inside string_agg would sort
-        them again.
+        them again. The brackets between rows are the separator, so that
+        each row costs two concatenations rather than four.
     """
-    return (
-        "SELECT '[' || coalesce(string_agg('[' || a || ',' || b || ']', ','), '')"
-        f" || ']' FROM ({select}) AS r (a, b)"
-    )
+    return f"SELECT coalesce('[[' || string_agg(a || ',' || b, '],[') || ']]', '[]') FROM ({select}) AS r (a, b)"
 
 
 def _usage(select: str) -> str:
@@ -35,8 +33,8 @@ def _usage(select: str) -> str:
     :return: like :func:`_pairs`, for rows of five columns.
     """
     return (
-        "SELECT '[' || coalesce(string_agg('[' || concat_ws(',', a, b, c, d, e) || ']', ','), '')"
-        f" || ']' FROM ({select}) AS r (a, b, c, d, e)"
+        "SELECT coalesce('[[' || string_agg(concat_ws(',', a, b, c, d, e), '],[') || ']]', '[]')"
+        f" FROM ({select}) AS r (a, b, c, d, e)"
     )
 
 
