@@ -31,6 +31,7 @@ from twisted.internet.interfaces import (
     IPushProducer,
     IReactorTime,
 )
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -40,14 +41,16 @@ from blip.web.access import IP, Rules
 from blip.web.answers import LEGACY, V1, Cors, HeaderPairs, closing, whole_answer
 from blip.web.channel import good_host
 from blip.web.connections import Entry
+from blip.web.errors import BadRequest, describe
 from blip.web.hot import HotRoutes
 from blip.web.lane import Lane
 from blip.web.legacy import ROUTES, LegacyApi, Route, route_of
-from blip.web.limits import MAX_DIGITS
+from blip.web.limits import MAX_DIGITS, REPLAY_DEPTH
 from blip.web.metrics import RequestMetrics, RouteNamer
 from blip.web.twisted_private import hand_over, send
+from blip.web.v1.heavy import Heavy
 from blip.web.v1.live import STREAM_HEADERS, Live, Stream
-from blip.web.v1.query import MAX_VALUE
+from blip.web.v1.query import MAX_VALUE, event_id
 
 #: Longest head read here; a longer one goes the usual way (its refusals
 #: are the channel's).
@@ -80,6 +83,8 @@ MAX_HEADS = 256
 #: The end of a stream's chunked answer.
 _LAST_CHUNK = b"0\r\n\r\n"
 
+_log = Logger()
+
 
 class Head:
     """
@@ -90,7 +95,7 @@ class Head:
     """
 
     __slots__ = (
-        "kind", "meter", "numbered", "meters", "close", "origin", "accept", "resumes", "forwarded",
+        "kind", "meter", "numbered", "meters", "close", "origin", "accept", "last_event_id", "forwarded",
         "x_forwarded", "route", "path", "target",
     )
 
@@ -111,8 +116,8 @@ class Head:
         #: Its last ``Origin`` and ``Accept`` headers, if any.
         self.origin: Optional[bytes] = None
         self.accept = b""
-        #: Whether it has a ``Last-Event-ID``.
-        self.resumes = False
+        #: Its last ``Last-Event-ID`` header, if any.
+        self.last_event_id: Optional[bytes] = None
         #: Its ``Forwarded`` and ``X-Forwarded-For`` headers.
         self.forwarded: list[bytes] = []
         self.x_forwarded: list[bytes] = []
@@ -204,7 +209,7 @@ def read_head(head: bytes) -> Optional[Head]:
         elif name == b"accept":
             parsed.accept = value
         elif name == b"last-event-id":
-            parsed.resumes = True
+            parsed.last_event_id = value
         elif name == b"forwarded":
             parsed.forwarded.append(value)
         elif name == b"x-forwarded-for":
@@ -291,6 +296,7 @@ class Lean:
 
     :param hot: ``/blip`` and ``/last``.
     :param live: the live streams.
+    :param heavy: admits the replays of resumed streams.
     :param legacy: the other legacy routes.
     :param metrics: where requests are counted and timed.
     :param route: names a request's route.
@@ -305,6 +311,7 @@ class Lean:
         self,
         hot: HotRoutes,
         live: Live,
+        heavy: Heavy,
         legacy: LegacyApi,
         metrics: RequestMetrics,
         route: RouteNamer,
@@ -316,6 +323,7 @@ class Lean:
         self.hot = hot
         self.hub: Hub = hot.hub
         self.live = live
+        self.heavy = heavy
         self.legacy = legacy
         self.metrics = metrics
         self.rules = rules
@@ -396,18 +404,35 @@ class Lean:
 
     def _stream(self, front: "Front", head: Head) -> bool:
         live = self.live
-        if head.resumes or b"text/event-stream" not in head.accept.lower():
+        if b"text/event-stream" not in head.accept.lower():
             return False
         if live.clients >= live.max_clients:
             return False
         meters = head.meters
         if meters is not None and not all(self.hot.known(m) for m in meters):
             return False
+        now = self.hot.clock.seconds()
+        resumed = None
+        if head.last_event_id is not None:
+            # A stream resuming: its replay is a heavy request, within its
+            # depth (else the usual way refuses it).
+            try:
+                last_id = event_id(head.last_event_id)
+            except BadRequest:
+                return False
+            if last_id < int(now * 1000) - REPLAY_DEPTH:
+                return False
+            replaying = self.heavy.admit()
+            if replaying is None:
+                return False
+            resumed = last_id, replaying
         headers = _merged(self.cors.headers_for(V1, head.origin), STREAM_HEADERS)
         front.begin(self._live_route, headers, head.close)
-        now = self.hot.clock.seconds()
         front.stream(whole_answer(200, headers + ((b"Transfer-Encoding", b"chunked"),), b"", now))
-        front.waiting = live.attach(front, meters)
+        stream = front.waiting = live.attach(front, meters)
+        if resumed is not None:
+            last_id, replaying = resumed
+            front.replay(Deferred.fromCoroutine(live.run(stream, last_id, replaying.release)), head.target)
         return True
 
 
@@ -721,6 +746,29 @@ class Front:
         (:meth:`unregisterProducer`).
         """
         send(self.transport, closing(head) if self.close else head)
+
+    def replay(self, run: "Deferred[None]", target: bytes) -> None:
+        """
+        The stream first replays what its client missed: ``run`` replays
+        it, then lasts as long as the stream. A replay that fails cuts the
+        answer short, as the usual way does (``target`` names the request
+        in the log), and the client resumes from the last event it got.
+        """
+        run.addErrback(self._cut_short, target)
+
+    def _cut_short(self, failure: Failure, target: bytes) -> None:
+        status, message = describe(failure)
+        if status == 500:
+            _log.failure("error answering {uri}", failure, uri=target)
+        else:
+            _log.warn("answer to {uri} cut short: {why}", uri=target, why=message)
+        waiting, self.waiting = self.waiting, _GONE
+        if isinstance(waiting, Stream):
+            # Its end written by nobody: waiting is gone.
+            waiting.end()
+            self._count(200)
+        self.lean.lane.give_back(self, False)
+        self.transport.abortConnection()
 
     def registerProducer(self, producer: IPushProducer, streaming: bool) -> None:
         self.transport.registerProducer(producer, streaming)

@@ -209,5 +209,5 @@ def web_site(
     mount = Mount({first: app.resource() for first, app in apps.items()}, legacy.app.resource())
     route = route_of(apps, legacy.app, template)
     metered = Metered(Guard((hot.render, legacy.render), mount, cors), route, metrics)
-    lean = Lean(hot, api.live, legacy, metrics, route, rules, cors, reactor)
+    lean = Lean(hot, api.live, api.heavy, legacy, metrics, route, rules, cors, reactor)
     return QuietSite(protect(metered, rules, refusals), door, lean)

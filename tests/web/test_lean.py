@@ -25,8 +25,16 @@ from blip.meters import Meter, Meters
 from blip.model import Point
 from blip.web.access import Rules, network
 from blip.web.answers import Cors
-from blip.web.lean import MAX_AHEAD, Deadlines, Front, read_head
-from tests.conftest import TIMEOUT, Database, Served, read_response, wait_until
+from blip.web.lean import MAX_AHEAD, Deadlines, Front, Lean, read_head
+from blip.web.v1.heavy import Heavy
+from tests.conftest import (
+    TIMEOUT,
+    Database,
+    Served,
+    closed_by_server,
+    read_response,
+    wait_until,
+)
 
 T0 = 1_700_000_000_000
 METERS = Meters([Meter(1), Meter(3)])
@@ -633,3 +641,115 @@ async def test_a_client_leaving_before_its_answer_costs_only_the_query(
     status, _, body = await site.get(path)
     assert status == 200 and body.startswith(b"[[%d,10," % STARTS)
     assert [e for e in log_events if "log_failure" in e] == []
+
+
+# -- live streams resuming -----------------------------------------------------
+
+
+def resuming(last_id: int, close: bool = False) -> bytes:
+    """:return: a live stream of meter 1 resuming after ``last_id``."""
+    return request(
+        b"/api/v1/live?meters=1", PAGE, close, b"Accept: text/event-stream", b"Last-Event-ID: %d" % last_id
+    )
+
+
+def events_until(s: socket.socket, stamp: int) -> bytes:
+    """:return: the stream read up to and with the event of ``stamp``."""
+    return read_until(s, b'"stamp":%d,' % stamp) + read_until(s, b"\n\n")
+
+
+@pytest.mark.parametrize("close", [False, True])
+@pytest_twisted.ensureDeferred
+async def test_resumed_streams_answer_as_the_usual_way(
+    serve: Callable[..., Served], monkeypatch: pytest.MonkeyPatch, close: bool
+) -> None:
+    """
+    A live stream resuming with ``Last-Event-ID`` goes the lean path's way
+    too: the same head, the points it missed from the database, then live
+    ones, byte for byte as the usual way, without a Twisted Web request;
+    its replay takes a place among the heavy requests until it is over.
+    """
+    site = serve(METERS, now=NOW, cors=ONE_PAGE)
+    await site.store.insert(POINTS)
+    lean, usual = await both(site, b"")
+    made = []
+    monkeypatch.setattr(Request, "__init__", lambda self, *a, **k: made.append(self) or init(self, *a, **k))
+    try:
+        lean.sendall(resuming(POINTS[4].stamp, close))
+        usual.sendall(resuming(POINTS[4].stamp, close))
+        replays = [await deferToThread(events_until, s, POINTS[-1].stamp) for s in (lean, usual)]
+        assert undated(replays[0]) == undated(replays[1])
+        assert replays[0].count(b"event: point") == 5 and len(made) == 1
+        await wait_until(lambda: site.live.clients == 2)
+        live = Point(1, POINTS[-1].stamp + 5000, 1000)
+        site.hub.publish(live)
+        events = [await deferToThread(events_until, s, live.stamp) for s in (lean, usual)]
+        assert events[0] == events[1] and events[0].count(b"event: point") == 1
+        assert heavy_of(site).running == 0
+    finally:
+        lean.close()
+        usual.close()
+
+
+def heavy_of(site: Served) -> Heavy:
+    """:return: the count of heavy requests of ``site``'s lean path."""
+    gc.collect()
+    return next(o.heavy for o in gc.get_objects() if isinstance(o, Lean) and o.live is site.live)
+
+
+@pytest.mark.parametrize(
+    "last_id, status",
+    [(STARTS + 1000 - 3_600_001, 400), (None, 400), (STARTS, 503)],
+    ids=["too-old", "not-a-number", "heavy-full"],
+)
+@pytest_twisted.ensureDeferred
+async def test_resumptions_refused_go_the_usual_way(
+    serve: Callable[..., Served], last_id: Optional[int], status: int
+) -> None:
+    """
+    A resumption from further back than a replay goes, with an id that is
+    no number, or while the heavy requests have no place, is refused the
+    usual way (400, 503).
+    """
+    site = serve(METERS, now=NOW)
+    heavy = heavy_of(site)
+    if status == 503:
+        heavy.running = heavy.limit
+    sent = resuming(0) if last_id is None else resuming(last_id)
+    if last_id is None:
+        sent = sent.replace(b"Last-Event-ID: 0", b"Last-Event-ID: x")
+    s = connect(site)
+    try:
+        s.sendall(sent)
+        head, _ = await deferToThread(read_response, s)
+        assert head.startswith(b"HTTP/1.1 %d " % status)
+    finally:
+        s.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_replay_that_fails_cuts_the_stream_short(
+    serve: Callable[..., Served], monkeypatch: pytest.MonkeyPatch, log_events: EventLoggingObserver
+) -> None:
+    """
+    A resumed stream whose replay fails (the database gone) is cut short,
+    as the usual way cuts it: the connection is aborted after the head,
+    the failure logged as a warning, the stream and its heavy place let go.
+    """
+    site = serve(METERS, now=NOW)
+
+    async def gone(*args: object) -> None:
+        raise psycopg2.OperationalError("the database went away")
+
+    monkeypatch.setattr(site.store, "points_after", gone)
+    s = connect(site)
+    try:
+        s.sendall(resuming(STARTS))
+        got = await deferToThread(read_until, s, b"retry: 2000\n\n\r\n")
+        assert got.startswith(b"HTTP/1.1 200 OK\r\n")
+        await wait_until(lambda: closed_by_server(s))
+    finally:
+        s.close()
+    await wait_until(lambda: site.live.clients == 0)
+    assert heavy_of(site).running == 0
+    assert [e for e in log_events if "cut short" in e.get("log_format", "")]

@@ -64,11 +64,23 @@ class Heavy:
         """
         if span is not None and span <= HEAVY_SPAN:
             return Ticket(None)
-        if self.running >= self.limit:
+        ticket = self.admit()
+        if ticket is None:
             request.setHeader(b"Retry-After", b"%d" % RETRY_AFTER)
             raise Busy(
                 f"{self.limit} requests that read long ranges or replay live points are running;"
                 f" try again in {RETRY_AFTER} s"
             )
+        return ticket
+
+    def admit(self) -> Optional[Ticket]:
+        """
+        Admit a heavy request, if a place is free.
+
+        :return: its place, to release when it is done; None when no place
+            is free.
+        """
+        if self.running >= self.limit:
+            return None
         self.running += 1
         return Ticket(self)

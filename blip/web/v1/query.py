@@ -160,8 +160,15 @@ def last_event_id(request: IRequest) -> Optional[int]:
     :raise BadParameter: when it is not an integer.
     """
     raw = request.getHeader(b"last-event-id")
-    if raw is None:
-        return None
+    return None if raw is None else event_id(raw)
+
+
+def event_id(raw: bytes) -> int:
+    """
+    :param raw: a ``Last-Event-ID`` header's value.
+    :return: the stamp of the event it names.
+    :raise BadParameter: when it is not an integer.
+    """
     text = raw.decode("latin-1").strip()
     if not _INTEGER.fullmatch(text):
         raise BadParameter("Last-Event-ID", f"must be the stamp of an event, not {text[:40]!r}")
