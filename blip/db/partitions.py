@@ -182,6 +182,12 @@ _DEFAULT_MONTHS = (
     "  FROM readings_default"
     " WHERE stamp >= %s::bigint AND stamp < %s::bigint"
 )
+# Whether the default partition holds points of some months (their
+# bounds, as an array of start, end pairs).
+_DEFAULT_HOLDS = (
+    "SELECT EXISTS (SELECT 1 FROM readings_default d, unnest(%s::bigint[], %s::bigint[]) AS m (low, high)"
+    "                WHERE d.stamp >= m.low AND d.stamp < m.high)"
+)
 _MOVE = (
     "WITH moved AS ("
     " DELETE FROM readings_default WHERE stamp >= %s::bigint AND stamp < %s::bigint"
@@ -251,8 +257,9 @@ def ensure_months(now: Optional[int], stamps: Iterable[int] = ()) -> Program[lis
     made: list[str] = []
     moved = 0
     skipped = []
+    months: list[Month] = []
     for month in sorted(wanted):
-        if len(made) >= MOST_MONTHS:
+        if len(months) >= MOST_MONTHS:
             break
         if any(p.overlaps(month.start, month.end) for p in partitions):
             continue
@@ -261,15 +268,21 @@ def ensure_months(now: Optional[int], stamps: Iterable[int] = ()) -> Program[lis
         if (yield Statement(_EXISTS, (month.name,))).rows[0][0]:
             skipped.append(month.name)
             continue
-        if not made:
-            # Readers of readings go on; writers wait, and then route their
-            # points with the new partitions (a point routed to the default
-            # partition before a partition of its month is attached would
-            # fail its constraint after).
-            yield Statement("LOCK TABLE readings IN SHARE ROW EXCLUSIVE MODE")
-            yield Statement(
-                sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(sql.Identifier(DEFAULT_PARTITION))
-            )
+        months.append(month)
+    if months:
+        # Writers wait, and then route their points with the new partitions
+        # (a point routed to the default partition before a partition of its
+        # month is attached would fail its constraint after).
+        yield Statement("LOCK TABLE readings IN SHARE ROW EXCLUSIVE MODE")
+        if (yield Statement(_DEFAULT_HOLDS, _spans(months))).rows[0][0]:
+            # Readers wait too while points move out of the default
+            # partition: one planned before the move and reading after it
+            # would find them neither there nor in a partition it knows.
+            yield Statement("LOCK TABLE readings IN ACCESS EXCLUSIVE MODE")
+        yield Statement(
+            sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(sql.Identifier(DEFAULT_PARTITION))
+        )
+    for month in months:
         moved += yield from _make_month(month)
         made.append(month.name)
     if made:
@@ -283,6 +296,11 @@ def ensure_months(now: Optional[int], stamps: Iterable[int] = ()) -> Program[lis
             f" of readings (the points of its month stay in {DEFAULT_PARTITION})"
         )
     return notes
+
+
+def _spans(months: list[Month]) -> tuple[list[int], list[int]]:
+    """:return: the starts and the ends of ``months``."""
+    return [m.start for m in months], [m.end for m in months]
 
 
 def _make_month(month: Month) -> Program[int]:

@@ -18,6 +18,7 @@ import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.task import Clock
+from twisted.internet.threads import deferToThread
 
 from blip.cli import rollups
 from blip.cli.transfer import archive_csv
@@ -35,7 +36,7 @@ from blip.db.partitions import (
     parse_keep_raw,
 )
 from blip.db.pool import Pool
-from blip.db.program import run_in
+from blip.db.program import run_in, run_sync
 from blip.db.queries import Queries
 from blip.db.readings import Readings
 from blip.db.schema import Schema
@@ -145,6 +146,43 @@ async def test_months_are_made_ahead_once_whoever_asks(database) -> None:
     finally:
         for p in pools:
             p.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_readers_see_the_points_a_new_partition_takes(database) -> None:
+    """
+    A query of readings that comes while a month's partition is made and
+    takes the default partition's points of that month sees those points:
+    it waits until they moved, rather than reading the default partition
+    after they left it without knowing the partition they went to.
+    """
+    from twisted.internet import reactor
+
+    pool = Pool(database.dsn, 1, reactor)
+    await pool.start()
+    try:
+        await Schema(pool, clock_at(NOW)).apply()
+        august = Month(2024, 8).start
+        await Readings(pool).insert([Point(1, august + 5, 700)])
+    finally:
+        pool.close()
+    mover = psycopg2.connect(database.dsn)
+    try:
+        with mover.cursor() as cursor:
+            run_sync(cursor, ensure_months(august + 3 * DAY))
+        reading = deferToThread(
+            database.sql, "SELECT stamp FROM readings WHERE id = 1 AND stamp >= %s", (august,)
+        )
+        await wait_until(
+            lambda: database.sql(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE %s",
+                ("SELECT stamp FROM readings%",),
+            )[0][0]
+        )
+        mover.commit()
+    finally:
+        mover.close()
+    assert await reading == [(august + 5,)]
 
 
 @pytest_twisted.ensureDeferred
