@@ -144,6 +144,22 @@ def refuse(
     return json_body(request, legacy_body(message))
 
 
+def judge(failure: Failure, log: Logger, uri: bytes, cut_short: bool = False) -> tuple[int, str]:
+    """
+    :param uri: the failed request's target, for the log.
+    :param cut_short: whether its answer was under way, and is cut short.
+    :return: the status code and message for ``failure``
+        (:func:`describe`); a 500 (a bug) is logged with its traceback,
+        an answer cut short for another reason with a warning.
+    """
+    status, message = describe(failure)
+    if status == 500:
+        log.failure("error answering {uri}", failure, uri=uri)
+    elif cut_short:
+        log.warn("answer to {uri} cut short: {why}", uri=uri, why=message)
+    return status, message
+
+
 def answer_error(
     request: IRequest, failure: Failure, log: Logger, style: Optional[Style] = None
 ) -> Optional[bytes]:
@@ -155,12 +171,9 @@ def answer_error(
 
     :return: the body to render, or None when the connection was cut.
     """
-    status, message = describe(failure)
-    if status == 500:
-        log.failure("error answering {uri}", failure, uri=request.uri)
-    if started_writing(request):
-        if status != 500:
-            log.warn("answer to {uri} cut short: {why}", uri=request.uri, why=message)
+    started = started_writing(request)
+    status, message = judge(failure, log, request.uri, started)
+    if started:
         # A TCP or TLS connection, though ITransport names no abortConnection.
         request.transport.abortConnection()  # type: ignore[attr-defined]
         return None

@@ -41,7 +41,7 @@ from blip.web.access import IP, Rules
 from blip.web.answers import LEGACY, V1, Cors, HeaderPairs, closing, whole_answer
 from blip.web.channel import good_host
 from blip.web.connections import Entry
-from blip.web.errors import BadRequest, describe
+from blip.web.errors import BadRequest, judge
 from blip.web.hot import HotRoutes
 from blip.web.lane import Lane
 from blip.web.legacy import ROUTES, LegacyApi, Route, route_of
@@ -757,16 +757,15 @@ class Front:
         run.addErrback(self._cut_short, target)
 
     def _cut_short(self, failure: Failure, target: bytes) -> None:
-        status, message = describe(failure)
-        if status == 500:
-            _log.failure("error answering {uri}", failure, uri=target)
-        else:
-            _log.warn("answer to {uri} cut short: {why}", uri=target, why=message)
-        waiting, self.waiting = self.waiting, _GONE
-        if isinstance(waiting, Stream):
-            # Its end written by nobody: waiting is gone.
-            waiting.end()
-            self._count(200)
+        waiting = self.waiting
+        if not isinstance(waiting, Stream):
+            # The client left before the replay failed.
+            return
+        judge(failure, _log, target, cut_short=True)
+        # Gone first, so that the stream's end writes no end of the answer.
+        self.waiting = _GONE
+        waiting.end()
+        self._count(200)
         self.lean.lane.give_back(self, False)
         self.transport.abortConnection()
 

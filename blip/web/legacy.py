@@ -43,7 +43,7 @@ from blip.web.answers import (
     options,
     raw_since_headers,
 )
-from blip.web.errors import NotFound, answer_error, describe, legacy_body, refuse
+from blip.web.errors import NotFound, answer_error, judge, legacy_body, refuse
 from blip.web.hot import encode_point
 from blip.web.limits import LAST_POINTS, MINUTELY_ROWS, RANGE_POINTS, SINCE_POINTS
 from blip.web.paths import buckets, meter_id, number, stamps
@@ -213,9 +213,7 @@ class LegacyApi:
             body (:meth:`body`) failed, from the one error table; a 500 (a
             bug) is logged with its traceback.
         """
-        status, message = describe(failure)
-        if status == 500:
-            self.log.failure("error answering {uri}", failure, uri=target)
+        status, message = judge(failure, self.log, target)
         return status, json_answer(status, headers, legacy_body(message), self.clock.seconds())
 
     @app.handle_errors(Exception)
