@@ -432,7 +432,7 @@ class Lean:
         stream = front.waiting = live.attach(front, meters)
         if resumed is not None:
             last_id, replaying = resumed
-            front.replay(Deferred.fromCoroutine(live.run(stream, last_id, replaying.release)), head.target)
+            front.replay(Deferred.fromCoroutine(live.resume(stream, last_id, replaying.release)), head.target)
         return True
 
 
@@ -749,10 +749,10 @@ class Front:
 
     def replay(self, run: "Deferred[None]", target: bytes) -> None:
         """
-        The stream first replays what its client missed: ``run`` replays
-        it, then lasts as long as the stream. A replay that fails cuts the
-        answer short, as the usual way does (``target`` names the request
-        in the log), and the client resumes from the last event it got.
+        The stream first replays what its client missed (``run``). A replay
+        that fails cuts the answer short, as the usual way does (``target``
+        names the request in the log), and the client resumes from the last
+        event it got.
         """
         run.addErrback(self._cut_short, target)
 

@@ -261,18 +261,27 @@ class Live:
         :param replayed: called when the replay is over.
         """
         if last_id is not None:
-            held = stream.held = deque()
-            try:
-                await self._replay(stream, last_id)
-                # Points that came meanwhile, and those that come while
-                # these are sent, in order.
-                while held and not stream.ended:
-                    await stream.pace()
-                    stream.send(held.popleft())
-            finally:
-                stream.held = None
-                replayed()
+            await self.resume(stream, last_id, replayed)
         await stream.done
+
+    async def resume(self, stream: Stream, last_id: int, replayed: Callable[[], None] = lambda: None) -> None:
+        """
+        Replay what the client missed after ``last_id``, and the points that
+        came meanwhile; live points follow as they come.
+
+        :param replayed: called when the replay is over.
+        """
+        held = stream.held = deque()
+        try:
+            await self._replay(stream, last_id)
+            # Points that came meanwhile, and those that come while these
+            # are sent, in order.
+            while held and not stream.ended:
+                await stream.pace()
+                stream.send(held.popleft())
+        finally:
+            stream.held = None
+            replayed()
 
     async def _replay(self, stream: Stream, last_id: int) -> None:
         if stream.meters is not None:
