@@ -8,8 +8,13 @@ request), the time to connect and park the clients (50 at a time), and the
 daemon's memory before and with the clients parked.
 
     .venv/bin/python -m bench.fanout [--quick] [--clients 1,1000,10000] [--blips 20]
-                                     [--kind longpoll|sse] [--sse-path PATH]
+                                     [--kind longpoll|sse] [--sse-path PATH] [--resume]
                                      [--repark-after-all] [--via-web] [--profile]
+
+With ``--resume`` the streams resume, as a browser's do when they
+reconnect: each asks with a ``Last-Event-ID`` of a moment before, and one
+refused while the replays running are as many as may run (503) connects
+again at once, until every client streams (the refusals are counted).
 
 With ``--via-web`` the clients are parked on a web node and the pty is read
 by a separate ingest node: each blip goes through PostgreSQL (NOTIFY after
@@ -23,6 +28,7 @@ daemon's, not the client's.
 """
 
 import os
+import random
 import re
 import resource
 import select
@@ -56,6 +62,7 @@ DATABASE = "bench_fanout"
 CONNECT_CHUNK = 50
 _LENGTH = re.compile(rb"\r\ncontent-length:\s*(\d+)", re.IGNORECASE)
 _SSE_MS = re.compile(rb'"ms"\s*:\s*(\d+)|\[\d+,(\d+)\]')
+_RETRY_AFTER = re.compile(rb"\r\nretry-after:\s*(\d+)", re.IGNORECASE)
 
 
 #: Linux's option for a socket's receive timestamps in nanoseconds (Python
@@ -89,9 +96,12 @@ class Clients:
     :param port: the daemon's port.
     :param kind: ``longpoll`` (re-ask after every answer) or ``sse``.
     :param path: what they ask for.
+    :param resume: the ``Last-Event-ID`` of streams that resume, if they do.
     """
 
-    def __init__(self, port: int, kind: str, path: str, repark_at_once: bool = True) -> None:
+    def __init__(
+        self, port: int, kind: str, path: str, repark_at_once: bool = True, resume: Optional[int] = None
+    ) -> None:
         self.port = port
         self.kind = kind
         self.repark_at_once = repark_at_once
@@ -100,6 +110,7 @@ class Clients:
         self.request = (
             f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
             + ("Accept: text/event-stream\r\n" if kind == "sse" else "")
+            + (f"Last-Event-ID: {resume}\r\n" if resume is not None else "")
             + "\r\n"
         ).encode()
         self.epoll = select.epoll()
@@ -139,6 +150,46 @@ class Clients:
                         self.epoll.register(fd, select.EPOLLIN)
         finally:
             connects.close()
+
+    def stream_all(self, timeout: float = 300.0) -> int:
+        """
+        Wait until every stream is open, each refused one (503) connecting
+        again after a moment drawn from up to the ``Retry-After`` it was
+        told; what the streams send meanwhile is read.
+
+        :return: how many times a client was refused.
+        """
+        refused = 0
+        again: list[float] = []
+        draw = random.Random(17).uniform
+        deadline = time.monotonic() + timeout
+        while again or len(self.streaming) < len(self.socks):
+            now = time.monotonic()
+            if now > deadline:
+                raise SystemExit(f"only {len(self.streaming)} of {len(self.socks) + len(again)} streams open")
+            due = [at for at in again if at <= now]
+            if due:
+                again = [at for at in again if at > now]
+                self.open(len(due))
+            wait = min(again, default=now + 1) - now
+            for fd, _ in self.epoll.poll(max(wait, 0.001)):
+                try:
+                    data = self.socks[fd].recv(65536)
+                except BlockingIOError:
+                    continue
+                if not data:
+                    raise SystemExit("a resuming stream was closed")
+                buffer = self.buffers[fd] + data
+                if fd not in self.streaming and buffer.startswith(b"HTTP/1.1 503 "):
+                    refused += 1
+                    self.epoll.unregister(fd)
+                    self.socks.pop(fd).close()
+                    del self.buffers[fd]
+                    after = _RETRY_AFTER.search(buffer)
+                    again.append(time.monotonic() + draw(0, int(after.group(1)) if after else 1))
+                    continue
+                self.buffers[fd] = self._events(fd, buffer, 0, {}, [])
+        return refused
 
     def close(self) -> None:
         """Hang up every client."""
@@ -263,11 +314,12 @@ def blip_ms(body: bytes) -> Optional[int]:
 
 
 def run(count: int, blips: int, kind: str, path: str, cluster: BenchCluster, profile: bool,
-        repark_at_once: bool = True, via_web: bool = False) -> dict[str, Any]:
+        repark_at_once: bool = True, via_web: bool = False, resume: bool = False) -> dict[str, Any]:
     """
     Measure fan-out to ``count`` clients with a fresh daemon (with
     ``via_web``, a web node the clients are parked on, fed through
-    PostgreSQL by a separate ingest node that reads the pty).
+    PostgreSQL by a separate ingest node that reads the pty; with
+    ``resume``, streams that resume).
     """
     pty = Pty.open()
     # All the clients come from 127.0.0.1.
@@ -288,8 +340,10 @@ def run(count: int, blips: int, kind: str, path: str, cluster: BenchCluster, pro
         else:
             daemon.start(r"database ready", r"reading serial device")
         pty.write_all(b"CONNECTED bench\n")
+        # Streams resume from a moment before (points after it are replayed).
+        last_id = int(time.time() * 1000) - 1000 if resume else None
         # Warm up the code paths with one client and one blip.
-        warm = Clients(daemon.port, kind, path)
+        warm = Clients(daemon.port, kind, path, resume=last_id)
         warm.open(1)
         wait_idle(daemon.pid)
         pty.write_all(b"999\n")
@@ -298,9 +352,10 @@ def run(count: int, blips: int, kind: str, path: str, cluster: BenchCluster, pro
         wait_idle(daemon.pid)
         rss_before = rss_kib(daemon.pid)
 
-        clients = Clients(daemon.port, kind, path, repark_at_once)
+        clients = Clients(daemon.port, kind, path, repark_at_once, last_id)
         t0 = time.monotonic()
         clients.open(count)
+        refused = clients.stream_all() if resume else 0
         wait_idle(daemon.pid)
         park_s = time.monotonic() - t0
         rss_parked = rss_kib(daemon.pid)
@@ -334,7 +389,8 @@ def run(count: int, blips: int, kind: str, path: str, cluster: BenchCluster, pro
         clients.close()
         result: dict[str, Any] = {
             "clients": count,
-            "kind": kind,
+            "kind": kind + (" resumed" if resume else ""),
+            "refused_while_resuming": refused,
             "via": "web node (LISTEN)" if via_web else "all node",
             "repark": "at once" if repark_at_once else "after all answered",
             "blips": blips,
@@ -373,6 +429,9 @@ def main() -> None:
             (["--blips"], {"type": int, "help": "blips per N [20; quick: 5]"}),
             (["--kind"], {"choices": ["longpoll", "sse"], "default": "longpoll"}),
             (["--sse-path"], {"default": "/api/v1/live?meters=1", "help": "the live stream's path"}),
+            (["--resume"], {"action": "store_true",
+                            "help": "streams resume with Last-Event-ID (with --kind sse), those refused"
+                                    " while replays run connecting again"}),
             (["--via-web"], {"action": "store_true",
                              "help": "park the clients on a web node fed by a separate ingest node"
                                      " through PostgreSQL (NOTIFY/LISTEN)"}),
@@ -381,6 +440,8 @@ def main() -> None:
                                               " (isolates the fan-out from the re-parking load)"}),
         ],
     )
+    if args.resume and args.kind != "sse":
+        raise SystemExit("--resume is for live streams: --kind sse")
     counts = [int(n) for n in (args.clients or "1,1000,10000").split(",")]
     blips = args.blips or (5 if args.quick else 20)
     limit = raise_open_files(2 * max(counts) + 1000)
@@ -389,7 +450,7 @@ def main() -> None:
     cluster.fresh_database(DATABASE)
     try:
         results = [run(n, blips, args.kind, path, cluster, args.profile, not args.repark_after_all,
-                       args.via_web)
+                       args.via_web, args.resume)
                    for n in counts]
     finally:
         cluster.stop()
