@@ -246,13 +246,15 @@ def whole_answer(status: int, headers: HeaderPairs, body: bytes, now: float) -> 
     )
 
 
-def json_answer(status: int, headers: HeaderPairs, body: bytes, now: float) -> bytes:
+def json_answer(
+    status: int, headers: HeaderPairs, body: bytes, now: float, content_type: bytes = b"application/json"
+) -> bytes:
     """
     :param headers: its CORS, caching and other headers, in order.
     :return: a whole HTTP/1.1 answer of a JSON ``body`` (see
         :func:`whole_answer`), typed and sized as :func:`json_body` says.
     """
-    typed = ((b"Content-Type", b"application/json"), (b"Content-Length", b"%d" % len(body)))
+    typed = ((b"Content-Type", content_type), (b"Content-Length", b"%d" % len(body)))
     return whole_answer(status, headers + typed, body, now)
 
 

@@ -29,7 +29,7 @@ from twisted.web.http import RESPONSES
 from blip.web.access import forbidden_message
 from blip.web.answers import V1_PREFIX
 from blip.web.connections import Entry
-from blip.web.errors import legacy_body, problem, refuse
+from blip.web.errors import error_body, refuse
 from blip.web.limits import WRITE_BODY
 from blip.web.twisted_private import HookedChannel, HookedRequest
 
@@ -69,10 +69,7 @@ def closing_answer(
     :return: a whole HTTP answer with the error, that closes the
         connection.
     """
-    if problems:
-        body, media = problem(status, message), b"application/problem+json"
-    else:
-        body, media = legacy_body(message), b"application/json"
+    body, media = error_body(status, message, problems)
     head = b"" if allow is None else b"Allow: %s\r\n" % allow
     return (
         b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\n%s"

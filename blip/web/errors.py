@@ -17,7 +17,15 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from blip.db.pool import RETRIABLE, QueryCancelled
 from blip.live.hub import TooManyWaiters
-from blip.web.answers import V1_PREFIX, Style, dress, encode, json_body
+from blip.web.answers import (
+    V1_PREFIX,
+    HeaderPairs,
+    Style,
+    dress,
+    encode,
+    json_answer,
+    json_body,
+)
 from blip.web.twisted_private import started_writing
 
 
@@ -125,6 +133,30 @@ def problem(status: int, message: str) -> bytes:
     return encode({"type": "about:blank", "title": title, "status": status, "detail": message, "error": message})
 
 
+def error_body(status: int, message: str, problems: bool) -> tuple[bytes, bytes]:
+    """
+    :param problems: whether the error is a problem document (under
+        ``/api/v1``), else a legacy JSON error.
+    :return: the body of an error and its media type.
+    """
+    if problems:
+        return problem(status, message), b"application/problem+json"
+    return legacy_body(message), b"application/json"
+
+
+def error_answer(
+    status: int, message: str, headers: HeaderPairs, now: float, problems: bool = False
+) -> bytes:
+    """
+    :param headers: its CORS, caching and other headers, in order.
+    :param now: the unix time it is dated.
+    :return: the whole HTTP/1.1 answer of an error, as :func:`refuse`
+        has Twisted Web write it on a keep-alive connection.
+    """
+    body, media = error_body(status, message, problems)
+    return json_answer(status, headers, body, now, media)
+
+
 def refuse(
     request: IRequest, status: int, message: str, problems: Optional[bool] = None
 ) -> bytes:
@@ -139,9 +171,7 @@ def refuse(
     request.setResponseCode(status)
     if problems is None:
         problems = (getattr(request, "path", None) or b"").startswith(V1_PREFIX)
-    if problems:
-        return json_body(request, problem(status, message), b"application/problem+json")
-    return json_body(request, legacy_body(message))
+    return json_body(request, *error_body(status, message, problems))
 
 
 def judge(failure: Failure, log: Logger, uri: bytes, cut_short: bool = False) -> tuple[int, str]:

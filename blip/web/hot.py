@@ -43,7 +43,7 @@ from blip.web.errors import (
     NotFound,
     answer_error,
     describe,
-    legacy_body,
+    error_answer,
     refuse,
 )
 from blip.web.latest import Latest
@@ -228,7 +228,7 @@ class HotRoutes:
             ``reason`` (the daemon stopping), from the one error table.
         """
         status, message = describe(Failure(reason))
-        return json_answer(status, headers, legacy_body(message), self.clock.seconds())
+        return error_answer(status, message, headers, self.clock.seconds())
 
     def settle_later(self, answered: Answered) -> None:
         """

@@ -41,14 +41,14 @@ from blip.web.access import IP, Rules
 from blip.web.answers import LEGACY, V1, Cors, HeaderPairs, closing, whole_answer
 from blip.web.channel import good_host
 from blip.web.connections import Entry
-from blip.web.errors import BadRequest, judge
+from blip.web.errors import BadRequest, error_answer, judge
 from blip.web.hot import HotRoutes
 from blip.web.lane import Lane
 from blip.web.legacy import ROUTES, LegacyApi, Route, route_of
 from blip.web.limits import MAX_DIGITS, REPLAY_DEPTH
 from blip.web.metrics import RequestMetrics, RouteNamer
 from blip.web.twisted_private import hand_over, send
-from blip.web.v1.heavy import Heavy
+from blip.web.v1.heavy import RETRY_HEADERS, Heavy
 from blip.web.v1.live import STREAM_HEADERS, Live, Stream
 from blip.web.v1.query import MAX_VALUE, event_id
 
@@ -424,7 +424,14 @@ class Lean:
                 return False
             replaying = self.heavy.admit()
             if replaying is None:
-                return False
+                # Refused here, as cheaply as it can be: in a storm of
+                # reconnections, refusals must not take the time the
+                # replays need.
+                headers = self.cors.headers_for(V1, head.origin) + RETRY_HEADERS
+                front.begin(self._live_route, headers, head.close)
+                busy = self.heavy.refusal()
+                front.reply(error_answer(busy.status, busy.message, headers, now, problems=True), busy.status)
+                return True
             resumed = last_id, replaying
         headers = _merged(self.cors.headers_for(V1, head.origin), STREAM_HEADERS)
         front.begin(self._live_route, headers, head.close)

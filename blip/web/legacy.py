@@ -43,7 +43,7 @@ from blip.web.answers import (
     options,
     raw_since_headers,
 )
-from blip.web.errors import NotFound, answer_error, judge, legacy_body, refuse
+from blip.web.errors import NotFound, answer_error, error_answer, judge, refuse
 from blip.web.hot import encode_point
 from blip.web.limits import LAST_POINTS, MINUTELY_ROWS, RANGE_POINTS, SINCE_POINTS
 from blip.web.paths import buckets, meter_id, number, stamps
@@ -214,7 +214,7 @@ class LegacyApi:
             bug) is logged with its traceback.
         """
         status, message = judge(failure, self.log, target)
-        return status, json_answer(status, headers, legacy_body(message), self.clock.seconds())
+        return status, error_answer(status, message, headers, self.clock.seconds())
 
     @app.handle_errors(Exception)
     def error(self, request: IRequest, failure: Failure) -> Optional[bytes]:

@@ -703,28 +703,37 @@ def heavy_of(site: Served) -> Heavy:
     ids=["too-old", "not-a-number", "heavy-full"],
 )
 @pytest_twisted.ensureDeferred
-async def test_resumptions_refused_go_the_usual_way(
-    serve: Callable[..., Served], last_id: Optional[int], status: int
+async def test_resumptions_refused_answer_as_the_usual_way(
+    serve: Callable[..., Served], monkeypatch: pytest.MonkeyPatch, last_id: Optional[int], status: int
 ) -> None:
     """
-    A resumption from further back than a replay goes, with an id that is
-    no number, or while the heavy requests have no place, is refused the
-    usual way (400, 503).
+    A resumption from further back than a replay goes, or with an id that
+    is no number, is refused the usual way (400); one that comes while the
+    heavy requests have no place is refused on the connection, without a
+    Twisted Web request (a storm of reconnections is refused cheaply), in
+    the usual way's bytes (503, ``Retry-After``); the connection serves on.
     """
-    site = serve(METERS, now=NOW)
-    heavy = heavy_of(site)
-    if status == 503:
-        heavy.running = heavy.limit
+    site = serve(METERS, now=NOW, cors=ONE_PAGE)
+    heavy_of(site).running = heavy_of(site).limit if status == 503 else 0
     sent = resuming(0) if last_id is None else resuming(last_id)
     if last_id is None:
         sent = sent.replace(b"Last-Event-ID: 0", b"Last-Event-ID: x")
-    s = connect(site)
+    lean, usual = await both(site, b"")
+    made = []
+    monkeypatch.setattr(Request, "__init__", lambda self, *a, **k: made.append(self) or init(self, *a, **k))
     try:
-        s.sendall(sent)
-        head, _ = await deferToThread(read_response, s)
-        assert head.startswith(b"HTTP/1.1 %d " % status)
+        lean.sendall(sent)
+        lean_answer = b"\r\n\r\n".join(await deferToThread(read_response, lean))
+        assert len(made) == (0 if status == 503 else 1)
+        usual.sendall(sent)
+        usual_answer = b"\r\n\r\n".join(await deferToThread(read_response, usual))
+        assert undated(lean_answer) == undated(usual_answer)
+        assert lean_answer.startswith(b"HTTP/1.1 %d " % status)
+        lean.sendall(request(b"/usage/1/1000", None, False))
+        assert (await deferToThread(read_response, lean))[1] == b"[0]"
     finally:
-        s.close()
+        lean.close()
+        usual.close()
 
 
 @pytest_twisted.ensureDeferred

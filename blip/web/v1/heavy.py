@@ -17,6 +17,9 @@ from twisted.web.iweb import IRequest
 from blip.web.errors import Busy
 from blip.web.limits import HEAVY_REQUESTS, HEAVY_SPAN, RETRY_AFTER
 
+#: The headers of a heavy request refused.
+RETRY_HEADERS = ((b"Retry-After", b"%d" % RETRY_AFTER),)
+
 
 class Ticket:
     """
@@ -66,12 +69,19 @@ class Heavy:
             return Ticket(None)
         ticket = self.admit()
         if ticket is None:
-            request.setHeader(b"Retry-After", b"%d" % RETRY_AFTER)
-            raise Busy(
-                f"{self.limit} requests that read long ranges or replay live points are running;"
-                f" try again in {RETRY_AFTER} s"
-            )
+            for name, value in RETRY_HEADERS:
+                request.setHeader(name, value)
+            raise self.refusal()
         return ticket
+
+    def refusal(self) -> Busy:
+        """
+        :return: the error of a heavy request refused: no place is free.
+        """
+        return Busy(
+            f"{self.limit} requests that read long ranges or replay live points are running;"
+            f" try again in {RETRY_AFTER} s"
+        )
 
     def admit(self) -> Optional[Ticket]:
         """
