@@ -2,10 +2,12 @@
 Forwarding (``--upstream URL --token-file FILE``): this node's points go
 to a central blipserver through its write API. The upstream is the sink of
 an :class:`~blip.ingest.writer.Ingest` of its own, so the points are sent
-as the database gets them: in order, in batches, kept in a spool of their
-own (``<state-dir>/upstream-spool``) until the central server has
+as the database gets them: in order, in batches, waiting in memory while
+the central server answers each batch in time, and otherwise kept in a
+spool of their own (``<state-dir>/upstream-spool``) until it has
 acknowledged them, and sent again from there, a batch of
-:data:`POST_POINTS` per request, as soon as it takes them. A batch sent
+:data:`POST_POINTS` per request, as soon as it takes them (what a kill -9
+can lose is as for the database: see :mod:`blip.ingest.writer`). A batch sent
 twice (its answer lost) stores nothing twice there.
 """
 
