@@ -12,6 +12,7 @@ origin.
 
 import json
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Callable, Optional
 
 from twisted.web.http import RESPONSES, datetimeToString
@@ -216,16 +217,10 @@ def options(request: IRequest, style: Style) -> bytes:
     return no_content(request)
 
 
-# The Date header's value of the last second an answer was dated, and that
-# second.
-_dated: list[Any] = [None, b""]
-
-
-def _date(now: float) -> bytes:
-    second = int(now)
-    if second != _dated[0]:
-        _dated[:] = [second, datetimeToString(second)]
-    date: bytes = _dated[1]
+@lru_cache(maxsize=1)
+def _date(second: int) -> bytes:
+    # The Date header's value, formatted once a second.
+    date: bytes = datetimeToString(second)
     return date
 
 
@@ -240,7 +235,7 @@ def whole_answer(status: int, headers: HeaderPairs, body: bytes, now: float) -> 
         status,
         RESPONSES.get(status, b"Unknown Status"),
         version,
-        _date(now),
+        _date(int(now)),
         b"".join(b"%s: %s\r\n" % pair for pair in headers),
         body,
     )

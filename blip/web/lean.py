@@ -412,6 +412,7 @@ class Lean:
         if meters is not None and not all(self.hot.known(m) for m in meters):
             return False
         now = self.hot.clock.seconds()
+        cors = self.cors.headers_for(V1, head.origin)
         resumed = None
         if head.last_event_id is not None:
             # A stream resuming: its replay is a heavy request, within its
@@ -427,13 +428,13 @@ class Lean:
                 # Refused here, as cheaply as it can be: in a storm of
                 # reconnections, refusals must not take the time the
                 # replays need.
-                headers = self.cors.headers_for(V1, head.origin) + RETRY_HEADERS
+                headers = cors + RETRY_HEADERS
                 front.begin(self._live_route, headers, head.close)
                 busy = self.heavy.refusal()
                 front.reply(error_answer(busy.status, busy.message, headers, now, problems=True), busy.status)
                 return True
             resumed = last_id, replaying
-        headers = _merged(self.cors.headers_for(V1, head.origin), STREAM_HEADERS)
+        headers = _merged(cors, STREAM_HEADERS)
         front.begin(self._live_route, headers, head.close)
         front.stream(whole_answer(200, headers + ((b"Transfer-Encoding", b"chunked"),), b"", now))
         stream = front.waiting = live.attach(front, meters)

@@ -538,6 +538,10 @@ def test_heads_of_the_other_legacy_routes_are_read() -> None:
     assert read_head(b"GET /page HTTP/1.1") is None
 
 
+#: Twisted Web's own request constructor (tests count the requests made).
+init = Request.__init__
+
+
 #: Paths of the other legacy routes, and their answers' status.
 LEGACY_PATHS = [
     (b"/hourly/1/%d/%d" % (STARTS, STARTS + HOUR), 200),
@@ -600,8 +604,6 @@ async def test_legacy_routes_answer_as_the_usual_way(
         lean.close()
         usual.close()
 
-
-init = Request.__init__
 
 
 def asking() -> int:
