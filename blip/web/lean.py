@@ -45,11 +45,11 @@ from blip.web.errors import BadRequest, error_answer, judge
 from blip.web.hot import HotRoutes
 from blip.web.lane import Lane
 from blip.web.legacy import ROUTES, LegacyApi, Route, route_of
-from blip.web.limits import MAX_DIGITS, REPLAY_DEPTH
+from blip.web.limits import MAX_DIGITS
 from blip.web.metrics import RequestMetrics, RouteNamer
 from blip.web.twisted_private import hand_over, send
 from blip.web.v1.heavy import RETRY_HEADERS, Heavy
-from blip.web.v1.live import STREAM_HEADERS, Live, Stream
+from blip.web.v1.live import STREAM_HEADERS, Live, Stream, replayable
 from blip.web.v1.query import MAX_VALUE, event_id
 
 #: Longest head read here; a longer one goes the usual way (its refusals
@@ -421,7 +421,7 @@ class Lean:
                 last_id = event_id(head.last_event_id)
             except BadRequest:
                 return False
-            if last_id < int(now * 1000) - REPLAY_DEPTH:
+            if not replayable(last_id, int(now * 1000)):
                 return False
             replaying = self.heavy.admit()
             if replaying is None:

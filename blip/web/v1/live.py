@@ -31,6 +31,7 @@ from blip.meters import Meter, Meters
 from blip.model import INT_MAX, Point
 from blip.web.answers import encode
 from blip.web.backpressure import Backpressure, Outlet, RequestOutlet
+from blip.web.limits import REPLAY_DEPTH
 
 #: Seconds between heartbeat comments.
 HEARTBEAT = 15.0
@@ -156,6 +157,16 @@ class Stream:
         self.producer.close()
         if self._done is not None and not self._done.called:
             self._done.callback(None)
+
+
+def replayable(last_id: int, now: int) -> bool:
+    """
+    :param last_id: the ``Last-Event-ID`` a stream resumes from.
+    :param now: the unix time in ms.
+    :return: whether what came after it is replayed: at most
+        :data:`~blip.web.limits.REPLAY_DEPTH` back.
+    """
+    return last_id >= now - REPLAY_DEPTH
 
 
 class Live:

@@ -52,7 +52,7 @@ from blip.web.limits import (
 from blip.web.paths import meter_id
 from blip.web.v1.export import Export
 from blip.web.v1.heavy import Heavy, Ticket
-from blip.web.v1.live import STREAM_HEADERS, Live
+from blip.web.v1.live import STREAM_HEADERS, Live, replayable
 from blip.web.v1.openapi import document
 from blip.web.v1.query import EARLIEST, BadParameter, Query, last_event_id
 from blip.web.v1.series import Series
@@ -339,7 +339,7 @@ class ApiV1:
             raise Busy("too many live clients; try again later")
         replaying = Ticket(None)
         if last_id is not None:
-            if last_id < self.now() - REPLAY_DEPTH:
+            if not replayable(last_id, self.now()):
                 raise BadParameter(
                     "Last-Event-ID", f"a stream resumes at most {REPLAY_DEPTH} ms"
                     f" ({REPLAY_DEPTH // 60_000} minutes) back; open it without Last-Event-ID",
